@@ -1,0 +1,150 @@
+//! What the server advertises in reply to CAPA (RFC 2449) and how.
+//!
+//! The list is computed for the session's current state and connection: `USER` and the
+//! plaintext SASL mechanisms only where plaintext logins are allowed, `STLS` only while TLS is
+//! available but not yet active (and only before login, RFC 2595), `IMPLEMENTATION` only after
+//! login so that anonymous scanners do not learn the version. Everything listed works.
+
+use std::fmt;
+
+/// The server's message retention policy, advertised as `EXPIRE` (RFC 2449 section 6.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expire {
+    /// Messages are never removed by the server; clients may leave mail on it.
+    #[default]
+    Never,
+    /// Messages are removed this many days after first being retrieved (0: at the end of the
+    /// session that retrieved them).
+    Days(u32),
+}
+
+impl fmt::Display for Expire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expire::Never => f.write_str("NEVER"),
+            Expire::Days(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A SASL mechanism the server offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mechanism {
+    /// The registered name, upper-case (e.g. `PLAIN`).
+    pub name: String,
+    /// The mechanism reveals the password to an eavesdropper, so it is only offered where
+    /// plaintext logins are allowed (TLS, or a network configured as secure).
+    pub plaintext: bool,
+}
+
+impl Mechanism {
+    /// A mechanism that sends the password in the clear.
+    pub fn plaintext(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            plaintext: true,
+        }
+    }
+
+    /// A mechanism that does not expose the password.
+    pub fn protected(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            plaintext: false,
+        }
+    }
+}
+
+/// Per-listener settings the session advertises and enforces.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// `EXPIRE` policy (default `NEVER`).
+    pub expire: Expire,
+    /// The policy may differ per user; adds the `USER` tag before login.
+    pub expire_per_user: bool,
+    /// `LOGIN-DELAY` seconds; omitted when 0.
+    pub login_delay: u32,
+    /// The login delay may differ per user; adds the `USER` tag before login.
+    pub login_delay_per_user: bool,
+    /// `IMPLEMENTATION` text, shown after login only.
+    pub implementation: String,
+    /// SASL mechanisms offered (filtered per connection, see [`Mechanism::plaintext`]).
+    pub mechanisms: Vec<Mechanism>,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            expire: Expire::Never,
+            expire_per_user: false,
+            login_delay: 0,
+            login_delay_per_user: false,
+            implementation: String::from("Poplar"),
+            mechanisms: vec![Mechanism::plaintext("PLAIN")],
+        }
+    }
+}
+
+/// The connection facts that decide what is listed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CapaContext {
+    pub logged_in: bool,
+    pub plaintext_allowed: bool,
+    pub stls_offered: bool,
+}
+
+impl Capabilities {
+    /// The mechanisms usable on a connection.
+    pub(crate) fn usable_mechanisms(
+        &self,
+        plaintext_allowed: bool,
+    ) -> impl Iterator<Item = &Mechanism> {
+        self.mechanisms
+            .iter()
+            .filter(move |m| plaintext_allowed || !m.plaintext)
+    }
+
+    /// Writes the capability lines (without the `+OK` line and the terminator).
+    pub(crate) fn write(&self, ctx: CapaContext, out: &mut Vec<u8>) {
+        use std::io::Write;
+        out.extend_from_slice(b"TOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n");
+        if !ctx.logged_in {
+            if ctx.plaintext_allowed {
+                out.extend_from_slice(b"USER\r\n");
+            }
+            let mut mechs = self.usable_mechanisms(ctx.plaintext_allowed).peekable();
+            if mechs.peek().is_some() {
+                out.extend_from_slice(b"SASL");
+                for m in mechs {
+                    out.push(b' ');
+                    out.extend_from_slice(m.name.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            if ctx.stls_offered {
+                out.extend_from_slice(b"STLS\r\n");
+            }
+        }
+        let user_tag = |per_user: bool| {
+            if per_user && !ctx.logged_in {
+                " USER"
+            } else {
+                ""
+            }
+        };
+        let _ = write!(
+            out,
+            "EXPIRE {}{}\r\n",
+            self.expire,
+            user_tag(self.expire_per_user)
+        );
+        if self.login_delay > 0 {
+            let tag = user_tag(self.login_delay_per_user);
+            let _ = write!(out, "LOGIN-DELAY {}{tag}\r\n", self.login_delay);
+        }
+        out.extend_from_slice(b"UTF8 USER\r\n");
+        if ctx.logged_in {
+            let _ = write!(out, "IMPLEMENTATION {}\r\n", self.implementation);
+        }
+    }
+}
