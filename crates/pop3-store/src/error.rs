@@ -1,0 +1,73 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Errors from opening, reading, changing or delivering to a maildrop.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another session holds the maildrop lock (another client is logged in): retry later.
+    #[error("maildrop is locked by another session")]
+    InUse,
+    /// A name that cannot be mapped safely to a maildrop (caller's input at fault).
+    #[error("invalid mailbox name {0:?}: {1}")]
+    InvalidMailbox(String, &'static str),
+    /// An operating-system error on a file or directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The index lock (`dovecot-uidlist.lock`) stayed held by another process for too long.
+    #[error("{path} is held by another process; gave up waiting")]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The message disappeared from the maildrop (removed by another program).
+    #[error("message {0} is no longer in the maildrop")]
+    MessageGone(usize),
+    /// Some messages marked for deletion could not be removed; the rest were.
+    #[error("{failed} of {total} deleted messages could not be removed: {first}")]
+    PartialCommit {
+        /// How many removals failed.
+        failed: usize,
+        /// How many were requested.
+        total: usize,
+        /// The first failure.
+        first: String,
+    },
+    /// A delivery with no message data.
+    #[error("the message is empty")]
+    EmptyMessage,
+    /// A background task failed unexpectedly (a bug, or the runtime shutting down).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying later may succeed (`[SYS/TEMP]`, sysexits 75) as opposed to a problem
+    /// that needs an administrator (`[SYS/PERM]`) or a different request.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            StoreError::InUse
+            | StoreError::LockTimeout { .. }
+            | StoreError::PartialCommit { .. }
+            | StoreError::Internal(_) => true,
+            StoreError::Io { source, .. } => source.kind() != std::io::ErrorKind::PermissionDenied,
+            StoreError::InvalidMailbox(..)
+            | StoreError::MessageGone(_)
+            | StoreError::EmptyMessage => false,
+        }
+    }
+}

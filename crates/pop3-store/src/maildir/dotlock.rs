@@ -1,0 +1,111 @@
+//! The `dovecot-uidlist.lock` dot-lock that serialises writers of the index.
+//!
+//! Dovecot (and Poplar) rewrite `dovecot-uidlist` only while holding this lock, which is a file
+//! created exclusively next to it. Its content is `<pid>:<hostname>`. A lock left behind by a
+//! process that died is recognised at once when that process ran on this host and is gone;
+//! otherwise it is overridden after Dovecot's stale timeout of two minutes without a change.
+
+use crate::error::StoreError;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT.
+const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// A held dot-lock, removed when dropped.
+#[derive(Debug)]
+pub struct DotLock {
+    path: PathBuf,
+}
+
+impl DotLock {
+    /// Takes the lock, waiting up to `timeout` for another holder to release it.
+    pub fn acquire(path: &Path, host: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    let owner = format!("{}:{}", std::process::id(), host);
+                    f.write_all(owner.as_bytes())
+                        .map_err(|e| StoreError::io(path, e))?;
+                    return Ok(DotLock {
+                        path: path.to_owned(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if is_stale(path, host) {
+                        tracing::warn!(lock = %path.display(), "removing stale index lock");
+                        let _ = fs::remove_file(path);
+                        continue;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::LockTimeout {
+                            path: path.to_owned(),
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(StoreError::io(path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn is_stale(path: &Path, host: &str) -> bool {
+    if let Ok(content) = fs::read_to_string(path)
+        && let Some((pid, lock_host)) = content.trim().split_once(':')
+        && lock_host == host
+        && let Ok(pid) = pid.parse::<u32>()
+    {
+        return !Path::new(&format!("/proc/{pid}")).exists();
+    }
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE_AFTER)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dovecot-uidlist.lock");
+        let held = DotLock::acquire(&path, "h", Duration::from_secs(1)).unwrap();
+        let again = DotLock::acquire(&path, "h", Duration::from_millis(50));
+        assert!(matches!(again, Err(StoreError::LockTimeout { .. })));
+        drop(held);
+        assert!(!path.exists());
+        DotLock::acquire(&path, "h", Duration::from_millis(50)).unwrap();
+    }
+
+    #[test]
+    fn lock_of_a_dead_local_process_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dovecot-uidlist.lock");
+        // Above the kernel's largest PID (2^22), so never a running process.
+        fs::write(&path, "4194305:h").unwrap();
+        DotLock::acquire(&path, "h", Duration::from_millis(50)).unwrap();
+        // A lock from another host is respected until it is old.
+        fs::write(&path, "1:otherhost").unwrap();
+        assert!(DotLock::acquire(&path, "h", Duration::from_millis(50)).is_err());
+    }
+}

@@ -1,0 +1,616 @@
+//! The Maildir backend.
+//!
+//! Layout: `<root>/<domain>/<user>/Maildir/{tmp,new,cur}`, the standard Maildir that Postfix's
+//! virtual(8), procmail and Dovecot's LDA deliver into and Dovecot serves. Next to those
+//! directories live:
+//!
+//! - `dovecot-uidlist`: the index of UIDs and sizes (see [`uidlist`]), shared with Dovecot;
+//! - `dovecot-uidlist.lock`: the short-lived dot-lock for rewriting it (see [`dotlock`]);
+//! - `poplar-pop3.lock`: the POP3 session lock, an OS `flock` that belongs to the open file,
+//!   so it disappears the instant the session's process or connection dies and can never go
+//!   stale.
+//!
+//! Opening a maildrop reads the index and the two directory listings; message files are read
+//! only when they are new to the index (to learn their size, from the `,W=` hint and one octet,
+//! or by counting). The UIDL of a message is its Dovecot POP3 UIDL: the `P` field if the index
+//! has one (kept from a migration), else `%08Xu%08Xv` (UID and UIDVALIDITY in hex), Dovecot's
+//! default, so both servers show the same UIDL for the same message.
+//!
+//! Durability: a delivery is written to `tmp/`, fsynced, renamed into `new/`, and `new/` is
+//! fsynced before success is reported. A commit unlinks the deleted files and fsyncs the
+//! directories before it drops their index records; a crash in between leaves index records
+//! without files, which the next open discards. The index itself is replaced by rename.
+
+pub mod dotlock;
+pub mod filename;
+pub mod uidlist;
+
+use crate::error::StoreError;
+use crate::name::MailboxPath;
+use crate::{MailStore, Maildrop, MessageInfo};
+use dotlock::DotLock;
+use filename::{base, is_message, size_hints};
+use pop3_proto::canonical::{SizeCounter, canonical_size_from_virtual};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uidlist::{EXACT_SIZE_KEY, POP3_UIDL_KEY, Record, Uidlist};
+
+const UIDLIST: &str = "dovecot-uidlist";
+const UIDLIST_LOCK: &str = "dovecot-uidlist.lock";
+const UIDLIST_TMP: &str = "dovecot-uidlist.tmp";
+const SESSION_LOCK: &str = "poplar-pop3.lock";
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// Maildrops in Maildir format under one root directory.
+#[derive(Debug, Clone)]
+pub struct MaildirStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    host: String,
+    lock_timeout: Duration,
+    deliveries: AtomicU64,
+}
+
+/// Where a message file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    New,
+    Cur,
+}
+
+impl Sub {
+    fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Located {
+    sub: Sub,
+    name: String,
+}
+
+/// A successful delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message's base file name (the same in every recipient's `new/`).
+    pub base: String,
+    /// Octets stored.
+    pub size: u64,
+}
+
+impl MaildirStore {
+    /// Maildrops under `root` (usually `DATA/mail`). `host` names this machine in new file
+    /// names and in index locks.
+    pub fn new(root: impl Into<PathBuf>, host: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                root: root.into(),
+                host: host.into(),
+                lock_timeout: Duration::from_secs(10),
+                deliveries: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The Maildir of `user`, validated so it cannot lie outside the root.
+    pub fn maildir_path(&self, user: &str) -> Result<PathBuf, StoreError> {
+        Ok(MailboxPath::parse(user)?.maildir(&self.inner.root))
+    }
+
+    /// Opens and locks a maildrop (blocking; the async [`MailStore::open`] runs this on the
+    /// blocking thread pool).
+    pub fn open_blocking(&self, user: &str) -> Result<(MaildirDrop, Vec<MessageInfo>), StoreError> {
+        let dir = self.maildir_path(user)?;
+        create_maildir(&dir)?;
+        let lock = session_lock(&dir)?;
+        let mut files = scan(&dir)?;
+        let mut list = read_uidlist(&dir)?;
+        if needs_update(list.as_ref(), &files) {
+            // Measure new messages before taking the index lock, so other writers (Dovecot's
+            // LDA) are not kept waiting while message files are read.
+            let mut sizes = HashMap::new();
+            measure_unindexed(&dir, list.as_ref(), &files, &mut sizes)?;
+            let lock_path = dir.join(UIDLIST_LOCK);
+            let _guard = DotLock::acquire(&lock_path, &self.inner.host, self.inner.lock_timeout)?;
+            // Re-read and re-scan under the lock: another writer may have indexed or delivered
+            // messages since, and records must only be dropped for files that are really gone.
+            files = scan(&dir)?;
+            let fresh = read_uidlist(&dir)?;
+            measure_unindexed(&dir, fresh.as_ref(), &files, &mut sizes)?;
+            let updated = update_index(fresh, &files, &sizes)?;
+            write_uidlist(&dir, &updated)?;
+            list = Some(updated);
+        }
+        let list = list.unwrap_or_default();
+        let mut entries = Vec::with_capacity(list.records.len());
+        let mut listing = Vec::with_capacity(list.records.len());
+        for rec in list.records {
+            let (Some(location), Some(size)) = (files.remove(&rec.base), rec.exact_size()) else {
+                continue;
+            };
+            let uidl = match rec.ext(POP3_UIDL_KEY) {
+                Some(p) if valid_uidl(p) => p.to_owned(),
+                _ => format!("{:08X}{:08X}", rec.uid, list.uid_validity),
+            };
+            listing.push(MessageInfo { uidl, size });
+            entries.push(Entry {
+                uid: rec.uid,
+                base: rec.base,
+                location,
+            });
+        }
+        let drop = MaildirDrop {
+            dir,
+            host: self.inner.host.clone(),
+            lock_timeout: self.inner.lock_timeout,
+            _lock: lock,
+            entries,
+        };
+        Ok((drop, listing))
+    }
+
+    /// Stores one message for every user in `users`: written once to the first user's `tmp/`,
+    /// fsynced, hard-linked (or copied) to the others, renamed into each `new/`, and each `new/`
+    /// fsynced before returning. The bytes are stored exactly as read.
+    pub fn deliver_blocking(
+        &self,
+        users: &[&str],
+        input: &mut dyn Read,
+    ) -> Result<Delivery, StoreError> {
+        let dirs = users
+            .iter()
+            .map(|u| self.maildir_path(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = dirs.first() else {
+            return Err(StoreError::InvalidMailbox(String::new(), "no recipients"));
+        };
+        for dir in &dirs {
+            create_maildir(dir)?;
+        }
+        let mut random = [0u8; 4];
+        getrandom::fill(&mut random).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let n = self.inner.deliveries.fetch_add(1, Ordering::Relaxed);
+        let tmp_base = filename::unique_base(&self.inner.host, n, u32::from_le_bytes(random));
+        let spool = first.join("tmp").join(&tmp_base);
+        let mut staged: Vec<PathBuf> = vec![spool.clone()];
+        let result = (|| {
+            let (raw, virtual_size) = write_new_file(&spool, input)?;
+            if raw == 0 {
+                return Err(StoreError::EmptyMessage);
+            }
+            let base = format!("{tmp_base},S={raw},W={virtual_size}");
+            for dir in &dirs[1..] {
+                let tmp = dir.join("tmp").join(&base);
+                if fs::hard_link(&spool, &tmp).is_err() {
+                    fs::copy(&spool, &tmp).map_err(|e| StoreError::io(&tmp, e))?;
+                    File::open(&tmp)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| StoreError::io(&tmp, e))?;
+                }
+                staged.push(tmp);
+            }
+            for (dir, tmp) in dirs.iter().zip(&staged) {
+                let target = dir.join("new").join(&base);
+                fs::rename(tmp, &target).map_err(|e| StoreError::io(&target, e))?;
+                sync_dir(&dir.join("new"))?;
+            }
+            staged.clear();
+            Ok(Delivery { base, size: raw })
+        })();
+        for leftover in staged {
+            let _ = fs::remove_file(leftover);
+        }
+        result
+    }
+}
+
+impl MailStore for MaildirStore {
+    type Maildrop = MaildirDrop;
+
+    async fn open(&self, user: &str) -> Result<(MaildirDrop, Vec<MessageInfo>), StoreError> {
+        let store = self.clone();
+        let user = user.to_owned();
+        blocking(move || store.open_blocking(&user)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+}
+
+#[derive(Debug)]
+struct Entry {
+    uid: u32,
+    base: String,
+    location: Located,
+}
+
+/// An open, locked Maildir maildrop.
+#[derive(Debug)]
+pub struct MaildirDrop {
+    dir: PathBuf,
+    host: String,
+    lock_timeout: Duration,
+    /// The session lock; closing the file releases it.
+    _lock: File,
+    entries: Vec<Entry>,
+}
+
+impl MaildirDrop {
+    fn path_of(&self, index: usize) -> PathBuf {
+        let loc = &self.entries[index].location;
+        self.dir.join(loc.sub.dir()).join(&loc.name)
+    }
+
+    /// Finds a message again after another program renamed it (flags changed, new/ to cur/).
+    fn relocate(&mut self, index: usize) -> Result<Option<PathBuf>, StoreError> {
+        let files = scan(&self.dir)?;
+        match files.get(&self.entries[index].base) {
+            Some(loc) => {
+                self.entries[index].location = loc.clone();
+                Ok(Some(self.path_of(index)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn open_message(&mut self, index: usize) -> Result<File, StoreError> {
+        if index >= self.entries.len() {
+            return Err(StoreError::MessageGone(index));
+        }
+        let path = self.path_of(index);
+        match File::open(&path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == ErrorKind::NotFound => match self.relocate(index)? {
+                Some(p) => File::open(&p).map_err(|e| StoreError::io(&p, e)),
+                None => Err(StoreError::MessageGone(index)),
+            },
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    fn commit_blocking(mut self, deleted: Vec<usize>) -> Result<(), StoreError> {
+        let total = deleted.len();
+        let mut removed = HashSet::new();
+        let mut failures = Vec::new();
+        for index in deleted {
+            let Some(entry) = self.entries.get(index) else {
+                continue;
+            };
+            let uid = entry.uid;
+            let path = self.path_of(index);
+            let outcome = match fs::remove_file(&path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => match self.relocate(index) {
+                    Ok(Some(p)) => fs::remove_file(&p).map_err(|e| StoreError::io(&p, e)),
+                    Ok(None) => Ok(()), // already removed by someone else: the goal is met
+                    Err(e) => Err(e),
+                },
+                other => other.map_err(|e| StoreError::io(&path, e)),
+            };
+            match outcome {
+                Ok(()) => {
+                    removed.insert(uid);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir.join("cur"))?;
+            sync_dir(&self.dir.join("new"))?;
+            if let Err(e) = self.drop_records(&removed) {
+                // The files are gone, which is what the client asked for; the next open drops
+                // the dangling records.
+                tracing::warn!(maildir = %self.dir.display(), error = %e, "index not updated after removing messages");
+            }
+        }
+        if let Some(first) = failures.first() {
+            return Err(StoreError::PartialCommit {
+                failed: failures.len(),
+                total,
+                first: first.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn drop_records(&self, removed: &HashSet<u32>) -> Result<(), StoreError> {
+        let _guard = DotLock::acquire(&self.dir.join(UIDLIST_LOCK), &self.host, self.lock_timeout)?;
+        if let Some(mut list) = read_uidlist(&self.dir)? {
+            list.records.retain(|r| !removed.contains(&r.uid));
+            write_uidlist(&self.dir, &list)?;
+        }
+        Ok(())
+    }
+}
+
+impl Maildrop for MaildirDrop {
+    type Reader = tokio::fs::File;
+
+    async fn read(&mut self, index: usize) -> Result<tokio::fs::File, StoreError> {
+        // Opening a file is a quick metadata operation; reads then go through tokio's pool.
+        Ok(tokio::fs::File::from_std(self.open_message(index)?))
+    }
+
+    async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
+        blocking(move || self.commit_blocking(deleted)).await
+    }
+}
+
+fn valid_uidl(uidl: &str) -> bool {
+    (1..=70).contains(&uidl.len()) && uidl.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Creates `dir/{tmp,new,cur}` (mode 0700) if missing.
+fn create_maildir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    for sub in ["tmp", "new", "cur"] {
+        let path = dir.join(sub);
+        if !path.is_dir() {
+            builder
+                .create(&path)
+                .map_err(|e| StoreError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn session_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(SESSION_LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::InUse),
+        Err(fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Lists `new/` and `cur/`: base name to location.
+fn scan(dir: &Path) -> Result<HashMap<String, Located>, StoreError> {
+    let mut files = HashMap::new();
+    for sub in [Sub::New, Sub::Cur] {
+        let path = dir.join(sub.dir());
+        let entries = fs::read_dir(&path).map_err(|e| StoreError::io(&path, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&path, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                tracing::warn!(dir = %path.display(), "skipping a file name that is not UTF-8");
+                continue;
+            };
+            if !is_message(&name) {
+                continue;
+            }
+            let key = base(&name).to_owned();
+            // The same base in new/ and cur/ happens only mid-rename by another program; either
+            // copy is the same message.
+            files.entry(key).or_insert(Located { sub, name });
+        }
+    }
+    Ok(files)
+}
+
+fn read_uidlist(dir: &Path) -> Result<Option<Uidlist>, StoreError> {
+    let path = dir.join(UIDLIST);
+    let text = match fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(&path, e)),
+    };
+    let (list, warnings) = Uidlist::parse(&text);
+    for w in warnings {
+        tracing::warn!(index = %path.display(), "{w}");
+    }
+    Ok(list)
+}
+
+fn write_uidlist(dir: &Path, list: &Uidlist) -> Result<(), StoreError> {
+    let tmp = dir.join(UIDLIST_TMP);
+    let path = dir.join(UIDLIST);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(list.serialize().as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    })();
+    result.map_err(|e| StoreError::io(&path, e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
+/// Whether the index must be written: files it does not know, records without files, or
+/// records without Poplar's exact size.
+fn needs_update(list: Option<&Uidlist>, files: &HashMap<String, Located>) -> bool {
+    let Some(list) = list else {
+        return true;
+    };
+    let mut known = 0;
+    for rec in &list.records {
+        if !files.contains_key(&rec.base) || rec.exact_size().is_none() {
+            return true;
+        }
+        known += 1;
+    }
+    known != files.len()
+}
+
+/// Adds to `sizes` the exact sizes of the files that neither the index nor `sizes` has.
+fn measure_unindexed(
+    dir: &Path,
+    list: Option<&Uidlist>,
+    files: &HashMap<String, Located>,
+    sizes: &mut HashMap<String, u64>,
+) -> Result<(), StoreError> {
+    let indexed: HashSet<&str> = list
+        .map(|l| {
+            l.records
+                .iter()
+                .filter(|r| r.exact_size().is_some())
+                .map(|r| r.base.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (key, loc) in files {
+        if indexed.contains(key.as_str()) || sizes.contains_key(key) {
+            continue;
+        }
+        let path = dir.join(loc.sub.dir()).join(&loc.name);
+        match exact_size(&path, key) {
+            Ok(size) => {
+                sizes.insert(key.clone(), size);
+            }
+            // Gone since the scan (expunged meanwhile): not part of this session.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The canonical size of a message file: from its `,W=` hint and its last octet when it has
+/// one, otherwise by reading it.
+fn exact_size(path: &Path, base: &str) -> std::io::Result<u64> {
+    let mut file = File::open(path)?;
+    if let Some(virtual_size) = size_hints(base).virtual_size {
+        let len = file.metadata()?.len();
+        let last = if len == 0 {
+            None
+        } else {
+            let mut octet = [0u8; 1];
+            file.read_exact_at(&mut octet, len - 1)?;
+            Some(octet[0])
+        };
+        return Ok(canonical_size_from_virtual(virtual_size, last));
+    }
+    let mut counter = SizeCounter::new();
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        counter.update(&buf[..n]);
+    }
+    Ok(counter.canonical_size())
+}
+
+/// Brings the index in line with the files: drops records whose file is gone, assigns UIDs to new
+/// files in arrival order, and records exact sizes.
+fn update_index(
+    list: Option<Uidlist>,
+    files: &HashMap<String, Located>,
+    sizes: &HashMap<String, u64>,
+) -> Result<Uidlist, StoreError> {
+    let mut list = match list {
+        Some(l) => l,
+        None => Uidlist::new(new_uid_validity(), new_guid()?),
+    };
+    list.records.retain(|r| files.contains_key(&r.base));
+    for rec in &mut list.records {
+        if rec.exact_size().is_none()
+            && let Some(size) = sizes.get(&rec.base)
+        {
+            rec.set_ext(EXACT_SIZE_KEY, size.to_string());
+        }
+    }
+    let known: HashSet<&str> = list.records.iter().map(|r| r.base.as_str()).collect();
+    let mut new: Vec<&String> = files
+        .keys()
+        .filter(|b| !known.contains(b.as_str()))
+        .collect();
+    new.sort_by_cached_key(|b| (filename::arrival_time(b), b.as_str()));
+    let mut added = Vec::with_capacity(new.len());
+    for b in new {
+        let Some(size) = sizes.get(b) else { continue };
+        let Some(uid) = list.allocate_uid() else {
+            tracing::error!("maildrop has used up all 2^32 UIDs; new messages are not indexed");
+            break;
+        };
+        added.push(Record {
+            uid,
+            ext: vec![(EXACT_SIZE_KEY, size.to_string())],
+            base: b.clone(),
+        });
+    }
+    list.records.extend(added);
+    Ok(list)
+}
+
+fn new_uid_validity() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1);
+    u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+}
+
+fn new_guid() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Internal(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Copies `input` into a new file, fsyncs it, and returns (octets, virtual size).
+fn write_new_file(path: &Path, input: &mut dyn Read) -> Result<(u64, u64), StoreError> {
+    let io = |e| StoreError::io(path, e);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    let mut counter = SizeCounter::new();
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut raw = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoreError::io("<message input>", e)),
+        };
+        file.write_all(&buf[..n]).map_err(io)?;
+        counter.update(&buf[..n]);
+        raw += n as u64;
+    }
+    file.sync_all().map_err(io)?;
+    Ok((raw, counter.virtual_size()))
+}

@@ -1,0 +1,315 @@
+//! The Maildir backend against a real directory tree.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use pop3_proto::canonical_size;
+use pop3_store::maildir::uidlist::Uidlist;
+use pop3_store::{MailStore, MaildirStore, Maildrop, MessageInfo, StoreError};
+use std::fs;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncReadExt;
+
+fn store() -> (tempfile::TempDir, MaildirStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MaildirStore::new(dir.path().join("mail"), "testhost");
+    (dir, store)
+}
+
+fn deliver(store: &MaildirStore, user: &str, msg: &[u8]) {
+    store.deliver_blocking(&[user], &mut &msg[..]).unwrap();
+    // Distinct arrival order even within one second.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+}
+
+/// Writes a file the way Postfix's virtual(8) does: no size hints in the name.
+fn foreign_delivery(maildir: &Path, name: &str, msg: &[u8]) -> PathBuf {
+    fs::create_dir_all(maildir.join("tmp")).unwrap();
+    fs::create_dir_all(maildir.join("cur")).unwrap();
+    fs::create_dir_all(maildir.join("new")).unwrap();
+    let path = maildir.join("new").join(name);
+    fs::write(&path, msg).unwrap();
+    path
+}
+
+async fn read_all<M: Maildrop>(drop: &mut M, index: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    drop.read(index)
+        .await
+        .unwrap()
+        .read_to_end(&mut out)
+        .await
+        .unwrap();
+    out
+}
+
+fn uidls(listing: &[MessageInfo]) -> Vec<String> {
+    listing.iter().map(|m| m.uidl.clone()).collect()
+}
+
+#[tokio::test]
+async fn deliver_then_open_lists_exact_sizes_and_dovecot_uidls() {
+    let (_t, store) = store();
+    let messages: [&[u8]; 4] = [
+        b"Subject: one\r\n\r\nbody\r\n",
+        b"Subject: bare\n\nlf only\n",
+        b"Subject: no newline\n\nlast line",
+        b".\r\n..\r\n",
+    ];
+    for m in messages {
+        deliver(&store, "alice", m);
+    }
+    let (mut drop, listing) = store.open("alice").await.unwrap();
+    assert_eq!(listing.len(), 4);
+    let list = Uidlist::parse(
+        &fs::read_to_string(store.maildir_path("alice").unwrap().join("dovecot-uidlist")).unwrap(),
+    )
+    .0
+    .unwrap();
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(listing[i].size, canonical_size(m), "message {i}");
+        assert_eq!(
+            read_all(&mut drop, i).await,
+            *m,
+            "stored bytes are exactly what was given"
+        );
+        assert_eq!(
+            listing[i].uidl,
+            format!("{:08X}{:08X}", i + 1, list.uid_validity)
+        );
+    }
+    // Files carry Dovecot's size hints.
+    let names: Vec<String> = fs::read_dir(store.maildir_path("alice").unwrap().join("new"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with(",S=30,W=32")), "{names:?}");
+}
+
+#[tokio::test]
+async fn foreign_files_without_hints_are_measured() {
+    let (_t, store) = store();
+    let maildir = store.maildir_path("bob@example.org").unwrap();
+    assert!(maildir.ends_with("example.org/bob/Maildir"));
+    foreign_delivery(&maildir, "1700000001.M1P1.mx", b"A: b\n\nline\n.dot\nend");
+    foreign_delivery(&maildir, "1700000002.M1P1.mx,S=10,W=12", b"A: b\n\nxyzw");
+    let (_d, listing) = store.open("bob@example.org").await.unwrap();
+    assert_eq!(listing[0].size, canonical_size(b"A: b\n\nline\n.dot\nend"));
+    // ,W= is trusted for the body and the last octet decides the final CRLF.
+    assert_eq!(listing[1].size, 14);
+}
+
+#[tokio::test]
+async fn second_open_uses_the_index_not_the_files() {
+    let (_t, store) = store();
+    deliver(&store, "alice", b"Subject: a\n\nshort\n");
+    let (drop, first) = store.open("alice").await.unwrap();
+    drop.commit(vec![]).await.unwrap();
+    // Rewrite the file behind the index's back: the listing still comes from the index.
+    let new = store.maildir_path("alice").unwrap().join("new");
+    let file = fs::read_dir(&new).unwrap().next().unwrap().unwrap().path();
+    fs::write(&file, vec![b'x'; 5000]).unwrap();
+    let (_d, second) = store.open("alice").await.unwrap();
+    assert_eq!(first, second);
+}
+
+#[tokio::test]
+async fn uidls_are_stable_and_never_reused() {
+    let (_t, store) = store();
+    for i in 0..3 {
+        deliver(&store, "alice", format!("Subject: {i}\n\n{i}\n").as_bytes());
+    }
+    let (drop, before) = store.open("alice").await.unwrap();
+    drop.commit(vec![2]).await.unwrap();
+    deliver(&store, "alice", b"Subject: new\n\nnew\n");
+    let (drop, after) = store.open("alice").await.unwrap();
+    assert_eq!(uidls(&after)[..2], uidls(&before)[..2]);
+    assert_eq!(after.len(), 3);
+    assert!(
+        !uidls(&before).contains(&after[2].uidl),
+        "UID of a deleted message reused"
+    );
+    drop.commit(vec![]).await.unwrap();
+    // Restart: a new store object over the same directory sees the same UIDLs.
+    let again = MaildirStore::new(store.root(), "otherhost");
+    let (_d, reopened) = again.open("alice").await.unwrap();
+    assert_eq!(uidls(&reopened), uidls(&after));
+}
+
+#[tokio::test]
+async fn one_session_per_maildrop_and_the_lock_dies_with_the_session() {
+    let (_t, store) = store();
+    deliver(&store, "alice", b"x\n");
+    let (first, _) = store.open("alice").await.unwrap();
+    assert!(matches!(store.open("alice").await, Err(StoreError::InUse)));
+    // Another user is not affected.
+    store.open("bob").await.unwrap();
+    drop(first);
+    store.open("alice").await.unwrap();
+}
+
+#[tokio::test]
+async fn commit_removes_only_marked_messages_and_spares_new_mail() {
+    let (_t, store) = store();
+    for i in 0..4 {
+        deliver(&store, "alice", format!("Subject: {i}\n\n{i}\n").as_bytes());
+    }
+    let (drop, listing) = store.open("alice").await.unwrap();
+    deliver(
+        &store,
+        "alice",
+        b"Subject: during\n\narrived during the session\n",
+    );
+    drop.commit(vec![0, 2]).await.unwrap();
+    let (mut d, after) = store.open("alice").await.unwrap();
+    assert_eq!(
+        uidls(&after)[..2],
+        [listing[1].uidl.clone(), listing[3].uidl.clone()]
+    );
+    assert_eq!(after.len(), 3);
+    assert_eq!(
+        read_all(&mut d, 2).await,
+        b"Subject: during\n\narrived during the session\n"
+    );
+}
+
+#[tokio::test]
+async fn dropping_without_commit_removes_nothing() {
+    let (_t, store) = store();
+    deliver(&store, "alice", b"keep me\n");
+    let (drop, listing) = store.open("alice").await.unwrap();
+    std::mem::drop(drop);
+    let (_d, again) = store.open("alice").await.unwrap();
+    assert_eq!(listing, again);
+}
+
+#[tokio::test]
+async fn renamed_files_are_found_again() {
+    let (_t, store) = store();
+    deliver(&store, "alice", b"Subject: moved\n\nbody\n");
+    let (mut drop, _) = store.open("alice").await.unwrap();
+    // An IMAP client marks the message seen meanwhile: new/X becomes cur/X:2,S.
+    let maildir = store.maildir_path("alice").unwrap();
+    let entry = fs::read_dir(maildir.join("new"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let name = entry.file_name().into_string().unwrap();
+    fs::rename(
+        entry.path(),
+        maildir.join("cur").join(format!("{name}:2,S")),
+    )
+    .unwrap();
+    assert_eq!(read_all(&mut drop, 0).await, b"Subject: moved\n\nbody\n");
+    drop.commit(vec![0]).await.unwrap();
+    assert_eq!(fs::read_dir(maildir.join("cur")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn externally_removed_files_leave_the_listing() {
+    let (_t, store) = store();
+    deliver(&store, "alice", b"one\n");
+    deliver(&store, "alice", b"two\n");
+    let (d, listing) = store.open("alice").await.unwrap();
+    d.commit(vec![]).await.unwrap();
+    let new = store.maildir_path("alice").unwrap().join("new");
+    let mut files: Vec<_> = fs::read_dir(&new)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    fs::remove_file(&files[0]).unwrap();
+    let (_d, after) = store.open("alice").await.unwrap();
+    assert_eq!(after, listing[1..]);
+}
+
+#[tokio::test]
+async fn dovecot_index_and_saved_uidls_are_honoured() {
+    let (_t, store) = store();
+    let maildir = store.maildir_path("carol").unwrap();
+    foreign_delivery(&maildir, "1700000001.M1P1.mx,S=7,W=8", b"Hello\r\n");
+    foreign_delivery(&maildir, "1700000002.M1P1.mx", b"World\n");
+    foreign_delivery(&maildir, "1700000003.M1P1.mx", b"Late\n");
+    fs::write(
+        maildir.join("dovecot-uidlist"),
+        "3 V1234 N20 G00112233445566778899aabbccddeeff\n\
+         7 :1700000001.M1P1.mx,S=7,W=8\n\
+         9 P0000000beef W6 :1700000002.M1P1.mx\n",
+    )
+    .unwrap();
+    let (d, listing) = store.open("carol").await.unwrap();
+    assert_eq!(
+        uidls(&listing),
+        ["00000007000004D2", "0000000beef", "00000014000004D2"]
+    );
+    d.commit(vec![]).await.unwrap();
+    let text = fs::read_to_string(maildir.join("dovecot-uidlist")).unwrap();
+    assert!(
+        text.starts_with("3 V1234 N21 G00112233445566778899aabbccddeeff\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("9 P0000000beef W6 X7 :1700000002.M1P1.mx\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn one_delivery_reaches_every_recipient() {
+    let (_t, store) = store();
+    let d = store
+        .deliver_blocking(&["a", "b@x.org"], &mut &b"shared\n"[..])
+        .unwrap();
+    assert_eq!(d.size, 7);
+    for user in ["a", "b@x.org"] {
+        let (mut drop, listing) = store.open(user).await.unwrap();
+        assert_eq!(listing.len(), 1);
+        assert_eq!(read_all(&mut drop, 0).await, b"shared\n");
+        let tmp = store.maildir_path(user).unwrap().join("tmp");
+        assert_eq!(
+            fs::read_dir(tmp).unwrap().count(),
+            0,
+            "no leftovers in tmp/"
+        );
+    }
+}
+
+#[tokio::test]
+async fn empty_and_invalid_deliveries_are_refused() {
+    let (_t, store) = store();
+    assert!(matches!(
+        store.deliver_blocking(&["a"], &mut &b""[..]),
+        Err(StoreError::EmptyMessage)
+    ));
+    assert_eq!(
+        fs::read_dir(store.maildir_path("a").unwrap().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    for bad in ["../b", "/etc/passwd", "a/../../b", "x@.."] {
+        assert!(matches!(
+            store.deliver_blocking(&[bad], &mut &b"x"[..]),
+            Err(StoreError::InvalidMailbox(..))
+        ));
+        assert!(matches!(
+            store.open(bad).await,
+            Err(StoreError::InvalidMailbox(..))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn corrupt_index_lines_do_not_lose_other_uidls() {
+    let (_t, store) = store();
+    let maildir = store.maildir_path("dave").unwrap();
+    foreign_delivery(&maildir, "1700000001.M1P1.mx", b"a\n");
+    foreign_delivery(&maildir, "1700000002.M1P1.mx", b"b\n");
+    fs::write(
+        maildir.join("dovecot-uidlist"),
+        "3 V99 N5 G0\n3 X2 :1700000001.M1P1.mx\ngarbage line\n4 X2 :1700000002.M1P1.mx\n",
+    )
+    .unwrap();
+    let (_d, listing) = store.open("dave").await.unwrap();
+    assert_eq!(uidls(&listing), ["0000000300000063", "0000000400000063"]);
+}
