@@ -4,12 +4,14 @@
 //!   and the edits behind `poplar user ...`;
 //! - [`scheme`]: password schemes (`{ARGON2ID}`, `{ARGON2I}`, `{PLAIN}`, `{CLEAR}`), constant-time
 //!   checks and a decoy hash so unknown users cost the same as real ones;
-//! - [`sasl`]: SASL mechanisms as functions over decoded messages (PLAIN for now).
+//! - [`sasl`]: SASL mechanisms as functions over decoded messages (PLAIN for now);
+//! - [`apop`]: the APOP digest check (RFC 1939 section 7).
 //!
 //! The crate knows nothing of mail storage and performs no network I/O.
 
 #![forbid(unsafe_code)]
 
+pub mod apop;
 mod error;
 pub mod sasl;
 pub mod scheme;

@@ -30,6 +30,12 @@ pub fn is_supported(scheme: &str) -> bool {
     matches!(scheme, "PLAIN" | "CLEAR" | "ARGON2ID" | "ARGON2I")
 }
 
+/// The secret itself, when the scheme stores it in a plaintext-equivalent form (needed by APOP).
+pub fn plaintext_equivalent(stored: &str) -> Option<&str> {
+    let (scheme, data) = split_scheme(stored);
+    matches!(scheme.as_str(), "PLAIN" | "CLEAR").then_some(data)
+}
+
 /// Checks `password` against a stored `{SCHEME}data` value.
 pub fn verify(stored: &str, password: &[u8]) -> Result<bool, AuthError> {
     let (scheme, data) = split_scheme(stored);

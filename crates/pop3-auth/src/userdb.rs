@@ -190,6 +190,30 @@ impl UserDb {
     }
 }
 
+impl UserDb {
+    /// Checks an APOP digest. Users whose password is not stored in a plaintext-equivalent
+    /// scheme cannot use APOP; they, and unknown users, get the same answer as a wrong digest.
+    pub fn verify_apop(&self, name: &str, timestamp: &str, digest: &str) -> Verdict {
+        let key = normalize_name(name);
+        let secret = self
+            .users
+            .get(&key)
+            .and_then(|u| u.password.as_ref())
+            .and_then(|p| scheme::plaintext_equivalent(p.expose()));
+        match secret {
+            Some(secret) if crate::apop::verify(timestamp, secret.as_bytes(), digest) => {
+                Verdict::Valid(key)
+            }
+            Some(_) => Verdict::Invalid,
+            None => {
+                // Same work as a real check.
+                let _ = crate::apop::verify(timestamp, b"decoy", digest);
+                Verdict::Invalid
+            }
+        }
+    }
+}
+
 /// A users file that is re-read whenever it changes on disk, so `poplar user add` takes effect
 /// on a running server without a restart.
 #[derive(Debug)]
@@ -428,6 +452,23 @@ alice:{PLAIN}again
         );
         assert_eq!(db.verify("nopass", b"", &decoy).unwrap(), Verdict::Invalid);
         assert!(db.verify("carol", b"x", &decoy).is_err());
+    }
+
+    #[test]
+    fn apop_needs_a_plaintext_equivalent_secret() {
+        let (db, _) = UserDb::parse("mrose:{PLAIN}tanstaaf\nhashed:{ARGON2ID}$argon2id$x\n");
+        let ts = "<1896.697170952@dbc.mtview.ca.us>";
+        let good = "c4c9334bac560ecc979e58001b3e22fb";
+        assert_eq!(
+            db.verify_apop("mrose", ts, good),
+            Verdict::Valid("mrose".into())
+        );
+        assert_eq!(
+            db.verify_apop("mrose", ts, &"0".repeat(32)),
+            Verdict::Invalid
+        );
+        assert_eq!(db.verify_apop("hashed", ts, good), Verdict::Invalid);
+        assert_eq!(db.verify_apop("nobody", ts, good), Verdict::Invalid);
     }
 
     #[test]

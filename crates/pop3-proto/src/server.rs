@@ -14,7 +14,7 @@
 //! in the input buffer; responses accumulate in the output buffer and the driver flushes them when
 //! it runs out of input.
 
-use crate::capability::{CapaContext, Capabilities};
+use crate::capability::{CapaContext, Capabilities, Expire};
 use crate::command::{Command, MessageNumber, ParseError, parse_command};
 use crate::error::Error;
 use crate::line::{Frame, LineFramer};
@@ -26,6 +26,10 @@ use std::sync::Arc;
 
 /// RFC 2449 section 4: a command line is at most 255 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 255;
+
+/// When this much output is waiting, `poll` stops between commands and asks for a flush, so a
+/// burst of pipelined commands cannot build an unbounded response buffer.
+pub const FLUSH_THRESHOLD: usize = 64 * 1024;
 
 /// TLS on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +110,8 @@ pub struct MessageRequest {
 pub enum Event {
     /// Flush the output buffer and read more input.
     NeedInput,
+    /// Flush the output buffer, then poll again (more commands are waiting).
+    Flush,
     /// Verify credentials, then call [`ServerSession::auth_succeeded`] or
     /// [`ServerSession::auth_failed`].
     Authenticate(Credentials),
@@ -225,6 +231,8 @@ pub enum EndReason {
 struct Snapshot {
     messages: Vec<MessageMeta>,
     deleted: Vec<bool>,
+    /// Fully sent by RETR (for `EXPIRE 0`, which removes retrieved messages at QUIT).
+    retrieved: Vec<bool>,
     live_count: usize,
     live_octets: u64,
 }
@@ -234,6 +242,7 @@ impl Snapshot {
         let live_octets = messages.iter().map(|m| m.size).sum();
         Self {
             deleted: vec![false; messages.len()],
+            retrieved: vec![false; messages.len()],
             live_count: messages.len(),
             live_octets,
             messages,
@@ -426,6 +435,9 @@ impl ServerSession {
         loop {
             if let Phase::Closed(_) = self.phase {
                 return Ok(Event::Close);
+            }
+            if out.len() >= FLUSH_THRESHOLD {
+                return Ok(Event::Flush);
             }
             let in_sasl = matches!(self.phase, Phase::Sasl);
             let cap = self.config.max_sasl_line.max(MAX_COMMAND_LINE);
@@ -698,14 +710,16 @@ impl ServerSession {
                 ok(out, format_args!("Maildrop has {}", snap.summary()));
             }
             Command::Quit => {
+                // RFC 2449 section 6.7: with EXPIRE 0, retrieved messages go at the end of the
+                // session as if deleted.
+                let expire_now = self.config.capabilities.expire == Expire::Days(0);
                 let deleted: Vec<usize> = (0..snap.messages.len())
-                    .filter(|&i| snap.deleted[i])
+                    .filter(|&i| snap.deleted[i] || (expire_now && snap.retrieved[i]))
                     .collect();
                 self.stats.deleted = u32::try_from(deleted.len()).unwrap_or(u32::MAX);
                 self.stats.deleted_octets = deleted.iter().map(|&i| snap.messages[i].size).sum();
-                self.phase = Phase::Update {
-                    left: snap.live_count,
-                };
+                let left = snap.messages.len() - deleted.len();
+                self.phase = Phase::Update { left };
                 self.pending = Pending::Commit;
                 return Some(Event::Commit { deleted });
             }
@@ -876,6 +890,9 @@ impl ServerSession {
         self.pending = Pending::None;
         let octets = encoder.finish(out);
         if req.body_lines.is_none() {
+            if let Phase::Transaction(snap) = &mut self.phase {
+                snap.retrieved[req.index] = true;
+            }
             self.stats.retr += 1;
             self.stats.retr_octets += octets;
         } else {

@@ -57,6 +57,7 @@ impl Harness {
         loop {
             match self.session.poll(&mut out).expect("poll") {
                 Event::NeedInput => break,
+                Event::Flush => {}
                 Event::Close => {
                     self.closed = true;
                     break;
@@ -834,4 +835,54 @@ fn plaintext_mechanisms_hidden_but_protected_ones_listed() {
     let got = h.send(b"CAPA\r\n");
     assert!(got.contains("\r\nSASL SCRAM-SHA-256\r\n"), "{got}");
     assert!(!got.contains("\r\nUSER\r\n"));
+}
+
+#[test]
+fn expire_zero_removes_retrieved_messages_at_quit() {
+    let caps = Capabilities {
+        expire: Expire::Days(0),
+        ..Capabilities::default()
+    };
+    let config = SessionConfig {
+        capabilities: Arc::new(caps),
+        ..plaintext_ok()
+    };
+    let mut h = Harness::new(config).with_messages(vec![
+        message_of_size(30, "a"),
+        message_of_size(30, "b"),
+        message_of_size(30, "c"),
+    ]);
+    h.send(b"USER mrose\r\nPASS tanstaaf\r\nRETR 1\r\nTOP 2 0\r\nDELE 3\r\n");
+    assert_eq!(
+        h.send(b"QUIT\r\n"),
+        "+OK Poplar POP3 server signing off (1 message left)\r\n"
+    );
+    assert_eq!(h.committed, Some(vec![0, 2]));
+}
+
+#[test]
+fn pipelined_bursts_ask_for_a_flush_instead_of_growing_output() {
+    let messages = (0..2000)
+        .map(|i| message_of_size(40, &i.to_string()))
+        .collect();
+    let mut h = Harness::new(plaintext_ok()).with_messages(messages);
+    h.send(b"USER mrose\r\nPASS tanstaaf\r\n");
+    h.session.receive(&b"LIST\r\n".repeat(200));
+    let mut out = Vec::new();
+    let mut flushes = 0;
+    let mut largest = 0;
+    loop {
+        match h.session.poll(&mut out).unwrap() {
+            Event::Flush => {
+                flushes += 1;
+                largest = largest.max(out.len());
+                out.clear();
+            }
+            Event::NeedInput => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(flushes > 10);
+    // One LIST of 2000 messages is ~20 KB, so a flush is requested within one response of 64 KiB.
+    assert!(largest < 64 * 1024 + 25_000, "{largest}");
 }
