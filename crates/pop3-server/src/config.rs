@@ -1,0 +1,658 @@
+//! The configuration file: one TOML document, every key optional, unknown keys rejected.
+//!
+//! Every default below is chosen so that `poplar serve` with no configuration at all is safe
+//! and useful on a developer's machine (loopback only, TLS with a generated certificate,
+//! plaintext passwords only from loopback) and each one is explained in docs/configuration.md.
+//! [`Config::problems`] turns mistakes into sentences a mail administrator can act on.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where everything lives: `mail/` (maildrops), `users` (passwd-file), `tls/`.
+    /// Default `./poplar-data`: a first run needs no root and no existing directories.
+    pub data_dir: PathBuf,
+    /// This server's host name, for the APOP timestamp and Maildir file names.
+    /// Default: the system host name.
+    pub hostname: Option<String>,
+    /// `error`, `warn`, `info` (default: one line per session and per problem) or `debug`.
+    pub log_level: LogLevel,
+    /// Listening addresses.
+    pub listen: Listen,
+    /// TLS for STLS and implicit TLS.
+    pub tls: TlsConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// POP3 policy advertised in CAPA.
+    pub pop3: Pop3Policy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./poplar-data"),
+            hostname: None,
+            log_level: LogLevel::Info,
+            listen: Listen::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            pop3: Pop3Policy::default(),
+        }
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Plus one summary line per session.
+    Info,
+    /// Plus protocol details (never passwords).
+    Debug,
+}
+
+/// Where to listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// POP3 with STLS (RFC 2595). Default `127.0.0.1:1110`: loopback and an unprivileged port,
+    /// so a first run exposes nothing and needs no root. Production: `["0.0.0.0:110", "[::]:110"]`.
+    pub pop3: Vec<SocketAddr>,
+    /// POP3 over implicit TLS (RFC 8314). Default `127.0.0.1:1995`; production uses port 995.
+    pub pop3s: Vec<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
+            pop3s: vec![SocketAddr::from(([127, 0, 0, 1], 1995))],
+        }
+    }
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Offer TLS (STLS and the POP3S listeners). Default true: passwords should never need to
+    /// cross a network in the clear.
+    pub enabled: bool,
+    /// PEM certificate chain. Default: `DATA/tls/cert.pem`, generated self-signed (for
+    /// `localhost` and `127.0.0.1`) on first start when neither `cert` nor `key` is set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Default: `DATA/tls/key.pem`.
+    pub key: Option<PathBuf>,
+    /// Oldest TLS version accepted: `"1.2"` (default; RFC 8996 retired 1.0 and 1.1, and some
+    /// phones and Outlook versions still lack 1.3) or `"1.3"`.
+    pub min_version: TlsVersion,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cert: None,
+            key: None,
+            min_version: TlsVersion::V1_2,
+        }
+    }
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The passwd-file (Dovecot format). Default `DATA/users`.
+    pub users_file: Option<PathBuf>,
+    /// Networks from which USER/PASS and AUTH PLAIN are allowed without TLS. Default: loopback
+    /// only (`127.0.0.0/8`, `::1/128`), like Dovecot's secure networks; an empty list refuses
+    /// plaintext logins on every unencrypted connection.
+    pub plaintext_networks: Vec<IpNet>,
+    /// Delay before answering a failed login. Default 2 s: slows password guessing a
+    /// thousandfold while a user who mistyped barely notices.
+    #[serde(deserialize_with = "duration")]
+    pub failure_delay: Duration,
+    /// Enable APOP (RFC 1939). Default false: APOP needs passwords stored in plaintext-equivalent
+    /// form (`{PLAIN}`), and MD5 offers no protection a modern client needs; enable only for
+    /// legacy clients that cannot use TLS.
+    pub apop: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            users_file: None,
+            plaintext_networks: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            failure_delay: Duration::from_secs(2),
+            apop: false,
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections served at once; more are answered `-ERR [SYS/TEMP]` and closed. Default
+    /// 1000: far above what a small site needs, well below the default 1024-descriptor limit
+    /// minus what the server itself uses. Raise together with `LimitNOFILE`.
+    pub max_connections: usize,
+    /// Connections at once from one IP address. Default 50: an office or a carrier-grade NAT
+    /// puts many legitimate clients behind one address, while a single abuser cannot take more
+    /// than 5% of the default total.
+    pub max_connections_per_ip: usize,
+    /// Unknown, malformed or out-of-state commands before the connection is closed. Default 10:
+    /// real clients send at most a few (fetchmail's `LAST`), scanners send many.
+    pub max_bad_commands: u32,
+    /// Longest SASL response line in octets, CRLF included. Default 16384: OAuth bearer tokens
+    /// from large identity providers reach several kilobytes; ordinary commands stay capped at
+    /// RFC 2449's 255 octets regardless.
+    pub max_sasl_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            max_bad_commands: 10,
+            max_sasl_line: 16 * 1024,
+        }
+    }
+}
+
+/// Timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TLS handshake. Default 30 s: generous for a phone on a bad network, short enough that
+    /// half-open handshakes do not pile up.
+    #[serde(deserialize_with = "duration")]
+    pub tls_handshake: Duration,
+    /// Inactivity before login. Default 60 s: a client logs in within seconds; idle
+    /// unauthenticated connections are how scanners hold resources.
+    #[serde(deserialize_with = "duration")]
+    pub idle_before_login: Duration,
+    /// Inactivity after login (RFC 1939's autologout timer). Default and minimum 10 minutes,
+    /// as RFC 1939 section 3 requires.
+    #[serde(deserialize_with = "duration")]
+    pub idle_after_login: Duration,
+    /// A single write to a client that stopped reading. Default 2 minutes.
+    #[serde(deserialize_with = "duration")]
+    pub write: Duration,
+    /// On SIGTERM/SIGINT, how long to let running sessions finish before exiting. Default 10 s.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(30),
+            idle_before_login: Duration::from_secs(60),
+            idle_after_login: Duration::from_secs(600),
+            write: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The retention policy and login pacing advertised to clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Policy {
+    /// RFC 2449 EXPIRE: `"never"` (default: Poplar never removes mail on its own, so clients
+    /// may leave mail on the server) or `0` (messages retrieved in a session are removed at its
+    /// QUIT, as if deleted).
+    #[serde(deserialize_with = "expire")]
+    pub expire: pop3_proto::Expire,
+    /// RFC 2449 LOGIN-DELAY in seconds: minimum time between two logins of one user, enforced
+    /// and advertised. Default 0 (off, not advertised). ISPs use 300-900 to pace polling clients.
+    pub login_delay: u32,
+    /// Show the version in the IMPLEMENTATION capability (after login only). Default true.
+    pub show_version: bool,
+}
+
+impl Default for Pop3Policy {
+    fn default() -> Self {
+        Self {
+            expire: pop3_proto::Expire::Never,
+            login_delay: 0,
+            show_version: true,
+        }
+    }
+}
+
+/// A configuration mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Errors stop `serve`; warnings are printed and the server starts.
+    pub severity: Severity,
+    /// What is wrong and what to do, in words for a mail administrator.
+    pub message: String,
+}
+
+/// How serious a [`Problem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Worth knowing; the server runs.
+    Warning,
+    /// The server refuses to start.
+    Error,
+}
+
+impl Config {
+    /// Parses a configuration file's text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The users file path.
+    pub fn users_file(&self) -> PathBuf {
+        self.auth
+            .users_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("users"))
+    }
+
+    /// The mail root (`DATA/mail`).
+    pub fn mail_root(&self) -> PathBuf {
+        self.data_dir.join("mail")
+    }
+
+    /// Certificate and key paths, and whether they are the generated self-signed pair.
+    pub fn tls_files(&self) -> (PathBuf, PathBuf, bool) {
+        let dir = self.data_dir.join("tls");
+        match (&self.tls.cert, &self.tls.key) {
+            (None, None) => (dir.join("cert.pem"), dir.join("key.pem"), true),
+            (cert, key) => (
+                cert.clone().unwrap_or_else(|| dir.join("cert.pem")),
+                key.clone().unwrap_or_else(|| dir.join("key.pem")),
+                false,
+            ),
+        }
+    }
+
+    /// The host name to announce.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// Checks the settings for mistakes that parsing cannot catch. `check_files` also looks at
+    /// the files the configuration names.
+    pub fn problems(&self, check_files: bool) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut error = |m: String| {
+            out.push(Problem {
+                severity: Severity::Error,
+                message: m,
+            })
+        };
+        if self.listen.pop3.is_empty() && self.listen.pop3s.is_empty() {
+            error("[listen] has no addresses: set listen.pop3 and/or listen.pop3s.".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for addr in self.listen.pop3.iter().chain(&self.listen.pop3s) {
+            if addr.port() != 0 && !seen.insert(addr) {
+                error(format!(
+                    "listen address {addr} appears twice; each address can serve one listener."
+                ));
+            }
+        }
+        if !self.tls.enabled && !self.listen.pop3s.is_empty() {
+            error(
+                "listen.pop3s is set but tls.enabled = false: implicit-TLS listeners need TLS. \
+                 Remove listen.pop3s or enable TLS."
+                    .into(),
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            error("tls.cert and tls.key must be set together (or both left out for a generated self-signed certificate).".into());
+        }
+        if self.timeouts.idle_after_login < Duration::from_secs(600) {
+            error(format!(
+                "timeouts.idle_after_login is {:?}; RFC 1939 requires at least 10 minutes (\"10m\").",
+                self.timeouts.idle_after_login
+            ));
+        }
+        for (name, d) in [
+            ("timeouts.tls_handshake", self.timeouts.tls_handshake),
+            (
+                "timeouts.idle_before_login",
+                self.timeouts.idle_before_login,
+            ),
+            ("timeouts.write", self.timeouts.write),
+        ] {
+            if d.is_zero() {
+                error(format!(
+                    "{name} is 0; a connection would be closed at once. Use e.g. \"30s\"."
+                ));
+            }
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+            error(
+                "limits.max_connections and limits.max_connections_per_ip must be at least 1."
+                    .into(),
+            );
+        }
+        if self.limits.max_bad_commands == 0 {
+            error("limits.max_bad_commands must be at least 1.".into());
+        }
+        if self.limits.max_sasl_line < 255 {
+            error("limits.max_sasl_line must be at least 255 octets (the RFC 2449 command line length).".into());
+        }
+        if !matches!(
+            self.pop3.expire,
+            pop3_proto::Expire::Never | pop3_proto::Expire::Days(0)
+        ) {
+            error("pop3.expire must be \"never\" or 0: Poplar does not remove mail after a number of days.".into());
+        }
+        let mut warn = |m: String| {
+            out.push(Problem {
+                severity: Severity::Warning,
+                message: m,
+            })
+        };
+        if self
+            .auth
+            .plaintext_networks
+            .iter()
+            .any(|n| n.prefix_len() == 0)
+        {
+            warn(
+                "auth.plaintext_networks contains a /0 network: passwords may be sent unencrypted \
+                 from anywhere. List only networks you control."
+                    .into(),
+            );
+        }
+        if !self.tls.enabled {
+            warn(
+                "TLS is disabled: clients outside auth.plaintext_networks cannot log in at all."
+                    .into(),
+            );
+        }
+        if self.auth.apop {
+            warn("APOP is enabled: it only works for users stored with {PLAIN} passwords.".into());
+        }
+        if check_files {
+            out.extend(self.file_problems());
+        }
+        out
+    }
+
+    fn file_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let err = |m: String| Problem {
+            severity: Severity::Error,
+            message: m,
+        };
+        let warn = |m: String| Problem {
+            severity: Severity::Warning,
+            message: m,
+        };
+        if self.tls.enabled {
+            let (cert, key, generated) = self.tls_files();
+            if !generated {
+                for (what, path) in [("certificate", &cert), ("private key", &key)] {
+                    if let Err(e) = std::fs::File::open(path) {
+                        out.push(err(format!(
+                            "cannot read the TLS {what} {}: {e}",
+                            path.display()
+                        )));
+                    }
+                }
+                if out.is_empty()
+                    && let Err(e) = crate::tls::server_config(&cert, &key, self.tls.min_version)
+                {
+                    out.push(err(e.to_string()));
+                }
+            }
+        }
+        let users = self.users_file();
+        match pop3_auth::UserDb::load(&users) {
+            Ok((db, warnings)) => {
+                if db.is_empty() {
+                    out.push(warn(format!(
+                        "no users in {}: nobody can log in. Add one with `poplar user add NAME`.",
+                        users.display()
+                    )));
+                }
+                for w in warnings {
+                    out.push(warn(format!(
+                        "{} line {}: {}",
+                        users.display(),
+                        w.line,
+                        w.reason
+                    )));
+                }
+            }
+            Err(e) => out.push(err(e.to_string())),
+        }
+        if let Some(p) = writable_problem(&self.data_dir) {
+            out.push(err(p));
+        }
+        out
+    }
+}
+
+fn writable_problem(dir: &Path) -> Option<String> {
+    let probe = dir.join(".poplar-write-test");
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
+    result
+        .err()
+        .map(|e| format!("data_dir {} is not writable: {e}", dir.display()))
+}
+
+/// The system host name (Linux), or `localhost`.
+pub fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Parses `"2s"`, `"500ms"`, `"10m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {t:?}: use a number with ms, s, m or h, e.g. \"2s\" or \"10m\""
+            ))
+        }),
+    }
+}
+
+fn expire<'de, D: Deserializer<'de>>(d: D) -> Result<pop3_proto::Expire, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Days(u32),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Days(n) => Ok(pop3_proto::Expire::Days(n)),
+        Raw::Text(t) if t.eq_ignore_ascii_case("never") => Ok(pop3_proto::Expire::Never),
+        Raw::Text(t) => Err(serde::de::Error::custom(format!(
+            "invalid expire {t:?}: use \"never\" or a number of days"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen.pop3, vec!["127.0.0.1:1110".parse().unwrap()]);
+        assert_eq!(c.listen.pop3s, vec!["127.0.0.1:1995".parse().unwrap()]);
+        assert_eq!(c.users_file(), PathBuf::from("./poplar-data/users"));
+        assert!(c.tls_files().2);
+        assert!(
+            c.auth
+                .plaintext_networks
+                .iter()
+                .any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()))
+        );
+        assert!(
+            c.auth
+                .plaintext_networks
+                .iter()
+                .any(|n| n.contains(&"::1".parse::<std::net::IpAddr>().unwrap()))
+        );
+        assert!(
+            !c.auth
+                .plaintext_networks
+                .iter()
+                .any(|n| n.contains(&"10.0.0.1".parse::<std::net::IpAddr>().unwrap()))
+        );
+        assert!(c.problems(false).is_empty(), "{:?}", c.problems(false));
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::parse(
+            r#"
+            data_dir = "/var/lib/poplar"
+            hostname = "mail.example.org"
+            log_level = "debug"
+            [listen]
+            pop3 = ["0.0.0.0:110", "[::]:110"]
+            pop3s = ["0.0.0.0:995"]
+            [tls]
+            cert = "/etc/ssl/mail.pem"
+            key = "/etc/ssl/mail.key"
+            min_version = "1.3"
+            [auth]
+            plaintext_networks = []
+            failure_delay = "500ms"
+            [limits]
+            max_connections = 5000
+            [timeouts]
+            idle_after_login = "15m"
+            idle_before_login = 30
+            [pop3]
+            expire = 0
+            login_delay = 300
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.pop3.len(), 2);
+        assert_eq!(c.tls.min_version, TlsVersion::V1_3);
+        assert!(c.auth.plaintext_networks.is_empty());
+        assert_eq!(c.auth.failure_delay, Duration::from_millis(500));
+        assert_eq!(c.timeouts.idle_after_login, Duration::from_secs(900));
+        assert_eq!(c.timeouts.idle_before_login, Duration::from_secs(30));
+        assert_eq!(c.pop3.expire, pop3_proto::Expire::Days(0));
+        assert_eq!(
+            c.tls_files(),
+            (
+                PathBuf::from("/etc/ssl/mail.pem"),
+                PathBuf::from("/etc/ssl/mail.key"),
+                false
+            )
+        );
+        assert!(c.problems(false).is_empty());
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        let e = Config::parse("[listen]\npop = [\"127.0.0.1:110\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `pop`"), "{e}");
+        let e = Config::parse("[auth]\nfailure_delay = \"2 weeks\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid duration"), "{e}");
+        let c = Config::parse(
+            "[timeouts]\nidle_after_login = \"1m\"\n[tls]\nenabled = false\n[auth]\nplaintext_networks = [\"0.0.0.0/0\"]\n[pop3]\nexpire = 30\n",
+        )
+        .unwrap();
+        let problems = c.problems(false);
+        let text: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(
+            text.iter()
+                .any(|m| m.contains("RFC 1939 requires at least 10 minutes")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|m| m.contains("implicit-TLS listeners need TLS")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|m| m.contains("from anywhere")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("pop3.expire")), "{text:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        for bad in ["", "s", "1d", "-1s", "1.5s", "99999999999999999999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Poplar's POP3 server: the part that touches sockets.
+//!
+//! [`Server::bind`] turns a [`Config`] and a [`MailStore`] into bound listeners; [`Server::serve`]
+//! accepts connections until the shutdown future resolves. Each connection is a task running
+//! [`connection`]'s driver around a `pop3_proto::ServerSession`. Around it this crate provides:
+//!
+//! - listeners for POP3 (with STLS, RFC 2595) and POP3S (implicit TLS, RFC 8314), rustls with
+//!   the ring provider;
+//! - a global connection cap (a semaphore permit moved into each task) and a per-address cap,
+//!   both answered with `-ERR [SYS/TEMP]` instead of silence;
+//! - back-off on accept errors (running out of file descriptors must not spin the CPU);
+//! - graceful shutdown: stop accepting, tell idle sessions, let running commands (a RETR, a
+//!   commit) finish, wait up to the grace period.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod config;
+mod connection;
+mod error;
+pub mod tls;
+
+pub use config::Config;
+pub use error::ServerError;
+
+use ipnet::IpNet;
+use pop3_auth::UserDbFile;
+use pop3_proto::{Capabilities, Mechanism, SessionConfig, Tls};
+use pop3_store::MailStore;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// The version shown in IMPLEMENTATION.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The kind of listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// POP3, port 110 style, with STLS.
+    Pop3,
+    /// POP3 over implicit TLS, port 995 style.
+    Pop3s,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Pop3 => "POP3",
+            Kind::Pop3s => "POP3S",
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Settings {
+    tls_handshake: Duration,
+    idle_before_login: Duration,
+    idle_after_login: Duration,
+    write: Duration,
+    shutdown_grace: Duration,
+    plaintext_networks: Vec<IpNet>,
+    max_bad_commands: u32,
+    max_sasl_line: usize,
+    max_connections: usize,
+    apop: bool,
+    hostname: String,
+}
+
+/// State shared by every connection.
+struct Shared<S: MailStore> {
+    store: S,
+    auth: auth::Authenticator,
+    tls: Option<TlsAcceptor>,
+    capabilities: Arc<Capabilities>,
+    settings: Settings,
+    connections: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    shutdown: watch::Sender<bool>,
+    apop_counter: AtomicU64,
+}
+
+impl<S: MailStore> Shared<S> {
+    fn session_config(&self, kind: Kind, peer: IpAddr) -> SessionConfig {
+        let tls = match (kind, &self.tls) {
+            (Kind::Pop3s, _) => Tls::Active,
+            (Kind::Pop3, Some(_)) => Tls::Available,
+            (Kind::Pop3, None) => Tls::Unavailable,
+        };
+        SessionConfig {
+            capabilities: Arc::clone(&self.capabilities),
+            apop_timestamp: self.settings.apop.then(|| self.apop_timestamp()),
+            tls,
+            plaintext_without_tls: self
+                .settings
+                .plaintext_networks
+                .iter()
+                .any(|n| n.contains(&peer)),
+            max_bad_commands: self.settings.max_bad_commands,
+            max_sasl_line: self.settings.max_sasl_line,
+        }
+    }
+
+    /// `<pid.counter.clock@host>`: unique per connection, and only letters, digits, dots and
+    /// `@`, so strict clients such as mpop accept it as a msg-id.
+    fn apop_timestamp(&self) -> String {
+        let n = self.apop_counter.fetch_add(1, Ordering::Relaxed);
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let host: String = self
+            .settings
+            .hostname
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+            .collect();
+        format!("<{}.{n}.{clock}@{host}>", std::process::id())
+    }
+}
+
+/// Counts connections per client address.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's slot in [`PerIp`], released on drop.
+struct IpSlot {
+    tracker: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn try_add(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            tracker: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .tracker
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A server with its listeners bound.
+pub struct Server<S: MailStore> {
+    shared: Arc<Shared<S>>,
+    listeners: Vec<(Kind, TcpListener)>,
+}
+
+impl<S: MailStore> Server<S> {
+    /// Validates the configuration, loads TLS material (generating the self-signed default if
+    /// needed), opens the user database and binds every listener.
+    pub async fn bind(config: &Config, store: S) -> Result<Self, ServerError> {
+        let errors: Vec<String> = config
+            .problems(false)
+            .into_iter()
+            .filter(|p| p.severity == config::Severity::Error)
+            .map(|p| p.message)
+            .collect();
+        if !errors.is_empty() {
+            return Err(ServerError::Config(errors.join(" ")));
+        }
+        let hostname = config.hostname();
+        let tls = if config.tls.enabled {
+            let (cert, key, generated) = config.tls_files();
+            if generated {
+                let names = vec![
+                    "localhost".to_owned(),
+                    "127.0.0.1".to_owned(),
+                    "::1".to_owned(),
+                ];
+                if tls::ensure_self_signed(&cert, &key, &names)? {
+                    tracing::warn!(
+                        cert = %cert.display(),
+                        "generated a self-signed TLS certificate for localhost; clients will not \
+                         trust it. Set tls.cert and tls.key for production"
+                    );
+                }
+            }
+            Some(TlsAcceptor::from(tls::server_config(
+                &cert,
+                &key,
+                config.tls.min_version,
+            )?))
+        } else {
+            None
+        };
+        let users = UserDbFile::new(config.users_file());
+        if let Err(e) = users.current() {
+            return Err(e.into());
+        }
+        let authenticator = auth::Authenticator::new(
+            users,
+            auth::make_decoy().await?,
+            config.auth.failure_delay,
+            Duration::from_secs(config.pop3.login_delay.into()),
+        );
+        let capabilities = Capabilities {
+            expire: config.pop3.expire,
+            expire_per_user: false,
+            login_delay: config.pop3.login_delay,
+            login_delay_per_user: false,
+            implementation: if config.pop3.show_version {
+                format!("Poplar {VERSION}")
+            } else {
+                "Poplar".to_owned()
+            },
+            mechanisms: vec![Mechanism::plaintext("PLAIN")],
+        };
+        let mut listeners = Vec::new();
+        for (kind, addrs) in [
+            (Kind::Pop3, &config.listen.pop3),
+            (Kind::Pop3s, &config.listen.pop3s),
+        ] {
+            for &addr in addrs {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                listeners.push((kind, listener));
+            }
+        }
+        let settings = Settings {
+            tls_handshake: config.timeouts.tls_handshake,
+            idle_before_login: config.timeouts.idle_before_login,
+            idle_after_login: config.timeouts.idle_after_login,
+            write: config.timeouts.write,
+            shutdown_grace: config.timeouts.shutdown_grace,
+            plaintext_networks: config.auth.plaintext_networks.clone(),
+            max_bad_commands: config.limits.max_bad_commands,
+            max_sasl_line: config.limits.max_sasl_line,
+            max_connections: config.limits.max_connections,
+            apop: config.auth.apop,
+            hostname,
+        };
+        let shared = Arc::new(Shared {
+            store,
+            auth: authenticator,
+            tls,
+            capabilities: Arc::new(capabilities),
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            per_ip: Arc::new(PerIp {
+                max: config.limits.max_connections_per_ip,
+                counts: Mutex::default(),
+            }),
+            settings,
+            shutdown: watch::channel(false).0,
+            apop_counter: AtomicU64::new(0),
+        });
+        Ok(Self { shared, listeners })
+    }
+
+    /// The bound addresses (useful when a port was given as 0).
+    pub fn local_addrs(&self) -> Vec<(Kind, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(k, l)| l.local_addr().ok().map(|a| (*k, a)))
+            .collect()
+    }
+
+    /// Accepts connections until `shutdown` resolves, then lets sessions finish (up to the
+    /// configured grace period).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Server { shared, listeners } = self;
+        let mut accept_tasks = Vec::new();
+        for (kind, listener) in listeners {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                Arc::clone(&shared),
+                listener,
+                kind,
+            )));
+        }
+        shutdown.await;
+        let grace = shared.settings.shutdown_grace;
+        tracing::info!(
+            "shutting down: no new connections; waiting up to {grace:?} for sessions to end"
+        );
+        let _ = shared.shutdown.send(true);
+        for task in accept_tasks {
+            task.abort();
+        }
+        let all = u32::try_from(shared.settings.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, shared.connections.acquire_many(all))
+            .await
+            .is_err()
+        {
+            let running = shared.settings.max_connections - shared.connections.available_permits();
+            tracing::warn!(
+                "{running} sessions still running after {grace:?}; exiting anyway (no QUIT was half-applied: commits run to completion)"
+            );
+        }
+    }
+}
+
+async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: TcpListener, kind: Kind) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(5);
+                accepted
+            }
+            Err(e) => {
+                // Typically EMFILE: out of file descriptors. Wait rather than spin.
+                tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ip = peer.ip().to_canonical();
+        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+            refuse(
+                stream,
+                kind,
+                "Server is at its connection limit; try again shortly",
+            );
+            continue;
+        };
+        let Some(slot) = shared.per_ip.try_add(ip) else {
+            refuse(
+                stream,
+                kind,
+                "Too many connections from your address; try again shortly",
+            );
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            connection::handle(shared, stream, SocketAddr::new(ip, peer.port()), kind).await;
+            drop(slot);
+            drop(permit);
+        });
+    }
+}
+
+/// Tells a client it cannot be served (plaintext only: a POP3S client would not understand).
+fn refuse(mut stream: TcpStream, kind: Kind, text: &'static str) {
+    tracing::info!(peer = ?stream.peer_addr().ok(), "refused a connection: {text}");
+    if kind == Kind::Pop3s {
+        return;
+    }
+    tokio::spawn(async move {
+        let line = format!("-ERR [SYS/TEMP] {text}\r\n");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), stream.write_all(line.as_bytes())).await;
+    });
+}

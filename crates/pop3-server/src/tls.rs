@@ -1,0 +1,138 @@
+//! TLS with rustls (ring provider): loading PEM files and generating the first-start
+//! self-signed certificate.
+//!
+//! Only TLS 1.2 and 1.3 with rustls' default cipher suites are offered (AEAD only, forward
+//! secrecy only); the configuration can raise the floor to 1.3.
+
+use crate::config::TlsVersion;
+use crate::error::ServerError;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Builds the rustls server configuration from a PEM chain and key.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    min_version: TlsVersion,
+) -> Result<Arc<ServerConfig>, ServerError> {
+    let tls_err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        ServerError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err("cannot read the certificate", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err("invalid PEM in the certificate", cert, &e))?;
+    if certs.is_empty() {
+        return Err(tls_err(
+            "no certificate found in",
+            cert,
+            &"the file has no CERTIFICATE block",
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls_err("cannot read the private key", key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            ServerError::Tls(format!(
+                "certificate {} and key {} do not work together: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// Creates a self-signed certificate for `names` at `cert`/`key` unless both files exist.
+/// Returns whether one was generated.
+pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<bool, ServerError> {
+    if cert.exists() && key.exists() {
+        return Ok(false);
+    }
+    let io = |path: &Path, e: std::io::Error| ServerError::Io {
+        path: path.to_owned(),
+        source: e,
+    };
+    if let Some(dir) = cert.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
+    }
+    let generated = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| ServerError::Tls(format!("cannot generate a certificate: {e}")))?;
+    let write = |path: &Path, data: &str, mode: u32| -> Result<(), ServerError> {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        f.write_all(data.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io(path, e))
+    };
+    write(key, &generated.key_pair.serialize_pem(), 0o600)?;
+    write(cert, &generated.cert.pem(), 0o644)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_loads_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (
+            dir.path().join("tls/cert.pem"),
+            dir.path().join("tls/key.pem"),
+        );
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        assert!(ensure_self_signed(&cert, &key, &names).unwrap());
+        let pem = fs::read(&cert).unwrap();
+        assert!(!ensure_self_signed(&cert, &key, &names).unwrap());
+        assert_eq!(
+            fs::read(&cert).unwrap(),
+            pem,
+            "an existing certificate is never replaced"
+        );
+        server_config(&cert, &key, TlsVersion::V1_2).unwrap();
+        server_config(&cert, &key, TlsVersion::V1_3).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn mismatched_or_missing_files_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = (dir.path().join("a/cert.pem"), dir.path().join("a/key.pem"));
+        let b = (dir.path().join("b/cert.pem"), dir.path().join("b/key.pem"));
+        ensure_self_signed(&a.0, &a.1, &["localhost".into()]).unwrap();
+        ensure_self_signed(&b.0, &b.1, &["localhost".into()]).unwrap();
+        let e = server_config(&a.0, &b.1, TlsVersion::V1_2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("do not work together"), "{e}");
+        let e = server_config(&dir.path().join("none.pem"), &a.1, TlsVersion::V1_2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the certificate"), "{e}");
+    }
+}

@@ -1,0 +1,94 @@
+//! `poplar user add|passwd|del|list`.
+
+use crate::UserCommand;
+use anyhow::{Context, Result, bail};
+use pop3_auth::{scheme, userdb::edit};
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
+    match cmd {
+        UserCommand::Add(args) => {
+            let config = args.common.load()?;
+            let path = config.users_file();
+            pop3_auth::userdb::validate_name(&pop3_auth::userdb::normalize_name(&args.name))?;
+            pop3_store::MailboxPath::parse(&args.name)?;
+            let password = read_password(args.password_stdin)?;
+            edit::add(
+                &path,
+                &args.name,
+                &scheme::hash_default(password.as_bytes())?,
+            )?;
+            println!(
+                "added user {} to {}",
+                pop3_auth::userdb::normalize_name(&args.name),
+                path.display()
+            );
+        }
+        UserCommand::Passwd(args) => {
+            let config = args.common.load()?;
+            let path = config.users_file();
+            if !edit::list(&path)?.contains(&pop3_auth::userdb::normalize_name(&args.name)) {
+                bail!("no such user {:?} in {}", args.name, path.display());
+            }
+            let password = read_password(args.password_stdin)?;
+            edit::set_password(
+                &path,
+                &args.name,
+                &scheme::hash_default(password.as_bytes())?,
+            )?;
+            println!(
+                "password changed for {}",
+                pop3_auth::userdb::normalize_name(&args.name)
+            );
+        }
+        UserCommand::Del(args) => {
+            let config = args.common.load()?;
+            let path = config.users_file();
+            edit::remove(&path, &args.name)?;
+            let store = pop3_store::MaildirStore::new(config.mail_root(), config.hostname());
+            let name = pop3_auth::userdb::normalize_name(&args.name);
+            println!("removed user {name}; the maildrop was kept");
+            if let Ok(dir) = store.maildir_path(&name) {
+                println!(
+                    "  delete {} yourself once its mail is no longer needed",
+                    dir.display()
+                );
+            }
+        }
+        UserCommand::List(common) => {
+            let config = common.load()?;
+            for name in edit::list(&config.users_file())? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_password(from_stdin: bool) -> Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "standard input is not a terminal: pass --password-stdin to read the password from it"
+            );
+        }
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Again: ")?;
+        if first != second {
+            bail!("the passwords differ");
+        }
+        first
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password)
+}

@@ -1,0 +1,132 @@
+//! The embedded default's first-run experience: a `demo` user with a random password (printed
+//! once) and a welcome message, so a newcomer can fetch mail with curl straight away.
+
+use anyhow::{Context, Result};
+use pop3_auth::{scheme, userdb::edit};
+use pop3_server::Config;
+use pop3_store::MaildirStore;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) fn ensure_demo_user(config: &Config) -> Result<()> {
+    let users = config.users_file();
+    let (db, _) = pop3_auth::UserDb::load(&users)?;
+    if !db.is_empty() {
+        return Ok(());
+    }
+    let password = random_password()?;
+    edit::add(&users, "demo", &scheme::hash_default(password.as_bytes())?)?;
+    let store = MaildirStore::new(config.mail_root(), config.hostname());
+    let message = welcome_message(config);
+    store
+        .deliver_blocking(&["demo"], &mut message.as_bytes())
+        .context("cannot deliver the welcome message")?;
+    let port = config.listen.pop3.first().map_or(1110, |a| a.port());
+    println!("Created user \"demo\" with password {password} (shown only this once).");
+    println!("Try: curl pop3://demo:{password}@127.0.0.1:{port}/1");
+    Ok(())
+}
+
+fn random_password() -> Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random number generator: {e}"))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect())
+}
+
+fn welcome_message(config: &Config) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let host = config.hostname();
+    let pop3 = config
+        .listen
+        .pop3
+        .first()
+        .map_or("127.0.0.1:1110".into(), |a| a.to_string());
+    let pop3s = config
+        .listen
+        .pop3s
+        .first()
+        .map_or("127.0.0.1:1995".into(), |a| a.to_string());
+    format!(
+        "Return-Path: <postmaster@{host}>\r\n\
+         Date: {date}\r\n\
+         From: Poplar <postmaster@{host}>\r\n\
+         To: demo@{host}\r\n\
+         Subject: Welcome to Poplar\r\n\
+         Message-ID: <welcome.{now}@{host}>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n\
+         Hello,\r\n\
+         \r\n\
+         this message was delivered by Poplar to the demo maildrop, and you have just\r\n\
+         retrieved it over POP3. Point any mail client at this server:\r\n\
+         \r\n\
+         \u{20}  POP3 with STARTTLS  {pop3}\r\n\
+         \u{20}  POP3 over TLS       {pop3s}\r\n\
+         \r\n\
+         The certificate is self-signed (in {tls}), so clients will ask you to trust it.\r\n\
+         Add real users with `poplar user add NAME`, deliver mail with\r\n\
+         `poplar deliver NAME < message`, and see docs/configuration.md for the rest.\r\n\
+         \r\n\
+         -- Poplar\r\n",
+        date = rfc5322_date(now),
+        tls = config.data_dir.join("tls").display(),
+    )
+}
+
+/// Formats a Unix time as an RFC 5322 date in UTC.
+fn rfc5322_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
+        DAYS[usize::try_from(days % 7).unwrap_or(0)],
+        MONTHS[usize::try_from(month - 1).unwrap_or(0)],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_758_553),
+            "Fri, 27 Nov 2026 05:49:13 +0000"
+        );
+    }
+
+    #[test]
+    fn passwords_are_url_safe() {
+        let p = random_password().unwrap();
+        assert_eq!(p.len(), 16);
+        assert!(p.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
