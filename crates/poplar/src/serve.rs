@@ -14,9 +14,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     init_logging(config.log_level);
     create_private_dir(&config.data_dir)?;
-    if args.common.embedded() {
-        welcome::ensure_demo_user(&config)?;
-    }
+    let demo_password = if args.common.embedded() {
+        welcome::ensure_demo_user(&config)?
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let store = MaildirStore::new(config.mail_root(), config.hostname());
@@ -27,6 +29,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
                 _ => "",
             };
             tracing::info!("listening for {kind} on {addr}{how}");
+        }
+        let first_pop3 = server
+            .local_addrs()
+            .into_iter()
+            .find(|(k, _)| *k == pop3_server::Kind::Pop3);
+        if let (Some(password), Some((_, addr))) = (&demo_password, first_pop3) {
+            welcome::print_hint(password, addr);
         }
         server.serve(shutdown_signal()).await;
         tracing::info!("stopped");

@@ -7,11 +7,12 @@ use pop3_server::Config;
 use pop3_store::MaildirStore;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub(crate) fn ensure_demo_user(config: &Config) -> Result<()> {
+/// Creates the demo user if there are no users at all; returns its password.
+pub(crate) fn ensure_demo_user(config: &Config) -> Result<Option<String>> {
     let users = config.users_file();
     let (db, _) = pop3_auth::UserDb::load(&users)?;
     if !db.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let password = random_password()?;
     edit::add(&users, "demo", &scheme::hash_default(password.as_bytes())?)?;
@@ -20,10 +21,18 @@ pub(crate) fn ensure_demo_user(config: &Config) -> Result<()> {
     store
         .deliver_blocking(&["demo"], &mut message.as_bytes())
         .context("cannot deliver the welcome message")?;
-    let port = config.listen.pop3.first().map_or(1110, |a| a.port());
     println!("Created user \"demo\" with password {password} (shown only this once).");
-    println!("Try: curl pop3://demo:{password}@127.0.0.1:{port}/1");
-    Ok(())
+    Ok(Some(password))
+}
+
+/// Tells the newcomer how to fetch the welcome message, once the real port is known.
+pub(crate) fn print_hint(password: &str, pop3: std::net::SocketAddr) {
+    let host = if pop3.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        pop3.ip().to_string()
+    };
+    println!("Try: curl pop3://demo:{password}@{host}:{}/1", pop3.port());
 }
 
 fn random_password() -> Result<String> {

@@ -1,0 +1,464 @@
+//! Test harness: the real `poplar` binary on loopback, a small blocking POP3 client, and the
+//! message corpus.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_poplar");
+
+/// Builds a configuration and starts a server.
+pub struct ServerBuilder {
+    table: toml::Table,
+    dir: tempfile::TempDir,
+}
+
+impl ServerBuilder {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Self {
+            table: toml::Table::new(),
+            dir,
+        };
+        let data = b.dir.path().join("data");
+        b.set("data_dir", data.to_str().unwrap());
+        b.set("hostname", "test.example");
+        b.set(
+            "listen.pop3",
+            toml::Value::Array(vec!["127.0.0.1:0".into()]),
+        );
+        b.set(
+            "listen.pop3s",
+            toml::Value::Array(vec!["127.0.0.1:0".into()]),
+        );
+        // Tests need quick failures; the production default is 2 s.
+        b.set("auth.failure_delay", "50ms");
+        b
+    }
+
+    /// Sets a dotted key, e.g. `set("limits.max_bad_commands", 3)`.
+    pub fn set(&mut self, key: &str, value: impl Into<toml::Value>) -> &mut Self {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap();
+        let mut table = &mut self.table;
+        for p in parts {
+            table = table
+                .entry(p)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap();
+        }
+        table.insert(last.to_owned(), value.into());
+        self
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("poplar.toml")
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.config_path();
+        std::fs::write(&path, toml::to_string(&self.table).unwrap()).unwrap();
+        path
+    }
+
+    pub fn start(self) -> Server {
+        let config = self.write_config();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (mut pop3, mut pop3s) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pop3.is_none() || pop3s.is_none() {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("server did not start: {:?}", logs.lock().unwrap()));
+            if let Some(addr) = line.split("listening for POP3 on ").nth(1) {
+                pop3 = Some(addr.split(' ').next().unwrap().parse().unwrap());
+            }
+            if let Some(addr) = line.split("listening for POP3S on ").nth(1) {
+                pop3s = Some(addr.trim().parse().unwrap());
+            }
+        }
+        Server {
+            child: Some(child),
+            pop3: pop3.unwrap(),
+            pop3s: pop3s.unwrap(),
+            dir: Some(self.dir),
+            config,
+            logs,
+        }
+    }
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub pop3: SocketAddr,
+    pub pop3s: SocketAddr,
+    dir: Option<tempfile::TempDir>,
+    pub config: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir().join("data")
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.data_dir().join("tls/cert.pem")
+    }
+
+    pub fn poplar(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .args(["--config", self.config.to_str().unwrap()]);
+        cmd
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        let status = run_with_stdin(
+            self.poplar(&["user", "add", name, "--password-stdin"]),
+            format!("{password}\n").as_bytes(),
+        );
+        assert!(status.success(), "user add {name}");
+    }
+
+    pub fn deliver(&self, names: &[&str], message: &[u8]) -> ExitStatus {
+        let mut args = vec!["deliver"];
+        args.extend_from_slice(names);
+        run_with_stdin(self.poplar(&args), message)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line containing `needle` appears.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.logs().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}: {:?}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then wait for exit. The data directory outlives the server.
+    pub fn stop(mut self) -> (ExitStatus, tempfile::TempDir) {
+        let dir = self.dir.take().unwrap();
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, dir);
+            }
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> ExitStatus {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The command may refuse before reading its input (e.g. an unknown user): a broken pipe is
+    // not an error here, the exit status tells.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait().unwrap()
+}
+
+/// A small blocking POP3 client that does not interpret much, so tests see the wire.
+pub struct Client {
+    stream: Stream,
+    buf: Vec<u8>,
+}
+
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(b),
+            Stream::Tls(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(b),
+            Stream::Tls(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+pub fn tls_config(cert: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+fn wrap_tls(tcp: TcpStream, cert: &Path) -> Stream {
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(tls_config(cert), name).unwrap();
+    Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> (Self, String) {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = Client {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+        };
+        let greeting = c.line();
+        (c, greeting)
+    }
+
+    pub fn connect_tls(addr: SocketAddr, cert: &Path) -> (Self, String) {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = Client {
+            stream: wrap_tls(tcp, cert),
+            buf: Vec::new(),
+        };
+        let greeting = c.line();
+        (c, greeting)
+    }
+
+    /// STLS, then the TLS handshake.
+    pub fn starttls(mut self, cert: &Path) -> Self {
+        assert_eq!(self.cmd("STLS"), "+OK Begin TLS negotiation");
+        self.upgrade_after_stls(cert)
+    }
+
+    /// The TLS handshake, after `+OK` to STLS was read.
+    pub fn upgrade_after_stls(self, cert: &Path) -> Self {
+        assert!(self.buf.is_empty(), "server sent data after +OK to STLS");
+        let Stream::Plain(tcp) = self.stream else {
+            panic!("already TLS")
+        };
+        Client {
+            stream: wrap_tls(tcp, cert),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    /// Sends a command, returns the status line.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.line()
+    }
+
+    /// Reads one line (without CRLF); panics on EOF.
+    pub fn line(&mut self) -> String {
+        self.try_line().expect("connection closed")
+    }
+
+    /// Reads one line, or `None` at EOF.
+    pub fn try_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..i].to_vec();
+                self.buf.drain(..i + 2);
+                return Some(String::from_utf8_lossy(&line).into_owned());
+            }
+            let mut chunk = [0u8; 65536];
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                Err(e) => panic!("read: {e}"),
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads a multi-line body and undoes the dot-stuffing; returns the bytes a client keeps
+    /// (every line with its CRLF).
+    pub fn body(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    let line: Vec<u8> = self.buf.drain(..i + 2).collect();
+                    if line == b".\r\n" {
+                        return out;
+                    }
+                    out.extend_from_slice(line.strip_prefix(b".").unwrap_or(&line));
+                    continue;
+                }
+                break;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed inside a multi-line response");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn login(&mut self, user: &str, password: &str) -> String {
+        let r = self.cmd(&format!("USER {user}"));
+        assert!(r.starts_with("+OK"), "{r}");
+        self.cmd(&format!("PASS {password}"))
+    }
+
+    /// Whether the server closed the connection (EOF) within `wait`.
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        if let Stream::Plain(s) = &self.stream {
+            s.set_read_timeout(Some(wait)).unwrap();
+        }
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0))
+            || matches!(self.stream.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// The canonical form a client holds after RETR: bare LF as CRLF, a final line terminated.
+pub fn canonical(stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len() + stored.len() / 20);
+    let mut prev = 0u8;
+    for &b in stored {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !stored.is_empty() && !stored.ends_with(b"\n") {
+        if stored.ends_with(b"\r") {
+            out.push(b'\n');
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+/// The messages the issue names: dots at line starts, a line that is only '.', bare LF, 8-bit
+/// UTF-8 headers and body, a 5000-character line, an empty body, a 5 MiB base64 attachment and a
+/// message without a final newline.
+pub fn corpus() -> Vec<(&'static str, Vec<u8>)> {
+    use base64::Engine as _;
+    let mut attachment = Vec::with_capacity(5 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while attachment.len() < 5 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        attachment.extend_from_slice(&x.to_le_bytes());
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&attachment);
+    let mut big = b"From: sender@example.org\r\nTo: user@example.org\r\nSubject: 5 MiB attachment\r\n\
+        MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+        --b1\r\nContent-Type: text/plain\r\n\r\nSee attachment.\r\n\
+        --b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        .to_vec();
+    for line in b64.as_bytes().chunks(76) {
+        big.extend_from_slice(line);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b"--b1--\r\n");
+    let mut long = b"Subject: a 5000-character line\r\n\r\n".to_vec();
+    long.extend(std::iter::repeat_n(b'L', 5000));
+    long.extend_from_slice(b"\r\nend\r\n");
+    vec![
+        ("dots", b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nafter a lone dot\r\n. \r\n".to_vec()),
+        ("bare-lf", b"Subject: bare LF\n\nline one\nline two\n.\n".to_vec()),
+        (
+            "utf8",
+            "Subject: Grüße aus Köln – ☃\r\nFrom: Jürgen Weiß <j@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nÄÖÜ äöü ß — 日本語 — ✓\r\n"
+                .as_bytes()
+                .to_vec(),
+        ),
+        ("long-line", long),
+        ("empty-body", b"Subject: empty body\r\n\r\n".to_vec()),
+        ("attachment", big),
+        ("no-final-newline", b"Subject: no final newline\r\n\r\nlast line without newline".to_vec()),
+    ]
+}

@@ -1,0 +1,563 @@
+//! End-to-end tests: the real `poplar` binary on loopback, driven over TCP and TLS.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::{BIN, Client, ServerBuilder, canonical, corpus, run_with_stdin};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn server_with_alice() -> common::Server {
+    let server = ServerBuilder::new().start();
+    server.add_user("alice", "wonderland");
+    server
+}
+
+#[test]
+fn corpus_sizes_match_retrieved_octets_exactly() {
+    let server = server_with_alice();
+    let messages = corpus();
+    for (_, m) in &messages {
+        assert!(server.deliver(&["alice"], m).success());
+    }
+    let (mut c, greeting) = Client::connect(server.pop3);
+    assert!(
+        greeting.starts_with("+OK Poplar POP3 server ready"),
+        "{greeting}"
+    );
+    assert!(
+        c.login("alice", "wonderland")
+            .starts_with("+OK Logged in, maildrop has 7 messages")
+    );
+    let total: usize = messages.iter().map(|(_, m)| canonical(m).len()).sum();
+    assert_eq!(c.cmd("STAT"), format!("+OK 7 {total}"));
+    assert!(c.cmd("LIST").starts_with("+OK 7 messages"));
+    let list = String::from_utf8(c.body()).unwrap();
+    for (i, (name, m)) in messages.iter().enumerate() {
+        let expected = canonical(m);
+        let line = list.lines().nth(i).unwrap();
+        assert_eq!(
+            line,
+            format!("{} {}", i + 1, expected.len()),
+            "LIST for {name}"
+        );
+        assert_eq!(
+            c.cmd(&format!("RETR {}", i + 1)),
+            format!("+OK {} octets", expected.len())
+        );
+        let got = c.body();
+        assert_eq!(got.len(), expected.len(), "{name}: octets differ from LIST");
+        assert!(got == expected, "{name}: retrieved bytes differ");
+    }
+    // TOP: the header, the blank line and n body lines.
+    assert!(c.cmd("TOP 1 2").starts_with("+OK"));
+    assert_eq!(
+        c.body(),
+        b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n"
+    );
+    assert!(c.cmd("TOP 7 0").starts_with("+OK"));
+    assert_eq!(c.body(), b"Subject: no final newline\r\n\r\n");
+    assert!(c.cmd("TOP 7 99999999").starts_with("+OK"));
+    assert_eq!(c.body(), canonical(&messages[6].1));
+    assert_eq!(
+        c.cmd("QUIT"),
+        "+OK Poplar POP3 server signing off (7 messages left)"
+    );
+    let line = server.wait_for_log("session ended");
+    assert!(
+        line.contains("user=\"alice\"") && line.contains("retr=7"),
+        "{line}"
+    );
+}
+
+#[test]
+fn uidls_survive_deletion_and_restart() {
+    let server = server_with_alice();
+    for i in 0..4 {
+        assert!(
+            server
+                .deliver(&["alice"], format!("Subject: {i}\n\n{i}\n").as_bytes())
+                .success()
+        );
+    }
+    let (mut c, _) = Client::connect(server.pop3);
+    c.login("alice", "wonderland");
+    assert!(c.cmd("UIDL").starts_with("+OK"));
+    let before: Vec<String> = String::from_utf8(c.body())
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(before.len(), 4);
+    assert!(
+        before
+            .iter()
+            .all(|u| u.len() == 16 && u.bytes().all(|b| b.is_ascii_hexdigit()))
+    );
+    assert_eq!(c.cmd("DELE 2"), "+OK Message 2 deleted");
+    assert_eq!(c.cmd("UIDL 2"), "-ERR Message 2 is deleted");
+    assert_eq!(
+        c.cmd("QUIT"),
+        "+OK Poplar POP3 server signing off (3 messages left)"
+    );
+    let (status, dir) = server.stop();
+    assert!(status.success());
+    // A new server process over the same data: the same UIDLs, minus the deleted one.
+    let mut b = ServerBuilder::new();
+    b.set("data_dir", dir.path().join("data").to_str().unwrap());
+    let server2 = b.start();
+    let (mut c, _) = Client::connect(server2.pop3);
+    c.login("alice", "wonderland");
+    c.cmd("UIDL");
+    let after: Vec<String> = String::from_utf8(c.body())
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        after,
+        [before[0].clone(), before[2].clone(), before[3].clone()]
+    );
+}
+
+#[test]
+fn dele_rset_and_dropped_connections_remove_nothing() {
+    let server = server_with_alice();
+    for i in 0..3 {
+        server.deliver(&["alice"], format!("Subject: {i}\n\nbody {i}\n").as_bytes());
+    }
+    let (mut c, _) = Client::connect(server.pop3);
+    c.login("alice", "wonderland");
+    assert_eq!(c.cmd("DELE 1"), "+OK Message 1 deleted");
+    assert_eq!(c.cmd("DELE 1"), "-ERR Message 1 already deleted");
+    assert_eq!(c.cmd("RETR 1"), "-ERR Message 1 is deleted");
+    assert!(c.cmd("RSET").starts_with("+OK Maildrop has 3 messages"));
+    assert_eq!(c.cmd("DELE 3"), "+OK Message 3 deleted");
+    // Vanish without QUIT: nothing may be removed.
+    drop(c);
+    let (mut c, _) = Client::connect(server.pop3);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let reply = loop {
+        let r = c.login("alice", "wonderland");
+        if !r.contains("IN-USE") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        reply.starts_with("+OK Logged in, maildrop has 3 messages"),
+        "{reply}"
+    );
+    assert_eq!(c.cmd("DELE 2"), "+OK Message 2 deleted");
+    assert_eq!(
+        c.cmd("QUIT"),
+        "+OK Poplar POP3 server signing off (2 messages left)"
+    );
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(
+        c.login("alice", "wonderland")
+            .starts_with("+OK Logged in, maildrop has 2 messages")
+    );
+    assert!(c.cmd("RETR 2").starts_with("+OK"));
+    assert_eq!(c.body(), b"Subject: 2\r\n\r\nbody 2\r\n");
+}
+
+#[test]
+fn second_session_gets_in_use_until_the_first_vanishes() {
+    let server = server_with_alice();
+    server.deliver(&["alice"], b"Subject: x\n\nx\n");
+    let (mut first, _) = Client::connect(server.pop3);
+    assert!(first.login("alice", "wonderland").starts_with("+OK"));
+    let (mut second, _) = Client::connect(server.pop3);
+    let reply = second.login("alice", "wonderland");
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+    // The session stays usable in AUTHORIZATION.
+    assert!(second.cmd("CAPA").starts_with("+OK"));
+    second.body();
+    // The first client is killed (no QUIT): the lock dies with its connection.
+    drop(first);
+    let start = Instant::now();
+    loop {
+        let reply = second.login("alice", "wonderland");
+        if reply.starts_with("+OK") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "still locked after 1 s: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn plaintext_refused_without_tls_when_no_network_is_trusted() {
+    let mut b = ServerBuilder::new();
+    b.set("auth.plaintext_networks", toml::Value::Array(vec![]));
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.cmd("CAPA").starts_with("+OK"));
+    let capa = String::from_utf8(c.body()).unwrap();
+    assert!(
+        capa.contains("STLS\r\n") && !capa.contains("\r\nUSER\r\n") && !capa.contains("SASL"),
+        "{capa}"
+    );
+    assert!(
+        c.cmd("USER alice")
+            .starts_with("-ERR [AUTH] Plaintext authentication disallowed")
+    );
+    assert!(
+        c.cmd("AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=")
+            .starts_with("-ERR [AUTH]")
+    );
+    // After STLS the same credentials work, and CAPA changes.
+    let mut c = c.starttls(&server.cert());
+    assert!(c.cmd("CAPA").starts_with("+OK"));
+    let capa = String::from_utf8(c.body()).unwrap();
+    assert!(
+        !capa.contains("STLS") && capa.contains("\r\nUSER\r\n") && capa.contains("SASL PLAIN"),
+        "{capa}"
+    );
+    assert!(
+        c.cmd("AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=")
+            .starts_with("+OK Logged in")
+    );
+    assert_eq!(c.cmd("STLS"), "-ERR STLS is not valid after login");
+    // Implicit TLS works too.
+    let (mut s, greeting) = Client::connect_tls(server.pop3s, &server.cert());
+    assert!(greeting.starts_with("+OK"));
+    assert!(s.cmd("CAPA").starts_with("+OK"));
+    let capa = String::from_utf8(s.body()).unwrap();
+    assert!(!capa.contains("STLS") && capa.contains("USER"), "{capa}");
+}
+
+#[test]
+fn plaintext_pipelined_after_stls_is_discarded() {
+    let server = server_with_alice();
+    let (mut c, _) = Client::connect(server.pop3);
+    // CVE-2011-0411: commands injected in the same packet as STLS must not run inside TLS.
+    c.send(b"USER alice\r\nSTLS\r\nPASS wonderland\r\nCAPA\r\n");
+    assert_eq!(c.line(), "+OK Send your password");
+    assert_eq!(c.line(), "+OK Begin TLS negotiation");
+    let mut c = c.upgrade_after_stls(&server.cert());
+    // Neither the injected PASS nor CAPA was answered, and USER from before TLS is forgotten.
+    assert_eq!(c.cmd("PASS wonderland"), "-ERR Send USER first");
+    assert!(c.login("alice", "wonderland").starts_with("+OK Logged in"));
+}
+
+#[test]
+fn failed_login_is_delayed_and_the_connection_keeps_working() {
+    let mut b = ServerBuilder::new();
+    b.set("auth.failure_delay", "400ms");
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    let (mut c, _) = Client::connect(server.pop3);
+    for user in ["alice", "nobody"] {
+        c.cmd(&format!("USER {user}"));
+        let start = Instant::now();
+        let reply = c.cmd("PASS wrong");
+        assert!(
+            start.elapsed() >= Duration::from_millis(400),
+            "no delay for {user}"
+        );
+        // Same reply for unknown users and wrong passwords.
+        assert_eq!(reply, "-ERR [AUTH] Authentication failed");
+    }
+    assert!(c.login("Alice", "wonderland").starts_with("+OK Logged in"));
+    let line = server.wait_for_log("authentication failed");
+    assert!(
+        line.contains("peer=127.0.0.1")
+            && line.contains("user=\"alice\"")
+            && line.contains("mechanism=USER"),
+        "{line}"
+    );
+    assert!(
+        !server
+            .logs()
+            .iter()
+            .any(|l| l.contains("wrong") || l.contains("wonderland")),
+        "password in the logs"
+    );
+}
+
+#[test]
+fn bad_commands_are_answered_then_the_connection_closes() {
+    let mut b = ServerBuilder::new();
+    b.set("limits.max_bad_commands", 3);
+    let server = b.start();
+    let (mut c, _) = Client::connect(server.pop3);
+    assert_eq!(c.cmd("LAST"), "-ERR Unknown command");
+    assert_eq!(
+        c.cmd(&format!("USER {}", "a".repeat(300))),
+        "-ERR Line too long"
+    );
+    assert_eq!(
+        c.cmd("XYZZY"),
+        "-ERR Too many invalid commands, closing connection"
+    );
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn pipelined_session_in_one_write() {
+    let server = server_with_alice();
+    server.deliver(&["alice"], b"Subject: p\r\n\r\npipelined\r\n");
+    let (mut c, _) = Client::connect(server.pop3);
+    c.send(b"CAPA\r\nUSER alice\r\nPASS wonderland\r\nSTAT\r\nLIST 1\r\nRETR 1\r\nUIDL 1\r\nLAST\r\nNOOP\r\nQUIT\r\n");
+    assert!(c.line().starts_with("+OK Capability"));
+    let capa = String::from_utf8(c.body()).unwrap();
+    assert!(capa.contains("PIPELINING"));
+    assert_eq!(c.line(), "+OK Send your password");
+    assert!(c.line().starts_with("+OK Logged in"));
+    assert_eq!(c.line(), "+OK 1 25");
+    assert_eq!(c.line(), "+OK 1 25");
+    assert_eq!(c.line(), "+OK 25 octets");
+    assert_eq!(c.body(), b"Subject: p\r\n\r\npipelined\r\n");
+    assert!(c.line().starts_with("+OK 1 "));
+    assert_eq!(c.line(), "-ERR Unknown command");
+    assert_eq!(c.line(), "+OK");
+    assert!(c.line().starts_with("+OK Poplar POP3 server signing off"));
+}
+
+#[test]
+fn idle_connections_are_closed_without_a_response() {
+    let mut b = ServerBuilder::new();
+    b.set("timeouts.idle_before_login", "1s");
+    let server = b.start();
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.closed_within(Duration::from_secs(5)));
+    let line = server.wait_for_log("end=\"timeout\"");
+    assert!(line.contains("session ended"));
+}
+
+#[test]
+fn connection_caps_answer_clearly() {
+    let mut b = ServerBuilder::new();
+    b.set("limits.max_connections_per_ip", 2);
+    let server = b.start();
+    let (_a, _) = Client::connect(server.pop3);
+    let (_b, _) = Client::connect(server.pop3);
+    let (_, refused) = Client::connect(server.pop3);
+    assert_eq!(
+        refused,
+        "-ERR [SYS/TEMP] Too many connections from your address; try again shortly"
+    );
+    drop(_a);
+    let start = Instant::now();
+    loop {
+        let (_, g) = Client::connect(server.pop3);
+        if g.starts_with("+OK") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "slot not released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shutdown_tells_clients_and_applies_no_half_update() {
+    let server = server_with_alice();
+    server.deliver(&["alice"], b"Subject: keep\n\nkeep\n");
+    let (mut c, _) = Client::connect(server.pop3);
+    c.login("alice", "wonderland");
+    assert_eq!(c.cmd("DELE 1"), "+OK Message 1 deleted");
+    let (status, dir) = server.stop();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        c.line(),
+        "-ERR [SYS/TEMP] Server shutting down; try again shortly"
+    );
+    let maildir = dir.path().join("data/mail/_default_/alice/Maildir");
+    let new = std::fs::read_dir(maildir.join("new")).unwrap().count();
+    assert_eq!(
+        new, 1,
+        "a message marked in an unfinished session was removed"
+    );
+}
+
+#[test]
+fn users_cli_round_trip() {
+    let server = ServerBuilder::new().start();
+    let users = |s: &common::Server| {
+        let out = s.poplar(&["user", "list"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    server.add_user("Bob@Example.org", "first");
+    assert_eq!(users(&server), "bob@example.org\n");
+    let status = run_with_stdin(
+        server.poplar(&["user", "add", "bob@example.org", "--password-stdin"]),
+        b"x\n",
+    );
+    assert!(!status.success(), "duplicate user accepted");
+    for bad in ["../evil", "a b", "x:y", ""] {
+        let status = run_with_stdin(
+            server.poplar(&["user", "add", bad, "--password-stdin"]),
+            b"x\n",
+        );
+        assert!(!status.success(), "{bad:?} accepted");
+    }
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("bob@example.org", "first").starts_with("+OK"));
+    c.cmd("QUIT");
+    assert!(
+        run_with_stdin(
+            server.poplar(&["user", "passwd", "bob@example.org", "--password-stdin"]),
+            b"second\n"
+        )
+        .success()
+    );
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(
+        c.login("bob@example.org", "first")
+            .starts_with("-ERR [AUTH]")
+    );
+    assert!(c.login("bob@example.org", "second").starts_with("+OK"));
+    c.cmd("QUIT");
+    let out = server
+        .poplar(&["user", "del", "bob@example.org"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("the maildrop was kept")
+    );
+    assert_eq!(users(&server), "");
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(
+        c.login("bob@example.org", "second")
+            .starts_with("-ERR [AUTH]")
+    );
+    let stored = std::fs::read_to_string(server.data_dir().join("users")).unwrap_or_default();
+    assert!(!stored.contains("second"));
+}
+
+#[test]
+fn deliver_exit_codes_follow_sysexits() {
+    let server = server_with_alice();
+    let code = |names: &[&str], msg: &[u8]| server.deliver(names, msg).code();
+    assert_eq!(code(&["alice"], b"Subject: ok\n\nok\n"), Some(0));
+    assert_eq!(code(&["nobody"], b"Subject: x\n\nx\n"), Some(67));
+    assert_eq!(code(&["alice", "nobody"], b"Subject: x\n\nx\n"), Some(67));
+    assert_eq!(code(&["alice"], b""), Some(65));
+    // Storage failure: the mail directory is a file, so nothing can be written.
+    let mail = server.data_dir().join("mail");
+    std::fs::rename(&mail, server.data_dir().join("mail.moved")).unwrap();
+    std::fs::write(&mail, b"not a directory").unwrap();
+    assert_eq!(code(&["alice"], b"Subject: x\n\nx\n"), Some(75));
+    std::fs::remove_file(&mail).unwrap();
+    std::fs::rename(server.data_dir().join("mail.moved"), &mail).unwrap();
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(
+        c.login("alice", "wonderland")
+            .starts_with("+OK Logged in, maildrop has 1 message ")
+    );
+}
+
+#[test]
+fn check_config_explains_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, format!("data_dir = {:?}\n", dir.path().join("data"))).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("configuration OK") && text.contains("no users"),
+        "{text}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[timeouts]\nidle_after_login = \"1m\"\n[tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text.contains("RFC 1939 requires at least 10 minutes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot read the TLS certificate /nonexistent.pem"),
+        "{text}"
+    );
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[listen]\npop = []\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", typo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(err.contains("unknown field `pop`"), "{err}");
+}
+
+#[test]
+fn embedded_default_creates_a_demo_user_with_a_welcome_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let password = first
+        .split("password ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut hint = String::new();
+    stdout.read_line(&mut hint).unwrap();
+    // Keep reading standard error so the server never writes into a closed pipe.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(a) = line.split("listening for POP3 on ").nth(1) {
+                let _ = tx.send(a.split(' ').next().unwrap().to_owned());
+            }
+        }
+    });
+    let pop3: std::net::SocketAddr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        hint.trim(),
+        format!(
+            "Try: curl pop3://demo:{password}@127.0.0.1:{}/1",
+            pop3.port()
+        )
+    );
+    assert!(dir.path().join("poplar-data/tls/cert.pem").exists());
+    assert!(dir.path().join("poplar-data/tls/key.pem").exists());
+    let (mut c, _) = Client::connect(pop3);
+    assert!(
+        c.login("demo", &password)
+            .starts_with("+OK Logged in, maildrop has 1 message")
+    );
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    let body = String::from_utf8(c.body()).unwrap();
+    assert!(body.contains("Subject: Welcome to Poplar"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

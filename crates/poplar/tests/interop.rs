@@ -1,0 +1,147 @@
+//! Interoperability with real clients from Debian packages: python3 poplib and curl.
+//! `.ci/run` installs them; these tests fail (not skip) when a client is missing.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::{ServerBuilder, canonical, corpus};
+use std::path::Path;
+use std::process::Command;
+
+fn tool(name: &str) -> Command {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "{name} is not installed; run .ci/run or install it"
+    );
+    Command::new(name)
+}
+
+fn server_with_corpus() -> (common::Server, tempfile::TempDir) {
+    let server = ServerBuilder::new().start();
+    server.add_user("alice", "wonder land");
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (_, m)) in corpus().into_iter().enumerate() {
+        assert!(server.deliver(&["alice"], &m).success());
+        std::fs::write(dir.path().join(format!("{:02}.eml", i + 1)), m).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    (server, dir)
+}
+
+#[test]
+fn python_poplib() {
+    let (server, corpus_dir) = server_with_corpus();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/poplib_suite.py");
+    let out = tool("python3")
+        .arg(script)
+        .args([
+            "localhost",
+            &server.pop3.port().to_string(),
+            &server.pop3s.port().to_string(),
+        ])
+        .arg(server.cert())
+        .args(["alice", "wonder land"])
+        .arg(corpus_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "poplib suite failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        server.logs().join("\n")
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+    eprintln!("{}", stdout.trim());
+}
+
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = tool("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn curl_plain_stls_pop3s_and_sasl() {
+    let (server, _corpus_dir) = server_with_corpus();
+    let messages = corpus();
+    let cert = server.cert();
+    let cert = cert.to_str().unwrap();
+    let plain = format!(
+        "pop3://alice:wonder%20land@127.0.0.1:{}",
+        server.pop3.port()
+    );
+    let stls = format!(
+        "pop3://alice:wonder%20land@localhost:{}",
+        server.pop3.port()
+    );
+    let pop3s = format!(
+        "pop3s://alice:wonder%20land@localhost:{}",
+        server.pop3s.port()
+    );
+    // Listing: "N size" lines.
+    let list = String::from_utf8(curl(&[&format!("{plain}/")])).unwrap();
+    let expected: String = messages
+        .iter()
+        .enumerate()
+        .map(|(i, (_, m))| format!("{} {}\r\n", i + 1, canonical(m).len()))
+        .collect();
+    assert_eq!(list, expected);
+    // Retrieval: dot-stuffing undone, bytes exact, over each transport.
+    for (i, (name, m)) in messages.iter().enumerate() {
+        let n = i + 1;
+        assert!(
+            curl(&[&format!("{plain}/{n}")]) == canonical(m),
+            "pop3:// {name}"
+        );
+    }
+    for (i, (name, m)) in messages.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        let n = i + 1;
+        assert!(
+            curl(&["--ssl-reqd", "--cacert", cert, &format!("{stls}/{n}")]) == canonical(m),
+            "STLS {name}"
+        );
+        assert!(
+            curl(&["--cacert", cert, &format!("{pop3s}/{n}")]) == canonical(m),
+            "pop3s:// {name}"
+        );
+    }
+    // SASL PLAIN, with and without the initial response.
+    for extra in [
+        &["--login-options", "AUTH=PLAIN"][..],
+        &["--login-options", "AUTH=PLAIN", "--sasl-ir"][..],
+    ] {
+        let mut args: Vec<&str> = extra.to_vec();
+        let url = format!("{plain}/3");
+        args.push(&url);
+        assert!(curl(&args) == canonical(&messages[2].1));
+    }
+    // A wrong password fails cleanly.
+    let out = tool("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            &format!("pop3://alice:wrong@127.0.0.1:{}/", server.pop3.port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A custom command: DELE with -I (no body expected), then the message is gone.
+    curl(&["-I", "-X", "DELE 1", &format!("{plain}/")]);
+    let list = String::from_utf8(curl(&[&format!("{plain}/")])).unwrap();
+    assert_eq!(list.lines().count(), messages.len() - 1, "{list}");
+}
