@@ -25,6 +25,7 @@ pub(crate) enum Outcome {
 pub(crate) struct Authenticator {
     users: UserDbFile,
     decoy: Arc<str>,
+    hashing: HashPool,
     pub(crate) failure_delay: Duration,
     login_delay: Duration,
     last_login: Mutex<HashMap<String, Instant>>,
@@ -37,9 +38,14 @@ impl Authenticator {
         failure_delay: Duration,
         login_delay: Duration,
     ) -> Self {
+        // One hashing thread per core, at most 8: each keeps its Argon2 memory (19 MiB for
+        // Poplar's hashes, 64 MiB for Dovecot's defaults) for reuse.
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let cores = cores.min(8);
         Self {
             users,
             decoy: decoy.into(),
+            hashing: HashPool::new(cores),
             failure_delay,
             login_delay,
             last_login: Mutex::new(HashMap::new()),
@@ -68,9 +74,10 @@ impl Authenticator {
         };
         let decoy = Arc::clone(&self.decoy);
         let name = user.clone();
-        // Password hashing takes tens of milliseconds of CPU: keep it off the async threads.
-        let verdict =
-            tokio::task::spawn_blocking(move || db.verify(&name, password.expose(), &decoy)).await;
+        let verdict = self
+            .hashing
+            .run(move || db.verify(&name, password.expose(), &decoy))
+            .await;
         match verdict {
             Ok(Ok(Verdict::Valid(u))) => Outcome::Valid(u),
             Ok(Ok(Verdict::Invalid)) => Outcome::Invalid,
@@ -78,8 +85,8 @@ impl Authenticator {
                 tracing::error!(user = ?user, error = %e, "cannot check the password; fix this user's entry in the users file");
                 Outcome::Temporary
             }
-            Err(e) => {
-                tracing::error!(error = %e, "password check task failed");
+            Err(()) => {
+                tracing::error!("password hashing thread is gone");
                 Outcome::Temporary
             }
         }
@@ -128,6 +135,59 @@ impl Authenticator {
             last.retain(|_, t| t.elapsed() < delay);
         }
         last.insert(user.to_owned(), Instant::now());
+    }
+}
+
+/// A few dedicated threads, one per core, that check password hashes.
+///
+/// Hashes are CPU-bound, so more threads than cores buy nothing; and ARGON2ID allocates 19 MiB
+/// per check, which the C allocator keeps in the arena of the thread that freed it. On the
+/// general blocking pool (hundreds of threads, also used for file reads) a login flood would
+/// therefore grow memory towards threads x 19 MiB; here each hashing thread reuses one buffer
+/// (see `pop3_auth::scheme`), memory is bounded by threads x the largest Argon2 memory cost, and
+/// excess logins wait in the queue.
+#[derive(Debug)]
+struct HashPool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl HashPool {
+    fn new(threads: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("poplar-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| ())?;
+        rx.await.map_err(|_| ())
     }
 }
 

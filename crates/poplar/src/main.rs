@@ -5,6 +5,7 @@
 // Printing to the terminal is this crate's job; the libraries only log.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod deliver;
 mod serve;
 mod user;
@@ -37,6 +38,9 @@ enum Command {
     Deliver(DeliverArgs),
     /// Check a configuration and the files it names; explain any problem.
     CheckConfig(Common),
+    /// Load generator and benchmark helpers (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Options every subcommand takes.
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => user::run(cmd),
         Command::Deliver(args) => return deliver::run(&args),
         Command::CheckConfig(common) => check_config(&common),
+        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(code) => code,
