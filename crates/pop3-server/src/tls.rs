@@ -76,17 +76,21 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<b
     }
     let generated = rcgen::generate_simple_self_signed(names.to_vec())
         .map_err(|e| ServerError::Tls(format!("cannot generate a certificate: {e}")))?;
+    // Each file is written under a temporary name and renamed, so a crash never leaves a
+    // half-written key that would make every later start fail.
     let write = |path: &Path, data: &str, mode: u32| -> Result<(), ServerError> {
+        let tmp = path.with_extension("pem.tmp");
         let mut f = fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .mode(mode)
-            .open(path)
-            .map_err(|e| io(path, e))?;
+            .open(&tmp)
+            .map_err(|e| io(&tmp, e))?;
         f.write_all(data.as_bytes())
             .and_then(|()| f.sync_all())
-            .map_err(|e| io(path, e))
+            .map_err(|e| io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| io(path, e))
     };
     write(key, &generated.key_pair.serialize_pem(), 0o600)?;
     write(cert, &generated.cert.pem(), 0o644)?;

@@ -561,3 +561,94 @@ fn embedded_default_creates_a_demo_user_with_a_welcome_message() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn login_delay_is_advertised_and_enforced() {
+    let mut b = ServerBuilder::new();
+    b.set("pop3.login_delay", 300);
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.cmd("CAPA").starts_with("+OK"));
+    assert!(
+        String::from_utf8(c.body())
+            .unwrap()
+            .contains("\r\nLOGIN-DELAY 300\r\n")
+    );
+    assert!(c.login("alice", "wonderland").starts_with("+OK Logged in"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let (mut c, _) = Client::connect(server.pop3);
+    assert_eq!(
+        c.login("alice", "wonderland"),
+        "-ERR [LOGIN-DELAY] Logged in too recently; wait before logging in again"
+    );
+    // A wrong password is still just a wrong password.
+    assert!(c.login("alice", "nope").starts_with("-ERR [AUTH]"));
+}
+
+#[test]
+fn apop_when_enabled() {
+    let mut b = ServerBuilder::new();
+    b.set("auth.apop", true);
+    let server = b.start();
+    std::fs::write(
+        server.data_dir().join("users"),
+        "mrose:{PLAIN}tanstaaf\nhashed:{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$AAAA\n",
+    )
+    .unwrap();
+    let (mut c, greeting) = Client::connect(server.pop3);
+    let timestamp = greeting.rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        timestamp.starts_with('<') && timestamp.ends_with('>') && timestamp.contains('@'),
+        "{greeting}"
+    );
+    assert!(
+        !timestamp.contains('='),
+        "mpop rejects timestamps containing '='"
+    );
+    let (_, second) = Client::connect(server.pop3);
+    assert_ne!(
+        second.rsplit(' ').next().unwrap(),
+        timestamp,
+        "timestamps must be unique per connection"
+    );
+    let wrong = pop3_auth::apop::digest(&timestamp, b"wrong");
+    assert_eq!(
+        c.cmd(&format!("APOP mrose {wrong}")),
+        "-ERR [AUTH] Authentication failed"
+    );
+    let right = pop3_auth::apop::digest(&timestamp, b"tanstaaf");
+    assert!(
+        c.cmd(&format!("APOP mrose {right}"))
+            .starts_with("+OK Logged in")
+    );
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    // A user whose password is hashed cannot use APOP, and gets the same answer.
+    let (mut c, greeting) = Client::connect(server.pop3);
+    let ts = greeting.rsplit(' ').next().unwrap().to_owned();
+    let digest = pop3_auth::apop::digest(&ts, b"anything");
+    assert_eq!(
+        c.cmd(&format!("APOP hashed {digest}")),
+        "-ERR [AUTH] Authentication failed"
+    );
+    // curl's APOP.
+    assert!(
+        server
+            .deliver(&["mrose"], b"Subject: apop\r\n\r\nvia APOP\r\n")
+            .success()
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--login-options", "AUTH=+APOP"])
+        .arg(format!(
+            "pop3://mrose:tanstaaf@127.0.0.1:{}/1",
+            server.pop3.port()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"Subject: apop\r\n\r\nvia APOP\r\n");
+}
