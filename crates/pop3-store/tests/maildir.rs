@@ -314,3 +314,41 @@ async fn corrupt_index_lines_do_not_lose_other_uidls() {
     let (_d, listing) = store.open("dave").await.unwrap();
     assert_eq!(uidls(&listing), ["0000000300000063", "0000000400000063"]);
 }
+
+#[tokio::test]
+async fn a_failed_removal_is_reported_and_loses_nothing_else() {
+    let (_t, store) = store();
+    for i in 0..3 {
+        deliver(&store, "alice", format!("Subject: {i}\n\n{i}\n").as_bytes());
+    }
+    let (drop, listing) = store.open("alice").await.unwrap();
+    // Make message 2 impossible to unlink: its name is now a non-empty directory.
+    let new = store.maildir_path("alice").unwrap().join("new");
+    let victim = fs::read_dir(&new)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| fs::read(p).unwrap() == b"Subject: 1\n\n1\n")
+        .unwrap();
+    let saved = fs::read(&victim).unwrap();
+    fs::remove_file(&victim).unwrap();
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("x"), b"").unwrap();
+    let err = drop.commit(vec![0, 1, 2]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::PartialCommit {
+                failed: 1,
+                total: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_temporary());
+    // The others are gone; the failed one is still indexed and comes back once readable.
+    fs::remove_dir_all(&victim).unwrap();
+    fs::write(&victim, saved).unwrap();
+    let (_d, after) = store.open("alice").await.unwrap();
+    assert_eq!(after, listing[1..2]);
+}

@@ -502,11 +502,21 @@ fn check_config_explains_problems() {
     assert!(err.contains("unknown field `pop`"), "{err}");
 }
 
+/// The README's first command, `poplar serve` with no configuration, on its default ports when
+/// they are free (else on free ports): the welcome message must be retrievable by curl and
+/// python3 poplib over plain POP3, STLS and POP3S.
 #[test]
-fn embedded_default_creates_a_demo_user_with_a_welcome_message() {
+fn embedded_default_serves_the_welcome_message_to_real_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+    let defaults_free = ["127.0.0.1:1110", "127.0.0.1:1995"]
+        .iter()
+        .all(|a| std::net::TcpListener::bind(a).is_ok());
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    if !defaults_free {
+        cmd.args(["--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
         .current_dir(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -531,16 +541,22 @@ fn embedded_default_creates_a_demo_user_with_a_welcome_message() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            if let Some(a) = line.split("listening for POP3 on ").nth(1) {
-                let _ = tx.send(a.split(' ').next().unwrap().to_owned());
+            for kind in ["POP3", "POP3S"] {
+                if let Some(a) = line.split(&format!("listening for {kind} on ")).nth(1) {
+                    let _ = tx.send((kind, a.split(' ').next().unwrap().to_owned()));
+                }
             }
         }
     });
-    let pop3: std::net::SocketAddr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut addrs = std::collections::HashMap::new();
+    while addrs.len() < 2 {
+        let (kind, addr) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        addrs.insert(kind, addr.parse::<std::net::SocketAddr>().unwrap());
+    }
+    let (pop3, pop3s) = (addrs["POP3"], addrs["POP3S"]);
+    if defaults_free {
+        assert_eq!((pop3.port(), pop3s.port()), (1110, 1995));
+    }
     assert_eq!(
         hint.trim(),
         format!(
@@ -548,16 +564,64 @@ fn embedded_default_creates_a_demo_user_with_a_welcome_message() {
             pop3.port()
         )
     );
-    assert!(dir.path().join("poplar-data/tls/cert.pem").exists());
+    let cert = dir.path().join("poplar-data/tls/cert.pem");
     assert!(dir.path().join("poplar-data/tls/key.pem").exists());
-    let (mut c, _) = Client::connect(pop3);
-    assert!(
-        c.login("demo", &password)
-            .starts_with("+OK Logged in, maildrop has 1 message")
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let cert_arg = cert.to_str().unwrap();
+    let plain = curl(&[&format!(
+        "pop3://demo:{password}@127.0.0.1:{}/1",
+        pop3.port()
+    )]);
+    assert!(plain.contains("Subject: Welcome to Poplar"), "{plain}");
+    let stls = curl(&[
+        "--ssl-reqd",
+        "--cacert",
+        cert_arg,
+        &format!("pop3://demo:{password}@localhost:{}/1", pop3.port()),
+    ]);
+    let tls = curl(&[
+        "--cacert",
+        cert_arg,
+        &format!("pop3s://demo:{password}@localhost:{}/1", pop3s.port()),
+    ]);
+    assert_eq!(stls, plain);
+    assert_eq!(tls, plain);
+    let script = format!(
+        r#"
+import poplib, ssl
+ctx = ssl.create_default_context(cafile={cert:?})
+p = poplib.POP3("localhost", {port}); p.stls(context=ctx); p.user("demo"); p.pass_({password:?})
+a = b"\r\n".join(p.retr(1)[1]); p.quit()
+s = poplib.POP3_SSL("localhost", {sport}, context=ctx); s.user("demo"); s.pass_({password:?})
+b = b"\r\n".join(s.retr(1)[1]); s.quit()
+assert a == b and b"Welcome to Poplar" in a, (a, b)
+print("ok")
+"#,
+        cert = cert_arg,
+        port = pop3.port(),
+        sport = pop3s.port(),
     );
-    assert!(c.cmd("RETR 1").starts_with("+OK"));
-    let body = String::from_utf8(c.body()).unwrap();
-    assert!(body.contains("Subject: Welcome to Poplar"), "{body}");
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -651,4 +715,40 @@ fn apop_when_enabled() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"Subject: apop\r\n\r\nvia APOP\r\n");
+}
+
+#[test]
+fn global_connection_cap_answers_clearly() {
+    let mut b = ServerBuilder::new();
+    b.set("limits.max_connections", 2);
+    let server = b.start();
+    let (_a, _) = Client::connect(server.pop3);
+    let (_b, _) = Client::connect(server.pop3);
+    let (mut c, refused) = Client::connect(server.pop3);
+    assert_eq!(
+        refused,
+        "-ERR [SYS/TEMP] Server is at its connection limit; try again shortly"
+    );
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn tls_handshakes_that_never_finish_time_out() {
+    let mut b = ServerBuilder::new();
+    b.set("timeouts.tls_handshake", "1s");
+    let server = b.start();
+    // Connect to POP3S and send nothing.
+    let mut silent = std::net::TcpStream::connect(server.pop3s).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut silent, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to close the connection");
+    assert!(start.elapsed() < Duration::from_secs(4));
+    server.wait_for_log("TLS handshake timed out");
+    // Meanwhile TLS still works for others.
+    let (_, greeting) = Client::connect_tls(server.pop3s, &server.cert());
+    assert!(greeting.starts_with("+OK"));
 }
