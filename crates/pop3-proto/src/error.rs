@@ -19,7 +19,4 @@ pub enum Error {
         /// What the session was actually waiting for.
         state: &'static str,
     },
-    /// The driver referred to a message that is not in the maildrop snapshot (caller's fault).
-    #[error("session misuse: message index {0} is not in the snapshot")]
-    NoSuchMessage(usize),
 }

@@ -752,14 +752,7 @@ impl ServerSession {
     }
 
     fn expect(&self, called: &'static str, ok: bool) -> Result<(), Error> {
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::UnexpectedAnswer {
-                called,
-                state: self.pending.describe(),
-            })
-        }
+        if ok { Ok(()) } else { Err(self.misuse(called)) }
     }
 
     /// Answers `Authenticate`/`SaslStart`/`SaslResponse`: the credentials are good. The next
