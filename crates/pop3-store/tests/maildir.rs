@@ -74,7 +74,7 @@ async fn deliver_then_open_lists_exact_sizes_and_dovecot_uidls() {
         );
         assert_eq!(
             listing[i].uidl,
-            format!("{:08X}{:08X}", i + 1, list.uid_validity)
+            format!("{:08x}{:08x}", i + 1, list.uid_validity)
         );
     }
     // Files carry Dovecot's size hints.
@@ -241,7 +241,7 @@ async fn dovecot_index_and_saved_uidls_are_honoured() {
     let (d, listing) = store.open("carol").await.unwrap();
     assert_eq!(
         uidls(&listing),
-        ["00000007000004D2", "0000000beef", "00000014000004D2"]
+        ["00000007000004d2", "0000000beef", "00000014000004d2"]
     );
     d.commit(vec![]).await.unwrap();
     let text = fs::read_to_string(maildir.join("dovecot-uidlist")).unwrap();

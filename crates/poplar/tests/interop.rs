@@ -145,3 +145,178 @@ fn curl_plain_stls_pop3s_and_sasl() {
     let list = String::from_utf8(curl(&[&format!("{plain}/")])).unwrap();
     assert_eq!(list.lines().count(), messages.len() - 1, "{list}");
 }
+
+/// A throwaway Dovecot (Debian's dovecot-core and dovecot-pop3d) on a loopback port, serving
+/// the same Maildirs as Poplar, both as the unprivileged mail user `nobody`.
+struct Dovecot {
+    config: std::path::PathBuf,
+    port: u16,
+}
+
+impl Dovecot {
+    fn start(dir: &Path, mail_root: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("dovecot.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "base_dir = {d}/dovecot-run\nstate_dir = {d}/dovecot-state\nlog_path = {d}/dovecot.log\n\
+                 ssl = no\nprotocols = pop3\nlisten = 127.0.0.1\n\
+                 mail_location = maildir:{m}/_default_/%u/Maildir\n\
+                 disable_plaintext_auth = no\nauth_mechanisms = plain\n\
+                 passdb {{\n  driver = static\n  args = password=pw\n}}\n\
+                 userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\n\
+                 service pop3-login {{\n  inet_listener pop3 {{\n    port = {port}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n",
+                d = dir.display(),
+                m = mail_root.display(),
+            ),
+        )
+        .unwrap();
+        let status = tool("dovecot").arg("-c").arg(&config).status().unwrap();
+        assert!(status.success(), "dovecot did not start");
+        let d = Dovecot { config, port };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("dovecot is not listening on {port}");
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = Command::new("dovecot")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("stop")
+            .status();
+    }
+}
+
+/// Runs a command as the mail user, the way both servers would run in production.
+fn as_mail_user(program: &str) -> Command {
+    let mut cmd = tool("setpriv");
+    cmd.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        program,
+    ]);
+    cmd
+}
+
+/// UIDL listing from a POP3 server, by number.
+fn uidls(addr: std::net::SocketAddr, user: &str, password: &str) -> Vec<String> {
+    let (mut c, _) = common::Client::connect(addr);
+    assert!(
+        c.login(user, password).starts_with("+OK"),
+        "login to {addr}"
+    );
+    assert!(c.cmd("UIDL").starts_with("+OK"));
+    let list = String::from_utf8(c.body()).unwrap();
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    list.lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn dovecot_and_poplar_share_a_maildir_with_the_same_uidls() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("mail")).unwrap();
+    std::fs::write(data.join("users"), "alice:{PLAIN}pw\n").unwrap();
+    let config = root.join("poplar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[listen]\npop3 = [\"127.0.0.1:0\"]\npop3s = []\n[tls]\nenabled = false\n[auth]\nfailure_delay = \"50ms\"\n",
+            data
+        ),
+    )
+    .unwrap();
+    assert!(
+        Command::new("chmod")
+            .arg("755")
+            .arg(root)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(&data)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deliver = |msg: &[u8]| {
+        let mut cmd = as_mail_user(common::BIN);
+        cmd.args(["deliver", "alice", "--config"]).arg(&config);
+        assert!(common::run_with_stdin(cmd, msg).success());
+    };
+    for i in 1..=3 {
+        deliver(format!("Subject: {i}\r\n\r\nmessage {i}\r\n").as_bytes());
+    }
+    // Poplar, as the mail user.
+    let mut child = as_mail_user(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(a) = line.split("listening for POP3 on ").nth(1) {
+                let _ = tx.send(a.split(' ').next().unwrap().to_owned());
+            }
+        }
+    });
+    let poplar: std::net::SocketAddr = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dovecot = Dovecot::start(root, &data.join("mail"));
+    let dovecot_addr: std::net::SocketAddr = ([127, 0, 0, 1], dovecot.port).into();
+
+    // Poplar indexes first; Dovecot must show the same UIDLs.
+    let first = uidls(poplar, "alice", "pw");
+    assert_eq!(first.len(), 3);
+    assert_eq!(
+        uidls(dovecot_addr, "alice", "pw"),
+        first,
+        "Dovecot shows other UIDLs"
+    );
+    // Dovecot indexes a new message first; Poplar must agree.
+    deliver(b"Subject: 4\r\n\r\nindexed by Dovecot first\r\n");
+    let second = uidls(dovecot_addr, "alice", "pw");
+    assert_eq!(second.len(), 4);
+    assert_eq!(
+        uidls(poplar, "alice", "pw"),
+        second,
+        "Poplar shows other UIDLs"
+    );
+    // A deletion through Poplar is seen by Dovecot; the other UIDLs do not change.
+    let (mut c, _) = common::Client::connect(poplar);
+    c.login("alice", "pw");
+    assert_eq!(c.cmd("DELE 2"), "+OK Message 2 deleted");
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let expected: Vec<String> = [0, 2, 3].iter().map(|&i| second[i].clone()).collect();
+    assert_eq!(uidls(dovecot_addr, "alice", "pw"), expected);
+    assert_eq!(uidls(poplar, "alice", "pw"), expected);
+    let _ = child.kill();
+    let _ = child.wait();
+}

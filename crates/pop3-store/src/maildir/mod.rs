@@ -13,7 +13,8 @@
 //! Opening a maildrop reads the index and the two directory listings; message files are read
 //! only when they are new to the index (to learn their size, from the `,W=` hint and one octet,
 //! or by counting). The UIDL of a message is its Dovecot POP3 UIDL: the `P` field if the index
-//! has one (kept from a migration), else `%08Xu%08Xv` (UID and UIDVALIDITY in hex), Dovecot's
+//! has one (kept from a migration), else `%08Xu%08Xv` (UID and UIDVALIDITY as 8 lower-case hex
+//! digits each: Dovecot's `%X` prints lower case, as a live Dovecot 2.3 confirms), Dovecot's
 //! default, so both servers show the same UIDL for the same message.
 //!
 //! Durability: a delivery is written to `tmp/`, fsynced, renamed into `new/`, and `new/` is
@@ -149,7 +150,7 @@ impl MaildirStore {
             };
             let uidl = match rec.ext(POP3_UIDL_KEY) {
                 Some(p) if valid_uidl(p) => p.to_owned(),
-                _ => format!("{:08X}{:08X}", rec.uid, list.uid_validity),
+                _ => default_uidl(rec.uid, list.uid_validity),
             };
             listing.push(MessageInfo { uidl, size });
             entries.push(Entry {
@@ -357,6 +358,12 @@ impl Maildrop for MaildirDrop {
     async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
         blocking(move || self.commit_blocking(deleted)).await
     }
+}
+
+/// Dovecot's default `pop3_uidl_format = %08Xu%08Xv`. Its `%X` is lower-case hex; UIDLs are
+/// compared byte for byte by clients, so the case matters for a migration.
+fn default_uidl(uid: u32, uid_validity: u32) -> String {
+    format!("{uid:08x}{uid_validity:08x}")
 }
 
 fn valid_uidl(uidl: &str) -> bool {
