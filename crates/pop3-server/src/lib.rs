@@ -215,8 +215,15 @@ impl<S: MailStore> Server<S> {
             None
         };
         let users = UserDbFile::new(config.users_file());
-        if let Err(e) = users.current() {
-            return Err(e.into());
+        let (db, warnings) = users.current()?;
+        for w in warnings {
+            tracing::warn!(file = %users.path().display(), line = w.line, "users file: {}", w.reason);
+        }
+        if db.is_empty() {
+            tracing::warn!(
+                file = %users.path().display(),
+                "no users: nobody can log in yet. Add one with `poplar user add NAME`"
+            );
         }
         let authenticator = auth::Authenticator::new(
             users,
