@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, Client, ServerBuilder, canonical, corpus, run_with_stdin};
+use common::{BIN, Client, ServerBuilder, canonical, corpus, eventually, run_with_stdin};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -137,14 +137,10 @@ fn dele_rset_and_dropped_connections_remove_nothing() {
     // Vanish without QUIT: nothing may be removed.
     drop(c);
     let (mut c, _) = Client::connect(server.pop3);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let reply = loop {
+    let reply = eventually(Duration::from_secs(1), "the lock's release", || {
         let r = c.login("alice", "wonderland");
-        if !r.contains("IN-USE") || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+        (!r.contains("IN-USE")).then_some(r)
+    });
     assert!(
         reply.starts_with("+OK Logged in, maildrop has 3 messages"),
         "{reply}"
@@ -177,18 +173,12 @@ fn second_session_gets_in_use_until_the_first_vanishes() {
     second.body();
     // The first client is killed (no QUIT): the lock dies with its connection.
     drop(first);
-    let start = Instant::now();
-    loop {
-        let reply = second.login("alice", "wonderland");
-        if reply.starts_with("+OK") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "still locked after 1 s: {reply}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(1), "the lock's release", || {
+        second
+            .login("alice", "wonderland")
+            .starts_with("+OK")
+            .then_some(())
+    });
 }
 
 #[test]
@@ -345,18 +335,12 @@ fn connection_caps_answer_clearly() {
         "-ERR [SYS/TEMP] Too many connections from your address; try again shortly"
     );
     drop(_a);
-    let start = Instant::now();
-    loop {
-        let (_, g) = Client::connect(server.pop3);
-        if g.starts_with("+OK") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "slot not released"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(2), "the slot's release", || {
+        Client::connect(server.pop3)
+            .1
+            .starts_with("+OK")
+            .then_some(())
+    });
 }
 
 #[test]
@@ -516,14 +500,12 @@ fn embedded_default_serves_the_welcome_message_to_real_clients() {
     if !defaults_free {
         cmd.args(["--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"]);
     }
-    let mut child = cmd
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    cmd.current_dir(dir.path())
+        .stdout(std::process::Stdio::piped());
+    let mut running = common::spawn_server(cmd, true);
+    let (pop3, pop3s) = (running.pop3, running.pop3s.unwrap());
     use std::io::BufRead;
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = std::io::BufReader::new(running.child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
     let password = first
@@ -536,24 +518,6 @@ fn embedded_default_serves_the_welcome_message_to_real_clients() {
         .to_owned();
     let mut hint = String::new();
     stdout.read_line(&mut hint).unwrap();
-    // Keep reading standard error so the server never writes into a closed pipe.
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            for kind in ["POP3", "POP3S"] {
-                if let Some(a) = line.split(&format!("listening for {kind} on ")).nth(1) {
-                    let _ = tx.send((kind, a.split(' ').next().unwrap().to_owned()));
-                }
-            }
-        }
-    });
-    let mut addrs = std::collections::HashMap::new();
-    while addrs.len() < 2 {
-        let (kind, addr) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-        addrs.insert(kind, addr.parse::<std::net::SocketAddr>().unwrap());
-    }
-    let (pop3, pop3s) = (addrs["POP3"], addrs["POP3S"]);
     if defaults_free {
         assert_eq!((pop3.port(), pop3s.port()), (1110, 1995));
     }
@@ -566,19 +530,7 @@ fn embedded_default_serves_the_welcome_message_to_real_clients() {
     );
     let cert = dir.path().join("poplar-data/tls/cert.pem");
     assert!(dir.path().join("poplar-data/tls/key.pem").exists());
-    let curl = |args: &[&str]| {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "30"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "curl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let curl = |args: &[&str]| String::from_utf8(common::curl(args)).unwrap();
     let cert_arg = cert.to_str().unwrap();
     let plain = curl(&[&format!(
         "pop3://demo:{password}@127.0.0.1:{}/1",
@@ -622,8 +574,8 @@ print("ok")
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = running.child.kill();
+    let _ = running.child.wait();
 }
 
 #[test]
@@ -701,20 +653,12 @@ fn apop_when_enabled() {
             .deliver(&["mrose"], b"Subject: apop\r\n\r\nvia APOP\r\n")
             .success()
     );
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--login-options", "AUTH=+APOP"])
-        .arg(format!(
-            "pop3://mrose:tanstaaf@127.0.0.1:{}/1",
-            server.pop3.port()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"Subject: apop\r\n\r\nvia APOP\r\n");
+    let out = common::curl(&[
+        "--login-options",
+        "AUTH=+APOP",
+        &format!("pop3://mrose:tanstaaf@127.0.0.1:{}/1", server.pop3.port()),
+    ]);
+    assert_eq!(out, b"Subject: apop\r\n\r\nvia APOP\r\n");
 }
 
 #[test]

@@ -5,21 +5,9 @@
 
 mod common;
 
-use common::{ServerBuilder, canonical, corpus};
+use common::{ServerBuilder, canonical, corpus, curl, tool};
 use std::path::Path;
 use std::process::Command;
-
-fn tool(name: &str) -> Command {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .unwrap();
-    assert!(
-        found.status.success(),
-        "{name} is not installed; run .ci/run or install it"
-    );
-    Command::new(name)
-}
 
 fn server_with_corpus() -> (common::Server, tempfile::TempDir) {
     let server = ServerBuilder::new().start();
@@ -58,20 +46,6 @@ fn python_poplib() {
     );
     assert!(stdout.contains("checks passed"), "{stdout}");
     eprintln!("{}", stdout.trim());
-}
-
-fn curl(args: &[&str]) -> Vec<u8> {
-    let out = tool("curl")
-        .args(["-sS", "--max-time", "30"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 #[test]
@@ -267,28 +241,12 @@ fn dovecot_and_poplar_share_a_maildir_with_the_same_uidls() {
         deliver(format!("Subject: {i}\r\n\r\nmessage {i}\r\n").as_bytes());
     }
     // Poplar, as the mail user.
-    let mut child = as_mail_user(common::BIN)
-        .args(["serve", "--config"])
+    let mut cmd = as_mail_user(common::BIN);
+    cmd.args(["serve", "--config"])
         .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(a) = line.split("listening for POP3 on ").nth(1) {
-                let _ = tx.send(a.split(' ').next().unwrap().to_owned());
-            }
-        }
-    });
-    let poplar: std::net::SocketAddr = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .unwrap()
-        .parse()
-        .unwrap();
+        .stdout(std::process::Stdio::null());
+    let mut running = common::spawn_server(cmd, false);
+    let poplar = running.pop3;
     let dovecot = Dovecot::start(root, &data.join("mail"));
     let dovecot_addr: std::net::SocketAddr = ([127, 0, 0, 1], dovecot.port).into();
 
@@ -317,6 +275,6 @@ fn dovecot_and_poplar_share_a_maildir_with_the_same_uidls() {
     let expected: Vec<String> = [0, 2, 3].iter().map(|&i| second[i].clone()).collect();
     assert_eq!(uidls(dovecot_addr, "alice", "pw"), expected);
     assert_eq!(uidls(poplar, "alice", "pw"), expected);
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = running.child.kill();
+    let _ = running.child.wait();
 }

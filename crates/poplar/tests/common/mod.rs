@@ -70,46 +70,110 @@ impl ServerBuilder {
 
     pub fn start(self) -> Server {
         let config = self.write_config();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(Vec::<String>::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line.clone());
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let (mut pop3, mut pop3s) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while pop3.is_none() || pop3s.is_none() {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("server did not start: {:?}", logs.lock().unwrap()));
-            if let Some(addr) = line.split("listening for POP3 on ").nth(1) {
-                pop3 = Some(addr.split(' ').next().unwrap().parse().unwrap());
-            }
-            if let Some(addr) = line.split("listening for POP3S on ").nth(1) {
-                pop3s = Some(addr.trim().parse().unwrap());
-            }
-        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null());
+        let running = spawn_server(cmd, true);
         Server {
-            child: Some(child),
-            pop3: pop3.unwrap(),
-            pop3s: pop3s.unwrap(),
+            child: Some(running.child),
+            pop3: running.pop3,
+            pop3s: running.pop3s.unwrap(),
             dir: Some(self.dir),
             config,
-            logs,
+            logs: running.logs,
         }
     }
+}
+
+/// A `poplar serve` process whose standard error is collected, with its bound addresses.
+pub struct Running {
+    pub child: Child,
+    pub pop3: SocketAddr,
+    pub pop3s: Option<SocketAddr>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Spawns `poplar serve ...` (standard error captured; the caller decides about standard
+/// output) and waits for its "listening for POP3[S] on ADDR" log lines.
+pub fn spawn_server(mut cmd: Command, with_pop3s: bool) -> Running {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&logs);
+    // Keep reading to the end, so the server never writes into a closed pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let (mut pop3, mut pop3s) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pop3.is_none() || (with_pop3s && pop3s.is_none()) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", logs.lock().unwrap()));
+        let addr = |kind: &str| -> Option<SocketAddr> {
+            let rest = line.split(&format!("listening for {kind} on ")).nth(1)?;
+            rest.split(' ').next()?.trim().parse().ok()
+        };
+        pop3 = pop3.or_else(|| addr("POP3"));
+        pop3s = pop3s.or_else(|| addr("POP3S"));
+    }
+    Running {
+        child,
+        pop3: pop3.unwrap(),
+        pop3s,
+        logs,
+    }
+}
+
+/// Retries `attempt` every 20 ms until it returns `Some`, failing after `within`.
+pub fn eventually<T>(within: Duration, what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = attempt() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A program the tests need; fails (does not skip) when it is missing.
+pub fn tool(name: &str) -> Command {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "{name} is not installed; run .ci/run or install it"
+    );
+    Command::new(name)
+}
+
+/// Runs curl quietly; panics unless it succeeds; returns what it printed.
+pub fn curl(args: &[&str]) -> Vec<u8> {
+    let out = tool("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 pub struct Server {
