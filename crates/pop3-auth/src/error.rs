@@ -32,7 +32,7 @@ pub enum AuthError {
     #[error("malformed {scheme} password hash: {reason}")]
     MalformedHash {
         /// The scheme.
-        scheme: &'static str,
+        scheme: String,
         /// What is wrong.
         reason: String,
     },
@@ -48,6 +48,12 @@ pub enum AuthError {
     /// A SASL client message that does not follow its mechanism's syntax (peer at fault).
     #[error("malformed SASL message: {0}")]
     MalformedSasl(&'static str),
+    /// The server answered a SASL exchange with an error or a wrong proof (client side).
+    #[error("the server rejected the authentication: {0}")]
+    ServerRejected(String),
+    /// An authentication setting is unusable, e.g. a JWKS file (operator's settings at fault).
+    #[error("{0}")]
+    Config(String),
     /// The operating system's random number generator failed.
     #[error("random number generator failed: {0}")]
     Random(String),

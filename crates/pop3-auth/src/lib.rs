@@ -13,6 +13,8 @@
 
 pub mod apop;
 mod error;
+mod hmac_md5;
+pub mod jwt;
 pub mod sasl;
 pub mod scheme;
 pub mod userdb;

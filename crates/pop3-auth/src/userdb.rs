@@ -1,9 +1,13 @@
 //! The user database: a passwd-file in Dovecot's format.
 //!
 //! Each line is `user:{SCHEME}password[:uid:gid:gecos:home:shell:extra]`; `#` starts a comment.
-//! Poplar reads only the first two fields and preserves the rest, so an operator can point
-//! Poplar at the file Dovecot uses today. Login names are lower-cased (ASCII) before lookup,
-//! like Dovecot's default `auth_username_format = %Lu`, so `Alice` and `alice` are one user.
+//! Poplar reads the first two fields and, in the space-separated extra fields, any
+//! `x-poplar-secret={SCHEME}data`: further forms of the same password written by
+//! `poplar user add --schemes` (say SCRAM-SHA-256 keys and CRAM-MD5 states next to an ARGON2ID
+//! hash), so one user can log in with every mechanism the stored forms allow. Everything else is
+//! preserved, so an operator can point Poplar at the file Dovecot uses today. Login names are
+//! lower-cased (ASCII) before lookup, like Dovecot's default `auth_username_format = %Lu`, so
+//! `Alice` and `alice` are one user.
 //!
 //! A malformed line is skipped with a warning rather than failing the whole file: a typo in one
 //! entry must not lock every user out, and a skipped line never grants access. Edits made by
@@ -11,7 +15,9 @@
 //! rename it over the old one, so a crash never leaves a half-written users file.
 
 use crate::error::AuthError;
-use crate::scheme;
+use crate::sasl::Directory;
+use crate::sasl::scram::ScramHash;
+use crate::scheme::{self, MechanismSecret, SecretKind, Stored};
 use pop3_proto::Secret;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -24,18 +30,53 @@ use std::time::SystemTime;
 /// Longest accepted user name, in octets.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The extra field that holds further forms of a user's password.
+pub const EXTRA_SECRET: &str = "x-poplar-secret=";
+
 /// One user.
 #[derive(Debug, Clone)]
 pub struct UserEntry {
     /// The stored `{SCHEME}data`, or `None` when the password field is empty (no password
     /// login possible).
     pub password: Option<Secret<String>>,
+    /// Further forms of the password (`x-poplar-secret=` extra fields).
+    pub extra: Vec<Secret<String>>,
+}
+
+impl UserEntry {
+    fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.password
+            .iter()
+            .chain(&self.extra)
+            .map(|s| s.expose().as_str())
+    }
+
+    /// Whether any stored form serves a challenge-response family.
+    pub fn serves(&self, kind: SecretKind) -> bool {
+        self.secrets()
+            .any(|s| Stored::parse(s).is_ok_and(|s| s.serves(kind)))
+    }
+}
+
+/// Which challenge-response mechanisms at least one user's stored data allows (what CAPA may
+/// offer; PLAIN, LOGIN and USER work for every supported scheme).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MechanismSupport {
+    /// APOP (a plaintext-equivalent secret).
+    pub apop: bool,
+    /// CRAM-MD5.
+    pub cram_md5: bool,
+    /// SCRAM-SHA-1.
+    pub scram_sha1: bool,
+    /// SCRAM-SHA-256.
+    pub scram_sha256: bool,
 }
 
 /// A parsed users file.
 #[derive(Debug, Default)]
 pub struct UserDb {
     users: HashMap<String, UserEntry>,
+    support: MechanismSupport,
 }
 
 /// A line that was skipped while parsing.
@@ -118,21 +159,28 @@ impl UserDb {
                 });
                 continue;
             }
-            let password = if password.is_empty() {
-                None
-            } else {
-                let (scheme, _) = scheme::split_scheme(password);
-                if !scheme::is_supported(&scheme) {
+            let mut secrets: Vec<&str> = Vec::new();
+            if !password.is_empty() {
+                secrets.push(password);
+            }
+            let extra_field = fields.nth(5).unwrap_or("");
+            secrets.extend(
+                extra_field
+                    .split_whitespace()
+                    .filter_map(|f| f.strip_prefix(EXTRA_SECRET)),
+            );
+            for stored in &secrets {
+                if !scheme::is_supported(stored) {
+                    let (scheme, _) = scheme::split_scheme(stored);
                     warnings.push(Warning {
                         line: line_no,
                         reason: format!(
                             "user {name}: password scheme {{{scheme}}} is not supported; \
-                             this user cannot log in until the password is reset"
+                             this user cannot log in with it until the password is reset"
                         ),
                     });
                 }
-                Some(Secret::new(password.to_owned()))
-            };
+            }
             if users.contains_key(&name) {
                 warnings.push(Warning {
                     line: line_no,
@@ -140,9 +188,27 @@ impl UserDb {
                 });
                 continue;
             }
-            users.insert(name, UserEntry { password });
+            let entry = UserEntry {
+                password: (!password.is_empty()).then(|| Secret::new(password.to_owned())),
+                extra: secrets
+                    .iter()
+                    .skip(usize::from(!password.is_empty()))
+                    .map(|s| Secret::new((*s).to_owned()))
+                    .collect(),
+            };
+            users.insert(name, entry);
         }
-        (Self { users }, warnings)
+        let support = MechanismSupport {
+            apop: users.values().any(|u| u.serves(SecretKind::Apop)),
+            cram_md5: users.values().any(|u| u.serves(SecretKind::CramMd5)),
+            scram_sha1: users
+                .values()
+                .any(|u| u.serves(SecretKind::Scram(ScramHash::Sha1))),
+            scram_sha256: users
+                .values()
+                .any(|u| u.serves(SecretKind::Scram(ScramHash::Sha256))),
+        };
+        (Self { users, support }, warnings)
     }
 
     /// Reads and parses a users file. A missing file is an empty database.
@@ -172,21 +238,40 @@ impl UserDb {
         self.users.is_empty()
     }
 
-    /// Checks a password. For an unknown user (or one without a password) the `decoy` hash is
-    /// verified instead, so both cases take the same time as a wrong password.
+    /// Which challenge-response mechanisms the stored data allows for at least one user.
+    pub fn support(&self) -> MechanismSupport {
+        self.support
+    }
+
+    /// Checks a password against the user's stored forms, the primary one first. For an
+    /// unknown user (or one without a password) the `decoy` hash is verified instead, so both
+    /// cases take the same time as a wrong password.
     pub fn verify(&self, name: &str, password: &[u8], decoy: &str) -> Result<Verdict, AuthError> {
         let key = normalize_name(name);
-        match self.users.get(&key).and_then(|u| u.password.as_ref()) {
-            Some(stored) => Ok(if scheme::verify(stored.expose(), password)? {
-                Verdict::Valid(key)
-            } else {
-                Verdict::Invalid
-            }),
-            None => {
-                let _ = scheme::verify(decoy, password);
-                Ok(Verdict::Invalid)
+        let Some(user) = self
+            .users
+            .get(&key)
+            .filter(|u| u.secrets().next().is_some())
+        else {
+            let _ = scheme::verify(decoy, password);
+            return Ok(Verdict::Invalid);
+        };
+        let mut first_error = None;
+        for stored in user.secrets() {
+            match scheme::verify(stored, password) {
+                Ok(true) => return Ok(Verdict::Valid(key)),
+                Ok(false) => return Ok(Verdict::Invalid),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
+        first_error.map_or(Ok(Verdict::Invalid), Err)
+    }
+
+    /// A view for SASL mechanisms, with the decoy hash used for unknown users.
+    pub fn directory<'a>(&'a self, decoy: &'a str) -> UserDirectory<'a> {
+        UserDirectory { db: self, decoy }
     }
 }
 
@@ -198,8 +283,7 @@ impl UserDb {
         let secret = self
             .users
             .get(&key)
-            .and_then(|u| u.password.as_ref())
-            .and_then(|p| scheme::plaintext_equivalent(p.expose()));
+            .and_then(|u| u.secrets().find_map(scheme::plaintext_equivalent));
         match secret {
             Some(secret) if crate::apop::verify(timestamp, secret.as_bytes(), digest) => {
                 Verdict::Valid(key)
@@ -211,6 +295,40 @@ impl UserDb {
                 Verdict::Invalid
             }
         }
+    }
+}
+
+/// The user database as SASL mechanisms see it.
+#[derive(Debug, Clone, Copy)]
+pub struct UserDirectory<'a> {
+    db: &'a UserDb,
+    decoy: &'a str,
+}
+
+impl Directory for UserDirectory<'_> {
+    fn secret(&self, user: &str, kind: SecretKind) -> Option<MechanismSecret> {
+        let entry = self.db.users.get(&normalize_name(user))?;
+        // Prefer a form made for the mechanism over deriving one from a plaintext.
+        let forms: Vec<Stored<'_>> = entry
+            .secrets()
+            .filter_map(|s| Stored::parse(s).ok())
+            .collect();
+        forms
+            .iter()
+            .filter(|s| s.serves(kind))
+            .find_map(|s| match s.mechanism_secret(kind) {
+                Some(MechanismSecret::Plaintext(_)) => None,
+                other => other,
+            })
+            .or_else(|| forms.iter().find_map(|s| s.mechanism_secret(kind)))
+    }
+
+    fn check_password(&self, user: &str, password: &[u8]) -> Result<Verdict, AuthError> {
+        self.db.verify(user, password, self.decoy)
+    }
+
+    fn exists(&self, user: &str) -> bool {
+        self.db.get(user).is_some()
     }
 }
 
@@ -281,35 +399,63 @@ impl UserDbFile {
 pub mod edit {
     use super::*;
 
-    /// Adds a user with an already hashed password (`{SCHEME}data`).
-    pub fn add(path: &Path, name: &str, stored: &str) -> Result<(), AuthError> {
+    /// Adds a user with already hashed forms of one password (`{SCHEME}data`): the first goes
+    /// in the password field, the others in `x-poplar-secret=` extra fields.
+    pub fn add(path: &Path, name: &str, forms: &[String]) -> Result<(), AuthError> {
         let name = normalize_name(name);
         validate_name(&name)?;
         rewrite(path, |lines| {
             if lines.iter().any(|l| line_user(l) == Some(&name)) {
                 return Err(AuthError::UserExists(format!("user {name} already exists")));
             }
-            lines.push(format!("{name}:{stored}"));
+            lines.push(compose(&name, forms));
             Ok(())
         })
     }
 
-    /// Replaces a user's password, keeping the other fields of the line.
-    pub fn set_password(path: &Path, name: &str, stored: &str) -> Result<(), AuthError> {
+    /// Replaces a user's password forms, keeping the line's other fields.
+    pub fn set_password(path: &Path, name: &str, forms: &[String]) -> Result<(), AuthError> {
         let name = normalize_name(name);
         rewrite(path, |lines| {
             let line = lines
                 .iter_mut()
                 .find(|l| line_user(l) == Some(&name))
                 .ok_or_else(|| AuthError::NoSuchUser(name.clone()))?;
-            let rest: Vec<&str> = line.splitn(3, ':').collect();
-            *line = match rest.as_slice() {
-                [user, _, tail] => format!("{user}:{stored}:{tail}"),
-                [user, ..] => format!("{user}:{stored}"),
-                [] => format!("{name}:{stored}"),
-            };
+            *line = compose(line, forms);
             Ok(())
         })
+    }
+
+    /// A passwd-file line from an existing line (or just a user name) with its password forms
+    /// replaced: the first form in field 2, the rest as `x-poplar-secret=` extra fields; uid,
+    /// gid, gecos, home, shell and other extra fields are kept. Short lines stay short.
+    fn compose(line: &str, forms: &[String]) -> String {
+        let mut fields: Vec<String> = line.splitn(8, ':').map(str::to_owned).collect();
+        let extra_field = if fields.len() == 8 {
+            fields.pop().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        fields.resize(7, String::new());
+        fields[1] = forms.first().cloned().unwrap_or_default();
+        let mut extra: Vec<String> = forms
+            .iter()
+            .skip(1)
+            .map(|f| format!("{EXTRA_SECRET}{f}"))
+            .collect();
+        extra.extend(
+            extra_field
+                .split_whitespace()
+                .filter(|f| !f.starts_with(EXTRA_SECRET))
+                .map(str::to_owned),
+        );
+        if !extra.is_empty() {
+            fields.push(extra.join(" "));
+        }
+        while fields.len() > 2 && fields.last().is_some_and(String::is_empty) {
+            fields.pop();
+        }
+        fields.join(":")
     }
 
     /// Removes a user's line.
@@ -413,7 +559,7 @@ Bob@Example.org:{PLAIN}builder:1000:1000::/home/bob::userdb_quota_rule=*:storage
 
 nopass:
 broken line without colon
-carol:{SHA512-CRYPT}$6$abc$def
+carol:{MD5-CRYPT}$1$okxCKmmv$ymiFldsJQi0R7vVSvn7J.0
 alice:{PLAIN}again
 ../evil:{PLAIN}x
 ";
@@ -431,7 +577,7 @@ alice:{PLAIN}again
         assert!(db.get("nopass").unwrap().password.is_none());
         let lines: Vec<usize> = warnings.iter().map(|w| w.line).collect();
         assert_eq!(lines, vec![6, 7, 8, 9], "{warnings:?}");
-        assert!(warnings[1].reason.contains("SHA512-CRYPT"));
+        assert!(warnings[1].reason.contains("MD5-CRYPT"));
     }
 
     #[test]
@@ -515,12 +661,12 @@ alice:{PLAIN}again
             "# comment\nbob:{PLAIN}x:1000:1000::/home/bob::extra=1\n",
         )
         .unwrap();
-        edit::add(&path, "Alice", "{PLAIN}one").unwrap();
+        edit::add(&path, "Alice", &["{PLAIN}one".into()]).unwrap();
         assert!(matches!(
-            edit::add(&path, "alice", "{PLAIN}two"),
+            edit::add(&path, "alice", &["{PLAIN}two".into()]),
             Err(AuthError::UserExists(_))
         ));
-        edit::set_password(&path, "bob", "{PLAIN}y").unwrap();
+        edit::set_password(&path, "bob", &["{PLAIN}y".into()]).unwrap();
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             "# comment\nbob:{PLAIN}y:1000:1000::/home/bob::extra=1\nalice:{PLAIN}one\n"
@@ -535,9 +681,69 @@ alice:{PLAIN}again
         let mode = fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(matches!(
-            edit::add(&path, "../x", "{PLAIN}x"),
+            edit::add(&path, "../x", &["{PLAIN}x".into()]),
             Err(AuthError::InvalidName(..))
         ));
+    }
+
+    #[test]
+    fn several_forms_of_one_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let forms: Vec<String> = ["ARGON2ID", "SCRAM-SHA-256", "CRAM-MD5"]
+            .iter()
+            .map(|s| scheme::hash(s, b"pw").unwrap())
+            .collect();
+        edit::add(&path, "alice", &forms).unwrap();
+        fs::write(
+            &path,
+            fs::read_to_string(&path).unwrap() + "bob:{PLAIN}x:1000:1000::/home/bob::quota=1G\n",
+        )
+        .unwrap();
+        edit::set_password(&path, "bob", &forms).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let bob = text.lines().find(|l| l.starts_with("bob:")).unwrap();
+        assert!(
+            bob.contains(":1000:1000::/home/bob::x-poplar-secret={SCRAM-SHA-256}"),
+            "{bob}"
+        );
+        assert!(bob.ends_with(" quota=1G"), "{bob}");
+        let (db, warnings) = UserDb::parse(&text);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let decoy = scheme::decoy_hash().unwrap();
+        for user in ["alice", "bob"] {
+            assert_eq!(
+                db.verify(user, b"pw", &decoy).unwrap(),
+                Verdict::Valid(user.into())
+            );
+            let u = db.get(user).unwrap();
+            assert!(
+                u.serves(SecretKind::CramMd5) && u.serves(SecretKind::Scram(ScramHash::Sha256))
+            );
+            assert!(!u.serves(SecretKind::Scram(ScramHash::Sha1)) && !u.serves(SecretKind::Apop));
+        }
+        let support = db.support();
+        assert!(support.cram_md5 && support.scram_sha256 && !support.scram_sha1 && !support.apop);
+        let dir = db.directory(&decoy);
+        assert!(matches!(
+            dir.secret("alice", SecretKind::Scram(ScramHash::Sha256)),
+            Some(MechanismSecret::Scram(_))
+        ));
+        assert!(
+            dir.secret("alice", SecretKind::Scram(ScramHash::Sha1))
+                .is_none()
+        );
+        // A plaintext user can serve everything, derived on the fly.
+        let (db, _) = UserDb::parse("p:{PLAIN}pw\n");
+        assert_eq!(
+            db.support(),
+            MechanismSupport {
+                apop: true,
+                cram_md5: true,
+                scram_sha1: true,
+                scram_sha256: true
+            }
+        );
     }
 
     #[test]
@@ -546,9 +752,9 @@ alice:{PLAIN}again
         let path = dir.path().join("users");
         let watched = UserDbFile::new(path.clone());
         assert!(watched.current().unwrap().0.is_empty());
-        edit::add(&path, "alice", "{PLAIN}a").unwrap();
+        edit::add(&path, "alice", &["{PLAIN}a".into()]).unwrap();
         assert_eq!(watched.current().unwrap().0.len(), 1);
-        edit::add(&path, "bob", "{PLAIN}b").unwrap();
+        edit::add(&path, "bob", &["{PLAIN}b".into()]).unwrap();
         assert_eq!(watched.current().unwrap().0.len(), 2);
     }
 }

@@ -68,8 +68,6 @@ pub struct Capabilities {
     pub login_delay_per_user: bool,
     /// `IMPLEMENTATION` text, shown after login only.
     pub implementation: String,
-    /// SASL mechanisms offered (filtered per connection, see [`Mechanism::plaintext`]).
-    pub mechanisms: Vec<Mechanism>,
 }
 
 impl Default for Capabilities {
@@ -80,39 +78,42 @@ impl Default for Capabilities {
             login_delay: 0,
             login_delay_per_user: false,
             implementation: String::from("Poplar"),
-            mechanisms: vec![Mechanism::plaintext("PLAIN")],
         }
     }
 }
 
 /// The connection facts that decide what is listed.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CapaContext {
+pub(crate) struct CapaContext<'a> {
     pub logged_in: bool,
     pub plaintext_allowed: bool,
     pub stls_offered: bool,
+    /// The mechanisms this connection offers, before the plaintext filter.
+    pub mechanisms: &'a [Mechanism],
+    /// The logged-in user's own LOGIN-DELAY, if it differs from the default.
+    pub user_login_delay: Option<u32>,
+}
+
+/// The mechanisms usable on a connection: plaintext ones only where plaintext is allowed.
+pub(crate) fn usable(
+    mechanisms: &[Mechanism],
+    plaintext_allowed: bool,
+) -> impl Iterator<Item = &Mechanism> {
+    mechanisms
+        .iter()
+        .filter(move |m| plaintext_allowed || !m.plaintext)
 }
 
 impl Capabilities {
-    /// The mechanisms usable on a connection.
-    pub(crate) fn usable_mechanisms(
-        &self,
-        plaintext_allowed: bool,
-    ) -> impl Iterator<Item = &Mechanism> {
-        self.mechanisms
-            .iter()
-            .filter(move |m| plaintext_allowed || !m.plaintext)
-    }
-
     /// Writes the capability lines (without the `+OK` line and the terminator).
-    pub(crate) fn write(&self, ctx: CapaContext, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, ctx: CapaContext<'_>, out: &mut Vec<u8>) {
         use std::io::Write;
         out.extend_from_slice(b"TOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n");
         if !ctx.logged_in {
             if ctx.plaintext_allowed {
                 out.extend_from_slice(b"USER\r\n");
             }
-            let mut mechs = self.usable_mechanisms(ctx.plaintext_allowed).peekable();
+            let mut mechs = usable(ctx.mechanisms, ctx.plaintext_allowed).peekable();
             if mechs.peek().is_some() {
                 out.extend_from_slice(b"SASL");
                 for m in mechs {
@@ -138,9 +139,16 @@ impl Capabilities {
             self.expire,
             user_tag(self.expire_per_user)
         );
-        if self.login_delay > 0 {
+        // RFC 2449 section 6.5: before login the default (with USER when it varies), after
+        // login the user's own value.
+        let delay = if ctx.logged_in {
+            ctx.user_login_delay.unwrap_or(self.login_delay)
+        } else {
+            self.login_delay
+        };
+        if delay > 0 || (self.login_delay_per_user && !ctx.logged_in) {
             let tag = user_tag(self.login_delay_per_user);
-            let _ = write!(out, "LOGIN-DELAY {}{tag}\r\n", self.login_delay);
+            let _ = write!(out, "LOGIN-DELAY {delay}{tag}\r\n");
         }
         out.extend_from_slice(b"UTF8 USER\r\n");
         if ctx.logged_in {

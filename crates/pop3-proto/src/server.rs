@@ -14,7 +14,7 @@
 //! in the input buffer; responses accumulate in the output buffer and the driver flushes them when
 //! it runs out of input.
 
-use crate::capability::{CapaContext, Capabilities, Expire};
+use crate::capability::{CapaContext, Capabilities, Expire, Mechanism, usable};
 use crate::command::{Command, MessageNumber, ParseError, parse_command};
 use crate::error::Error;
 use crate::line::{Frame, LineFramer};
@@ -54,6 +54,9 @@ pub struct SessionConfig {
     /// Plaintext logins (USER/PASS, PLAIN) are allowed without TLS on this connection, because
     /// the peer is on a network the configuration calls secure.
     pub plaintext_without_tls: bool,
+    /// The SASL mechanisms this connection offers (plaintext ones are hidden where plaintext
+    /// logins are refused). Replaced after STLS by [`ServerSession::tls_established`].
+    pub mechanisms: Vec<Mechanism>,
     /// Invalid, unknown or out-of-state commands tolerated before the connection is closed.
     pub max_bad_commands: u32,
     /// Largest SASL response line (and AUTH command line) accepted, terminator included.
@@ -67,6 +70,7 @@ impl Default for SessionConfig {
             apop_timestamp: None,
             tls: Tls::Unavailable,
             plaintext_without_tls: false,
+            mechanisms: vec![Mechanism::plaintext("PLAIN")],
             max_bad_commands: 10,
             max_sasl_line: 16 * 1024,
         }
@@ -342,6 +346,7 @@ pub struct ServerSession {
     utf8: bool,
     greeted: bool,
     user: Option<String>,
+    user_login_delay: Option<u32>,
     stats: SessionStats,
 }
 
@@ -359,8 +364,14 @@ impl ServerSession {
             utf8: false,
             greeted: false,
             user: None,
+            user_login_delay: None,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Sets the logged-in user's own LOGIN-DELAY (RFC 2449: CAPA after login shows it).
+    pub fn set_user_login_delay(&mut self, seconds: u32) {
+        self.user_login_delay = Some(seconds);
     }
 
     /// Hands received bytes to the session.
@@ -598,18 +609,17 @@ impl ServerSession {
         initial_response: Option<Secret<Vec<u8>>>,
     ) -> Option<Event> {
         let plaintext_allowed = self.plaintext_allowed();
-        let caps = Arc::clone(&self.config.capabilities);
         let Some(mechanism) = mechanism else {
             // The old form Outlook sends: list the mechanisms.
             ok(out, "Supported mechanisms follow");
-            for m in caps.usable_mechanisms(plaintext_allowed) {
+            for m in usable(&self.config.mechanisms, plaintext_allowed) {
                 out.extend_from_slice(m.name.as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(b".\r\n");
             return None;
         };
-        match caps.mechanisms.iter().find(|m| m.name == mechanism) {
+        match self.config.mechanisms.iter().find(|m| m.name == mechanism) {
             None => {
                 self.bad_command(out, "Unsupported authentication mechanism");
                 return None;
@@ -746,6 +756,8 @@ impl ServerSession {
             logged_in: self.is_logged_in(),
             plaintext_allowed: self.plaintext_allowed(),
             stls_offered: self.stls_offered() && !self.is_logged_in(),
+            mechanisms: &self.config.mechanisms,
+            user_login_delay: self.user_login_delay,
         };
         self.config.capabilities.write(ctx, out);
         out.extend_from_slice(b".\r\n");
@@ -920,11 +932,13 @@ impl ServerSession {
     }
 
     /// Answers `StartTls`: the handshake completed. CAPA no longer lists STLS, plaintext
-    /// logins become allowed.
-    pub fn tls_established(&mut self) -> Result<(), Error> {
+    /// logins become allowed, and `mechanisms` (which may now include channel-binding and
+    /// certificate mechanisms) replace the plaintext connection's list.
+    pub fn tls_established(&mut self, mechanisms: Vec<Mechanism>) -> Result<(), Error> {
         self.expect("tls_established", self.pending == Pending::StartTls)?;
         self.pending = Pending::None;
         self.tls_active = true;
+        self.config.mechanisms = mechanisms;
         self.framer.clear();
         Ok(())
     }

@@ -19,6 +19,7 @@ struct Harness {
     committed: Option<Vec<usize>>,
     closed: bool,
     tls_started: usize,
+    session_mechanisms: Vec<Mechanism>,
 }
 
 impl Harness {
@@ -32,6 +33,7 @@ impl Harness {
             committed: None,
             closed: false,
             tls_started: 0,
+            session_mechanisms: vec![Mechanism::plaintext("PLAIN")],
         }
     }
 
@@ -130,7 +132,8 @@ impl Harness {
                 }
                 Event::StartTls => {
                     self.tls_started += 1;
-                    self.session.tls_established().unwrap();
+                    let mechanisms = self.session_mechanisms.clone();
+                    self.session.tls_established(mechanisms).unwrap();
                 }
                 Event::Commit { deleted } => {
                     self.committed = Some(deleted);
@@ -820,15 +823,11 @@ fn auth_failure_texts_use_truthful_codes() {
 
 #[test]
 fn plaintext_mechanisms_hidden_but_protected_ones_listed() {
-    let caps = Capabilities {
+    let config = SessionConfig {
         mechanisms: vec![
             Mechanism::plaintext("PLAIN"),
             Mechanism::protected("SCRAM-SHA-256"),
         ],
-        ..Capabilities::default()
-    };
-    let config = SessionConfig {
-        capabilities: Arc::new(caps),
         ..SessionConfig::default()
     };
     let mut h = Harness::new(config);
@@ -885,4 +884,24 @@ fn pipelined_bursts_ask_for_a_flush_instead_of_growing_output() {
     assert!(flushes > 10);
     // One LIST of 2000 messages is ~20 KB, so a flush is requested within one response of 64 KiB.
     assert!(largest < 64 * 1024 + 25_000, "{largest}");
+}
+
+#[test]
+fn login_delay_per_user_is_tagged_before_and_exact_after_login() {
+    let caps = Capabilities {
+        login_delay: 300,
+        login_delay_per_user: true,
+        ..Capabilities::default()
+    };
+    let config = SessionConfig {
+        capabilities: Arc::new(caps),
+        ..plaintext_ok()
+    };
+    let mut h = Harness::new(config);
+    let before = h.send(b"CAPA\r\n");
+    assert!(before.contains("\r\nLOGIN-DELAY 300 USER\r\n"), "{before}");
+    h.send(b"USER mrose\r\nPASS tanstaaf\r\n");
+    h.session.set_user_login_delay(900);
+    let after = h.send(b"CAPA\r\n");
+    assert!(after.contains("\r\nLOGIN-DELAY 900\r\n"), "{after}");
 }

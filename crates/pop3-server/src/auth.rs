@@ -1,23 +1,34 @@
-//! Checking credentials for the connection driver: the user database (re-read when it
-//! changes), password hashing off the async threads, the login-delay policy, and the log line
-//! for failed logins.
+//! Authentication for the connection driver: which SASL mechanisms a connection offers, running
+//! mechanism steps and password checks on dedicated hashing threads, failure penalties, the
+//! LOGIN-DELAY policy, and the log line for failed logins.
 
-use pop3_auth::{UserDbFile, Verdict, sasl, scheme};
-use pop3_proto::Secret;
-use std::collections::HashMap;
+use crate::config::{Config, MECHANISMS};
+use crate::penalty::Penalties;
+use pop3_auth::jwt::JwtVerifier;
+use pop3_auth::sasl::cram_md5::CramMd5Server;
+use pop3_auth::sasl::external::ExternalServer;
+use pop3_auth::sasl::login::LoginServer;
+use pop3_auth::sasl::oauth::{Flavor, OauthServer};
+use pop3_auth::sasl::plain::PlainServer;
+use pop3_auth::sasl::scram::{ScramHash, ScramServer};
+use pop3_auth::sasl::{ChannelBinding, Failure, FailureKind, ServerMechanism, Step};
+use pop3_auth::{UserDb, UserDbFile, Verdict, scheme};
+use pop3_proto::{Mechanism, Secret};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// What a credential check concluded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Good credentials for this canonical user name.
-    Valid(String),
-    /// Unknown user or wrong secret.
-    Invalid,
-    /// The server could not decide (users file unreadable, unsupported password scheme).
-    Temporary,
+/// What decides which mechanisms a connection can use.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnInfo {
+    /// The connection is encrypted.
+    pub tls: bool,
+    /// Channel binding data (TLS only).
+    pub binding: Option<ChannelBinding>,
+    /// The user a verified client certificate names (TLS with `tls.client_ca` only).
+    pub client_identity: Option<String>,
 }
 
 /// Shared by all connections.
@@ -26,33 +37,56 @@ pub(crate) struct Authenticator {
     users: UserDbFile,
     decoy: Arc<str>,
     hashing: HashPool,
-    pub(crate) failure_delay: Duration,
-    login_delay: Duration,
+    pub(crate) penalties: Penalties,
+    oauth: Option<Arc<JwtVerifier>>,
+    salt_key: Arc<[u8]>,
+    allowed: Vec<String>,
+    login_delay: u32,
+    login_delay_overrides: BTreeMap<String, u32>,
     last_login: Mutex<HashMap<String, Instant>>,
+    hostname: String,
+    counter: AtomicU64,
 }
 
 impl Authenticator {
     pub(crate) fn new(
+        config: &Config,
         users: UserDbFile,
         decoy: String,
-        failure_delay: Duration,
-        login_delay: Duration,
+        salt_key: Vec<u8>,
+        oauth: Option<JwtVerifier>,
     ) -> Self {
         // One hashing thread per core, at most 8: each keeps its Argon2 memory (19 MiB for
         // Poplar's hashes, 64 MiB for Dovecot's defaults) for reuse.
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        let cores = cores.min(8);
+        let auth = &config.auth;
         Self {
             users,
             decoy: decoy.into(),
-            hashing: HashPool::new(cores),
-            failure_delay,
-            login_delay,
+            hashing: HashPool::new(cores.min(8)),
+            penalties: Penalties::new(
+                auth.failure_delay,
+                auth.penalty_cap,
+                auth.penalty_reset_after,
+                auth.trusted_networks.clone(),
+            ),
+            oauth: oauth.map(Arc::new),
+            salt_key: salt_key.into(),
+            allowed: auth
+                .mechanisms
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+            login_delay: config.pop3.login_delay,
+            login_delay_overrides: config.pop3.login_delay_overrides.clone(),
             last_login: Mutex::new(HashMap::new()),
+            hostname: config.hostname(),
+            counter: AtomicU64::new(0),
         }
     }
 
-    fn database(&self) -> Option<Arc<pop3_auth::UserDb>> {
+    /// The current user database; `None` (and an error logged) when it cannot be read.
+    pub(crate) fn database(&self) -> Option<Arc<UserDb>> {
         match self.users.current() {
             Ok((db, warnings)) => {
                 for w in warnings {
@@ -67,10 +101,138 @@ impl Authenticator {
         }
     }
 
-    /// USER/PASS and SASL PLAIN.
-    pub(crate) async fn password(&self, user: String, password: Secret<Vec<u8>>) -> Outcome {
+    /// The mechanisms a connection offers: allowed by the configuration and able to work with
+    /// the stored passwords, the TLS state, the channel binding and the client certificate.
+    pub(crate) fn mechanisms(&self, conn: &ConnInfo) -> Vec<Mechanism> {
+        let support = self.database().map(|db| db.support()).unwrap_or_default();
+        let binding = conn.tls
+            && conn
+                .binding
+                .as_ref()
+                .is_some_and(ChannelBinding::is_available);
+        MECHANISMS
+            .iter()
+            .filter(|m| self.allowed.iter().any(|a| a == *m))
+            .filter_map(|&name| {
+                let works = match name {
+                    "PLAIN" | "LOGIN" => true,
+                    "CRAM-MD5" => support.cram_md5,
+                    "SCRAM-SHA-1" => support.scram_sha1,
+                    "SCRAM-SHA-256" => support.scram_sha256,
+                    "SCRAM-SHA-1-PLUS" => support.scram_sha1 && binding,
+                    "SCRAM-SHA-256-PLUS" => support.scram_sha256 && binding,
+                    "OAUTHBEARER" | "XOAUTH2" => self.oauth.is_some(),
+                    "EXTERNAL" => conn.tls && conn.client_identity.is_some(),
+                    _ => false,
+                };
+                // Passwords and bearer tokens are readable on the wire; the others are not.
+                let plaintext = matches!(name, "PLAIN" | "LOGIN" | "OAUTHBEARER" | "XOAUTH2");
+                works.then(|| {
+                    if plaintext {
+                        Mechanism::plaintext(name)
+                    } else {
+                        Mechanism::protected(name)
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// A fresh `<pid.counter.clock@host>`: APOP timestamps and CRAM-MD5 challenges. Letters,
+    /// digits, dots and `@` only, so strict clients (mpop) accept it as a msg-id.
+    pub(crate) fn unique_msg_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let host: String = self
+            .hostname
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+            .collect();
+        format!("<{}.{n}.{clock}@{host}>", std::process::id())
+    }
+
+    /// Creates the server side of a mechanism for this connection.
+    pub(crate) fn start(&self, name: &str, conn: &ConnInfo) -> Option<Box<dyn ServerMechanism>> {
+        let binding = conn.binding.clone().filter(|_| conn.tls);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Some(match name {
+            "PLAIN" => Box::new(PlainServer),
+            "LOGIN" => Box::new(LoginServer::default()),
+            "CRAM-MD5" => Box::new(CramMd5Server::new(self.unique_msg_id())),
+            "SCRAM-SHA-1" => Box::new(ScramServer::new(
+                ScramHash::Sha1,
+                false,
+                binding,
+                &self.salt_key,
+            )),
+            "SCRAM-SHA-256" => Box::new(ScramServer::new(
+                ScramHash::Sha256,
+                false,
+                binding,
+                &self.salt_key,
+            )),
+            "SCRAM-SHA-1-PLUS" => Box::new(ScramServer::new(
+                ScramHash::Sha1,
+                true,
+                binding,
+                &self.salt_key,
+            )),
+            "SCRAM-SHA-256-PLUS" => Box::new(ScramServer::new(
+                ScramHash::Sha256,
+                true,
+                binding,
+                &self.salt_key,
+            )),
+            "OAUTHBEARER" => Box::new(OauthServer::new(
+                Flavor::OauthBearer,
+                self.oauth.clone()?,
+                now,
+            )),
+            "XOAUTH2" => Box::new(OauthServer::new(Flavor::Xoauth2, self.oauth.clone()?, now)),
+            "EXTERNAL" => Box::new(ExternalServer::new(conn.client_identity.clone())),
+            _ => return None,
+        })
+    }
+
+    /// Runs one mechanism step on a hashing thread.
+    pub(crate) async fn step(
+        &self,
+        mut mechanism: Box<dyn ServerMechanism>,
+        input: Option<Secret<Vec<u8>>>,
+    ) -> (Option<Box<dyn ServerMechanism>>, Step) {
         let Some(db) = self.database() else {
-            return Outcome::Temporary;
+            return (None, Step::Failure(temporary()));
+        };
+        let decoy = Arc::clone(&self.decoy);
+        let ran = self
+            .hashing
+            .run(move || {
+                let step = mechanism.step(
+                    &db.directory(&decoy),
+                    input.as_ref().map(|s| s.expose().as_slice()),
+                );
+                (mechanism, step)
+            })
+            .await;
+        match ran {
+            Ok((mechanism, step)) => (Some(mechanism), step),
+            Err(()) => {
+                tracing::error!("password hashing thread is gone");
+                (None, Step::Failure(temporary()))
+            }
+        }
+    }
+
+    /// USER/PASS.
+    pub(crate) async fn password(&self, user: String, password: Secret<Vec<u8>>) -> Step {
+        let Some(db) = self.database() else {
+            return Step::Failure(temporary());
         };
         let decoy = Arc::clone(&self.decoy);
         let name = user.clone();
@@ -79,66 +241,89 @@ impl Authenticator {
             .run(move || db.verify(&name, password.expose(), &decoy))
             .await;
         match verdict {
-            Ok(Ok(Verdict::Valid(u))) => Outcome::Valid(u),
-            Ok(Ok(Verdict::Invalid)) => Outcome::Invalid,
+            Ok(Ok(Verdict::Valid(u))) => Step::Success { user: u },
+            Ok(Ok(Verdict::Invalid)) => Step::Failure(Failure {
+                kind: FailureKind::InvalidCredentials,
+                user: Some(user),
+                reason: "wrong password or unknown user",
+            }),
             Ok(Err(e)) => {
                 tracing::error!(user = ?user, error = %e, "cannot check the password; fix this user's entry in the users file");
-                Outcome::Temporary
+                Step::Failure(Failure {
+                    kind: FailureKind::Temporary,
+                    user: Some(user),
+                    reason: "password cannot be checked",
+                })
             }
-            Err(()) => {
-                tracing::error!("password hashing thread is gone");
-                Outcome::Temporary
-            }
+            Err(()) => Step::Failure(temporary()),
         }
     }
 
     /// APOP.
-    pub(crate) fn apop(&self, user: &str, timestamp: &str, digest: &str) -> Outcome {
+    pub(crate) fn apop(&self, user: &str, timestamp: &str, digest: &str) -> Step {
         let Some(db) = self.database() else {
-            return Outcome::Temporary;
+            return Step::Failure(temporary());
         };
         match db.verify_apop(user, timestamp, digest) {
-            Verdict::Valid(u) => Outcome::Valid(u),
-            Verdict::Invalid => Outcome::Invalid,
+            Verdict::Valid(u) => Step::Success { user: u },
+            Verdict::Invalid => Step::Failure(Failure {
+                kind: FailureKind::InvalidCredentials,
+                user: Some(user.to_owned()),
+                reason: "wrong APOP digest, unknown user or no plaintext-equivalent secret",
+            }),
         }
     }
 
-    /// Decodes a PLAIN message and checks it, returning the name tried and the outcome.
-    /// Asking to act as another user is refused (there are no master users yet).
-    pub(crate) async fn plain(&self, message: &[u8]) -> Result<(String, Outcome), &'static str> {
-        let creds = sasl::parse_plain(message).map_err(|_| "malformed PLAIN message")?;
-        let name = creds.authcid.clone();
-        if creds.wants_other_identity() {
-            return Ok((name, Outcome::Invalid));
-        }
-        Ok((name, self.password(creds.authcid, creds.password).await))
+    /// The LOGIN-DELAY for a user: its own override, else its domain's, else the default.
+    pub(crate) fn login_delay_for(&self, user: &str) -> u32 {
+        crate::config::login_delay_for(&self.login_delay_overrides, self.login_delay, user)
     }
 
     /// RFC 2449 LOGIN-DELAY: whether `user` may log in now.
     pub(crate) fn login_allowed(&self, user: &str) -> bool {
-        if self.login_delay.is_zero() {
+        let delay = Duration::from_secs(self.login_delay_for(user).into());
+        if delay.is_zero() {
             return true;
         }
         let last = self.last_login.lock().unwrap_or_else(|e| e.into_inner());
-        last.get(user)
-            .is_none_or(|t| t.elapsed() >= self.login_delay)
+        last.get(user).is_none_or(|t| t.elapsed() >= delay)
     }
 
-    /// Remembers a successful login for LOGIN-DELAY.
+    /// Remembers a successful login (for LOGIN-DELAY) and clears the account's penalty.
     pub(crate) fn record_login(&self, user: &str) {
-        if self.login_delay.is_zero() {
+        self.penalties.success(user);
+        if self.login_delay == 0 && self.login_delay_overrides.is_empty() {
             return;
         }
         let mut last = self.last_login.lock().unwrap_or_else(|e| e.into_inner());
         if last.len() > 100_000 {
-            let delay = self.login_delay;
-            last.retain(|_, t| t.elapsed() < delay);
+            let longest = self
+                .login_delay_overrides
+                .values()
+                .copied()
+                .chain([self.login_delay])
+                .max()
+                .unwrap_or(0);
+            last.retain(|_, t| t.elapsed() < Duration::from_secs(longest.into()));
         }
         last.insert(user.to_owned(), Instant::now());
     }
+
+    /// Whether LOGIN-DELAY differs between users (CAPA then says `LOGIN-DELAY n USER`).
+    pub(crate) fn login_delay_varies(&self) -> bool {
+        !self.login_delay_overrides.is_empty()
+    }
 }
 
-/// A few dedicated threads, one per core, that check password hashes.
+fn temporary() -> Failure {
+    Failure {
+        kind: FailureKind::Temporary,
+        user: None,
+        reason: "server error",
+    }
+}
+
+/// A few dedicated threads, one per core, that check password hashes and run SASL steps.
 ///
 /// Hashes are CPU-bound, so more threads than cores buy nothing; and ARGON2ID allocates 19 MiB
 /// per check, which the C allocator keeps in the arena of the thread that freed it. On the
@@ -193,9 +378,10 @@ impl HashPool {
 
 /// The log line fail2ban-style tools match: address, user and mechanism, never a secret. The
 /// user name is attacker-controlled, so it is logged escaped.
-pub(crate) fn log_failure(peer: IpAddr, user: &str, mechanism: &str, why: &str) {
+pub(crate) fn log_failure(peer: IpAddr, user: &str, mechanism: &str, why: &str, delay: Duration) {
     tracing::warn!(
-        "authentication failed: peer={peer} user={user:?} mechanism={mechanism} reason={why}"
+        "authentication failed: peer={peer} user={user:?} mechanism={mechanism} reason={why:?} delay_ms={}",
+        delay.as_millis()
     );
 }
 
@@ -204,4 +390,37 @@ pub(crate) async fn make_decoy() -> Result<String, pop3_auth::AuthError> {
     tokio::task::spawn_blocking(scheme::decoy_hash)
         .await
         .map_err(|e| pop3_auth::AuthError::Random(e.to_string()))?
+}
+
+/// The server secret behind SCRAM's fake salts: `DATA/auth-secret`, 32 random octets created on
+/// first start (mode 0600), so the salt shown for an unknown name is the same across restarts
+/// and does not reveal that the name is unknown.
+pub(crate) fn load_salt_key(data_dir: &std::path::Path) -> Result<Vec<u8>, crate::ServerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("auth-secret");
+    let io = |e| crate::ServerError::Io {
+        path: path.clone(),
+        source: e,
+    };
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => tracing::warn!(file = %path.display(), "auth secret too short; making a new one"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| crate::ServerError::Config(format!("random number generator: {e}")))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(&key).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(key)
 }

@@ -102,6 +102,14 @@ pub struct TlsConfig {
     /// Oldest TLS version accepted: `"1.2"` (default; RFC 8996 retired 1.0 and 1.1, and some
     /// phones and Outlook versions still lack 1.3) or `"1.3"`.
     pub min_version: TlsVersion,
+    /// PEM file of the CAs whose client certificates are accepted for SASL EXTERNAL. Unset
+    /// (default): no client certificates are requested. Set: they are requested but optional,
+    /// so clients without one log in as usual.
+    pub client_ca: Option<PathBuf>,
+    /// Which part of a client certificate names the user: `"email"` (default: the first
+    /// e-mail subjectAltName, else the subject's emailAddress) or `"cn"` (the subject's
+    /// common name).
+    pub client_identity: ClientIdentity,
 }
 
 impl Default for TlsConfig {
@@ -111,8 +119,20 @@ impl Default for TlsConfig {
             cert: None,
             key: None,
             min_version: TlsVersion::V1_2,
+            client_ca: None,
+            client_identity: ClientIdentity::Email,
         }
     }
+}
+
+/// Where a client certificate names its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdentity {
+    /// The e-mail subjectAltName, or the subject's emailAddress.
+    Email,
+    /// The subject's common name.
+    Cn,
 }
 
 /// A TLS protocol version.
@@ -144,7 +164,60 @@ pub struct AuthConfig {
     /// form (`{PLAIN}`), and MD5 offers no protection a modern client needs; enable only for
     /// legacy clients that cannot use TLS.
     pub apop: bool,
+    /// SASL mechanisms that may be offered. Default: all Poplar implements; each is offered
+    /// only where it can work (CRAM-MD5 and SCRAM only if some user's stored password allows
+    /// them, -PLUS only over TLS, OAuth only with `[auth.oauth]`, EXTERNAL only with a client
+    /// certificate, plaintext ones only where plaintext logins are allowed).
+    pub mechanisms: Vec<String>,
+    /// Failed logins make the next failures from the same address (IPv6: the same /48) and for
+    /// the same account wait longer: `failure_delay` doubling up to this cap. Default 15 s:
+    /// a guesser gets a handful of tries a minute per account, a user who mistyped waits
+    /// seconds. The same wrong password retried (a misconfigured client) does not escalate.
+    #[serde(deserialize_with = "duration")]
+    pub penalty_cap: Duration,
+    /// How long without failures before an address's or account's penalty is forgotten.
+    /// Default 10 minutes. A successful login clears the account's penalty at once.
+    #[serde(deserialize_with = "duration")]
+    pub penalty_reset_after: Duration,
+    /// Networks exempt from failure delays and penalties, e.g. a webmail or proxy host that
+    /// logs in on users' behalf. Default: none.
+    pub trusted_networks: Vec<IpNet>,
+    /// OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2), verified locally as JWTs.
+    pub oauth: Option<OauthConfig>,
 }
+
+/// Local verification of OAuth access tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OauthConfig {
+    /// The identity provider's signing keys (a JWKS document saved from its `jwks_uri`).
+    pub jwks_file: PathBuf,
+    /// The `iss` claim tokens must carry.
+    pub issuer: String,
+    /// A value the `aud` claim must contain.
+    pub audience: String,
+    /// The claim that names the user. Default `email`.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+}
+
+fn default_user_claim() -> String {
+    "email".to_owned()
+}
+
+/// Every SASL mechanism Poplar implements, in the order CAPA lists them (strongest first).
+pub const MECHANISMS: &[&str] = &[
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-1",
+    "CRAM-MD5",
+    "EXTERNAL",
+    "OAUTHBEARER",
+    "XOAUTH2",
+    "PLAIN",
+    "LOGIN",
+];
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -156,6 +229,11 @@ impl Default for AuthConfig {
                 .collect(),
             failure_delay: Duration::from_secs(2),
             apop: false,
+            mechanisms: MECHANISMS.iter().map(|m| (*m).to_owned()).collect(),
+            penalty_cap: Duration::from_secs(15),
+            penalty_reset_after: Duration::from_secs(600),
+            trusted_networks: Vec::new(),
+            oauth: None,
         }
     }
 }
@@ -240,6 +318,10 @@ pub struct Pop3Policy {
     /// RFC 2449 LOGIN-DELAY in seconds: minimum time between two logins of one user, enforced
     /// and advertised. Default 0 (off, not advertised). ISPs use 300-900 to pace polling clients.
     pub login_delay: u32,
+    /// LOGIN-DELAY for particular users (`"alice@example.org" = 900`) or domains
+    /// (`"example.org" = 60`), overriding `login_delay`. CAPA then says `LOGIN-DELAY n USER`
+    /// before login and the user's own value after.
+    pub login_delay_overrides: std::collections::BTreeMap<String, u32>,
     /// Show the version in the IMPLEMENTATION capability (after login only). Default true.
     pub show_version: bool,
 }
@@ -249,6 +331,7 @@ impl Default for Pop3Policy {
         Self {
             expire: pop3_proto::Expire::Never,
             login_delay: 0,
+            login_delay_overrides: std::collections::BTreeMap::new(),
             show_version: true,
         }
     }
@@ -307,6 +390,15 @@ impl Config {
     /// The host name to announce.
     pub fn hostname(&self) -> String {
         self.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// The LOGIN-DELAY for a user: its own override, else its domain's, else the default.
+    pub fn login_delay_for(&self, user: &str) -> u32 {
+        login_delay_for(
+            &self.pop3.login_delay_overrides,
+            self.pop3.login_delay,
+            user,
+        )
     }
 
     /// Checks the settings for mistakes that parsing cannot catch. `check_files` also looks at
@@ -405,6 +497,14 @@ impl Config {
         if self.auth.apop {
             warn("APOP is enabled: it only works for users stored with {PLAIN} passwords.".into());
         }
+        if self
+            .auth
+            .trusted_networks
+            .iter()
+            .any(|n| n.prefix_len() == 0)
+        {
+            warn("auth.trusted_networks contains a /0 network: nobody gets failure delays, so password guessing is not slowed.".into());
+        }
         if check_files {
             out.extend(self.file_problems());
         }
@@ -433,11 +533,38 @@ impl Config {
                     }
                 }
                 if out.is_empty()
-                    && let Err(e) = crate::tls::server_config(&cert, &key, self.tls.min_version)
+                    && let Err(e) =
+                        crate::tls::server_config(&cert, &key, self.tls.min_version, None)
                 {
                     out.push(err(e.to_string()));
                 }
             }
+        }
+        if let Some(oauth) = &self.auth.oauth {
+            match std::fs::read_to_string(&oauth.jwks_file) {
+                Ok(text) => {
+                    if let Err(e) = pop3_auth::jwt::JwtVerifier::from_jwks(
+                        &text,
+                        &oauth.issuer,
+                        &oauth.audience,
+                        &oauth.user_claim,
+                    ) {
+                        out.push(err(format!(
+                            "auth.oauth.jwks_file {}: {e}",
+                            oauth.jwks_file.display()
+                        )));
+                    }
+                }
+                Err(e) => out.push(err(format!(
+                    "cannot read auth.oauth.jwks_file {}: {e}",
+                    oauth.jwks_file.display()
+                ))),
+            }
+        }
+        if let Some(ca) = &self.tls.client_ca
+            && let Err(e) = crate::tls::client_roots(ca)
+        {
+            out.push(err(e.to_string()));
         }
         let users = self.users_file();
         match pop3_auth::UserDb::load(&users) {
@@ -474,6 +601,22 @@ fn writable_problem(dir: &Path) -> Option<String> {
     result
         .err()
         .map(|e| format!("data_dir {} is not writable: {e}", dir.display()))
+}
+
+/// LOGIN-DELAY lookup: the user's own override, else its domain's, else `default`.
+pub(crate) fn login_delay_for(
+    overrides: &std::collections::BTreeMap<String, u32>,
+    default: u32,
+    user: &str,
+) -> u32 {
+    overrides
+        .get(user)
+        .or_else(|| {
+            user.rsplit_once('@')
+                .and_then(|(_, domain)| overrides.get(domain))
+        })
+        .copied()
+        .unwrap_or(default)
 }
 
 /// The system host name (Linux), or `localhost`.
@@ -593,6 +736,9 @@ mod tests {
             [pop3]
             expire = 0
             login_delay = 300
+            [pop3.login_delay_overrides]
+            "example.org" = 60
+            "boss@example.org" = 0
             "#,
         )
         .unwrap();
@@ -603,6 +749,10 @@ mod tests {
         assert_eq!(c.timeouts.idle_after_login, Duration::from_secs(900));
         assert_eq!(c.timeouts.idle_before_login, Duration::from_secs(30));
         assert_eq!(c.pop3.expire, pop3_proto::Expire::Days(0));
+        assert_eq!(c.login_delay_for("boss@example.org"), 0);
+        assert_eq!(c.login_delay_for("alice@example.org"), 60);
+        assert_eq!(c.login_delay_for("bob@other.org"), 300);
+        assert_eq!(c.login_delay_for("local"), 300);
         assert_eq!(
             c.tls_files(),
             (

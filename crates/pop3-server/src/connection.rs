@@ -11,8 +11,9 @@
 //! is generic over the stream and returns the raw stream on STLS, the caller wraps it in TLS and
 //! drives again.
 
-use crate::auth::{self, Outcome};
+use crate::auth::{self, ConnInfo};
 use crate::{Kind, Shared};
+use pop3_auth::sasl::{FailureKind, ServerMechanism, Step};
 use pop3_proto::{
     AuthFailure, CommitFailure, Credentials, EndReason, Event, MaildropFailure, MessageMeta,
     MessageRequest, Progress, Secret, ServerSession,
@@ -44,6 +45,12 @@ pub(crate) struct Connection<S: MailStore> {
     out: Vec<u8>,
     maildrop: Option<S::Maildrop>,
     shutdown: watch::Receiver<bool>,
+    /// What the connection offers mechanisms (TLS, channel binding, client certificate).
+    info: ConnInfo,
+    /// The SASL exchange in progress: the mechanism, its name and the last client response
+    /// (fingerprinted on failure so retrying one wrong password does not escalate penalties).
+    sasl: Option<(Box<dyn ServerMechanism>, String)>,
+    last_response: Vec<u8>,
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
@@ -54,8 +61,10 @@ pub(crate) async fn handle<S: MailStore>(
     kind: Kind,
 ) {
     let started = Instant::now();
-    let session = ServerSession::new(shared.session_config(kind, peer.ip()));
     let shutdown = shared.shutdown.subscribe();
+    // A POP3S connection's session is replaced after the handshake, when TLS facts are known.
+    let session =
+        ServerSession::new(shared.session_config(Kind::Pop3, peer.ip(), &ConnInfo::default()));
     let mut conn = Connection {
         shared,
         peer,
@@ -63,6 +72,9 @@ pub(crate) async fn handle<S: MailStore>(
         out: Vec::new(),
         maildrop: None,
         shutdown,
+        info: ConnInfo::default(),
+        sasl: None,
+        last_response: Vec::new(),
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -73,6 +85,11 @@ impl<S: MailStore> Connection<S> {
         let plain = match kind {
             Kind::Pop3s => {
                 let tls = self.handshake(tcp).await?;
+                self.session = ServerSession::new(self.shared.session_config(
+                    kind,
+                    self.peer.ip(),
+                    &self.info,
+                ));
                 self.drive(tls).await?;
                 return Ok(());
             }
@@ -82,7 +99,8 @@ impl<S: MailStore> Connection<S> {
             Driven::Closed => Ok(()),
             Driven::StartTls(tcp) => {
                 let tls = self.handshake(tcp).await?;
-                self.session.tls_established().map_err(misuse)?;
+                let mechanisms = self.shared.auth.mechanisms(&self.info);
+                self.session.tls_established(mechanisms).map_err(misuse)?;
                 self.drive(tls).await.map(|_| ())
             }
         }
@@ -92,18 +110,32 @@ impl<S: MailStore> Connection<S> {
         &mut self,
         tcp: TcpStream,
     ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        let acceptor = self
+        let (acceptor, end_point) = self
             .shared
             .tls
             .clone()
             .ok_or_else(|| io::Error::other("TLS not configured"))?;
-        match timeout(self.shared.settings.tls_handshake, acceptor.accept(tcp)).await {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "TLS handshake timed out",
-            )),
-        }
+        let tls = match timeout(self.shared.settings.tls_handshake, acceptor.accept(tcp)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ));
+            }
+        };
+        let conn = tls.get_ref().1;
+        self.info = ConnInfo {
+            tls: true,
+            binding: Some(crate::tls::channel_binding(conn, &end_point)),
+            client_identity: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| {
+                    crate::der::client_identity(cert, self.shared.settings.client_identity_cn)
+                }),
+        };
+        Ok(tls)
     }
 
     async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -146,31 +178,41 @@ impl<S: MailStore> Connection<S> {
                     return Ok(Driven::Closed);
                 }
                 Event::Authenticate(Credentials::UserPass { user, password }) => {
-                    let outcome = self.shared.auth.password(user.clone(), password).await;
-                    self.finish_auth(&user, "USER", outcome).await?;
+                    let fingerprint = self
+                        .shared
+                        .auth
+                        .penalties
+                        .fingerprint(&user, password.expose());
+                    let step = self.shared.auth.password(user, password).await;
+                    self.conclude("USER", step, Some(fingerprint)).await?;
                 }
                 Event::Authenticate(Credentials::Apop {
                     user,
                     timestamp,
                     digest,
                 }) => {
-                    let outcome = self.shared.auth.apop(&user, &timestamp, &digest);
-                    self.finish_auth(&user, "APOP", outcome).await?;
+                    let step = self.shared.auth.apop(&user, &timestamp, &digest);
+                    self.conclude("APOP", step, None).await?;
                 }
                 Event::SaslStart {
-                    mechanism: _,
-                    initial_response: None,
+                    mechanism,
+                    initial_response,
                 } => {
-                    // PLAIN is the only mechanism offered: it starts with an empty challenge.
-                    self.session
-                        .sasl_challenge(&mut self.out, b"")
-                        .map_err(misuse)?;
+                    match self.shared.auth.start(&mechanism, &self.info) {
+                        Some(m) => {
+                            self.sasl = Some((m, mechanism));
+                            self.sasl_step(initial_response).await?;
+                        }
+                        None => {
+                            // The session only starts mechanisms it offered; a configuration
+                            // change between offer and use lands here.
+                            self.session
+                                .auth_failed(&mut self.out, AuthFailure::Temporary)
+                                .map_err(misuse)?;
+                        }
+                    }
                 }
-                Event::SaslStart {
-                    mechanism: _,
-                    initial_response: Some(data),
-                }
-                | Event::SaslResponse(data) => self.sasl_plain(data).await?,
+                Event::SaslResponse(data) => self.sasl_step(Some(data)).await?,
                 Event::OpenMaildrop { user } => self.open_maildrop(user).await?,
                 Event::SendMessage(request) => self.send_message(&mut io, request).await?,
                 Event::StartTls => {
@@ -205,49 +247,97 @@ impl<S: MailStore> Connection<S> {
         Ok(())
     }
 
-    async fn finish_auth(
+    /// Feeds the client's response to the SASL mechanism in progress.
+    async fn sasl_step(&mut self, input: Option<Secret<Vec<u8>>>) -> io::Result<()> {
+        let Some((mechanism, name)) = self.sasl.take() else {
+            return self
+                .session
+                .auth_failed(&mut self.out, AuthFailure::Protocol)
+                .map_err(misuse);
+        };
+        self.last_response = input
+            .as_ref()
+            .map(|d| d.expose().clone())
+            .unwrap_or_default();
+        let (mechanism, step) = self.shared.auth.step(mechanism, input).await;
+        if let (Some(m), Step::Challenge(_)) = (mechanism, &step) {
+            self.sasl = Some((m, name.clone()));
+        }
+        let fingerprint = match &step {
+            Step::Failure(f) => Some(
+                self.shared
+                    .auth
+                    .penalties
+                    .fingerprint(f.user.as_deref().unwrap_or(""), &self.last_response),
+            ),
+            _ => None,
+        };
+        self.conclude(&name, step, fingerprint).await
+    }
+
+    /// Answers the session with the outcome of a step: a challenge, a login, or a failure
+    /// after its penalty delay.
+    async fn conclude(
         &mut self,
-        attempted: &str,
         mechanism: &str,
-        outcome: Outcome,
+        step: Step,
+        fingerprint: Option<u64>,
     ) -> io::Result<()> {
-        let failure = match outcome {
-            Outcome::Valid(user) if self.shared.auth.login_allowed(&user) => {
-                return self.session.auth_succeeded(user).map_err(misuse);
+        let failure = match step {
+            Step::Challenge(challenge) => {
+                return self
+                    .session
+                    .sasl_challenge(&mut self.out, &challenge)
+                    .map_err(misuse);
             }
-            Outcome::Valid(user) => {
+            Step::Success { user } => {
+                self.sasl = None;
+                if self.shared.auth.login_allowed(&user) {
+                    return self.session.auth_succeeded(user).map_err(misuse);
+                }
                 tracing::info!(user = ?user, peer = %self.peer.ip(), "login refused: LOGIN-DELAY not yet passed");
                 AuthFailure::LoginDelay
             }
-            Outcome::Invalid => {
-                auth::log_failure(self.peer.ip(), attempted, mechanism, "invalid credentials");
-                tokio::time::sleep(self.shared.auth.failure_delay).await;
-                AuthFailure::InvalidCredentials
+            Step::Failure(f) => {
+                self.sasl = None;
+                match f.kind {
+                    FailureKind::Temporary => AuthFailure::Temporary,
+                    kind => {
+                        let ip = self.peer.ip();
+                        let user = f.user.as_deref().map(pop3_auth::userdb::normalize_name);
+                        let delay =
+                            self.shared
+                                .auth
+                                .penalties
+                                .failure(ip, user.as_deref(), fingerprint);
+                        auth::log_failure(
+                            ip,
+                            f.user.as_deref().unwrap_or(""),
+                            mechanism,
+                            f.reason,
+                            delay,
+                        );
+                        tokio::time::sleep(delay).await;
+                        if kind == FailureKind::InvalidCredentials {
+                            AuthFailure::InvalidCredentials
+                        } else {
+                            AuthFailure::Protocol
+                        }
+                    }
+                }
             }
-            Outcome::Temporary => AuthFailure::Temporary,
         };
         self.session
             .auth_failed(&mut self.out, failure)
             .map_err(misuse)
     }
 
-    async fn sasl_plain(&mut self, data: Secret<Vec<u8>>) -> io::Result<()> {
-        match self.shared.auth.plain(data.expose()).await {
-            Ok((name, outcome)) => self.finish_auth(&name, "PLAIN", outcome).await,
-            Err(why) => {
-                auth::log_failure(self.peer.ip(), "", "PLAIN", why);
-                tokio::time::sleep(self.shared.auth.failure_delay).await;
-                self.session
-                    .auth_failed(&mut self.out, AuthFailure::Protocol)
-                    .map_err(misuse)
-            }
-        }
-    }
-
     async fn open_maildrop(&mut self, user: String) -> io::Result<()> {
         match self.shared.store.open(&user).await {
             Ok((maildrop, listing)) => {
                 self.shared.auth.record_login(&user);
+                self.session
+                    .set_user_login_delay(self.shared.auth.login_delay_for(&user));
                 self.maildrop = Some(maildrop);
                 let messages = listing
                     .into_iter()

@@ -17,7 +17,9 @@
 mod auth;
 pub mod config;
 mod connection;
+mod der;
 mod error;
+mod penalty;
 pub mod tls;
 
 pub use config::Config;
@@ -25,14 +27,13 @@ pub use error::ServerError;
 
 use ipnet::IpNet;
 use pop3_auth::UserDbFile;
-use pop3_proto::{Capabilities, Mechanism, SessionConfig, Tls};
+use pop3_proto::{Capabilities, SessionConfig, Tls};
 use pop3_store::MailStore;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -71,24 +72,24 @@ struct Settings {
     max_sasl_line: usize,
     max_connections: usize,
     apop: bool,
-    hostname: String,
+    /// Client certificates name users by common name (else by e-mail address).
+    client_identity_cn: bool,
 }
 
 /// State shared by every connection.
 struct Shared<S: MailStore> {
     store: S,
     auth: auth::Authenticator,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Vec<u8>)>,
     capabilities: Arc<Capabilities>,
     settings: Settings,
     connections: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
     shutdown: watch::Sender<bool>,
-    apop_counter: AtomicU64,
 }
 
 impl<S: MailStore> Shared<S> {
-    fn session_config(&self, kind: Kind, peer: IpAddr) -> SessionConfig {
+    fn session_config(&self, kind: Kind, peer: IpAddr, conn: &auth::ConnInfo) -> SessionConfig {
         let tls = match (kind, &self.tls) {
             (Kind::Pop3s, _) => Tls::Active,
             (Kind::Pop3, Some(_)) => Tls::Available,
@@ -96,33 +97,17 @@ impl<S: MailStore> Shared<S> {
         };
         SessionConfig {
             capabilities: Arc::clone(&self.capabilities),
-            apop_timestamp: self.settings.apop.then(|| self.apop_timestamp()),
+            apop_timestamp: self.settings.apop.then(|| self.auth.unique_msg_id()),
             tls,
             plaintext_without_tls: self
                 .settings
                 .plaintext_networks
                 .iter()
                 .any(|n| n.contains(&peer)),
+            mechanisms: self.auth.mechanisms(conn),
             max_bad_commands: self.settings.max_bad_commands,
             max_sasl_line: self.settings.max_sasl_line,
         }
-    }
-
-    /// `<pid.counter.clock@host>`: unique per connection, and only letters, digits, dots and
-    /// `@`, so strict clients such as mpop accept it as a msg-id.
-    fn apop_timestamp(&self) -> String {
-        let n = self.apop_counter.fetch_add(1, Ordering::Relaxed);
-        let clock = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let host: String = self
-            .settings
-            .hostname
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
-            .collect();
-        format!("<{}.{n}.{clock}@{host}>", std::process::id())
     }
 }
 
@@ -189,7 +174,6 @@ impl<S: MailStore> Server<S> {
         if !errors.is_empty() {
             return Err(ServerError::Config(errors.join(" ")));
         }
-        let hostname = config.hostname();
         let tls = if config.tls.enabled {
             let (cert, key, generated) = config.tls_files();
             if generated {
@@ -206,11 +190,13 @@ impl<S: MailStore> Server<S> {
                     );
                 }
             }
-            Some(TlsAcceptor::from(tls::server_config(
+            let t = tls::server_config(
                 &cert,
                 &key,
                 config.tls.min_version,
-            )?))
+                config.tls.client_ca.as_deref(),
+            )?;
+            Some((TlsAcceptor::from(t.config), t.end_point))
         } else {
             None
         };
@@ -225,23 +211,39 @@ impl<S: MailStore> Server<S> {
                 "no users: nobody can log in yet. Add one with `poplar user add NAME`"
             );
         }
+        let oauth = match &config.auth.oauth {
+            None => None,
+            Some(o) => {
+                let text =
+                    std::fs::read_to_string(&o.jwks_file).map_err(|source| ServerError::Io {
+                        path: o.jwks_file.clone(),
+                        source,
+                    })?;
+                Some(pop3_auth::jwt::JwtVerifier::from_jwks(
+                    &text,
+                    &o.issuer,
+                    &o.audience,
+                    &o.user_claim,
+                )?)
+            }
+        };
         let authenticator = auth::Authenticator::new(
+            config,
             users,
             auth::make_decoy().await?,
-            config.auth.failure_delay,
-            Duration::from_secs(config.pop3.login_delay.into()),
+            auth::load_salt_key(&config.data_dir)?,
+            oauth,
         );
         let capabilities = Capabilities {
             expire: config.pop3.expire,
             expire_per_user: false,
             login_delay: config.pop3.login_delay,
-            login_delay_per_user: false,
+            login_delay_per_user: authenticator.login_delay_varies(),
             implementation: if config.pop3.show_version {
                 format!("Poplar {VERSION}")
             } else {
                 "Poplar".to_owned()
             },
-            mechanisms: vec![Mechanism::plaintext("PLAIN")],
         };
         let mut listeners = Vec::new();
         for (kind, addrs) in [
@@ -266,7 +268,7 @@ impl<S: MailStore> Server<S> {
             max_sasl_line: config.limits.max_sasl_line,
             max_connections: config.limits.max_connections,
             apop: config.auth.apop,
-            hostname,
+            client_identity_cn: config.tls.client_identity == config::ClientIdentity::Cn,
         };
         let shared = Arc::new(Shared {
             store,
@@ -280,7 +282,6 @@ impl<S: MailStore> Server<S> {
             }),
             settings,
             shutdown: watch::channel(false).0,
-            apop_counter: AtomicU64::new(0),
         });
         Ok(Self { shared, listeners })
     }

@@ -15,12 +15,38 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Builds the rustls server configuration from a PEM chain and key.
+/// The CAs whose client certificates are accepted (for SASL EXTERNAL).
+pub fn client_roots(path: &Path) -> Result<rustls::RootCertStore, ServerError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ServerError::Tls(format!("tls.client_ca {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no CA certificate in the file"));
+    }
+    Ok(roots)
+}
+
+/// The server's TLS settings and the facts channel binding needs.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The rustls configuration.
+    pub config: Arc<ServerConfig>,
+    /// `tls-server-end-point` data: the hash of the server certificate (RFC 5929).
+    pub end_point: Vec<u8>,
+}
+
+/// Builds the rustls server configuration from a PEM chain and key, optionally asking for
+/// client certificates from the CAs in `client_ca`.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     min_version: TlsVersion,
-) -> Result<Arc<ServerConfig>, ServerError> {
+    client_ca: Option<&Path>,
+) -> Result<Tls, ServerError> {
     let tls_err = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
         ServerError::Tls(format!("{what} {}: {e}", path.display()))
     };
@@ -42,19 +68,64 @@ pub fn server_config(
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    let config = ServerConfig::builder_with_provider(provider)
+    let end_point = end_point_data(&certs[0]);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| {
-            ServerError::Tls(format!(
-                "certificate {} and key {} do not work together: {e}",
-                cert.display(),
-                key.display()
-            ))
-        })?;
-    Ok(Arc::new(config))
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(client_roots(ca)?),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| ServerError::Tls(format!("tls.client_ca: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key_der).map_err(|e| {
+        ServerError::Tls(format!(
+            "certificate {} and key {} do not work together: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Tls {
+        config: Arc::new(config),
+        end_point,
+    })
+}
+
+fn end_point_data(cert: &CertificateDer<'_>) -> Vec<u8> {
+    use crate::der::EndPointHash;
+    use ring::digest;
+    let algorithm = match crate::der::end_point_hash(cert) {
+        EndPointHash::Sha256 => &digest::SHA256,
+        EndPointHash::Sha384 => &digest::SHA384,
+        EndPointHash::Sha512 => &digest::SHA512,
+    };
+    digest::digest(algorithm, cert).as_ref().to_vec()
+}
+
+/// Channel binding data of an established TLS connection: `tls-exporter` only on TLS 1.3
+/// (RFC 9266 forbids it on 1.2 without extended master secret), `tls-server-end-point` always.
+pub fn channel_binding(
+    conn: &rustls::ServerConnection,
+    end_point: &[u8],
+) -> pop3_auth::sasl::ChannelBinding {
+    let tls_exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+        .then(|| {
+            conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok()
+        })
+        .flatten()
+        .map(|out| out.to_vec());
+    pop3_auth::sasl::ChannelBinding {
+        tls_exporter,
+        tls_server_end_point: Some(end_point.to_vec()),
+    }
 }
 
 /// Creates a self-signed certificate for `names` at `cert`/`key` unless both files exist.
@@ -117,8 +188,8 @@ mod tests {
             pem,
             "an existing certificate is never replaced"
         );
-        server_config(&cert, &key, TlsVersion::V1_2).unwrap();
-        server_config(&cert, &key, TlsVersion::V1_3).unwrap();
+        server_config(&cert, &key, TlsVersion::V1_2, None).unwrap();
+        server_config(&cert, &key, TlsVersion::V1_3, Some(&cert)).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
     }
@@ -130,11 +201,11 @@ mod tests {
         let b = (dir.path().join("b/cert.pem"), dir.path().join("b/key.pem"));
         ensure_self_signed(&a.0, &a.1, &["localhost".into()]).unwrap();
         ensure_self_signed(&b.0, &b.1, &["localhost".into()]).unwrap();
-        let e = server_config(&a.0, &b.1, TlsVersion::V1_2)
+        let e = server_config(&a.0, &b.1, TlsVersion::V1_2, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("do not work together"), "{e}");
-        let e = server_config(&dir.path().join("none.pem"), &a.1, TlsVersion::V1_2)
+        let e = server_config(&dir.path().join("none.pem"), &a.1, TlsVersion::V1_2, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read the certificate"), "{e}");

@@ -85,6 +85,12 @@ struct UserPasswordArgs {
     /// Read the password from the first line of standard input instead of prompting.
     #[arg(long)]
     password_stdin: bool,
+    /// Store the password in these schemes (comma-separated; the first is the primary one).
+    /// Challenge-response mechanisms need a matching form: SCRAM-SHA-256 for SCRAM-SHA-256,
+    /// CRAM-MD5 for CRAM-MD5, PLAIN for APOP. Choices: ARGON2ID, SCRAM-SHA-256, SCRAM-SHA-1,
+    /// CRAM-MD5, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT, PBKDF2, SSHA512, PLAIN.
+    #[arg(long, value_delimiter = ',', default_value = "ARGON2ID")]
+    schemes: Vec<String>,
     #[command(flatten)]
     common: Common,
 }

@@ -13,12 +13,11 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             let path = config.users_file();
             pop3_auth::userdb::validate_name(&pop3_auth::userdb::normalize_name(&args.name))?;
             pop3_store::MailboxPath::parse(&args.name)?;
-            let password = read_password(args.password_stdin)?;
-            edit::add(
-                &path,
-                &args.name,
-                &scheme::hash_default(password.as_bytes())?,
+            let forms = hash_forms(
+                &args.schemes,
+                read_password(args.password_stdin)?.as_bytes(),
             )?;
+            edit::add(&path, &args.name, &forms)?;
             println!(
                 "added user {} to {}",
                 pop3_auth::userdb::normalize_name(&args.name),
@@ -31,12 +30,11 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             if !edit::list(&path)?.contains(&pop3_auth::userdb::normalize_name(&args.name)) {
                 bail!("no such user {:?} in {}", args.name, path.display());
             }
-            let password = read_password(args.password_stdin)?;
-            edit::set_password(
-                &path,
-                &args.name,
-                &scheme::hash_default(password.as_bytes())?,
+            let forms = hash_forms(
+                &args.schemes,
+                read_password(args.password_stdin)?.as_bytes(),
             )?;
+            edit::set_password(&path, &args.name, &forms)?;
             println!(
                 "password changed for {}",
                 pop3_auth::userdb::normalize_name(&args.name)
@@ -64,6 +62,25 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The password hashed in each requested scheme.
+fn hash_forms(schemes: &[String], password: &[u8]) -> Result<Vec<String>> {
+    let mut forms = Vec::new();
+    for s in schemes {
+        let s = s.trim().to_ascii_uppercase();
+        if !scheme::WRITABLE.contains(&s.as_str()) {
+            bail!(
+                "cannot store passwords as {s}; choose from {}",
+                scheme::WRITABLE.join(", ")
+            );
+        }
+        forms.push(scheme::hash(&s, password)?);
+    }
+    if forms.is_empty() {
+        bail!("--schemes is empty");
+    }
+    Ok(forms)
 }
 
 fn read_password(from_stdin: bool) -> Result<String> {

@@ -15,7 +15,11 @@ pub(crate) fn ensure_demo_user(config: &Config) -> Result<Option<String>> {
         return Ok(None);
     }
     let password = random_password()?;
-    edit::add(&users, "demo", &scheme::hash_default(password.as_bytes())?)?;
+    edit::add(
+        &users,
+        "demo",
+        &[scheme::hash_default(password.as_bytes())?],
+    )?;
     let store = MaildirStore::new(config.mail_root(), config.hostname());
     let message = welcome_message(config);
     store
