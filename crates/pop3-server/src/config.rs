@@ -470,6 +470,20 @@ impl Config {
         ) {
             error("pop3.expire must be \"never\" or 0: Poplar does not remove mail after a number of days.".into());
         }
+        for m in &self.auth.mechanisms {
+            if !MECHANISMS.contains(&m.to_ascii_uppercase().as_str()) {
+                error(format!(
+                    "auth.mechanisms lists {m:?}, which Poplar does not implement; choose from {}.",
+                    MECHANISMS.join(", ")
+                ));
+            }
+        }
+        if self.auth.penalty_cap < self.auth.failure_delay {
+            error("auth.penalty_cap must be at least auth.failure_delay.".into());
+        }
+        if self.tls.client_ca.is_some() && !self.tls.enabled {
+            error("tls.client_ca is set but TLS is disabled: client certificates need TLS.".into());
+        }
         let mut warn = |m: String| {
             out.push(Problem {
                 severity: Severity::Warning,
@@ -792,6 +806,18 @@ mod tests {
         );
         assert!(text.iter().any(|m| m.contains("from anywhere")), "{text:?}");
         assert!(text.iter().any(|m| m.contains("pop3.expire")), "{text:?}");
+        let c = Config::parse("[auth]\nmechanisms = [\"PLAIN\", \"NTLM\"]\nfailure_delay = \"5s\"\npenalty_cap = \"1s\"\n").unwrap();
+        let text: Vec<String> = c.problems(false).into_iter().map(|p| p.message).collect();
+        assert!(
+            text.iter()
+                .any(|m| m.contains("\"NTLM\", which Poplar does not implement")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|m| m.contains("penalty_cap must be at least")),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -145,8 +145,21 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<b
             .create(dir)
             .map_err(|e| io(dir, e))?;
     }
-    let generated = rcgen::generate_simple_self_signed(names.to_vec())
-        .map_err(|e| ServerError::Tls(format!("cannot generate a certificate: {e}")))?;
+    let generate = || -> Result<(String, String), rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(
+            rcgen::DnType::CommonName,
+            names.first().map_or("localhost", String::as_str),
+        );
+        dn.push(rcgen::DnType::OrganizationName, "Poplar self-signed");
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (cert_pem, key_pem) =
+        generate().map_err(|e| ServerError::Tls(format!("cannot generate a certificate: {e}")))?;
     // Each file is written under a temporary name and renamed, so a crash never leaves a
     // half-written key that would make every later start fail.
     let write = |path: &Path, data: &str, mode: u32| -> Result<(), ServerError> {
@@ -163,8 +176,8 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<b
             .map_err(|e| io(&tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| io(path, e))
     };
-    write(key, &generated.key_pair.serialize_pem(), 0o600)?;
-    write(cert, &generated.cert.pem(), 0o644)?;
+    write(key, &key_pem, 0o600)?;
+    write(cert, &cert_pem, 0o644)?;
     Ok(true)
 }
 

@@ -241,6 +241,7 @@ fn plaintext_pipelined_after_stls_is_discarded() {
 fn failed_login_is_delayed_and_the_connection_keeps_working() {
     let mut b = ServerBuilder::new();
     b.set("auth.failure_delay", "400ms");
+    b.set("auth.penalty_cap", "400ms");
     let server = b.start();
     server.add_user("alice", "wonderland");
     let (mut c, _) = Client::connect(server.pop3);

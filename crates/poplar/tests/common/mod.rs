@@ -37,8 +37,9 @@ impl ServerBuilder {
             "listen.pop3s",
             toml::Value::Array(vec!["127.0.0.1:0".into()]),
         );
-        // Tests need quick failures; the production default is 2 s.
+        // Tests need quick failures; the production defaults are 2 s doubling to 15 s.
         b.set("auth.failure_delay", "50ms");
+        b.set("auth.penalty_cap", "200ms");
         b
     }
 
@@ -355,6 +356,86 @@ impl Client {
         };
         let greeting = c.line();
         (c, greeting)
+    }
+
+    /// Connects from a chosen local address (e.g. 127.0.0.2), to act as another client.
+    pub fn connect_from(local: &str, addr: SocketAddr) -> (Self, String) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let tcp = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::new(local.parse().unwrap(), 0))
+                .unwrap();
+            socket.connect(addr).await.unwrap()
+        });
+        let tcp = tcp.into_std().unwrap();
+        tcp.set_nonblocking(false).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = Client {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+        };
+        let greeting = c.line();
+        (c, greeting)
+    }
+
+    /// Implicit TLS with a client certificate (chain and key in PEM).
+    pub fn connect_tls_as(
+        addr: SocketAddr,
+        cert: &Path,
+        client_chain: &Path,
+        client_key: &Path,
+    ) -> (Self, String) {
+        use rustls_pki_types::pem::PemObject;
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(client_chain)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(client_key).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut c = Client {
+            stream: Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))),
+            buf: Vec::new(),
+        };
+        let greeting = c.line();
+        (c, greeting)
+    }
+
+    /// Channel binding data of this TLS connection: (tls-exporter, negotiated version).
+    pub fn tls_exporter(&self) -> Option<Vec<u8>> {
+        match &self.stream {
+            Stream::Tls(s) => s
+                .conn
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok()
+                .map(|v| v.to_vec()),
+            Stream::Plain(_) => None,
+        }
+    }
+
+    /// Sends a SASL response line (base64 of `data`) and returns the server's reply line.
+    pub fn sasl(&mut self, data: &[u8]) -> String {
+        use base64::Engine as _;
+        let line = base64::engine::general_purpose::STANDARD.encode(data);
+        self.cmd(&line)
     }
 
     pub fn connect_tls(addr: SocketAddr, cert: &Path) -> (Self, String) {

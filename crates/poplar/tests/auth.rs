@@ -1,0 +1,642 @@
+//! Authentication against the real binary: every mechanism with the real clients that use it
+//! (curl, Perl Net::POP3, mpop, fetchmail, python), SCRAM -PLUS bound to the TLS connection,
+//! EXTERNAL with a client certificate, OAuth tokens, and users files written by doveadm.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use common::{Client, Server, ServerBuilder, curl, run_with_stdin, tool};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ISSUER: &str = "https://idp.example.test";
+const AUDIENCE: &str = "pop3.example.test";
+
+/// A test CA with a client certificate for carol@example.org, and an ES256 token issuer.
+struct Fixtures {
+    dir: tempfile::TempDir,
+    signer: EcdsaKeyPair,
+}
+
+impl Fixtures {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair as RcKey, SanType,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = RcKey::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Poplar test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = RcKey::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "Carol");
+        params
+            .subject_alt_names
+            .push(SanType::Rfc822Name("carol@example.org".try_into().unwrap()));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), key.serialize_pem()).unwrap();
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let signer =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap();
+        let point = signer.public_key().as_ref();
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
+            "x": B64URL.encode(&point[1..33]), "y": B64URL.encode(&point[33..65])}]});
+        std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+        Self { dir, signer }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn token(&self, user: &str, expires_in: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let claims = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now + expires_in, "iat": now, "email": user});
+        let input = format!(
+            "{}.{}",
+            B64URL.encode(header.to_string()),
+            B64URL.encode(claims.to_string())
+        );
+        let sig = self
+            .signer
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", B64URL.encode(sig.as_ref()))
+    }
+}
+
+/// A server with APOP, OAuth and client certificates enabled, and users:
+/// alice (ARGON2ID + SCRAM-SHA-256 + SCRAM-SHA-1 + CRAM-MD5), mrose ({PLAIN}, for APOP),
+/// carol@example.org (ARGON2ID only; logs in by certificate or token).
+fn auth_server(fx: &Fixtures) -> Server {
+    let mut b = ServerBuilder::new();
+    b.set("auth.apop", true);
+    b.set(
+        "auth.oauth.jwks_file",
+        fx.path("jwks.json").to_str().unwrap(),
+    );
+    b.set("auth.oauth.issuer", ISSUER);
+    b.set("auth.oauth.audience", AUDIENCE);
+    b.set("tls.client_ca", fx.path("ca.pem").to_str().unwrap());
+    let server = b.start();
+    add_user(
+        &server,
+        "alice",
+        "wonderland1",
+        "ARGON2ID,SCRAM-SHA-256,SCRAM-SHA-1,CRAM-MD5",
+    );
+    add_user(&server, "mrose", "tanstaaf", "PLAIN");
+    add_user(&server, "carol@example.org", "carolpw", "ARGON2ID");
+    for user in ["alice", "mrose", "carol@example.org"] {
+        assert!(
+            server
+                .deliver(
+                    &[user],
+                    format!("Subject: for {user}\r\n\r\nhello {user}\r\n").as_bytes()
+                )
+                .success()
+        );
+    }
+    server
+}
+
+fn add_user(server: &Server, name: &str, password: &str, schemes: &str) {
+    let cmd = server.poplar(&[
+        "user",
+        "add",
+        name,
+        "--password-stdin",
+        "--schemes",
+        schemes,
+    ]);
+    assert!(
+        run_with_stdin(cmd, format!("{password}\n").as_bytes()).success(),
+        "user add {name}"
+    );
+}
+
+#[test]
+fn capa_offers_what_can_work() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let sasl = |c: &mut Client| {
+        assert!(c.cmd("CAPA").starts_with("+OK"));
+        let capa = String::from_utf8(c.body()).unwrap();
+        capa.lines()
+            .find_map(|l| l.strip_prefix("SASL "))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (mut c, _) = Client::connect(server.pop3);
+    assert_eq!(
+        sasl(&mut c),
+        "SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 OAUTHBEARER XOAUTH2 PLAIN LOGIN"
+    );
+    let mut c = c.starttls(&server.cert());
+    // TLS 1.3 with channel binding data: the -PLUS variants appear. No client certificate,
+    // so no EXTERNAL.
+    assert_eq!(
+        sasl(&mut c),
+        "SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 CRAM-MD5 OAUTHBEARER XOAUTH2 PLAIN LOGIN"
+    );
+    let (mut c, _) = Client::connect_tls_as(
+        server.pop3s,
+        &server.cert(),
+        &fx.path("client.pem"),
+        &fx.path("client.key"),
+    );
+    assert!(sasl(&mut c).contains(
+        "SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-1 CRAM-MD5 EXTERNAL "
+    ));
+
+    // Where plaintext is refused, only mechanisms that hide the password are offered.
+    let mut b = ServerBuilder::new();
+    b.set("auth.plaintext_networks", toml::Value::Array(vec![]));
+    let strict = b.start();
+    add_user(&strict, "alice", "pw", "ARGON2ID,SCRAM-SHA-256");
+    let (mut c, _) = Client::connect(strict.pop3);
+    assert_eq!(sasl(&mut c), "SCRAM-SHA-256");
+    // Users with only ARGON2ID hashes cannot do challenge-response at all.
+    let plain = ServerBuilder::new().start();
+    plain.add_user("bob", "pw");
+    let (mut c, _) = Client::connect(plain.pop3);
+    assert_eq!(sasl(&mut c), "PLAIN LOGIN");
+    assert!(
+        c.cmd("AUTH CRAM-MD5")
+            .starts_with("-ERR Unsupported authentication mechanism")
+    );
+}
+
+#[test]
+fn curl_each_mechanism() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let url =
+        |user: &str, pw: &str| format!("pop3://{user}:{pw}@127.0.0.1:{}/1", server.pop3.port());
+    for mech in ["PLAIN", "LOGIN", "CRAM-MD5"] {
+        let out = curl(&[
+            "--login-options",
+            &format!("AUTH={mech}"),
+            &url("alice", "wonderland1"),
+        ]);
+        assert_eq!(out, b"Subject: for alice\r\n\r\nhello alice\r\n", "{mech}");
+    }
+    let out = curl(&["--login-options", "AUTH=+APOP", &url("mrose", "tanstaaf")]);
+    assert_eq!(out, b"Subject: for mrose\r\n\r\nhello mrose\r\n");
+    let out = curl(&[
+        "--sasl-ir",
+        "--login-options",
+        "AUTH=PLAIN",
+        "--cacert",
+        server.cert().to_str().unwrap(),
+        &format!(
+            "pop3s://alice:wonderland1@localhost:{}/1",
+            server.pop3s.port()
+        ),
+    ]);
+    assert_eq!(out, b"Subject: for alice\r\n\r\nhello alice\r\n");
+    // A wrong password is refused by every mechanism.
+    for mech in ["PLAIN", "LOGIN", "CRAM-MD5"] {
+        let out = tool("curl")
+            .args([
+                "-sS",
+                "--login-options",
+                &format!("AUTH={mech}"),
+                &url("alice", "nope"),
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{mech} accepted a wrong password");
+    }
+}
+
+#[test]
+fn perl_net_pop3_with_authen_sasl() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/net_pop3.pl");
+    for (mech, user, pw) in [
+        ("PLAIN", "alice", "wonderland1"),
+        ("LOGIN", "alice", "wonderland1"),
+        ("CRAM-MD5", "alice", "wonderland1"),
+        ("apop", "mrose", "tanstaaf"),
+    ] {
+        let out = tool("perl")
+            .arg(&script)
+            .args([&server.pop3.port().to_string(), mech, user, pw])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mech}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{mech} ok: 1 messages")),
+            "{stdout}"
+        );
+        let wrong = tool("perl")
+            .arg(&script)
+            .args([&server.pop3.port().to_string(), mech, user, "wrong"])
+            .output()
+            .unwrap();
+        assert!(!wrong.status.success(), "{mech} accepted a wrong password");
+    }
+}
+
+#[test]
+fn mpop_each_mechanism() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let cases = [
+        ("plain", "alice", "wonderland1", "off"),
+        ("login", "alice", "wonderland1", "off"),
+        ("cram-md5", "alice", "wonderland1", "off"),
+        ("scram-sha-1", "alice", "wonderland1", "off"),
+        ("scram-sha-256", "alice", "wonderland1", "off"),
+        ("scram-sha-256", "alice", "wonderland1", "starttls"),
+        ("apop", "mrose", "tanstaaf", "off"),
+        ("user", "alice", "wonderland1", "starttls"),
+    ];
+    for (auth, user, pw, tls) in cases {
+        let rc = dir.path().join("mpoprc");
+        let tls_lines = match tls {
+            "starttls" => format!(
+                "tls on\ntls_starttls on\ntls_trust_file {}\nhost localhost\n",
+                server.cert().display()
+            ),
+            _ => "tls off\nhost 127.0.0.1\n".to_owned(),
+        };
+        std::fs::write(
+            &rc,
+            format!(
+                "account test\n{tls_lines}port {}\nuser {user}\npassword {pw}\nauth {auth}\nkeep on\nuidls_file {}/uidls-{auth}-{tls}\ndelivery maildir {}\n",
+                server.pop3.port(),
+                dir.path().display(),
+                maildir.display()
+            ),
+        )
+        .unwrap();
+        let mut perms = std::fs::metadata(&rc).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&rc, perms).unwrap();
+        let out = tool("mpop")
+            .args(["-C", rc.to_str().unwrap(), "test"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "mpop auth {auth} ({tls}): {text}");
+        assert!(
+            text.contains("retrieving message 1 of 1"),
+            "mpop auth {auth} ({tls}): {text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(maildir.join("new")).unwrap().count(),
+        cases.len()
+    );
+}
+
+#[test]
+fn fetchmail_cram_md5_and_password() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    for auth in ["cram-md5", "password"] {
+        let home = tempfile::tempdir().unwrap();
+        let out_file = home.path().join("fetched.eml");
+        let rc = home.path().join("fetchmailrc");
+        std::fs::write(
+            &rc,
+            format!(
+                "poll localhost service {} protocol POP3 auth {auth} user alice password wonderland1 is root keep fetchall \
+                 sslproto TLS1.2+ sslcertck sslcertfile {} mda \"/bin/cat > {}\"\n",
+                server.pop3.port(),
+                server.cert().display(),
+                out_file.display()
+            ),
+        )
+        .unwrap();
+        let mut perms = std::fs::metadata(&rc).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&rc, perms).unwrap();
+        let out = tool("fetchmail")
+            .args(["-f", rc.to_str().unwrap(), "--nosyslog", "-v"])
+            .env("FETCHMAILHOME", home.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "fetchmail --auth {auth}: {text}"
+        );
+        // fetchmail adds its Received: header and hands the MDA LF line ends.
+        let fetched = String::from_utf8(std::fs::read(&out_file).unwrap()).unwrap();
+        assert!(fetched.starts_with("Received: from localhost"), "{fetched}");
+        assert!(
+            fetched.ends_with("\nSubject: for alice\n\nhello alice\n"),
+            "{fetched}"
+        );
+    }
+}
+
+#[test]
+fn python_apop_scram_and_oauthbearer() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sasl_raw.py");
+    let good = fx.token("carol@example.org", 600);
+    let expired = fx.token("carol@example.org", -600);
+    let out = tool("python3")
+        .arg(script)
+        .args([
+            "127.0.0.1",
+            &server.pop3.port().to_string(),
+            "alice",
+            "wonderland1",
+            "mrose",
+            "tanstaaf",
+            "carol@example.org",
+            &good,
+            &expired,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.logs().join("\n")
+    );
+    eprintln!("{}", stdout.trim());
+}
+
+#[test]
+fn xoauth2_one_and_two_line_forms() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let message = pop3_auth::sasl::oauth::client_message(
+        pop3_auth::sasl::oauth::Flavor::Xoauth2,
+        "carol@example.org",
+        &fx.token("carol@example.org", 600),
+    );
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(
+        c.cmd(&format!("AUTH XOAUTH2 {}", B64.encode(&message)))
+            .starts_with("+OK Logged in")
+    );
+    c.cmd("QUIT");
+    // Microsoft clients: AUTH XOAUTH2, then the token on its own line after "+ ".
+    let (mut c, _) = Client::connect(server.pop3);
+    assert_eq!(c.cmd("AUTH XOAUTH2"), "+ ");
+    assert!(c.sasl(&message).starts_with("+OK Logged in"));
+    c.cmd("QUIT");
+    // A token for another user fails with Google's JSON error, then -ERR.
+    let other = pop3_auth::sasl::oauth::client_message(
+        pop3_auth::sasl::oauth::Flavor::Xoauth2,
+        "alice",
+        &fx.token("carol@example.org", 600),
+    );
+    let (mut c, _) = Client::connect(server.pop3);
+    let reply = c.cmd(&format!("AUTH XOAUTH2 {}", B64.encode(&other)));
+    let json = B64.decode(reply.strip_prefix("+ ").unwrap()).unwrap();
+    assert_eq!(json, br#"{"status":"401","schemes":"bearer"}"#);
+    assert!(c.sasl(b"").starts_with("-ERR [AUTH]"));
+}
+
+/// SCRAM-SHA-256-PLUS with both channel binding types, and a client bound to a different TLS
+/// connection (a man in the middle) refused.
+#[test]
+fn scram_plus_binds_to_the_tls_connection() {
+    use pop3_auth::sasl::scram::{ScramClient, ScramHash};
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let end_point = {
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::pem_file_iter(server.cert())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        ring::digest::digest(&ring::digest::SHA256, &der)
+            .as_ref()
+            .to_vec()
+    };
+    let run = |binding: &str, tamper: bool| -> String {
+        let (c, _) = Client::connect(server.pop3);
+        let mut c = c.starttls(&server.cert());
+        // The client completes its TLS handshake lazily: exchange something first.
+        assert!(c.cmd("CAPA").starts_with("+OK"));
+        c.body();
+        let mut data = match binding {
+            "tls-exporter" => c.tls_exporter().unwrap(),
+            _ => end_point.clone(),
+        };
+        if tamper {
+            data[0] ^= 1;
+        }
+        let mut scram = ScramClient::new(
+            ScramHash::Sha256,
+            "alice",
+            b"wonderland1",
+            Some((binding, data)),
+            true,
+        )
+        .unwrap();
+        let reply = c.cmd(&format!(
+            "AUTH SCRAM-SHA-256-PLUS {}",
+            B64.encode(scram.client_first())
+        ));
+        let Some(server_first) = reply.strip_prefix("+ ") else {
+            return reply;
+        };
+        let server_first = B64.decode(server_first).unwrap();
+        let reply = c.sasl(&scram.client_final(&server_first).unwrap());
+        let Some(v) = reply.strip_prefix("+ ") else {
+            return reply;
+        };
+        scram.verify_server_final(&B64.decode(v).unwrap()).unwrap();
+        c.sasl(b"")
+    };
+    for binding in ["tls-exporter", "tls-server-end-point"] {
+        let reply = run(binding, false);
+        assert!(
+            reply.starts_with("+OK Logged in"),
+            "{binding}: {reply}\n{}",
+            server.logs().join("\n")
+        );
+        assert!(
+            run(binding, true).starts_with("-ERR [AUTH]"),
+            "{binding} with foreign binding data"
+        );
+    }
+}
+
+#[test]
+fn external_with_a_client_certificate() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let (mut c, _) = Client::connect_tls_as(
+        server.pop3s,
+        &server.cert(),
+        &fx.path("client.pem"),
+        &fx.path("client.key"),
+    );
+    assert!(
+        c.cmd("AUTH EXTERNAL =")
+            .starts_with("+OK Logged in, maildrop has 1 message")
+    );
+    c.cmd("QUIT");
+    // Asking for another identity than the certificate's is refused.
+    let (mut c, _) = Client::connect_tls_as(
+        server.pop3s,
+        &server.cert(),
+        &fx.path("client.pem"),
+        &fx.path("client.key"),
+    );
+    assert!(
+        c.cmd(&format!("AUTH EXTERNAL {}", B64.encode("alice")))
+            .starts_with("-ERR [AUTH]")
+    );
+    // Without a certificate EXTERNAL is not offered at all.
+    let (mut c, _) = Client::connect_tls(server.pop3s, &server.cert());
+    assert!(
+        c.cmd("AUTH EXTERNAL =")
+            .starts_with("-ERR Unsupported authentication mechanism")
+    );
+}
+
+/// A users file written by `doveadm pw` for each scheme logs in unchanged, and challenge-
+/// response mechanisms work where the stored form allows them.
+#[test]
+fn doveadm_users_file_logs_in_unchanged() {
+    let schemes = [
+        "ARGON2ID",
+        "ARGON2I",
+        "BLF-CRYPT",
+        "SHA512-CRYPT",
+        "SHA256-CRYPT",
+        "PBKDF2",
+        "SSHA512",
+        "SSHA256",
+        "SSHA",
+        "CRAM-MD5",
+        "SCRAM-SHA-1",
+        "SCRAM-SHA-256",
+        "PLAIN",
+        "CLEAR",
+    ];
+    let server = ServerBuilder::new().start();
+    let mut users = String::new();
+    for scheme in schemes {
+        let out = tool("doveadm")
+            .args(["pw", "-s", scheme, "-p", "dove pass"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "doveadm pw -s {scheme}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hash = String::from_utf8(out.stdout).unwrap();
+        users.push_str(&format!(
+            "u-{}:{}:1000:1000::/home/u::\n",
+            scheme.to_ascii_lowercase(),
+            hash.trim()
+        ));
+    }
+    std::fs::write(server.data_dir().join("users"), &users).unwrap();
+    for scheme in schemes {
+        let user = format!("u-{}", scheme.to_ascii_lowercase());
+        let (mut c, _) = Client::connect(server.pop3);
+        assert!(
+            c.login(&user, "dove pass").starts_with("+OK Logged in"),
+            "{scheme}"
+        );
+        c.cmd("QUIT");
+        let (mut c, _) = Client::connect(server.pop3);
+        assert!(
+            c.login(&user, "dove Pass").starts_with("-ERR [AUTH]"),
+            "{scheme} accepted a wrong password"
+        );
+    }
+    let cram = |user: &str| {
+        let out = tool("curl")
+            .args([
+                "-sS",
+                "--login-options",
+                "AUTH=CRAM-MD5",
+                &format!(
+                    "pop3://{user}:dove%20pass@127.0.0.1:{}/",
+                    server.pop3.port()
+                ),
+            ])
+            .output()
+            .unwrap();
+        out.status.success()
+    };
+    assert!(cram("u-cram-md5") && cram("u-plain"));
+    assert!(
+        !cram("u-argon2id"),
+        "CRAM-MD5 must not work without a CRAM-MD5 secret"
+    );
+    let scram = |user: &str, hash| {
+        use pop3_auth::sasl::scram::ScramClient;
+        let (mut c, _) = Client::connect(server.pop3);
+        let mech = if hash == pop3_auth::sasl::scram::ScramHash::Sha1 {
+            "SCRAM-SHA-1"
+        } else {
+            "SCRAM-SHA-256"
+        };
+        let mut s = ScramClient::new(hash, user, b"dove pass", None, false).unwrap();
+        let reply = c.cmd(&format!("AUTH {mech} {}", B64.encode(s.client_first())));
+        let Some(first) = reply.strip_prefix("+ ") else {
+            return reply;
+        };
+        let reply = c.sasl(&s.client_final(&B64.decode(first).unwrap()).unwrap());
+        match reply.strip_prefix("+ ") {
+            Some(_) => c.sasl(b""),
+            None => reply,
+        }
+    };
+    use pop3_auth::sasl::scram::ScramHash;
+    assert!(scram("u-scram-sha-256", ScramHash::Sha256).starts_with("+OK"));
+    assert!(scram("u-scram-sha-1", ScramHash::Sha1).starts_with("+OK"));
+    assert!(scram("u-clear", ScramHash::Sha256).starts_with("+OK"));
+    assert!(scram("u-sha512-crypt", ScramHash::Sha256).starts_with("-ERR [AUTH]"));
+    let _ = Command::new("true");
+}
