@@ -269,9 +269,14 @@ impl UserDb {
         first_error.map_or(Ok(Verdict::Invalid), Err)
     }
 
-    /// A view for SASL mechanisms, with the decoy hash used for unknown users.
-    pub fn directory<'a>(&'a self, decoy: &'a str) -> UserDirectory<'a> {
-        UserDirectory { db: self, decoy }
+    /// A view for SASL mechanisms, with the decoy hash used for unknown users and the master
+    /// users (who may act as any other user).
+    pub fn directory<'a>(&'a self, decoy: &'a str, masters: &'a [String]) -> UserDirectory<'a> {
+        UserDirectory {
+            db: self,
+            decoy,
+            masters,
+        }
     }
 }
 
@@ -303,6 +308,7 @@ impl UserDb {
 pub struct UserDirectory<'a> {
     db: &'a UserDb,
     decoy: &'a str,
+    masters: &'a [String],
 }
 
 impl Directory for UserDirectory<'_> {
@@ -329,6 +335,11 @@ impl Directory for UserDirectory<'_> {
 
     fn exists(&self, user: &str) -> bool {
         self.db.get(user).is_some()
+    }
+
+    fn may_act_as(&self, user: &str, authzid: &str) -> bool {
+        let user = normalize_name(user);
+        self.masters.iter().any(|m| normalize_name(m) == user) && self.exists(authzid)
     }
 }
 
@@ -724,7 +735,7 @@ alice:{PLAIN}again
         }
         let support = db.support();
         assert!(support.cram_md5 && support.scram_sha256 && !support.scram_sha1 && !support.apop);
-        let dir = db.directory(&decoy);
+        let dir = db.directory(&decoy, &[]);
         assert!(matches!(
             dir.secret("alice", SecretKind::Scram(ScramHash::Sha256)),
             Some(MechanismSecret::Scram(_))

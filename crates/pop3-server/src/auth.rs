@@ -41,6 +41,7 @@ pub(crate) struct Authenticator {
     oauth: Option<Arc<JwtVerifier>>,
     salt_key: Arc<[u8]>,
     allowed: Vec<String>,
+    masters: Arc<[String]>,
     login_delay: u32,
     login_delay_overrides: BTreeMap<String, u32>,
     last_login: Mutex<HashMap<String, Instant>>,
@@ -76,6 +77,11 @@ impl Authenticator {
                 .mechanisms
                 .iter()
                 .map(|m| m.to_ascii_uppercase())
+                .collect(),
+            masters: auth
+                .master_users
+                .iter()
+                .map(|m| pop3_auth::userdb::normalize_name(m))
                 .collect(),
             login_delay: config.pop3.login_delay,
             login_delay_overrides: config.pop3.login_delay_overrides.clone(),
@@ -210,11 +216,12 @@ impl Authenticator {
             return (None, Step::Failure(temporary()));
         };
         let decoy = Arc::clone(&self.decoy);
+        let masters = Arc::clone(&self.masters);
         let ran = self
             .hashing
             .run(move || {
                 let step = mechanism.step(
-                    &db.directory(&decoy),
+                    &db.directory(&decoy, &masters),
                     input.as_ref().map(|s| s.expose().as_slice()),
                 );
                 (mechanism, step)

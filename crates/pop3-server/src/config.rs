@@ -182,6 +182,11 @@ pub struct AuthConfig {
     /// Networks exempt from failure delays and penalties, e.g. a webmail or proxy host that
     /// logs in on users' behalf. Default: none.
     pub trusted_networks: Vec<IpNet>,
+    /// Master users: they log in with their own password and may name any other user as the
+    /// authorization identity (PLAIN's authzid, SCRAM's `a=`, OAuth's user, EXTERNAL's
+    /// authzid) to open that user's maildrop, e.g. for support or migration. Default: none;
+    /// a request to act as another user is refused.
+    pub master_users: Vec<String>,
     /// OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2), verified locally as JWTs.
     pub oauth: Option<OauthConfig>,
 }
@@ -233,6 +238,7 @@ impl Default for AuthConfig {
             penalty_cap: Duration::from_secs(15),
             penalty_reset_after: Duration::from_secs(600),
             trusted_networks: Vec::new(),
+            master_users: Vec::new(),
             oauth: None,
         }
     }

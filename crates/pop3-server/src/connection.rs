@@ -47,10 +47,8 @@ pub(crate) struct Connection<S: MailStore> {
     shutdown: watch::Receiver<bool>,
     /// What the connection offers mechanisms (TLS, channel binding, client certificate).
     info: ConnInfo,
-    /// The SASL exchange in progress: the mechanism, its name and the last client response
-    /// (fingerprinted on failure so retrying one wrong password does not escalate penalties).
+    /// The SASL exchange in progress: the mechanism and its name.
     sasl: Option<(Box<dyn ServerMechanism>, String)>,
-    last_response: Vec<u8>,
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
@@ -74,7 +72,6 @@ pub(crate) async fn handle<S: MailStore>(
         shutdown,
         info: ConnInfo::default(),
         sasl: None,
-        last_response: Vec::new(),
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -255,23 +252,17 @@ impl<S: MailStore> Connection<S> {
                 .auth_failed(&mut self.out, AuthFailure::Protocol)
                 .map_err(misuse);
         };
-        self.last_response = input
-            .as_ref()
-            .map(|d| d.expose().clone())
-            .unwrap_or_default();
+        // Fingerprint the response now (PLAIN's contains the password) and keep only the
+        // number: retrying one wrong password must not escalate the penalty.
+        let response_print = self.shared.auth.penalties.fingerprint(
+            &name,
+            input.as_ref().map_or(&[][..], |d| d.expose().as_slice()),
+        );
         let (mechanism, step) = self.shared.auth.step(mechanism, input).await;
         if let (Some(m), Step::Challenge(_)) = (mechanism, &step) {
             self.sasl = Some((m, name.clone()));
         }
-        let fingerprint = match &step {
-            Step::Failure(f) => Some(
-                self.shared
-                    .auth
-                    .penalties
-                    .fingerprint(f.user.as_deref().unwrap_or(""), &self.last_response),
-            ),
-            _ => None,
-        };
+        let fingerprint = matches!(step, Step::Failure(_)).then_some(response_print);
         self.conclude(&name, step, fingerprint).await
     }
 

@@ -24,6 +24,46 @@ pub(crate) enum BenchCommand {
     Session(SessionArgs),
     /// Time logins (the maildrop open) of one user, N times.
     Open(OpenArgs),
+    /// Time logins with each authentication mechanism.
+    Login(LoginArgs),
+    /// Send wrong passwords and print how long each refusal took (the penalty curve).
+    Penalty(PenaltyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    /// The server's POP3 address.
+    #[arg(long)]
+    pop3: SocketAddr,
+    /// The user.
+    #[arg(long)]
+    user: String,
+    /// The password.
+    #[arg(long)]
+    password: String,
+    /// Mechanisms to time (USER is USER/PASS, APOP is APOP).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "USER,PLAIN,LOGIN,CRAM-MD5,SCRAM-SHA-1,SCRAM-SHA-256,APOP"
+    )]
+    mechanisms: Vec<String>,
+    /// Logins per mechanism.
+    #[arg(long, default_value_t = 50)]
+    times: usize,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PenaltyArgs {
+    /// The server's POP3 address.
+    #[arg(long)]
+    pop3: SocketAddr,
+    /// The user to guess for.
+    #[arg(long)]
+    user: String,
+    /// How many wrong passwords.
+    #[arg(long, default_value_t = 50)]
+    count: usize,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +125,8 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Fill(args) => fill(&args),
         BenchCommand::Session(args) => runtime()?.block_on(session(args)),
         BenchCommand::Open(args) => runtime()?.block_on(open(args)),
+        BenchCommand::Login(args) => runtime()?.block_on(login(args)),
+        BenchCommand::Penalty(args) => runtime()?.block_on(penalty(args)),
     }
 }
 
@@ -163,6 +205,95 @@ impl Conn {
             .write_all(format!("{command}\r\n").as_bytes())
             .await?;
         self.status().await
+    }
+
+    /// Sends a line and returns the reply, whatever it is.
+    async fn exchange(&mut self, line: &str) -> Result<String> {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await?;
+        self.line.clear();
+        let n = self.reader.read_line(&mut self.line).await?;
+        ensure!(n > 0, "server closed the connection");
+        Ok(self.line.trim_end().to_owned())
+    }
+
+    /// Logs in with a mechanism, using pop3-auth's client side. The greeting is needed for APOP.
+    async fn login(
+        &mut self,
+        mechanism: &str,
+        user: &str,
+        password: &str,
+        greeting: &str,
+    ) -> Result<String> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD as B64;
+        use pop3_auth::sasl::scram::{ScramClient, ScramHash};
+        let challenge = |reply: &str| -> Result<Vec<u8>> {
+            let data = reply
+                .strip_prefix("+ ")
+                .ok_or_else(|| anyhow::anyhow!("expected a challenge, got {reply}"))?;
+            Ok(B64.decode(data)?)
+        };
+        let (u, p) = (user.as_bytes(), password.as_bytes());
+        Ok(match mechanism {
+            "USER" => {
+                self.exchange(&format!("USER {user}")).await?;
+                self.exchange(&format!("PASS {password}")).await?
+            }
+            "APOP" => {
+                let ts = greeting.rsplit(' ').next().unwrap_or("");
+                self.exchange(&format!("APOP {user} {}", pop3_auth::apop::digest(ts, p)))
+                    .await?
+            }
+            "PLAIN" => {
+                let msg = pop3_auth::sasl::plain::client_message("", user, p);
+                self.exchange(&format!("AUTH PLAIN {}", B64.encode(msg.expose())))
+                    .await?
+            }
+            "LOGIN" => {
+                let r = self.exchange("AUTH LOGIN").await?;
+                let r = self
+                    .exchange(&B64.encode(pop3_auth::sasl::login::client_response(
+                        &challenge(&r)?,
+                        u,
+                        p,
+                    )))
+                    .await?;
+                self.exchange(&B64.encode(pop3_auth::sasl::login::client_response(
+                    &challenge(&r)?,
+                    u,
+                    p,
+                )))
+                .await?
+            }
+            "CRAM-MD5" => {
+                let r = self.exchange("AUTH CRAM-MD5").await?;
+                let response = pop3_auth::sasl::cram_md5::client_response(user, p, &challenge(&r)?);
+                self.exchange(&B64.encode(response)).await?
+            }
+            "SCRAM-SHA-1" | "SCRAM-SHA-256" => {
+                let hash = if mechanism == "SCRAM-SHA-1" {
+                    ScramHash::Sha1
+                } else {
+                    ScramHash::Sha256
+                };
+                let mut client = ScramClient::new(hash, user, p, None, false)?;
+                let r = self
+                    .exchange(&format!(
+                        "AUTH {mechanism} {}",
+                        B64.encode(client.client_first())
+                    ))
+                    .await?;
+                let r = self
+                    .exchange(&B64.encode(client.client_final(&challenge(&r)?)?))
+                    .await?;
+                client.verify_server_final(&challenge(&r)?)?;
+                self.exchange("").await?
+            }
+            other => bail!("bench login does not know mechanism {other}"),
+        })
     }
 
     /// Reads a multi-line body; returns its un-stuffed octets and lines.
@@ -291,6 +422,68 @@ async fn session(args: SessionArgs) -> Result<ExitCode> {
             cpu * 1000.0 / n.max(1) as f64
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn login(args: LoginArgs) -> Result<ExitCode> {
+    println!(
+        "{:<14} {:>6} {:>9} {:>9}",
+        "mechanism", "logins", "p50", "p99"
+    );
+    for mechanism in &args.mechanisms {
+        let mut times = Vec::with_capacity(args.times);
+        for _ in 0..args.times {
+            let tcp = TcpStream::connect(args.pop3).await?;
+            tcp.set_nodelay(true)?;
+            let mut c = Conn {
+                reader: BufReader::new(tcp),
+                line: String::new(),
+            };
+            let greeting = c.status().await?.to_owned();
+            let start = Instant::now();
+            let reply = c
+                .login(mechanism, &args.user, &args.password, &greeting)
+                .await?;
+            times.push(start.elapsed());
+            ensure!(reply.starts_with("+OK"), "{mechanism}: {reply}");
+            c.cmd("QUIT").await?;
+        }
+        times.sort();
+        let pct = |p: usize| times[(times.len() * p).div_ceil(100).max(1) - 1];
+        println!(
+            "{mechanism:<14} {:>6} {:>9.2?} {:>9.2?}",
+            times.len(),
+            pct(50),
+            pct(99)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn penalty(args: PenaltyArgs) -> Result<ExitCode> {
+    let mut c = Conn::connect(args.pop3).await?;
+    let mut curve = Vec::with_capacity(args.count);
+    for i in 0..args.count {
+        c.exchange(&format!("USER {}", args.user)).await?;
+        let start = Instant::now();
+        let reply = c.exchange(&format!("PASS bench-wrong-{i}")).await?;
+        ensure!(
+            reply.starts_with("-ERR"),
+            "a wrong password was accepted: {reply}"
+        );
+        curve.push(start.elapsed().as_secs_f64());
+    }
+    let line: Vec<String> = curve.iter().map(|s| format!("{s:.1}")).collect();
+    println!(
+        "refusal delays in seconds, attempts 1..{}: {}",
+        args.count,
+        line.join(" ")
+    );
+    println!(
+        "total {:.1} s for {} wrong passwords",
+        curve.iter().sum::<f64>(),
+        args.count
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -640,3 +640,60 @@ fn doveadm_users_file_logs_in_unchanged() {
     assert!(scram("u-sha512-crypt", ScramHash::Sha256).starts_with("-ERR [AUTH]"));
     let _ = Command::new("true");
 }
+
+#[test]
+fn master_users_may_act_as_others_and_nobody_else_may() {
+    let mut b = ServerBuilder::new();
+    b.set(
+        "auth.master_users",
+        toml::Value::Array(vec!["support".into()]),
+    );
+    let server = b.start();
+    add_user(&server, "support", "master-pw", "ARGON2ID,SCRAM-SHA-256");
+    add_user(&server, "alice", "alice-pw", "ARGON2ID,SCRAM-SHA-256");
+    add_user(&server, "bob", "bob-pw", "ARGON2ID");
+    assert!(
+        server
+            .deliver(&["alice"], b"Subject: a\r\n\r\nfor alice\r\n")
+            .success()
+    );
+    let plain = |authzid: &str, user: &str, pw: &str| {
+        let (mut c, _) = Client::connect(server.pop3);
+        c.cmd(&format!(
+            "AUTH PLAIN {}",
+            B64.encode(format!("{authzid}\0{user}\0{pw}"))
+        ))
+    };
+    assert!(
+        plain("alice", "support", "master-pw").starts_with("+OK Logged in, maildrop has 1 message")
+    );
+    assert!(
+        plain("alice", "bob", "bob-pw").starts_with("-ERR [AUTH]"),
+        "an ordinary user acting as another"
+    );
+    assert!(
+        plain("nobody", "support", "master-pw").starts_with("-ERR [AUTH]"),
+        "the target must exist"
+    );
+    assert!(plain("alice", "support", "wrong").starts_with("-ERR [AUTH]"));
+    // SCRAM's a= works the same way.
+    use pop3_auth::sasl::scram::{ScramClient, ScramHash};
+    let (mut c, _) = Client::connect(server.pop3);
+    let mut s = ScramClient::new(ScramHash::Sha256, "support", b"master-pw", None, false)
+        .unwrap()
+        .authorize_as("alice");
+    let reply = c.cmd(&format!(
+        "AUTH SCRAM-SHA-256 {}",
+        B64.encode(s.client_first())
+    ));
+    let reply = c.sasl(
+        &s.client_final(&B64.decode(reply.strip_prefix("+ ").unwrap()).unwrap())
+            .unwrap(),
+    );
+    s.verify_server_final(&B64.decode(reply.strip_prefix("+ ").unwrap()).unwrap())
+        .unwrap();
+    assert!(
+        c.sasl(b"")
+            .starts_with("+OK Logged in, maildrop has 1 message")
+    );
+}

@@ -2,7 +2,7 @@
 //! client certificate. The client's message is the authorization identity it wants (empty for
 //! "whatever the certificate says").
 
-use super::{Directory, Failure, ServerMechanism, Step};
+use super::{Directory, Failure, ServerMechanism, Step, authorize};
 use crate::userdb::normalize_name;
 
 /// The server side, with the user name the certificate maps to (if any).
@@ -30,19 +30,13 @@ impl ServerMechanism for ExternalServer {
             return Step::Failure(Failure::invalid(None, "no usable client certificate"));
         };
         let user = normalize_name(identity);
-        if !authzid.is_empty() && normalize_name(authzid) != user {
-            return Step::Failure(Failure::invalid(
-                Some(authzid.to_owned()),
-                "certificate names another user",
-            ));
-        }
         if !dir.exists(&user) {
             return Step::Failure(Failure::invalid(
                 Some(user),
                 "certificate user is not in the users file",
             ));
         }
-        Step::Success { user }
+        authorize(dir, user, Some(authzid))
     }
 }
 

@@ -34,6 +34,24 @@ pub trait Directory: Sync {
     fn check_password(&self, user: &str, password: &[u8]) -> Result<Verdict, AuthError>;
     /// Whether `user` exists (for identities vouched for by a token or a certificate).
     fn exists(&self, user: &str) -> bool;
+    /// Whether the authenticated `user` may act as `authzid` (a different, existing user):
+    /// only configured master users may.
+    fn may_act_as(&self, user: &str, authzid: &str) -> bool;
+}
+
+/// The identity a successful authentication yields: `user` itself, or `authzid` when the client
+/// asked for another identity and `user` is a master user allowed to take it.
+pub(crate) fn authorize(dir: &dyn Directory, user: String, authzid: Option<&str>) -> Step {
+    let user = crate::userdb::normalize_name(&user);
+    match authzid.map(crate::userdb::normalize_name) {
+        None => Step::Success { user },
+        Some(a) if a.is_empty() || a == user => Step::Success { user },
+        Some(a) if dir.may_act_as(&user, &a) => Step::Success { user: a },
+        Some(_) => Step::Failure(Failure::invalid(
+            Some(user),
+            "not allowed to act as another user",
+        )),
+    }
 }
 
 /// The result of one step.
@@ -162,6 +180,10 @@ pub(crate) mod tests {
             users.insert(user.to_owned(), secret);
             Self { users }
         }
+
+        pub(crate) fn add(&mut self, user: &str, secret: MechanismSecret) {
+            self.users.insert(user.to_owned(), secret);
+        }
     }
 
     impl Directory for TestDirectory {
@@ -194,6 +216,10 @@ pub(crate) mod tests {
 
         fn exists(&self, user: &str) -> bool {
             self.users.contains_key(user)
+        }
+
+        fn may_act_as(&self, user: &str, authzid: &str) -> bool {
+            user == "master" && self.exists(authzid)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! it. On failure the server sends a JSON error as a challenge, the client acknowledges it, and
 //! the exchange fails (RFC 7628 section 3.2.3).
 
-use super::{Directory, Failure, ServerMechanism, Step};
+use super::{Directory, Failure, ServerMechanism, Step, authorize};
 use crate::jwt::JwtVerifier;
 use crate::userdb::normalize_name;
 use std::sync::Arc;
@@ -139,27 +139,25 @@ impl ServerMechanism for OauthServer {
                 let outcome = match self.verifier.verify(msg.token.expose(), self.now) {
                     Ok(subject) => {
                         let user = normalize_name(&subject);
-                        let named = msg.user.as_deref().map(normalize_name);
-                        if named.as_ref().is_some_and(|n| *n != user) {
-                            Err(Failure::invalid(named, "token is for another user"))
-                        } else if !dir.exists(&user) {
-                            Err(Failure::invalid(
+                        if dir.exists(&user) {
+                            // A named identity other than the token's needs a master user.
+                            authorize(dir, user, msg.user.as_deref())
+                        } else {
+                            Step::Failure(Failure::invalid(
                                 Some(user),
                                 "token user is not in the users file",
                             ))
-                        } else {
-                            Ok(user)
                         }
                     }
-                    Err(_) => Err(Failure::invalid(msg.user, "token refused")),
+                    Err(_) => Step::Failure(Failure::invalid(msg.user, "token refused")),
                 };
                 match outcome {
-                    Ok(user) => Step::Success { user },
-                    Err(failure) => {
+                    Step::Failure(failure) => {
                         let challenge = self.error_challenge();
                         self.state = State::ErrorSent(failure);
                         Step::Challenge(challenge)
                     }
+                    success => success,
                 }
             }
             State::ErrorSent(failure) => Step::Failure(failure),

@@ -1,6 +1,6 @@
 //! PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd` in one message.
 
-use super::{Directory, Failure, ServerMechanism, Step, password_step};
+use super::{Directory, Failure, ServerMechanism, Step, authorize, password_step};
 use crate::error::AuthError;
 use crate::userdb::normalize_name;
 use pop3_proto::Secret;
@@ -63,11 +63,11 @@ impl ServerMechanism for PlainServer {
         };
         match parse_plain(message) {
             Err(_) => Step::Failure(Failure::malformed("malformed PLAIN message")),
-            Ok(c) if c.wants_other_identity() => Step::Failure(Failure::invalid(
-                Some(c.authcid),
-                "authorization identity of another user",
-            )),
-            Ok(c) => password_step(dir, &c.authcid, c.password.expose()),
+            Ok(c) => match password_step(dir, &c.authcid, c.password.expose()) {
+                // A master user may name another user as the authorization identity.
+                Step::Success { user } => authorize(dir, user, Some(&c.authzid)),
+                other => other,
+            },
         }
     }
 }
@@ -123,6 +123,27 @@ mod tests {
             PlainServer.step(&dir, Some(b"bob\0tim\0tanstaaftanstaaf")),
             Step::Failure(_)
         ));
+        let mut users =
+            TestDirectory::with_secret("master", MechanismSecret::Plaintext(b"m".to_vec()));
+        users.add("tim", MechanismSecret::Plaintext(b"t".to_vec()));
+        assert_eq!(
+            PlainServer.step(&users, Some(b"tim\0master\0m")),
+            Step::Success { user: "tim".into() }
+        );
+        assert!(
+            matches!(
+                PlainServer.step(&users, Some(b"master\0tim\0t")),
+                Step::Failure(_)
+            ),
+            "only masters"
+        );
+        assert!(
+            matches!(
+                PlainServer.step(&users, Some(b"ghost\0master\0m")),
+                Step::Failure(_)
+            ),
+            "target must exist"
+        );
         assert!(
             matches!(PlainServer.step(&dir, Some(b"garbage")), Step::Failure(f) if f.kind == super::super::FailureKind::Malformed)
         );

@@ -8,7 +8,7 @@
 //! are used as UTF-8 octets without SASLprep normalisation (as Dovecot does); ASCII is
 //! unaffected.
 
-use super::{ChannelBinding, Directory, Failure, ServerMechanism, Step};
+use super::{ChannelBinding, Directory, Failure, ServerMechanism, Step, authorize};
 use crate::error::AuthError;
 use crate::scheme::{MechanismSecret, SecretKind};
 use base64::Engine as _;
@@ -191,6 +191,7 @@ enum ServerState {
     /// server-first sent; waiting for client-final.
     First {
         user: String,
+        authzid: Option<String>,
         keys: Option<ScramKeys>,
         gs2_header: String,
         client_first_bare: String,
@@ -200,6 +201,7 @@ enum ServerState {
     /// server-final sent; waiting for the client's empty acknowledgement.
     Final {
         user: String,
+        authzid: Option<String>,
     },
     Done,
 }
@@ -313,14 +315,6 @@ impl ScramServer {
         if bare.starts_with("m=") {
             return Err(Failure::malformed("mandatory extensions are not supported"));
         }
-        if let Some(a) = authzid
-            && crate::userdb::normalize_name(&a) != crate::userdb::normalize_name(&user)
-        {
-            return Err(Failure::invalid(
-                Some(user),
-                "authorization identity differs",
-            ));
-        }
         let server_nonce = match &self.server_nonce {
             Some(n) => n.clone(),
             None => new_nonce().map_err(|_| Failure::temporary())?,
@@ -335,6 +329,7 @@ impl ScramServer {
         let challenge = server_first.clone().into_bytes();
         self.state = ServerState::First {
             user,
+            authzid,
             keys,
             gs2_header,
             client_first_bare: bare.to_owned(),
@@ -347,6 +342,7 @@ impl ScramServer {
     fn client_final(&mut self, msg: &[u8]) -> Result<Step, Failure> {
         let ServerState::First {
             user,
+            authzid,
             keys,
             gs2_header,
             client_first_bare,
@@ -416,7 +412,7 @@ impl ScramServer {
             return Err(fail("wrong password"));
         }
         let server_signature = self.hash.hmac(&keys.server_key, auth_message.as_bytes());
-        self.state = ServerState::Final { user };
+        self.state = ServerState::Final { user, authzid };
         Ok(Step::Challenge(
             format!("v={}", B64.encode(server_signature)).into_bytes(),
         ))
@@ -430,12 +426,10 @@ impl ServerMechanism for ScramServer {
             (ServerState::Start, None) => return Step::Challenge(Vec::new()),
             (ServerState::Start, Some(msg)) => self.client_first(dir, msg),
             (ServerState::First { .. }, Some(msg)) => self.client_final(msg),
-            (ServerState::Final { user }, Some(b"")) => {
-                let user = user.clone();
+            (ServerState::Final { user, authzid }, Some(b"")) => {
+                let (user, authzid) = (user.clone(), authzid.clone());
                 self.state = ServerState::Done;
-                Ok(Step::Success {
-                    user: crate::userdb::normalize_name(&user),
-                })
+                Ok(authorize(dir, user, authzid.as_deref()))
             }
             _ => Err(Failure::malformed("unexpected SCRAM message")),
         };
@@ -448,7 +442,7 @@ impl ServerMechanism for ScramServer {
 pub struct ScramClient {
     hash: ScramHash,
     user: String,
-    password: Vec<u8>,
+    password: pop3_proto::Secret<Vec<u8>>,
     /// Channel binding type and data, when the client binds (-PLUS).
     binding: Option<(String, Vec<u8>)>,
     nonce: String,
@@ -497,13 +491,20 @@ impl ScramClient {
         Self {
             hash,
             user: user.to_owned(),
-            password: password.to_vec(),
+            password: pop3_proto::Secret::new(password.to_vec()),
             binding: binding.filter(|_| plus).map(|(n, d)| (n.to_owned(), d)),
             nonce: nonce.to_owned(),
             gs2_header,
             client_first_bare,
             expected_server_signature: None,
         }
+    }
+
+    /// Asks to act as `authzid` (allowed by servers only for master users).
+    pub fn authorize_as(mut self, authzid: &str) -> Self {
+        let flag = self.gs2_header.split(',').next().unwrap_or("n").to_owned();
+        self.gs2_header = format!("{flag},a={},", encode_name(authzid));
+        self
     }
 
     /// The client-first message (sent as the initial response).
@@ -541,7 +542,9 @@ impl ScramClient {
         }
         let without_proof = format!("c={},r={nonce}", B64.encode(cbind));
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
-        let salted = self.hash.salted_password(&self.password, &salt, iterations);
+        let salted = self
+            .hash
+            .salted_password(self.password.expose(), &salt, iterations);
         let client_key = self.hash.hmac(&salted, b"Client Key");
         let stored_key = self.hash.hash(&client_key);
         let signature = self.hash.hmac(&stored_key, auth_message.as_bytes());
@@ -799,14 +802,25 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let dir = TestDirectory::with_secret("alice", MechanismSecret::Plaintext(b"s".to_vec()));
+        // An authorization identity for another user is decided after the proof: refused for
+        // ordinary users, granted to master users.
+        let mut dir =
+            TestDirectory::with_secret("alice", MechanismSecret::Plaintext(b"s".to_vec()));
+        dir.add("master", MechanismSecret::Plaintext(b"m".to_vec()));
         let mut s = ScramServer::new(ScramHash::Sha1, false, None, b"k");
-        assert!(
-            matches!(
-                s.step(&dir, Some(b"n,a=bob,n=alice,r=abc")),
-                Step::Failure(_)
-            ),
-            "authzid for another user"
+        let mut c = ScramClient::new(ScramHash::Sha1, "alice", b"s", None, false)
+            .unwrap()
+            .authorize_as("master");
+        assert!(matches!(run(&mut s, &mut c, &dir), Step::Failure(_)));
+        let mut s = ScramServer::new(ScramHash::Sha1, false, None, b"k");
+        let mut c = ScramClient::new(ScramHash::Sha1, "master", b"m", None, false)
+            .unwrap()
+            .authorize_as("alice");
+        assert_eq!(
+            run(&mut s, &mut c, &dir),
+            Step::Success {
+                user: "alice".into()
+            }
         );
     }
 
