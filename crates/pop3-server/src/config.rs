@@ -110,6 +110,10 @@ pub struct TlsConfig {
     /// e-mail subjectAltName, else the subject's emailAddress) or `"cn"` (the subject's
     /// common name).
     pub client_identity: ClientIdentity,
+    /// The listeners (addresses from `listen.pop3` and `listen.pop3s`) that request client
+    /// certificates when `client_ca` is set. Default: all of them. Requesting one makes some
+    /// clients show a certificate chooser, so a dedicated port for EXTERNAL is common.
+    pub client_ca_listeners: Vec<SocketAddr>,
 }
 
 impl Default for TlsConfig {
@@ -121,6 +125,7 @@ impl Default for TlsConfig {
             min_version: TlsVersion::V1_2,
             client_ca: None,
             client_identity: ClientIdentity::Email,
+            client_ca_listeners: Vec::new(),
         }
     }
 }
@@ -486,6 +491,13 @@ impl Config {
         }
         if self.auth.penalty_cap < self.auth.failure_delay {
             error("auth.penalty_cap must be at least auth.failure_delay.".into());
+        }
+        for addr in &self.tls.client_ca_listeners {
+            if !self.listen.pop3.contains(addr) && !self.listen.pop3s.contains(addr) {
+                error(format!(
+                    "tls.client_ca_listeners names {addr}, which is not in listen.pop3 or listen.pop3s."
+                ));
+            }
         }
         if self.tls.client_ca.is_some() && !self.tls.enabled {
             error("tls.client_ca is set but TLS is disabled: client certificates need TLS.".into());

@@ -49,6 +49,8 @@ pub(crate) struct Connection<S: MailStore> {
     info: ConnInfo,
     /// The SASL exchange in progress: the mechanism and its name.
     sasl: Option<(Box<dyn ServerMechanism>, String)>,
+    /// TLS handshakes ask for a client certificate on this listener.
+    client_certs: bool,
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
@@ -57,6 +59,7 @@ pub(crate) async fn handle<S: MailStore>(
     tcp: TcpStream,
     peer: SocketAddr,
     kind: Kind,
+    client_certs: bool,
 ) {
     let started = Instant::now();
     let shutdown = shared.shutdown.subscribe();
@@ -72,6 +75,7 @@ pub(crate) async fn handle<S: MailStore>(
         shutdown,
         info: ConnInfo::default(),
         sasl: None,
+        client_certs,
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -107,11 +111,16 @@ impl<S: MailStore> Connection<S> {
         &mut self,
         tcp: TcpStream,
     ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        let (acceptor, end_point) = self
+        let setup = self
             .shared
             .tls
             .clone()
             .ok_or_else(|| io::Error::other("TLS not configured"))?;
+        let acceptor = match (&setup.with_client_certs, self.client_certs) {
+            (Some(with_certs), true) => with_certs.clone(),
+            _ => setup.acceptor.clone(),
+        };
+        let end_point = setup.end_point;
         let tls = match timeout(self.shared.settings.tls_handshake, acceptor.accept(tcp)).await {
             Ok(result) => result?,
             Err(_) => {

@@ -80,7 +80,7 @@ struct Settings {
 struct Shared<S: MailStore> {
     store: S,
     auth: auth::Authenticator,
-    tls: Option<(TlsAcceptor, Vec<u8>)>,
+    tls: Option<TlsSetup>,
     capabilities: Arc<Capabilities>,
     settings: Settings,
     connections: Arc<Semaphore>,
@@ -109,6 +109,17 @@ impl<S: MailStore> Shared<S> {
             max_sasl_line: self.settings.max_sasl_line,
         }
     }
+}
+
+/// The TLS acceptors and the certificate hash for channel binding.
+#[derive(Clone)]
+struct TlsSetup {
+    /// For listeners that do not ask for client certificates.
+    acceptor: TlsAcceptor,
+    /// For listeners that ask for (optional) client certificates, when `tls.client_ca` is set.
+    with_client_certs: Option<TlsAcceptor>,
+    /// `tls-server-end-point` data.
+    end_point: Vec<u8>,
 }
 
 /// Counts connections per client address.
@@ -158,7 +169,15 @@ impl Drop for IpSlot {
 /// A server with its listeners bound.
 pub struct Server<S: MailStore> {
     shared: Arc<Shared<S>>,
-    listeners: Vec<(Kind, TcpListener)>,
+    listeners: Vec<Listener>,
+}
+
+/// A bound listening socket and how its connections are served.
+struct Listener {
+    kind: Kind,
+    /// TLS handshakes on this listener ask for a client certificate (for EXTERNAL).
+    client_certs: bool,
+    socket: TcpListener,
 }
 
 impl<S: MailStore> Server<S> {
@@ -190,13 +209,18 @@ impl<S: MailStore> Server<S> {
                     );
                 }
             }
-            let t = tls::server_config(
-                &cert,
-                &key,
-                config.tls.min_version,
-                config.tls.client_ca.as_deref(),
-            )?;
-            Some((TlsAcceptor::from(t.config), t.end_point))
+            let plain = tls::server_config(&cert, &key, config.tls.min_version, None)?;
+            let with_client_certs = match &config.tls.client_ca {
+                Some(ca) => Some(TlsAcceptor::from(
+                    tls::server_config(&cert, &key, config.tls.min_version, Some(ca))?.config,
+                )),
+                None => None,
+            };
+            Some(TlsSetup {
+                acceptor: TlsAcceptor::from(plain.config),
+                with_client_certs,
+                end_point: plain.end_point,
+            })
         } else {
             None
         };
@@ -254,7 +278,14 @@ impl<S: MailStore> Server<S> {
                 let listener = TcpListener::bind(addr)
                     .await
                     .map_err(|source| ServerError::Bind { addr, source })?;
-                listeners.push((kind, listener));
+                let wanted = &config.tls.client_ca_listeners;
+                let client_certs =
+                    config.tls.client_ca.is_some() && (wanted.is_empty() || wanted.contains(&addr));
+                listeners.push(Listener {
+                    kind,
+                    client_certs,
+                    socket: listener,
+                });
             }
         }
         let settings = Settings {
@@ -290,7 +321,7 @@ impl<S: MailStore> Server<S> {
     pub fn local_addrs(&self) -> Vec<(Kind, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|(k, l)| l.local_addr().ok().map(|a| (*k, a)))
+            .filter_map(|l| l.socket.local_addr().ok().map(|a| (l.kind, a)))
             .collect()
     }
 
@@ -299,12 +330,8 @@ impl<S: MailStore> Server<S> {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Server { shared, listeners } = self;
         let mut accept_tasks = Vec::new();
-        for (kind, listener) in listeners {
-            accept_tasks.push(tokio::spawn(accept_loop(
-                Arc::clone(&shared),
-                listener,
-                kind,
-            )));
+        for listener in listeners {
+            accept_tasks.push(tokio::spawn(accept_loop(Arc::clone(&shared), listener)));
         }
         shutdown.await;
         let grace = shared.settings.shutdown_grace;
@@ -328,7 +355,12 @@ impl<S: MailStore> Server<S> {
     }
 }
 
-async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: TcpListener, kind: Kind) {
+async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
+    let Listener {
+        kind,
+        client_certs,
+        socket: listener,
+    } = listener;
     let mut backoff = Duration::from_millis(5);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -364,7 +396,8 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: TcpListener
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            connection::handle(shared, stream, SocketAddr::new(ip, peer.port()), kind).await;
+            let peer = SocketAddr::new(ip, peer.port());
+            connection::handle(shared, stream, peer, kind, client_certs).await;
             drop(slot);
             drop(permit);
         });

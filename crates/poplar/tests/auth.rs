@@ -697,3 +697,43 @@ fn master_users_may_act_as_others_and_nobody_else_may() {
             .starts_with("+OK Logged in, maildrop has 1 message")
     );
 }
+
+#[test]
+fn client_certificates_only_where_configured() {
+    let fx = Fixtures::new();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (plain_port, cert_port) = (free(), free());
+    let mut b = ServerBuilder::new();
+    b.set(
+        "listen.pop3s",
+        toml::Value::Array(vec![plain_port.clone().into(), cert_port.clone().into()]),
+    );
+    b.set("tls.client_ca", fx.path("ca.pem").to_str().unwrap());
+    b.set(
+        "tls.client_ca_listeners",
+        toml::Value::Array(vec![cert_port.clone().into()]),
+    );
+    let server = b.start();
+    add_user(&server, "carol@example.org", "carolpw", "ARGON2ID");
+    let offers_external = |addr: &str| {
+        let (mut c, _) = Client::connect_tls_as(
+            addr.parse().unwrap(),
+            &server.cert(),
+            &fx.path("client.pem"),
+            &fx.path("client.key"),
+        );
+        assert!(c.cmd("CAPA").starts_with("+OK"));
+        String::from_utf8(c.body()).unwrap().contains(" EXTERNAL ")
+    };
+    assert!(offers_external(&cert_port));
+    assert!(
+        !offers_external(&plain_port),
+        "the other listener must not ask for certificates"
+    );
+}
