@@ -162,6 +162,8 @@ pub enum AuthFailure {
     Temporary,
     /// The SASL exchange was malformed (not the user's password at fault).
     Protocol,
+    /// The user already has as many connections as allowed: `[IN-USE]`.
+    TooManyConnections,
 }
 
 /// Why the maildrop could not be opened after successful authentication.
@@ -799,6 +801,11 @@ impl ServerSession {
                 "Authentication is temporarily unavailable; try again later",
             ),
             AuthFailure::Protocol => err(out, None, "Authentication exchange failed"),
+            AuthFailure::TooManyConnections => err(
+                out,
+                Some(ResponseCode::InUse),
+                "Too many connections for this user; close some and try again",
+            ),
         }
         Ok(())
     }

@@ -261,6 +261,11 @@ pub struct Limits {
     /// puts many legitimate clients behind one address, while a single abuser cannot take more
     /// than 5% of the default total.
     pub max_connections_per_ip: usize,
+    /// Connections at once that have authenticated as one user. Default 5: a user's phone,
+    /// laptop and webmail, with room to spare. One session per maildrop is enforced anyway
+    /// (`[IN-USE]`); this bounds connections that authenticated and linger, e.g. a client
+    /// retrying in parallel after `[IN-USE]`.
+    pub max_connections_per_user: usize,
     /// Unknown, malformed or out-of-state commands before the connection is closed. Default 10:
     /// real clients send at most a few (fetchmail's `LAST`), scanners send many.
     pub max_bad_commands: u32,
@@ -275,6 +280,7 @@ impl Default for Limits {
         Self {
             max_connections: 1000,
             max_connections_per_ip: 50,
+            max_connections_per_user: 5,
             max_bad_commands: 10,
             max_sasl_line: 16 * 1024,
         }
@@ -463,9 +469,12 @@ impl Config {
                 ));
             }
         }
-        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+        if self.limits.max_connections == 0
+            || self.limits.max_connections_per_ip == 0
+            || self.limits.max_connections_per_user == 0
+        {
             error(
-                "limits.max_connections and limits.max_connections_per_ip must be at least 1."
+                "limits.max_connections, max_connections_per_ip and max_connections_per_user must be at least 1."
                     .into(),
             );
         }

@@ -51,6 +51,8 @@ pub(crate) struct Connection<S: MailStore> {
     sasl: Option<(Box<dyn ServerMechanism>, String)>,
     /// TLS handshakes ask for a client certificate on this listener.
     client_certs: bool,
+    /// Counts this connection against its user's limit once it has authenticated.
+    user_slot: Option<crate::limits::Slot<String>>,
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
@@ -76,6 +78,7 @@ pub(crate) async fn handle<S: MailStore>(
         info: ConnInfo::default(),
         sasl: None,
         client_certs,
+        user_slot: None,
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -275,6 +278,16 @@ impl<S: MailStore> Connection<S> {
         self.conclude(&name, step, fingerprint).await
     }
 
+    /// Counts this connection for `user` (keeping the slot it already has for the same user).
+    fn take_user_slot(&mut self, user: &str) -> bool {
+        if self.user_slot.as_ref().is_some_and(|s| s.key() == user) {
+            return true;
+        }
+        self.user_slot = None;
+        self.user_slot = self.shared.per_user.try_take(user.to_owned());
+        self.user_slot.is_some()
+    }
+
     /// Answers the session with the outcome of a step: a challenge, a login, or a failure
     /// after its penalty delay.
     async fn conclude(
@@ -292,11 +305,15 @@ impl<S: MailStore> Connection<S> {
             }
             Step::Success { user } => {
                 self.sasl = None;
-                if self.shared.auth.login_allowed(&user) {
+                if !self.shared.auth.login_allowed(&user) {
+                    tracing::info!(user = ?user, peer = %self.peer.ip(), "login refused: LOGIN-DELAY not yet passed");
+                    AuthFailure::LoginDelay
+                } else if !self.take_user_slot(&user) {
+                    tracing::info!(user = ?user, peer = %self.peer.ip(), "login refused: too many connections for this user");
+                    AuthFailure::TooManyConnections
+                } else {
                     return self.session.auth_succeeded(user).map_err(misuse);
                 }
-                tracing::info!(user = ?user, peer = %self.peer.ip(), "login refused: LOGIN-DELAY not yet passed");
-                AuthFailure::LoginDelay
             }
             Step::Failure(f) => {
                 self.sasl = None;

@@ -19,6 +19,7 @@ pub mod config;
 mod connection;
 mod der;
 mod error;
+mod limits;
 mod penalty;
 pub mod tls;
 
@@ -29,10 +30,9 @@ use ipnet::IpNet;
 use pop3_auth::UserDbFile;
 use pop3_proto::{Capabilities, SessionConfig, Tls};
 use pop3_store::MailStore;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -84,7 +84,8 @@ struct Shared<S: MailStore> {
     capabilities: Arc<Capabilities>,
     settings: Settings,
     connections: Arc<Semaphore>,
-    per_ip: Arc<PerIp>,
+    per_ip: Arc<limits::Slots<IpAddr>>,
+    per_user: Arc<limits::Slots<String>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -120,50 +121,6 @@ struct TlsSetup {
     with_client_certs: Option<TlsAcceptor>,
     /// `tls-server-end-point` data.
     end_point: Vec<u8>,
-}
-
-/// Counts connections per client address.
-#[derive(Debug)]
-struct PerIp {
-    max: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// A connection's slot in [`PerIp`], released on drop.
-struct IpSlot {
-    tracker: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn try_add(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot {
-            tracker: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .tracker
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// A server with its listeners bound.
@@ -307,10 +264,8 @@ impl<S: MailStore> Server<S> {
             tls,
             capabilities: Arc::new(capabilities),
             connections: Arc::new(Semaphore::new(settings.max_connections)),
-            per_ip: Arc::new(PerIp {
-                max: config.limits.max_connections_per_ip,
-                counts: Mutex::default(),
-            }),
+            per_user: Arc::new(limits::Slots::new(config.limits.max_connections_per_user)),
+            per_ip: Arc::new(limits::Slots::new(config.limits.max_connections_per_ip)),
             settings,
             shutdown: watch::channel(false).0,
         });
@@ -386,7 +341,7 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
             );
             continue;
         };
-        let Some(slot) = shared.per_ip.try_add(ip) else {
+        let Some(slot) = shared.per_ip.try_take(ip) else {
             refuse(
                 stream,
                 kind,

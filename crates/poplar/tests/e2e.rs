@@ -697,3 +697,41 @@ fn tls_handshakes_that_never_finish_time_out() {
     let (_, greeting) = Client::connect_tls(server.pop3s, &server.cert());
     assert!(greeting.starts_with("+OK"));
 }
+
+#[test]
+fn connections_per_user_are_limited() {
+    let mut b = ServerBuilder::new();
+    b.set("limits.max_connections_per_user", 2);
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    let (mut first, _) = Client::connect(server.pop3);
+    assert!(
+        first
+            .login("alice", "wonderland")
+            .starts_with("+OK Logged in")
+    );
+    // The second authenticates, finds the maildrop locked, and lingers.
+    let (mut second, _) = Client::connect(server.pop3);
+    assert!(
+        second
+            .login("alice", "wonderland")
+            .starts_with("-ERR [IN-USE] Maildrop is locked")
+    );
+    let (mut third, _) = Client::connect(server.pop3);
+    assert_eq!(
+        third.login("alice", "wonderland"),
+        "-ERR [IN-USE] Too many connections for this user; close some and try again"
+    );
+    // Once one goes away, the slot is free again.
+    drop(second);
+    eventually(
+        Duration::from_secs(2),
+        "the user's slot to be freed",
+        || {
+            third
+                .login("alice", "wonderland")
+                .contains("Maildrop is locked")
+                .then_some(())
+        },
+    );
+}

@@ -40,6 +40,12 @@ impl ServerMechanism for ExternalServer {
     }
 }
 
+/// The client message: the authorization identity wanted, empty for "whatever my certificate
+/// says".
+pub fn client_message(authzid: &str) -> Vec<u8> {
+    authzid.as_bytes().to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

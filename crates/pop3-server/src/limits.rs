@@ -1,0 +1,81 @@
+//! Counting connections per key (client address, user) against a limit.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+/// At most `max` slots per key.
+#[derive(Debug)]
+pub(crate) struct Slots<K: Hash + Eq + Clone> {
+    max: usize,
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+/// A taken slot, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot<K: Hash + Eq + Clone> {
+    slots: Arc<Slots<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Slots<K> {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Takes a slot for `key`, or `None` when `key` already has `max`.
+    pub(crate) fn try_take(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            slots: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone> Slot<K> {
+    /// The key this slot counts for.
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_counted_and_given_back() {
+        let slots = Arc::new(Slots::new(2));
+        let a = slots.try_take("x").unwrap();
+        let _b = slots.try_take("x").unwrap();
+        assert!(slots.try_take("x").is_none());
+        assert!(slots.try_take("y").is_some());
+        drop(a);
+        assert!(slots.try_take("x").is_some());
+        assert!(
+            slots.counts.lock().unwrap().get("y").is_none(),
+            "empty keys are forgotten"
+        );
+    }
+}
