@@ -72,13 +72,17 @@ fn certificate(der: &[u8]) -> Option<Certificate<'_>> {
 /// The hash RFC 5929 prescribes for `tls-server-end-point`: the certificate's signature hash,
 /// with MD5 and SHA-1 (and unknown ones) replaced by SHA-256.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EndPointHash {
+pub enum EndPointHash {
+    /// SHA-256 (also for MD5, SHA-1 and unknown signature hashes).
     Sha256,
+    /// SHA-384.
     Sha384,
+    /// SHA-512.
     Sha512,
 }
 
-pub(crate) fn end_point_hash(der: &[u8]) -> EndPointHash {
+/// The `tls-server-end-point` hash for a certificate.
+pub fn end_point_hash(der: &[u8]) -> EndPointHash {
     const SHA384_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
     const SHA512_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
     const ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
@@ -140,7 +144,7 @@ fn san_email(tbs: &[u8]) -> Option<&str> {
 
 /// The user a client certificate names: its e-mail address (subjectAltName, else the
 /// subject's emailAddress) or its subject common name.
-pub(crate) fn client_identity(der: &[u8], use_cn: bool) -> Option<String> {
+pub fn client_identity(der: &[u8], use_cn: bool) -> Option<String> {
     let cert = certificate(der)?;
     let found = if use_cn {
         subject_attribute(cert.tbs, OID_CN)

@@ -211,13 +211,17 @@ fn parse_record(line: &str, v3: bool) -> Result<Record, &'static str> {
     } else {
         rest
     };
-    if name.is_empty() || name.contains('/') {
+    // The base (the name before ":2,") is what identifies the file; a record whose base is
+    // empty, names another directory or holds control characters cannot name a Maildir message
+    // and would not survive being written back.
+    let base = super::filename::base(name);
+    if base.is_empty() || base.contains('/') || base.chars().any(char::is_control) {
         return Err("invalid file name");
     }
     Ok(Record {
         uid,
         ext,
-        base: super::filename::base(name).to_owned(),
+        base: base.to_owned(),
     })
 }
 
@@ -288,5 +292,18 @@ mod tests {
         assert_eq!(reparsed.unwrap().allocate_uid(), Some(3));
         list.next_uid = u32::MAX;
         assert_eq!(list.allocate_uid(), None);
+    }
+
+    /// Regression for fuzz/artifacts/uidlist/crash-904f5111: a version-1 record whose name is
+    /// only flags (an empty base) was kept, and then vanished when the index was written back.
+    #[test]
+    fn records_that_cannot_be_written_back_are_skipped() {
+        let text = "1 1 123 \n1 :1700000001.M1P1a\n3 b*124 \u{e}14 a\n4 name\r";
+        let (list, warnings) = Uidlist::parse(text);
+        let list = list.unwrap();
+        assert!(list.records.is_empty(), "{:?}", list.records);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        let again = Uidlist::parse(&list.serialize()).0.unwrap();
+        assert_eq!(again.records, list.records);
     }
 }
