@@ -207,6 +207,20 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
     }
 }
 
+/// The keyword of a line that starts with a known command, upper-cased, whether or not its
+/// arguments parse; the session uses it to answer a command given in the wrong state with a
+/// state error rather than an argument error.
+pub fn command_keyword(line: &[u8]) -> Option<&'static str> {
+    const KEYWORDS: [&str; 16] = [
+        "USER", "PASS", "APOP", "AUTH", "CAPA", "STLS", "UTF8", "QUIT", "STAT", "LIST", "UIDL",
+        "RETR", "DELE", "TOP", "NOOP", "RSET",
+    ];
+    let (keyword, _) = split_word(line);
+    KEYWORDS
+        .into_iter()
+        .find(|k| k.as_bytes().eq_ignore_ascii_case(keyword))
+}
+
 /// Splits off the first space-delimited word; leading spaces are skipped.
 fn split_word(input: &[u8]) -> (&[u8], &[u8]) {
     let start = input.iter().position(|&b| b != b' ').unwrap_or(input.len());

@@ -15,7 +15,7 @@
 //! it runs out of input.
 
 use crate::capability::{CapaContext, Capabilities, Expire, Mechanism, usable};
-use crate::command::{Command, MessageNumber, ParseError, parse_command};
+use crate::command::{Command, MessageNumber, ParseError, command_keyword, parse_command};
 use crate::error::Error;
 use crate::line::{Frame, LineFramer};
 use crate::response::{ResponseCode, err, ok};
@@ -463,7 +463,7 @@ impl ServerSession {
                 }
                 Some(Frame::Line(line)) => parse_command(line)
                     .map(Input::Command)
-                    .map_err(LineError::Parse),
+                    .map_err(|e| LineError::Parse(e, command_keyword(line))),
             };
             self.stats.commands += 1;
             let event = match parsed {
@@ -477,11 +477,15 @@ impl ServerSession {
                     self.bad_command(out, "Line too long");
                     None
                 }
-                Err(LineError::Parse(ParseError::NoSuchMessage)) if self.is_logged_in() => {
+                Err(LineError::Parse(_, Some(keyword))) if !self.state_allows(keyword) => {
+                    self.wrong_state(out, keyword);
+                    None
+                }
+                Err(LineError::Parse(ParseError::NoSuchMessage, _)) if self.is_logged_in() => {
                     err(out, None, "No such message");
                     None
                 }
-                Err(LineError::Parse(e)) => {
+                Err(LineError::Parse(e, _)) => {
                     self.bad_command(out, e);
                     None
                 }
@@ -507,6 +511,30 @@ impl ServerSession {
         } else {
             err(out, None, text);
         }
+    }
+
+    /// Whether a command is valid in the current state (RFC 1939 sections 4-6): the
+    /// authorization commands only before login, the transaction commands only after it.
+    fn state_allows(&self, keyword: &str) -> bool {
+        const AUTHORIZATION: [&str; 6] = ["USER", "PASS", "APOP", "AUTH", "STLS", "UTF8"];
+        const TRANSACTION: [&str; 8] = [
+            "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL",
+        ];
+        let only_in = if self.is_logged_in() {
+            &AUTHORIZATION[..]
+        } else {
+            &TRANSACTION[..]
+        };
+        !only_in.contains(&keyword)
+    }
+
+    fn wrong_state(&mut self, out: &mut Vec<u8>, keyword: &str) {
+        let when = if self.is_logged_in() {
+            "after"
+        } else {
+            "before"
+        };
+        self.bad_command(out, format_args!("{keyword} is not valid {when} login"));
     }
 
     fn on_authorization(&mut self, out: &mut Vec<u8>, cmd: Command) -> Option<Event> {
@@ -584,12 +612,7 @@ impl ServerSession {
             | Command::Noop
             | Command::Rset
             | Command::Top(..)
-            | Command::Uidl(_)) => {
-                self.bad_command(
-                    out,
-                    format_args!("{} is not valid before login", cmd.keyword()),
-                );
-            }
+            | Command::Uidl(_)) => self.wrong_state(out, cmd.keyword()),
         }
         None
     }
@@ -742,12 +765,7 @@ impl ServerSession {
             | Command::Apop { .. }
             | Command::Auth { .. }
             | Command::Stls
-            | Command::Utf8) => {
-                self.bad_command(
-                    out,
-                    format_args!("{} is not valid after login", cmd.keyword()),
-                );
-            }
+            | Command::Utf8) => self.wrong_state(out, cmd.keyword()),
         }
         None
     }
@@ -1037,7 +1055,8 @@ enum Input {
 
 enum LineError {
     TooLong,
-    Parse(ParseError),
+    /// The error, and the keyword if the line starts with a known command.
+    Parse(ParseError, Option<&'static str>),
 }
 
 enum SaslLineError {

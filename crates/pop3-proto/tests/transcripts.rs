@@ -598,6 +598,28 @@ fn long_sasl_lines_are_accepted_up_to_their_own_cap() {
 }
 
 #[test]
+fn a_command_in_the_wrong_state_gets_the_state_error_whatever_its_arguments() {
+    let mut h = Harness::new(plaintext_ok());
+    h.transcript(
+        "S: +OK Poplar POP3 server ready
+         C: RETR x
+         S: -ERR RETR is not valid before login
+         C: TOP 1
+         S: -ERR TOP is not valid before login
+         C: USER mrose
+         S: +OK Send your password
+         C: PASS tanstaaf
+         S: +OK Logged in, maildrop has 0 messages (0 octets)
+         C: APOP a b
+         S: -ERR APOP is not valid after login
+         C: USER
+         S: -ERR USER is not valid after login
+         C: RETR x
+         S: -ERR Invalid number",
+    );
+}
+
+#[test]
 fn maildrop_in_use() {
     let mut h = Harness::new(plaintext_ok());
     h.locked = true;
