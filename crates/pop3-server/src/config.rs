@@ -299,6 +299,12 @@ pub struct Timeouts {
     /// unauthenticated connections are how scanners hold resources.
     #[serde(deserialize_with = "duration")]
     pub idle_before_login: Duration,
+    /// The whole time from connecting to logging in, however busy the client is. Default 2
+    /// minutes: a person typing at telnet or a client with a few failed attempts fits; a
+    /// slowloris client that trickles one byte at a time to reset `idle_before_login` is cut
+    /// off, so unauthenticated connections cannot hold slots indefinitely.
+    #[serde(deserialize_with = "duration")]
+    pub login: Duration,
     /// Inactivity after login (RFC 1939's autologout timer). Default and minimum 10 minutes,
     /// as RFC 1939 section 3 requires.
     #[serde(deserialize_with = "duration")]
@@ -316,6 +322,7 @@ impl Default for Timeouts {
         Self {
             tls_handshake: Duration::from_secs(30),
             idle_before_login: Duration::from_secs(60),
+            login: Duration::from_secs(120),
             idle_after_login: Duration::from_secs(600),
             write: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(10),
@@ -461,6 +468,7 @@ impl Config {
                 "timeouts.idle_before_login",
                 self.timeouts.idle_before_login,
             ),
+            ("timeouts.login", self.timeouts.login),
             ("timeouts.write", self.timeouts.write),
         ] {
             if d.is_zero() {

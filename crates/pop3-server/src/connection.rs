@@ -53,6 +53,8 @@ pub(crate) struct Connection<S: MailStore> {
     client_certs: bool,
     /// Counts this connection against its user's limit once it has authenticated.
     user_slot: Option<crate::limits::Slot<String>>,
+    /// When an unauthenticated connection is closed however active it is (`timeouts.login`).
+    login_deadline: Instant,
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
@@ -65,6 +67,7 @@ pub(crate) async fn handle<S: MailStore>(
 ) {
     let started = Instant::now();
     let shutdown = shared.shutdown.subscribe();
+    let login_deadline = started + shared.settings.login;
     // A POP3S connection's session is replaced after the handshake, when TLS facts are known.
     let session =
         ServerSession::new(shared.session_config(Kind::Pop3, peer.ip(), &ConnInfo::default()));
@@ -79,6 +82,7 @@ pub(crate) async fn handle<S: MailStore>(
         sasl: None,
         client_certs,
         user_slot: None,
+        login_deadline,
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -160,7 +164,11 @@ impl<S: MailStore> Connection<S> {
                     let idle = if self.session.is_logged_in() {
                         self.shared.settings.idle_after_login
                     } else {
-                        self.shared.settings.idle_before_login
+                        // Trickling bytes resets the idle timer but not the login deadline.
+                        let left = self
+                            .login_deadline
+                            .saturating_duration_since(Instant::now());
+                        self.shared.settings.idle_before_login.min(left)
                     };
                     if *self.shutdown.borrow() {
                         self.session.shutting_down(&mut self.out);

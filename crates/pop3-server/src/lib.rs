@@ -17,7 +17,7 @@
 mod auth;
 pub mod config;
 mod connection;
-mod der;
+pub mod der;
 mod error;
 mod limits;
 mod penalty;
@@ -64,6 +64,7 @@ impl std::fmt::Display for Kind {
 struct Settings {
     tls_handshake: Duration,
     idle_before_login: Duration,
+    login: Duration,
     idle_after_login: Duration,
     write: Duration,
     shutdown_grace: Duration,
@@ -232,9 +233,7 @@ impl<S: MailStore> Server<S> {
             (Kind::Pop3s, &config.listen.pop3s),
         ] {
             for &addr in addrs {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::Bind { addr, source })?;
+                let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
                 let wanted = &config.tls.client_ca_listeners;
                 let client_certs =
                     config.tls.client_ca.is_some() && (wanted.is_empty() || wanted.contains(&addr));
@@ -248,6 +247,7 @@ impl<S: MailStore> Server<S> {
         let settings = Settings {
             tls_handshake: config.timeouts.tls_handshake,
             idle_before_login: config.timeouts.idle_before_login,
+            login: config.timeouts.login,
             idle_after_login: config.timeouts.idle_after_login,
             write: config.timeouts.write,
             shutdown_grace: config.timeouts.shutdown_grace,
@@ -308,6 +308,23 @@ impl<S: MailStore> Server<S> {
             );
         }
     }
+}
+
+/// Connections the kernel may queue before `accept` (capped by `net.core.somaxconn`). The
+/// usual default of 128 drops SYNs, and so costs clients a one-second retransmission, as soon
+/// as a burst of connections arrives faster than one accept loop iteration.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted server must not wait for the old connections' TIME_WAIT to pass.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {

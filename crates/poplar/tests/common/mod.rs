@@ -17,6 +17,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_poplar");
 pub struct ServerBuilder {
     table: toml::Table,
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
@@ -25,6 +26,7 @@ impl ServerBuilder {
         let mut b = Self {
             table: toml::Table::new(),
             dir,
+            env: Vec::new(),
         };
         let data = b.dir.path().join("data");
         b.set("data_dir", data.to_str().unwrap());
@@ -59,6 +61,17 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets an environment variable for the server process.
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The data directory the server will use (to prepare it before `start`).
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.table["data_dir"].as_str().unwrap())
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("poplar.toml")
     }
@@ -73,6 +86,7 @@ impl ServerBuilder {
         let config = self.write_config();
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null());
         let running = spawn_server(cmd, true);
         Server {
@@ -289,6 +303,15 @@ pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> ExitStatus {
     child.wait().unwrap()
 }
 
+/// A TCP connection from a chosen local address (e.g. 127.0.0.2) to `addr`.
+pub fn tcp_from(local: &str, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::IpAddr = local.parse().unwrap();
+    socket.bind(&SocketAddr::new(local, 0).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
 /// A small blocking POP3 client that does not interpret much, so tests see the wire.
 pub struct Client {
     stream: Stream,
@@ -360,19 +383,7 @@ impl Client {
 
     /// Connects from a chosen local address (e.g. 127.0.0.2), to act as another client.
     pub fn connect_from(local: &str, addr: SocketAddr) -> (Self, String) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let tcp = runtime.block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket
-                .bind(SocketAddr::new(local.parse().unwrap(), 0))
-                .unwrap();
-            socket.connect(addr).await.unwrap()
-        });
-        let tcp = tcp.into_std().unwrap();
-        tcp.set_nonblocking(false).unwrap();
+        let tcp = tcp_from(local, addr);
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut c = Client {
             stream: Stream::Plain(tcp),
@@ -464,6 +475,14 @@ impl Client {
         Client {
             stream: wrap_tls(tcp, cert),
             buf: Vec::new(),
+        }
+    }
+
+    /// The plain TCP connection underneath, for tests that misbehave at the socket level.
+    pub fn into_tcp(self) -> TcpStream {
+        match self.stream {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.sock,
         }
     }
 
