@@ -352,3 +352,27 @@ async fn a_failed_removal_is_reported_and_loses_nothing_else() {
     let (_d, after) = store.open("alice").await.unwrap();
     assert_eq!(after, listing[1..2]);
 }
+
+#[tokio::test]
+async fn deliveries_abandoned_in_tmp_are_cleaned_after_36_hours() {
+    let (t, store) = store();
+    deliver(&store, "alice", b"Subject: kept\r\n\r\nx\r\n");
+    let tmp = store.maildir_path("alice").unwrap().join("tmp");
+    let old = tmp.join("1700000000.M1P1.dead");
+    let recent = tmp.join("1700000001.M2P2.writing");
+    for path in [&old, &recent] {
+        fs::write(path, b"partial").unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let (_drop, listing) = store.open("alice").await.unwrap();
+    assert_eq!(listing.len(), 1);
+    assert!(!old.exists(), "an abandoned delivery stays in tmp/");
+    assert!(recent.exists(), "a delivery in progress was removed");
+    drop(t);
+}

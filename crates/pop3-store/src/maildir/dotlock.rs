@@ -10,6 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Dovecot's MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT.
@@ -23,20 +24,38 @@ pub struct DotLock {
 
 impl DotLock {
     /// Takes the lock, waiting up to `timeout` for another holder to release it.
+    ///
+    /// The owner line is written to a private file first and then hard-linked to the lock's
+    /// name, as Dovecot does, so a lock never exists without saying whose it is: a process
+    /// killed between creating the lock and writing to it would otherwise leave an empty lock
+    /// that only the two-minute stale timeout could clear.
     pub fn acquire(path: &Path, host: &str, timeout: Duration) -> Result<Self, StoreError> {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(2);
-        loop {
-            match OpenOptions::new()
+        let owner = format!("{}:{}", std::process::id(), host);
+        // Unique per process and per attempt: threads of one process may lock at once.
+        static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+        let private = path.with_extension(format!(
+            "lock.{}.{}.tmp",
+            std::process::id(),
+            ATTEMPTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |e| StoreError::io(&p, e)
+        };
+        let result = (|| loop {
+            let mut f = OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .mode(0o600)
-                .open(path)
-            {
-                Ok(mut f) => {
-                    let owner = format!("{}:{}", std::process::id(), host);
-                    f.write_all(owner.as_bytes())
-                        .map_err(|e| StoreError::io(path, e))?;
+                .open(&private)
+                .map_err(io(&private))?;
+            f.write_all(owner.as_bytes()).map_err(io(&private))?;
+            drop(f);
+            match fs::hard_link(&private, path) {
+                Ok(()) => {
                     return Ok(DotLock {
                         path: path.to_owned(),
                     });
@@ -55,9 +74,11 @@ impl DotLock {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
-                Err(e) => return Err(StoreError::io(path, e)),
+                Err(e) => return Err(io(path)(e)),
             }
-        }
+        })();
+        let _ = fs::remove_file(&private);
+        result
     }
 }
 

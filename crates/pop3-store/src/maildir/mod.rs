@@ -123,6 +123,7 @@ impl MaildirStore {
         let dir = self.maildir_path(user)?;
         create_maildir(&dir)?;
         let lock = session_lock(&dir)?;
+        clean_tmp(&dir.join("tmp"));
         let mut files = scan(&dir)?;
         let mut list = read_uidlist(&dir)?;
         if needs_update(list.as_ref(), &files) {
@@ -398,6 +399,35 @@ fn session_lock(dir: &Path) -> Result<File, StoreError> {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(StoreError::InUse),
         Err(fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Files in `tmp/` older than this are the remains of deliveries that died half-way (Dovecot
+/// uses the same 36 hours); no delivery takes that long.
+const TMP_ABANDONED_AFTER: Duration = Duration::from_secs(36 * 3600);
+
+/// Removes abandoned files from `tmp/`. Best effort: a failure only leaves garbage behind.
+fn clean_tmp(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > TMP_ABANDONED_AFTER);
+        if abandoned {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed an abandoned delivery from tmp/")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove an abandoned delivery from tmp/")
+                }
+            }
+        }
     }
 }
 

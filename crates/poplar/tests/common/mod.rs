@@ -276,6 +276,14 @@ impl Server {
         }
     }
 
+    /// SIGKILL, as a crash would; the data directory outlives the server.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        self.dir.take().unwrap()
+    }
+
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().unwrap().try_wait().unwrap()
     }
