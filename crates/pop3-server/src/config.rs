@@ -23,6 +23,13 @@ pub struct Config {
     pub hostname: Option<String>,
     /// `error`, `warn`, `info` (default: one line per session and per problem) or `debug`.
     pub log_level: LogLevel,
+    /// The unprivileged user to run as. When `poplar` is started as root it binds its ports,
+    /// loads the TLS key, makes the data directory this user's and then switches to it before
+    /// serving anyone; `deliver` and `user` switch before touching files. Default: none (no
+    /// switch, and a warning when running as root).
+    pub user: Option<String>,
+    /// The group to run as. Default: the primary group of `user`.
+    pub group: Option<String>,
     /// Listening addresses.
     pub listen: Listen,
     /// TLS for STLS and implicit TLS.
@@ -43,6 +50,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./poplar-data"),
             hostname: None,
             log_level: LogLevel::Info,
+            user: None,
+            group: None,
             listen: Listen::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
@@ -273,6 +282,17 @@ pub struct Limits {
     /// from large identity providers reach several kilobytes; ordinary commands stay capped at
     /// RFC 2449's 255 octets regardless.
     pub max_sasl_line: usize,
+    /// Largest message `poplar deliver` accepts, in octets (or with a K, M or G suffix).
+    /// Default 64 MiB: above every large provider's limit (25-50 MB after encoding), so no real
+    /// message is refused, while one runaway or hostile sender cannot fill the disk with a
+    /// single message. Larger messages are refused with exit code 65 (bounced).
+    #[serde(deserialize_with = "size")]
+    pub max_message_size: u64,
+    /// Messages one session lists. Default 100 000: a snapshot costs about 200 octets of
+    /// memory per message and reading it grows with the count, and no POP3 client downloads
+    /// more in one session. A larger maildrop shows its newest messages (so new mail is never
+    /// hidden); the oldest appear in later sessions as these are deleted.
+    pub max_snapshot_messages: usize,
 }
 
 impl Default for Limits {
@@ -283,6 +303,8 @@ impl Default for Limits {
             max_connections_per_user: 5,
             max_bad_commands: 10,
             max_sasl_line: 16 * 1024,
+            max_message_size: 64 << 20,
+            max_snapshot_messages: 100_000,
         }
     }
 }
@@ -398,6 +420,16 @@ impl Config {
         self.data_dir.join("mail")
     }
 
+    /// The Maildir store under [`Config::mail_root`], with the configured limits.
+    pub fn maildir_store(&self) -> pop3_store::MaildirStore {
+        pop3_store::MaildirStore::new(self.mail_root(), self.hostname()).with_limits(
+            pop3_store::StoreLimits {
+                max_message_size: self.limits.max_message_size,
+                max_snapshot_messages: self.limits.max_snapshot_messages,
+            },
+        )
+    }
+
     /// Certificate and key paths, and whether they are the generated self-signed pair.
     pub fn tls_files(&self) -> (PathBuf, PathBuf, bool) {
         let dir = self.data_dir.join("tls");
@@ -437,6 +469,11 @@ impl Config {
         };
         if self.listen.pop3.is_empty() && self.listen.pop3s.is_empty() {
             error("[listen] has no addresses: set listen.pop3 and/or listen.pop3s.".into());
+        }
+        if self.group.is_some() && self.user.is_none() {
+            error(
+                "group is set but user is not: set user too (group alone switches nothing).".into(),
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for addr in self.listen.pop3.iter().chain(&self.listen.pop3s) {
@@ -485,6 +522,9 @@ impl Config {
                 "limits.max_connections, max_connections_per_ip and max_connections_per_user must be at least 1."
                     .into(),
             );
+        }
+        if self.limits.max_message_size == 0 || self.limits.max_snapshot_messages == 0 {
+            error("limits.max_message_size and max_snapshot_messages must be at least 1.".into());
         }
         if self.limits.max_bad_commands == 0 {
             error("limits.max_bad_commands must be at least 1.".into());
@@ -695,6 +735,41 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
+/// Parses a size: octets, or a number with a K, M or G suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Octets(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Octets(n) => Ok(n),
+        Raw::Text(t) => parse_size(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {t:?}: use octets or a number with K, M or G, e.g. \"64M\""
+            ))
+        }),
+    }
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -861,6 +936,12 @@ mod tests {
         assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("99999999999G"), None);
+        assert_eq!(parse_size("5T"), None);
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         for bad in ["", "s", "1d", "-1s", "1.5s", "99999999999999999999h"] {
             assert_eq!(parse_duration(bad), None, "{bad}");

@@ -120,14 +120,12 @@ impl<S: MailStore> Connection<S> {
     ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
         let setup = self
             .shared
-            .tls
-            .clone()
+            .current_tls()
             .ok_or_else(|| io::Error::other("TLS not configured"))?;
         let acceptor = match (&setup.with_client_certs, self.client_certs) {
             (Some(with_certs), true) => with_certs.clone(),
             _ => setup.acceptor.clone(),
         };
-        let end_point = setup.end_point;
         let tls = match timeout(self.shared.settings.tls_handshake, acceptor.accept(tcp)).await {
             Ok(result) => result?,
             Err(_) => {
@@ -140,7 +138,7 @@ impl<S: MailStore> Connection<S> {
         let conn = tls.get_ref().1;
         self.info = ConnInfo {
             tls: true,
-            binding: Some(crate::tls::channel_binding(conn, &end_point)),
+            binding: Some(crate::tls::channel_binding(conn, &setup.end_point)),
             client_identity: conn
                 .peer_certificates()
                 .and_then(|chain| chain.first())

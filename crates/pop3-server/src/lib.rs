@@ -32,7 +32,7 @@ use pop3_proto::{Capabilities, SessionConfig, Tls};
 use pop3_store::MailStore;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -81,7 +81,7 @@ struct Settings {
 struct Shared<S: MailStore> {
     store: S,
     auth: auth::Authenticator,
-    tls: Option<TlsSetup>,
+    tls: Option<TlsSlot>,
     capabilities: Arc<Capabilities>,
     settings: Settings,
     connections: Arc<Semaphore>,
@@ -91,6 +91,13 @@ struct Shared<S: MailStore> {
 }
 
 impl<S: MailStore> Shared<S> {
+    /// The TLS material new handshakes use.
+    fn current_tls(&self) -> Option<Arc<TlsSetup>> {
+        self.tls
+            .as_ref()
+            .map(|slot| Arc::clone(&slot.read().unwrap_or_else(PoisonError::into_inner)))
+    }
+
     fn session_config(&self, kind: Kind, peer: IpAddr, conn: &auth::ConnInfo) -> SessionConfig {
         let tls = match (kind, &self.tls) {
             (Kind::Pop3s, _) => Tls::Active,
@@ -124,6 +131,61 @@ struct TlsSetup {
     end_point: Vec<u8>,
 }
 
+/// Loads the certificate and key (generating the self-signed default if configured so) and
+/// builds the acceptors; `None` when TLS is disabled.
+fn load_tls(config: &Config) -> Result<Option<TlsSetup>, ServerError> {
+    if !config.tls.enabled {
+        return Ok(None);
+    }
+    let (cert, key, generated) = config.tls_files();
+    if generated {
+        let names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if tls::ensure_self_signed(&cert, &key, &names)? {
+            tracing::warn!(
+                cert = %cert.display(),
+                "generated a self-signed TLS certificate for localhost; clients will not \
+                 trust it. Set tls.cert and tls.key for production"
+            );
+        }
+    }
+    let plain = tls::server_config(&cert, &key, config.tls.min_version, None)?;
+    let with_client_certs = match &config.tls.client_ca {
+        Some(ca) => Some(TlsAcceptor::from(
+            tls::server_config(&cert, &key, config.tls.min_version, Some(ca))?.config,
+        )),
+        None => None,
+    };
+    Ok(Some(TlsSetup {
+        acceptor: TlsAcceptor::from(plain.config),
+        with_client_certs,
+        end_point: plain.end_point,
+    }))
+}
+
+/// The TLS material in use, replaceable while the server runs.
+type TlsSlot = Arc<RwLock<Arc<TlsSetup>>>;
+
+/// Reloads the certificate and key (on SIGHUP): new handshakes use the new ones, sessions
+/// already running keep theirs.
+pub struct TlsReloader {
+    config: Config,
+    slot: TlsSlot,
+}
+
+impl TlsReloader {
+    /// Reads the files again. On an error the previous certificate stays in use.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        if let Some(setup) = load_tls(&self.config)? {
+            *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(setup);
+        }
+        Ok(())
+    }
+}
+
 /// A server with its listeners bound.
 pub struct Server<S: MailStore> {
     shared: Arc<Shared<S>>,
@@ -151,37 +213,7 @@ impl<S: MailStore> Server<S> {
         if !errors.is_empty() {
             return Err(ServerError::Config(errors.join(" ")));
         }
-        let tls = if config.tls.enabled {
-            let (cert, key, generated) = config.tls_files();
-            if generated {
-                let names = vec![
-                    "localhost".to_owned(),
-                    "127.0.0.1".to_owned(),
-                    "::1".to_owned(),
-                ];
-                if tls::ensure_self_signed(&cert, &key, &names)? {
-                    tracing::warn!(
-                        cert = %cert.display(),
-                        "generated a self-signed TLS certificate for localhost; clients will not \
-                         trust it. Set tls.cert and tls.key for production"
-                    );
-                }
-            }
-            let plain = tls::server_config(&cert, &key, config.tls.min_version, None)?;
-            let with_client_certs = match &config.tls.client_ca {
-                Some(ca) => Some(TlsAcceptor::from(
-                    tls::server_config(&cert, &key, config.tls.min_version, Some(ca))?.config,
-                )),
-                None => None,
-            };
-            Some(TlsSetup {
-                acceptor: TlsAcceptor::from(plain.config),
-                with_client_certs,
-                end_point: plain.end_point,
-            })
-        } else {
-            None
-        };
+        let tls = load_tls(config)?.map(|setup| Arc::new(RwLock::new(Arc::new(setup))));
         let users = UserDbFile::new(config.users_file());
         let (db, warnings) = users.current()?;
         for w in warnings {
@@ -270,6 +302,14 @@ impl<S: MailStore> Server<S> {
             shutdown: watch::channel(false).0,
         });
         Ok(Self { shared, listeners })
+    }
+
+    /// A handle that reloads the certificate and key; `None` when TLS is disabled.
+    pub fn tls_reloader(&self, config: &Config) -> Option<TlsReloader> {
+        self.shared.tls.as_ref().map(|slot| TlsReloader {
+            config: config.clone(),
+            slot: Arc::clone(slot),
+        })
     }
 
     /// The bound addresses (useful when a port was given as 0).

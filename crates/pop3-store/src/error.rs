@@ -43,6 +43,12 @@ pub enum StoreError {
     /// A delivery with no message data.
     #[error("the message is empty")]
     EmptyMessage,
+    /// A delivery larger than the configured maximum message size.
+    #[error("the message is larger than the {limit}-octet limit")]
+    MessageTooLarge {
+        /// The limit, in octets.
+        limit: u64,
+    },
     /// A background task failed unexpectedly (a bug, or the runtime shutting down).
     #[error("internal error: {0}")]
     Internal(String),
@@ -67,7 +73,8 @@ impl StoreError {
             StoreError::Io { source, .. } => source.kind() != std::io::ErrorKind::PermissionDenied,
             StoreError::InvalidMailbox(..)
             | StoreError::MessageGone(_)
-            | StoreError::EmptyMessage => false,
+            | StoreError::EmptyMessage
+            | StoreError::MessageTooLarge { .. } => false,
         }
     }
 }

@@ -376,3 +376,40 @@ async fn deliveries_abandoned_in_tmp_are_cleaned_after_36_hours() {
     assert!(recent.exists(), "a delivery in progress was removed");
     drop(t);
 }
+
+#[tokio::test]
+async fn limits_bound_message_size_and_snapshot_length() {
+    let (t, store) = store();
+    let store = store.with_limits(pop3_store::StoreLimits {
+        max_message_size: 100,
+        max_snapshot_messages: 3,
+    });
+    let too_big = [b'x'; 101];
+    assert!(matches!(
+        store.deliver_blocking(&["alice"], &mut &too_big[..]),
+        Err(StoreError::MessageTooLarge { limit: 100 })
+    ));
+    let tmp = store.maildir_path("alice").unwrap().join("tmp");
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "a refused message stayed in tmp/"
+    );
+    for i in 0..5 {
+        deliver(
+            &store,
+            "alice",
+            format!("Subject: {i}\r\n\r\n{i}\r\n").as_bytes(),
+        );
+    }
+    // The newest three, in order; the oldest two wait.
+    let (mut maildrop, listing) = store.open("alice").await.unwrap();
+    assert_eq!(listing.len(), 3);
+    assert_eq!(read_all(&mut maildrop, 0).await, b"Subject: 2\r\n\r\n2\r\n");
+    assert_eq!(read_all(&mut maildrop, 2).await, b"Subject: 4\r\n\r\n4\r\n");
+    maildrop.commit(vec![0, 1, 2]).await.unwrap();
+    let (mut maildrop, listing) = store.open("alice").await.unwrap();
+    assert_eq!(listing.len(), 2);
+    assert_eq!(read_all(&mut maildrop, 0).await, b"Subject: 0\r\n\r\n0\r\n");
+    drop(t);
+}

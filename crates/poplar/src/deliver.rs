@@ -5,7 +5,7 @@
 
 use crate::DeliverArgs;
 use pop3_auth::userdb::normalize_name;
-use pop3_store::{MaildirStore, StoreError};
+use pop3_store::StoreError;
 use std::process::ExitCode;
 
 const EX_DATAERR: u8 = 65;
@@ -21,6 +21,9 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EX_TEMPFAIL, format!("{e:#}")),
     };
+    if let Err(e) = crate::privileges::become_configured_user(&config, false) {
+        return fail(EX_TEMPFAIL, format!("{e:#}"));
+    }
     let users = match pop3_auth::UserDb::load(&config.users_file()) {
         Ok((db, _)) => db,
         Err(e) => return fail(EX_TEMPFAIL, e.to_string()),
@@ -29,11 +32,15 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     if let Some(unknown) = names.iter().find(|n| users.get(n).is_none()) {
         return fail(EX_NOUSER, format!("unknown user {unknown:?}"));
     }
-    let store = MaildirStore::new(config.mail_root(), config.hostname());
+    let store = config.maildir_store();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     match store.deliver_blocking(&refs, &mut std::io::stdin().lock()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(StoreError::EmptyMessage) => fail(EX_DATAERR, "the message is empty".into()),
+        Err(StoreError::MessageTooLarge { limit }) => fail(
+            EX_DATAERR,
+            format!("message too large: the limit is {limit} octets (limits.max_message_size)"),
+        ),
         Err(e @ StoreError::InvalidMailbox(..)) => fail(EX_NOUSER, e.to_string()),
         Err(e) => fail(EX_TEMPFAIL, e.to_string()),
     }

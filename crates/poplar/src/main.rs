@@ -7,6 +7,7 @@
 
 mod bench;
 mod deliver;
+mod privileges;
 mod serve;
 mod user;
 mod welcome;
@@ -140,6 +141,7 @@ impl Common {
 }
 
 fn main() -> ExitCode {
+    privileges::private_umask();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
@@ -200,6 +202,16 @@ fn check_config(common: &Common) -> Result<ExitCode> {
         println!("  certificate:    {}{how}", cert.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the data directory (mode 0700) if it is missing.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
 }
 
 /// Sets up logging to standard error at the configured level.

@@ -1,9 +1,8 @@
 //! `poplar serve`.
 
-use crate::{ServeArgs, init_logging, welcome};
+use crate::{ServeArgs, create_private_dir, init_logging, privileges, welcome};
 use anyhow::{Context, Result};
 use pop3_server::Server;
-use pop3_store::MaildirStore;
 use std::process::ExitCode;
 
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -13,6 +12,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
         config.listen.pop3s = args.pop3s;
     }
     init_logging(config.log_level);
+    raise_descriptor_limit(config.limits.max_connections);
     create_private_dir(&config.data_dir)?;
     let demo_password = if args.common.embedded() {
         welcome::ensure_demo_user(&config)?
@@ -21,8 +21,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = MaildirStore::new(config.mail_root(), config.hostname());
+        let store = config.maildir_store();
         let server = Server::bind(&config, store).await?;
+        // Ports are bound and the TLS key is loaded: root is no longer needed.
+        privileges::become_configured_user(&config, true)?;
         for (kind, addr) in server.local_addrs() {
             let how = match kind {
                 pop3_server::Kind::Pop3 if config.tls.enabled => " (STLS available)",
@@ -37,10 +39,35 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
         if let (Some(password), Some((_, addr))) = (&demo_password, first_pop3) {
             welcome::print_hint(password, addr);
         }
+        if let Some(reloader) = server.tls_reloader(&config) {
+            tokio::spawn(reload_on_sighup(reloader));
+        }
         server.serve(shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP (after a renewal), without touching
+/// running sessions. A failed reload keeps the previous certificate.
+async fn reload_on_sighup(reloader: pop3_server::TlsReloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGHUP; certificate reloads need a restart");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match reloader.reload() {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+            Err(e) => tracing::error!(
+                "SIGHUP: {e}; still using the previous certificate. Fix the files (after giving \
+                 up root, the configured user must be able to read them) and send SIGHUP again"
+            ),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -59,11 +86,29 @@ async fn shutdown_signal() {
     }
 }
 
-fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))
+/// Each connection needs a descriptor (two while a maildrop is open), and the usual soft limit
+/// of 1024 would make `accept` fail long before `limits.max_connections`. Raises the soft limit
+/// to the hard one, and says so when even that is too low.
+fn raise_descriptor_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Descriptors for the listeners, logs, index files and headroom.
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        + 64;
+    if limit < needed {
+        tracing::warn!(
+            "only {limit} file descriptors are available but limits.max_connections = \
+             {max_connections} may need {needed}: raise the limit (LimitNOFILE= in the systemd \
+             unit, or ulimit -n) or lower limits.max_connections"
+        );
+    }
 }

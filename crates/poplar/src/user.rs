@@ -10,6 +10,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
     match cmd {
         UserCommand::Add(args) => {
             let config = args.common.load()?;
+            crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
             pop3_auth::userdb::validate_name(&pop3_auth::userdb::normalize_name(&args.name))?;
             pop3_store::MailboxPath::parse(&args.name)?;
@@ -26,6 +27,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::Passwd(args) => {
             let config = args.common.load()?;
+            crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
             if !edit::list(&path)?.contains(&pop3_auth::userdb::normalize_name(&args.name)) {
                 bail!("no such user {:?} in {}", args.name, path.display());
@@ -42,9 +44,10 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::Del(args) => {
             let config = args.common.load()?;
+            crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
             edit::remove(&path, &args.name)?;
-            let store = pop3_store::MaildirStore::new(config.mail_root(), config.hostname());
+            let store = config.maildir_store();
             let name = pop3_auth::userdb::normalize_name(&args.name);
             println!("removed user {name}; the maildrop was kept");
             if let Ok(dir) = store.maildir_path(&name) {

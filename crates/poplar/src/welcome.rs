@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use pop3_auth::{scheme, userdb::edit};
 use pop3_server::Config;
-use pop3_store::MaildirStore;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Creates the demo user if there are no users at all; returns its password.
@@ -20,7 +19,7 @@ pub(crate) fn ensure_demo_user(config: &Config) -> Result<Option<String>> {
         "demo",
         &[scheme::hash_default(password.as_bytes())?],
     )?;
-    let store = MaildirStore::new(config.mail_root(), config.hostname());
+    let store = config.maildir_store();
     let message = welcome_message(config);
     store
         .deliver_blocking(&["demo"], &mut message.as_bytes())

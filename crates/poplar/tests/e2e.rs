@@ -425,9 +425,25 @@ fn users_cli_round_trip() {
 
 #[test]
 fn deliver_exit_codes_follow_sysexits() {
-    let server = server_with_alice();
+    let mut b = ServerBuilder::new();
+    b.set("limits.max_message_size", "1K");
+    let server = b.start();
+    server.add_user("alice", "wonderland");
     let code = |names: &[&str], msg: &[u8]| server.deliver(names, msg).code();
     assert_eq!(code(&["alice"], b"Subject: ok\n\nok\n"), Some(0));
+    let mut big = b"Subject: big\n\n".to_vec();
+    big.resize(1025, b'x');
+    assert_eq!(
+        code(&["alice"], &big),
+        Some(65),
+        "over limits.max_message_size"
+    );
+    big.truncate(1024);
+    assert_eq!(
+        code(&["alice"], &big),
+        Some(0),
+        "at limits.max_message_size"
+    );
     assert_eq!(code(&["nobody"], b"Subject: x\n\nx\n"), Some(67));
     assert_eq!(code(&["alice", "nobody"], b"Subject: x\n\nx\n"), Some(67));
     assert_eq!(code(&["alice"], b""), Some(65));
@@ -441,7 +457,7 @@ fn deliver_exit_codes_follow_sysexits() {
     let (mut c, _) = Client::connect(server.pop3);
     assert!(
         c.login("alice", "wonderland")
-            .starts_with("+OK Logged in, maildrop has 1 message ")
+            .starts_with("+OK Logged in, maildrop has 2 messages ")
     );
 }
 

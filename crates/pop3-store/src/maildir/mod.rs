@@ -60,6 +60,28 @@ struct Inner {
     host: String,
     lock_timeout: Duration,
     deliveries: AtomicU64,
+    limits: StoreLimits,
+}
+
+/// Bounds on what one delivery or one session may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Deliveries larger than this many octets are refused ([`StoreError::MessageTooLarge`]).
+    pub max_message_size: u64,
+    /// A session's snapshot lists at most this many messages, the newest ones, so memory and
+    /// login time stay bounded however large a maildrop grows; older messages appear in later
+    /// sessions as these are deleted.
+    pub max_snapshot_messages: usize,
+}
+
+impl Default for StoreLimits {
+    /// No limits.
+    fn default() -> Self {
+        Self {
+            max_message_size: u64::MAX,
+            max_snapshot_messages: usize::MAX,
+        }
+    }
 }
 
 /// Where a message file is.
@@ -103,7 +125,22 @@ impl MaildirStore {
                 host: host.into(),
                 lock_timeout: Duration::from_secs(10),
                 deliveries: AtomicU64::new(0),
+                limits: StoreLimits::default(),
             }),
+        }
+    }
+
+    /// The same store with these limits.
+    pub fn with_limits(self, limits: StoreLimits) -> Self {
+        let inner = Inner {
+            root: self.inner.root.clone(),
+            host: self.inner.host.clone(),
+            lock_timeout: self.inner.lock_timeout,
+            deliveries: AtomicU64::new(self.inner.deliveries.load(Ordering::Relaxed)),
+            limits,
+        };
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -160,6 +197,19 @@ impl MaildirStore {
                 location,
             });
         }
+        let excess = listing
+            .len()
+            .saturating_sub(self.inner.limits.max_snapshot_messages);
+        if excess > 0 {
+            tracing::warn!(
+                maildir = %dir.display(),
+                messages = listing.len(),
+                "maildrop exceeds limits.max_snapshot_messages; this session sees the newest {} and the {excess} oldest wait for a later session",
+                listing.len() - excess
+            );
+            listing.drain(..excess);
+            entries.drain(..excess);
+        }
         let drop = MaildirDrop {
             dir,
             host: self.inner.host.clone(),
@@ -195,7 +245,8 @@ impl MaildirStore {
         let spool = first.join("tmp").join(&tmp_base);
         let mut staged: Vec<PathBuf> = vec![spool.clone()];
         let result = (|| {
-            let (raw, virtual_size) = write_new_file(&spool, input)?;
+            let (raw, virtual_size) =
+                write_new_file(&spool, input, self.inner.limits.max_message_size)?;
             if raw == 0 {
                 return Err(StoreError::EmptyMessage);
             }
@@ -625,8 +676,9 @@ fn new_guid() -> Result<String, StoreError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Copies `input` into a new file, fsyncs it, and returns (octets, virtual size).
-fn write_new_file(path: &Path, input: &mut dyn Read) -> Result<(u64, u64), StoreError> {
+/// Copies `input` into a new file, fsyncs it, and returns (octets, virtual size); refuses
+/// input longer than `limit` octets.
+fn write_new_file(path: &Path, input: &mut dyn Read, limit: u64) -> Result<(u64, u64), StoreError> {
     let io = |e| StoreError::io(path, e);
     let mut file = OpenOptions::new()
         .write(true)
@@ -644,9 +696,12 @@ fn write_new_file(path: &Path, input: &mut dyn Read) -> Result<(u64, u64), Store
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(StoreError::io("<message input>", e)),
         };
+        raw += n as u64;
+        if raw > limit {
+            return Err(StoreError::MessageTooLarge { limit });
+        }
         file.write_all(&buf[..n]).map_err(io)?;
         counter.update(&buf[..n]);
-        raw += n as u64;
     }
     file.sync_all().map_err(io)?;
     Ok((raw, counter.virtual_size()))
