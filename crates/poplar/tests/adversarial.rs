@@ -395,6 +395,9 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
 fn hostile_user_names_reach_no_other_maildrop_and_no_file() {
     let scene = Scene::start(|b| {
         b.set("limits.max_bad_commands", 10_000);
+        // Hundreds of failures: keep the (tested elsewhere) penalties short.
+        b.set("auth.failure_delay", "1ms");
+        b.set("auth.penalty_cap", "5ms");
     });
     let root = scene.server.dir().to_path_buf();
     let before = files_under(&root);
@@ -468,6 +471,12 @@ fn hostile_user_names_reach_no_other_maildrop_and_no_file() {
     drop(c);
     let after = files_under(&root);
     assert_eq!(before, after, "hostile names created or changed files");
+    // Hundreds of failed logins later, no password, plain or base64, is in the log.
+    let logs = scene.server.logs().join("\n");
+    assert!(logs.contains("authentication failed"));
+    for secret in ["wonderland", "builder", &b64(b"\0alice\0wonderland")[4..]] {
+        assert!(!logs.contains(secret), "the log contains {secret:?}");
+    }
     scene.finish("hostile user names");
 }
 
