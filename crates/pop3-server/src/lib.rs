@@ -87,6 +87,7 @@ struct Shared<S: MailStore> {
     connections: Arc<Semaphore>,
     per_ip: Arc<limits::Slots<IpAddr>>,
     per_user: Arc<limits::Slots<String>>,
+    refusals: limits::RefusalLog,
     shutdown: watch::Sender<bool>,
 }
 
@@ -298,6 +299,7 @@ impl<S: MailStore> Server<S> {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             per_user: Arc::new(limits::Slots::new(config.limits.max_connections_per_user)),
             per_ip: Arc::new(limits::Slots::new(config.limits.max_connections_per_ip)),
+            refusals: limits::RefusalLog::default(),
             settings,
             shutdown: watch::channel(false).0,
         });
@@ -392,6 +394,7 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
         let ip = peer.ip().to_canonical();
         let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
             refuse(
+                &shared.refusals,
                 stream,
                 kind,
                 "Server is at its connection limit; try again shortly",
@@ -400,6 +403,7 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
         };
         let Some(slot) = shared.per_ip.try_take(ip) else {
             refuse(
+                &shared.refusals,
                 stream,
                 kind,
                 "Too many connections from your address; try again shortly",
@@ -417,8 +421,8 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
 }
 
 /// Tells a client it cannot be served (plaintext only: a POP3S client would not understand).
-fn refuse(mut stream: TcpStream, kind: Kind, text: &'static str) {
-    tracing::info!(peer = ?stream.peer_addr().ok(), "refused a connection: {text}");
+fn refuse(log: &limits::RefusalLog, mut stream: TcpStream, kind: Kind, text: &'static str) {
+    log.record(stream.peer_addr().ok(), text);
     if kind == Kind::Pop3s {
         return;
     }

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// At most `max` slots per key.
 #[derive(Debug)]
@@ -77,5 +79,41 @@ mod tests {
             slots.counts.lock().unwrap().get("y").is_none(),
             "empty keys are forgotten"
         );
+    }
+}
+
+/// How often refused connections are logged individually.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Logs refused connections without letting a flood of them flood the log: the first refusal
+/// in each 10-second window is logged with its peer and reason; the others are counted, and the
+/// count is logged with the first refusal of a later window.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    pub(crate) fn record(&self, peer: Option<SocketAddr>, reason: &str) {
+        let now = Instant::now();
+        let suppressed = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            match state.0 {
+                Some(start) if now.duration_since(start) < REFUSAL_LOG_WINDOW => {
+                    state.1 += 1;
+                    return;
+                }
+                _ => {
+                    state.0 = Some(now);
+                    std::mem::take(&mut state.1)
+                }
+            }
+        };
+        if suppressed > 0 {
+            tracing::info!(
+                "refused {suppressed} further connections since the last report (logged at most once per {REFUSAL_LOG_WINDOW:?})"
+            );
+        }
+        tracing::info!(peer = ?peer, "refused a connection: {reason}");
     }
 }

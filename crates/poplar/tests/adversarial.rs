@@ -662,6 +662,18 @@ fn thousands_of_connections_are_held_or_refused_clearly() {
         refused,
         "-ERR [SYS/TEMP] Too many connections from your address; try again shortly"
     );
+    // A burst of refusals is answered every time but logged once, not 200 times.
+    for _ in 0..200 {
+        let (_, refused) = Client::connect_from("127.0.0.2", addr);
+        assert!(refused.starts_with("-ERR [SYS/TEMP]"));
+    }
+    let logged = scene
+        .server
+        .logs()
+        .iter()
+        .filter(|l| l.contains("refused a connection"))
+        .count();
+    assert!(logged <= 2, "{logged} refusals logged one by one");
     let loaded = scene.usage();
     // A normal client from another address still gets the last slot, quickly.
     let mut latencies: Vec<Duration> = (0..10).map(|_| scene.normal_session()).collect();
