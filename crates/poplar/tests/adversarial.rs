@@ -521,15 +521,17 @@ fn stls_cannot_be_abused() {
     scene.finish("STLS abuse");
 }
 
-/// How many descriptors this process may open.
+/// How many descriptors this process may open, after raising the soft limit to the hard one
+/// (the server does the same for itself).
 fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let limit = if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
