@@ -231,6 +231,8 @@ pub enum EndReason {
     Timeout,
     /// The server is shutting down.
     Shutdown,
+    /// Closed before login to make room at the connection limit.
+    Evicted,
 }
 
 #[derive(Debug)]
@@ -1009,6 +1011,20 @@ impl ServerSession {
     pub fn timed_out(&mut self) {
         self.pending = Pending::None;
         self.phase = Phase::Closed(EndReason::Timeout);
+    }
+
+    /// The server is at its connection limit and this unauthenticated connection has waited
+    /// longest: tells the client and ends the session. Only valid before login.
+    pub fn evicted(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.expect("evicted", !self.is_logged_in())?;
+        self.pending = Pending::None;
+        err(
+            out,
+            Some(ResponseCode::SysTemp),
+            "Server is at its connection limit and this connection has not logged in; try again shortly",
+        );
+        self.phase = Phase::Closed(EndReason::Evicted);
+        Ok(())
     }
 
     /// The server is shutting down: tells the client and ends the session without UPDATE.

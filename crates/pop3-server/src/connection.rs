@@ -55,6 +55,17 @@ pub(crate) struct Connection<S: MailStore> {
     user_slot: Option<crate::limits::Slot<String>>,
     /// When an unauthenticated connection is closed however active it is (`timeouts.login`).
     login_deadline: Instant,
+    /// Until login: this connection's place among the unauthenticated ones, which the accept
+    /// loop may close to make room at the connection limit.
+    waiting: Option<crate::limits::WaitingTicket>,
+}
+
+/// Resolves when the connection is told to make room; never if it has logged in.
+async fn evicted(waiting: &Option<crate::limits::WaitingTicket>) {
+    match waiting {
+        Some(ticket) => ticket.evicted().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
@@ -68,6 +79,7 @@ pub(crate) async fn handle<S: MailStore>(
     let started = Instant::now();
     let shutdown = shared.shutdown.subscribe();
     let login_deadline = started + shared.settings.login;
+    let waiting = shared.waiting.enter();
     // A POP3S connection's session is replaced after the handshake, when TLS facts are known.
     let session =
         ServerSession::new(shared.session_config(Kind::Pop3, peer.ip(), &ConnInfo::default()));
@@ -83,6 +95,7 @@ pub(crate) async fn handle<S: MailStore>(
         client_certs,
         user_slot: None,
         login_deadline,
+        waiting: Some(waiting),
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -126,12 +139,20 @@ impl<S: MailStore> Connection<S> {
             (Some(with_certs), true) => with_certs.clone(),
             _ => setup.acceptor.clone(),
         };
-        let tls = match timeout(self.shared.settings.tls_handshake, acceptor.accept(tcp)).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
+        let handshake = timeout(self.shared.settings.tls_handshake, acceptor.accept(tcp));
+        let tls = tokio::select! {
+            result = handshake => match result {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ));
+                }
+            },
+            () = evicted(&self.waiting) => {
+                return Err(io::Error::other(
+                    "closed during the TLS handshake to make room at the connection limit",
                 ));
             }
         };
@@ -155,6 +176,9 @@ impl<S: MailStore> Connection<S> {
     ) -> io::Result<Driven<IO>> {
         let mut input = [0u8; READ_BUFFER];
         loop {
+            if self.waiting.is_some() && self.session.is_logged_in() {
+                self.waiting = None;
+            }
             let event = self.session.poll(&mut self.out).map_err(misuse)?;
             match event {
                 Event::NeedInput => {
@@ -176,6 +200,10 @@ impl<S: MailStore> Connection<S> {
                         r = timeout(idle, io.read(&mut input)) => r,
                         _ = self.shutdown.changed() => {
                             self.session.shutting_down(&mut self.out);
+                            continue;
+                        }
+                        () = evicted(&self.waiting) => {
+                            self.session.evicted(&mut self.out).map_err(misuse)?;
                             continue;
                         }
                     };
@@ -458,6 +486,7 @@ impl<S: MailStore> Connection<S> {
             (EndReason::Quit, _) => "quit",
             (EndReason::Timeout, _) => "timeout",
             (EndReason::Shutdown, _) => "shutdown",
+            (EndReason::Evicted, _) => "evicted to make room",
             (EndReason::TooManyBadCommands, _) => "too many bad commands",
             (EndReason::Open, Some(_)) => "error",
             (EndReason::Open, None) => "disconnected",

@@ -88,6 +88,7 @@ struct Shared<S: MailStore> {
     per_ip: Arc<limits::Slots<IpAddr>>,
     per_user: Arc<limits::Slots<String>>,
     refusals: limits::RefusalLog,
+    waiting: Arc<limits::Waiting>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -300,6 +301,7 @@ impl<S: MailStore> Server<S> {
             per_user: Arc::new(limits::Slots::new(config.limits.max_connections_per_user)),
             per_ip: Arc::new(limits::Slots::new(config.limits.max_connections_per_ip)),
             refusals: limits::RefusalLog::default(),
+            waiting: Arc::default(),
             settings,
             shutdown: watch::channel(false).0,
         });
@@ -392,15 +394,6 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
         };
         let _ = stream.set_nodelay(true);
         let ip = peer.ip().to_canonical();
-        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
-            refuse(
-                &shared.refusals,
-                stream,
-                kind,
-                "Server is at its connection limit; try again shortly",
-            );
-            continue;
-        };
         let Some(slot) = shared.per_ip.try_take(ip) else {
             refuse(
                 &shared.refusals,
@@ -410,15 +403,37 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
             );
             continue;
         };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let peer = SocketAddr::new(ip, peer.port());
-            connection::handle(shared, stream, peer, kind, client_certs).await;
-            drop(slot);
-            drop(permit);
-        });
+        let peer = SocketAddr::new(ip, peer.port());
+        if let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                connection::handle(shared, stream, peer, kind, client_certs).await;
+                drop((slot, permit));
+            });
+        } else if shared.waiting.evict_oldest() {
+            // At the limit: the longest-waiting unauthenticated connection makes room, and this
+            // one takes its permit as soon as it is released.
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let connections = Arc::clone(&shared.connections);
+                match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                    Ok(Ok(permit)) => {
+                        connection::handle(shared, stream, peer, kind, client_certs).await;
+                        drop((slot, permit));
+                    }
+                    _ => refuse(&shared.refusals, stream, kind, AT_LIMIT),
+                }
+            });
+        } else {
+            refuse(&shared.refusals, stream, kind, AT_LIMIT);
+        }
     }
 }
+
+const AT_LIMIT: &str = "Server is at its connection limit; try again shortly";
+
+/// How long a newcomer waits for the permit of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Tells a client it cannot be served (plaintext only: a POP3S client would not understand).
 fn refuse(log: &limits::RefusalLog, mut stream: TcpStream, kind: Kind, text: &'static str) {

@@ -117,3 +117,64 @@ impl RefusalLog {
         tracing::info!(peer = ?peer, "refused a connection: {reason}");
     }
 }
+
+/// Connections that have not logged in yet, in arrival order. At the connection limit the
+/// longest-waiting one is closed to make room for a newcomer, so connections that linger
+/// unauthenticated (slowloris, scanners) cannot lock real clients out until `timeouts.login`
+/// expires; a real client logs in within moments and so is never the oldest for long.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    next: std::sync::atomic::AtomicU64,
+    queue: Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
+}
+
+/// A connection's place in [`Waiting`]; leaves the queue when dropped.
+#[derive(Debug)]
+pub(crate) struct WaitingTicket {
+    waiting: Arc<Waiting>,
+    id: u64,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Waiting {
+    /// Joins the queue.
+    pub(crate) fn enter(self: &Arc<Self>) -> WaitingTicket {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        self.lock().insert(id, Arc::clone(&notify));
+        WaitingTicket {
+            waiting: Arc::clone(self),
+            id,
+            notify,
+        }
+    }
+
+    /// Tells the longest-waiting connection to close; `false` if none is waiting.
+    pub(crate) fn evict_oldest(&self) -> bool {
+        let Some((_, notify)) = self.lock().pop_first() else {
+            return false;
+        };
+        // Stored if the connection is not listening right now: it closes when it next is.
+        notify.notify_one();
+        true
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl WaitingTicket {
+    /// Resolves when this connection is told to make room.
+    pub(crate) async fn evicted(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for WaitingTicket {
+    fn drop(&mut self) {
+        self.waiting.lock().remove(&self.id);
+    }
+}

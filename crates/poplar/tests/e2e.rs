@@ -679,18 +679,39 @@ fn apop_when_enabled() {
 }
 
 #[test]
-fn global_connection_cap_answers_clearly() {
+fn global_connection_cap_makes_room_by_closing_the_longest_unauthenticated_connection() {
     let mut b = ServerBuilder::new();
     b.set("limits.max_connections", 2);
     let server = b.start();
-    let (_a, _) = Client::connect(server.pop3);
-    let (_b, _) = Client::connect(server.pop3);
+    server.add_user("alice", "wonderland");
+    server.add_user("bob", "builder");
+    let (mut idle, _) = Client::connect(server.pop3);
+    let (mut alice, _) = Client::connect(server.pop3);
+    assert!(
+        alice
+            .login("alice", "wonderland")
+            .starts_with("+OK Logged in")
+    );
+    // At the limit, a newcomer is served and the connection that waited longest without
+    // logging in is told why it is closed.
+    let (mut bob, greeting) = Client::connect(server.pop3);
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    assert_eq!(
+        idle.line(),
+        "-ERR [SYS/TEMP] Server is at its connection limit and this connection has not logged in; try again shortly"
+    );
+    assert!(idle.closed_within(Duration::from_secs(5)));
+    assert!(bob.login("bob", "builder").starts_with("+OK Logged in"));
+    server.wait_for_log("end=\"evicted to make room\"");
+    // With everyone logged in, nobody can be evicted: the newcomer is refused.
     let (mut c, refused) = Client::connect(server.pop3);
     assert_eq!(
         refused,
         "-ERR [SYS/TEMP] Server is at its connection limit; try again shortly"
     );
     assert!(c.closed_within(Duration::from_secs(5)));
+    assert!(alice.cmd("STAT").starts_with("+OK"));
+    assert!(bob.cmd("STAT").starts_with("+OK"));
 }
 
 #[test]
