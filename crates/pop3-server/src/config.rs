@@ -288,7 +288,7 @@ pub struct Limits {
     /// single message. Larger messages are refused with exit code 65 (bounced).
     #[serde(deserialize_with = "size")]
     pub max_message_size: u64,
-    /// Messages one session lists. Default 100 000: a snapshot costs about 200 octets of
+    /// Messages one session lists. Default 100 000: a snapshot costs about 1 KiB of
     /// memory per message and reading it grows with the count, and no POP3 client downloads
     /// more in one session. A larger maildrop shows its newest messages (so new mail is never
     /// hidden); the oldest appear in later sessions as these are deleted.
