@@ -1017,25 +1017,28 @@ impl ServerSession {
     /// longest: tells the client and ends the session. Only valid before login.
     pub fn evicted(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         self.expect("evicted", !self.is_logged_in())?;
-        self.pending = Pending::None;
-        err(
+        self.close_temporarily(
             out,
-            Some(ResponseCode::SysTemp),
             "Server is at its connection limit and this connection has not logged in; try again shortly",
+            EndReason::Evicted,
         );
-        self.phase = Phase::Closed(EndReason::Evicted);
         Ok(())
     }
 
     /// The server is shutting down: tells the client and ends the session without UPDATE.
     pub fn shutting_down(&mut self, out: &mut Vec<u8>) {
-        self.pending = Pending::None;
-        err(
+        self.close_temporarily(
             out,
-            Some(ResponseCode::SysTemp),
             "Server shutting down; try again shortly",
+            EndReason::Shutdown,
         );
-        self.phase = Phase::Closed(EndReason::Shutdown);
+    }
+
+    /// Abandons any pending request, answers `-ERR [SYS/TEMP] text` and ends the session.
+    fn close_temporarily(&mut self, out: &mut Vec<u8>, text: &str, why: EndReason) {
+        self.pending = Pending::None;
+        err(out, Some(ResponseCode::SysTemp), text);
+        self.phase = Phase::Closed(why);
     }
 }
 

@@ -75,11 +75,11 @@ pub(crate) async fn handle<S: MailStore>(
     peer: SocketAddr,
     kind: Kind,
     client_certs: bool,
+    waiting: crate::limits::WaitingTicket,
 ) {
     let started = Instant::now();
     let shutdown = shared.shutdown.subscribe();
     let login_deadline = started + shared.settings.login;
-    let waiting = shared.waiting.enter();
     // A POP3S connection's session is replaced after the handshake, when TLS facts are known.
     let session =
         ServerSession::new(shared.session_config(Kind::Pop3, peer.ip(), &ConnInfo::default()));
@@ -176,9 +176,6 @@ impl<S: MailStore> Connection<S> {
     ) -> io::Result<Driven<IO>> {
         let mut input = [0u8; READ_BUFFER];
         loop {
-            if self.waiting.is_some() && self.session.is_logged_in() {
-                self.waiting = None;
-            }
             let event = self.session.poll(&mut self.out).map_err(misuse)?;
             match event {
                 Event::NeedInput => {
@@ -390,6 +387,8 @@ impl<S: MailStore> Connection<S> {
                 self.session
                     .set_user_login_delay(self.shared.auth.login_delay_for(&user));
                 self.maildrop = Some(maildrop);
+                // Logged in: no longer among the connections that may be evicted.
+                self.waiting = None;
                 let messages = listing
                     .into_iter()
                     .map(|m| MessageMeta {

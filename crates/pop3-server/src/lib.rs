@@ -405,20 +405,23 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
         };
         let peer = SocketAddr::new(ip, peer.port());
         if let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() {
+            // Queued here, not in the task, so the queue is in arrival order.
+            let waiting = shared.waiting.enter();
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
-                connection::handle(shared, stream, peer, kind, client_certs).await;
+                connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
                 drop((slot, permit));
             });
         } else if shared.waiting.evict_oldest() {
             // At the limit: the longest-waiting unauthenticated connection makes room, and this
             // one takes its permit as soon as it is released.
+            let waiting = shared.waiting.enter();
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
                 let connections = Arc::clone(&shared.connections);
                 match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
                     Ok(Ok(permit)) => {
-                        connection::handle(shared, stream, peer, kind, client_certs).await;
+                        connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
                         drop((slot, permit));
                     }
                     _ => refuse(&shared.refusals, stream, kind, AT_LIMIT),

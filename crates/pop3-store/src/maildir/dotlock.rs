@@ -33,30 +33,25 @@ impl DotLock {
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(2);
         let owner = format!("{}:{}", std::process::id(), host);
-        // Unique per process and per attempt: threads of one process may lock at once.
+        // Unique per process and per call: threads of one process may lock at once.
         static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
         let private = path.with_extension(format!(
             "lock.{}.{}.tmp",
             std::process::id(),
             ATTEMPTS.fetch_add(1, Ordering::Relaxed)
         ));
-        let io = |p: &Path| {
-            let p = p.to_owned();
-            move |e| StoreError::io(&p, e)
-        };
-        let result = (|| loop {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&private)
-                .map_err(io(&private))?;
-            f.write_all(owner.as_bytes()).map_err(io(&private))?;
-            drop(f);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&private)
+            .and_then(|mut f| f.write_all(owner.as_bytes()))
+            .map_err(|e| StoreError::io(&private, e))?;
+        let result = loop {
             match fs::hard_link(&private, path) {
                 Ok(()) => {
-                    return Ok(DotLock {
+                    break Ok(DotLock {
                         path: path.to_owned(),
                     });
                 }
@@ -67,16 +62,16 @@ impl DotLock {
                         continue;
                     }
                     if Instant::now() >= deadline {
-                        return Err(StoreError::LockTimeout {
+                        break Err(StoreError::LockTimeout {
                             path: path.to_owned(),
                         });
                     }
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
-                Err(e) => return Err(io(path)(e)),
+                Err(e) => break Err(StoreError::io(path, e)),
             }
-        })();
+        };
         let _ = fs::remove_file(&private);
         result
     }
@@ -113,6 +108,16 @@ mod tests {
         let held = DotLock::acquire(&path, "h", Duration::from_secs(1)).unwrap();
         let again = DotLock::acquire(&path, "h", Duration::from_millis(50));
         assert!(matches!(again, Err(StoreError::LockTimeout { .. })));
+        // The owner's private files are gone, whether the lock was taken or not.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["dovecot-uidlist.lock"]);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}:h", std::process::id())
+        );
         drop(held);
         assert!(!path.exists());
         DotLock::acquire(&path, "h", Duration::from_millis(50)).unwrap();
