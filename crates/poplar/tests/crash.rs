@@ -127,6 +127,16 @@ fn login(server: &Server) -> Client {
     c
 }
 
+/// alice's password is accepted but her maildrop cannot be opened: `[SYS/TEMP]`.
+fn login_fails_temporarily(server: &Server) {
+    let (mut c, _) = Client::connect(server.pop3);
+    assert_eq!(c.cmd("USER alice"), "+OK Send your password");
+    assert_eq!(
+        c.cmd("PASS wonderland"),
+        "-ERR [SYS/TEMP] Maildrop is temporarily unavailable; try again later"
+    );
+}
+
 /// The maildrop as a client sees it: message number -> (UIDL, size).
 fn listing(c: &mut Client) -> BTreeMap<usize, (String, usize)> {
     assert!(c.cmd("UIDL").starts_with("+OK"));
@@ -432,11 +442,7 @@ impl Tmpfs {
         )) {
             return Some(Tmpfs(dir.to_owned()));
         }
-        assert!(
-            std::env::var_os("POPLAR_SKIP_ROOT_TESTS").is_some(),
-            "mounting a tmpfs failed: these tests need root (set POPLAR_SKIP_ROOT_TESTS=1 to skip them)"
-        );
-        eprintln!("skipped: cannot mount a tmpfs");
+        common::skip_root_test("cannot mount a tmpfs");
         None
     }
 
@@ -496,13 +502,7 @@ fn a_full_disk_gives_temporary_errors_and_loses_nothing() {
     );
     // With not an octet free, indexing the new messages fails: a temporary error, not a crash.
     let ballast = fill(&data);
-    let (mut c, _) = Client::connect(server.pop3);
-    assert_eq!(c.cmd("USER alice"), "+OK Send your password");
-    assert_eq!(
-        c.cmd("PASS wonderland"),
-        "-ERR [SYS/TEMP] Maildrop is temporarily unavailable; try again later"
-    );
-    drop(c);
+    login_fails_temporarily(&server);
     std::fs::remove_file(&ballast).unwrap();
     let mut c = login(&server);
     let present = check_maildrop(&mut c, &BTreeMap::new(), SIZE);
@@ -538,13 +538,7 @@ fn a_read_only_data_dir_gives_temporary_errors_and_loses_nothing() {
     fs.remount("ro");
     let status = server.deliver(&["alice"], &message(99, SIZE));
     assert_eq!(status.code(), Some(75), "delivery to a read-only maildir");
-    let (mut c, _) = Client::connect(server.pop3);
-    assert_eq!(c.cmd("USER alice"), "+OK Send your password");
-    assert_eq!(
-        c.cmd("PASS wonderland"),
-        "-ERR [SYS/TEMP] Maildrop is temporarily unavailable; try again later"
-    );
-    drop(c);
+    login_fails_temporarily(&server);
     fs.remount("rw");
     let mut c = login(&server);
     assert_eq!(listing(&mut c), before);

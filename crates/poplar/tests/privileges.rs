@@ -16,15 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    let root = uid.split_whitespace().nth(2) == Some("0");
+    let root = nix::unistd::geteuid().is_root();
     if !root {
-        assert!(
-            std::env::var_os("POPLAR_SKIP_ROOT_TESTS").is_some(),
-            "this test needs root (set POPLAR_SKIP_ROOT_TESTS=1 to skip it)"
-        );
-        eprintln!("skipped: not root");
+        common::skip_root_test("not running as root");
     }
     root
 }
@@ -343,15 +337,9 @@ fn soft_nofile(pid: u32) -> String {
 
 #[test]
 fn the_descriptor_limit_is_raised_or_its_shortage_reported() {
-    let hard = std::fs::read_to_string("/proc/self/limits")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .split_whitespace()
-        .nth(4)
-        .unwrap()
-        .to_owned();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let hard = hard.to_string();
     let (mut raised, _dir) = serve_with_ulimit("ulimit -Sn 256");
     assert_eq!(
         soft_nofile(raised.child.id()),

@@ -311,10 +311,29 @@ pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> ExitStatus {
     child.wait().unwrap()
 }
 
+/// For a test that cannot run here because it needs root (`why` says what failed): fails,
+/// unless `POPLAR_SKIP_ROOT_TESTS` asks to skip such tests explicitly.
+pub fn skip_root_test(why: &str) {
+    assert!(
+        std::env::var_os("POPLAR_SKIP_ROOT_TESTS").is_some(),
+        "{why}: this test needs root (set POPLAR_SKIP_ROOT_TESTS=1 to skip it)"
+    );
+    eprintln!("skipped: {why}");
+}
+
 /// A TCP connection from a chosen local address (e.g. 127.0.0.2) to `addr`.
 pub fn tcp_from(local: &str, addr: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let local: std::net::IpAddr = local.parse().unwrap();
+    // The source port is chosen at connect time, per 4-tuple: a bind with port 0 would reserve
+    // a port for this address alone and, with tens of thousands of earlier test connections
+    // in TIME_WAIT, search the whole range for each one (seconds per thousand connections).
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::IpBindAddressNoPort,
+        &true,
+    )
+    .unwrap();
     socket.bind(&SocketAddr::new(local, 0).into()).unwrap();
     socket.connect(&addr.into()).unwrap();
     socket.into()
