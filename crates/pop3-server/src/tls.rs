@@ -17,9 +17,13 @@ use std::sync::Arc;
 
 /// The CAs whose client certificates are accepted (for SASL EXTERNAL).
 pub fn client_roots(path: &Path) -> Result<rustls::RootCertStore, ServerError> {
-    let bad = |e: &dyn std::fmt::Display| {
-        ServerError::Tls(format!("tls.client_ca {}: {e}", path.display()))
-    };
+    load_roots(path, "tls.client_ca")
+}
+
+/// CA certificates from a PEM file; `setting` names where the path came from, for errors.
+pub fn load_roots(path: &Path, setting: &str) -> Result<rustls::RootCertStore, ServerError> {
+    let bad =
+        |e: &dyn std::fmt::Display| ServerError::Tls(format!("{setting} {}: {e}", path.display()));
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
         roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
