@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 /// Message data is read and encoded in chunks of this size.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// Command input is read in pieces of this size (many pipelined commands fit).
 const READ_BUFFER: usize = 4096;
 
@@ -180,6 +180,9 @@ impl<S: MailStore> Connection<S> {
             match event {
                 Event::NeedInput => {
                     self.flush(&mut io).await?;
+                    // Waiting for the client: keep an idle connection small after a large
+                    // response.
+                    self.out.shrink_to(READ_BUFFER);
                     let idle = if self.session.is_logged_in() {
                         self.shared.settings.idle_after_login
                     } else {
@@ -282,8 +285,6 @@ impl<S: MailStore> Connection<S> {
             }
         }
         self.out.clear();
-        // Keep an idle connection small after a large response.
-        self.out.shrink_to(READ_BUFFER);
         Ok(())
     }
 
@@ -436,7 +437,12 @@ impl<S: MailStore> Connection<S> {
             }
         };
         let mut encoder = self.session.message_start(&mut self.out).map_err(misuse)?;
-        let mut chunk = vec![0u8; CHUNK];
+        // No larger than the message needs (plus one octet to see the end in the same read):
+        // most messages are small, and a large buffer would cost a fresh mapping per message.
+        let wanted = usize::try_from(request.size)
+            .unwrap_or(CHUNK)
+            .saturating_add(1);
+        let mut chunk = vec![0u8; wanted.clamp(READ_BUFFER, CHUNK)];
         loop {
             // After "+OK" a read error can only end the connection: the client must not take a
             // truncated message for a whole one.

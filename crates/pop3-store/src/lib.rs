@@ -25,7 +25,7 @@ pub mod memory;
 mod name;
 
 pub use error::StoreError;
-pub use maildir::{MaildirStore, StoreLimits};
+pub use maildir::{MaildirStore, MessageReader, StoreLimits};
 pub use memory::MemoryStore;
 pub use name::{DEFAULT_DOMAIN, MailboxPath};
 

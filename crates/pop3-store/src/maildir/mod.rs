@@ -400,15 +400,51 @@ impl MaildirDrop {
 }
 
 impl Maildrop for MaildirDrop {
-    type Reader = tokio::fs::File;
+    type Reader = MessageReader;
 
-    async fn read(&mut self, index: usize) -> Result<tokio::fs::File, StoreError> {
-        // Opening a file is a quick metadata operation; reads then go through tokio's pool.
-        Ok(tokio::fs::File::from_std(self.open_message(index)?))
+    async fn read(&mut self, index: usize) -> Result<MessageReader, StoreError> {
+        // Opening a file is a quick metadata operation, and so is reading a small one (from the
+        // page cache, where a message about to be retrieved usually is): both happen here.
+        // Larger files are read through tokio's blocking pool, in chunks.
+        let mut file = self.open_message(index)?;
+        let io = |e| StoreError::io(self.path_of(index), e);
+        let len = file.metadata().map_err(io)?.len();
+        if len <= SMALL_MESSAGE {
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0) + 1);
+            file.read_to_end(&mut bytes).map_err(io)?;
+            return Ok(MessageReader::Memory(std::io::Cursor::new(bytes)));
+        }
+        Ok(MessageReader::File(tokio::fs::File::from_std(file)))
     }
 
     async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
         blocking(move || self.commit_blocking(deleted)).await
+    }
+}
+
+/// Messages up to this size are read whole when opened, without a round trip through the
+/// blocking thread pool (which costs more than reading 64 KiB from the page cache).
+const SMALL_MESSAGE: u64 = 64 * 1024;
+
+/// A message being retrieved: small ones already in memory, larger ones streamed from the file.
+#[derive(Debug)]
+pub enum MessageReader {
+    /// The whole message, read when it was opened.
+    Memory(std::io::Cursor<Vec<u8>>),
+    /// The open file, read in chunks through tokio's blocking pool.
+    File(tokio::fs::File),
+}
+
+impl tokio::io::AsyncRead for MessageReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MessageReader::Memory(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            MessageReader::File(f) => std::pin::Pin::new(f).poll_read(cx, buf),
+        }
     }
 }
 
