@@ -413,3 +413,119 @@ async fn limits_bound_message_size_and_snapshot_length() {
     assert_eq!(read_all(&mut maildrop, 0).await, b"Subject: 0\r\n\r\n0\r\n");
     drop(t);
 }
+
+/// Sets the modification time of the Maildir's directories and index ten seconds back, as if
+/// nothing had touched the maildrop for a while (a settled maildrop whose index may be kept).
+fn settle(maildir: &Path) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    for name in ["new", "cur", "dovecot-uidlist"] {
+        fs::File::open(maildir.join(name))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+}
+
+/// Opens, lists and closes; returns the listing.
+async fn listing(store: &MaildirStore, user: &str) -> Vec<MessageInfo> {
+    let (drop, listing) = store.open(user).await.unwrap();
+    drop.commit(Vec::new()).await.unwrap();
+    listing
+}
+
+#[tokio::test]
+async fn a_kept_index_is_never_stale() {
+    let (_t, store) = store();
+    let maildir = store.maildir_path("big").unwrap();
+    for i in 0..1200 {
+        foreign_delivery(
+            &maildir,
+            &format!("1700000000.M{i}P1.other,S=20"),
+            format!("Subject: {i:>8}\r\n\r\n").as_bytes(),
+        );
+    }
+    let first = listing(&store, "big").await;
+    assert_eq!(first.len(), 1200);
+    settle(&maildir);
+    // Opened once more to be kept, then served from memory: the same listing as a store that
+    // never saw this maildrop.
+    assert_eq!(listing(&store, "big").await, first);
+    assert_eq!(listing(&store, "big").await, first);
+    let fresh = MaildirStore::new(store.root(), "testhost");
+    assert_eq!(listing(&fresh, "big").await, first);
+
+    // A delivery by another program appears in the next session.
+    foreign_delivery(&maildir, "1700000001.Mnew.other", b"Subject: new\r\n\r\n");
+    let after = listing(&store, "big").await;
+    assert_eq!(after.len(), 1201);
+    settle(&maildir);
+    assert_eq!(listing(&store, "big").await, after);
+
+    // Another program moves messages to cur/ and flags them (as Dovecot's IMAP does): still
+    // listed, still readable.
+    let cur = maildir.join("cur");
+    for entry in fs::read_dir(maildir.join("new")).unwrap().take(700) {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        fs::rename(&path, cur.join(format!("{name}:2,S"))).unwrap();
+    }
+    let (mut drop, renamed) = store.open("big").await.unwrap();
+    assert_eq!(renamed, after);
+    for i in [0, 600, 1199, 1200] {
+        assert!(!read_all(&mut drop, i).await.is_empty());
+    }
+    drop.commit(Vec::new()).await.unwrap();
+    settle(&maildir);
+    assert_eq!(listing(&store, "big").await, after);
+
+    // Another program removes a file: gone from the next listing.
+    let gone = fs::read_dir(&cur).unwrap().next().unwrap().unwrap().path();
+    fs::remove_file(gone).unwrap();
+    assert_eq!(listing(&store, "big").await.len(), 1200);
+
+    // Deletions by a session take effect in the next one, whatever was kept.
+    settle(&maildir);
+    let (drop, before) = store.open("big").await.unwrap();
+    drop.commit(vec![0, 1, 2]).await.unwrap();
+    let (drop, now) = store.open("big").await.unwrap();
+    assert_eq!(now, before[3..]);
+    drop.commit(Vec::new()).await.unwrap();
+
+    // Dovecot appending to the index in place (same file, same second) is seen too: here a
+    // migrated UIDL for the last message, added by rewriting the index with an extra field.
+    settle(&maildir);
+    let kept = listing(&store, "big").await;
+    let index = maildir.join("dovecot-uidlist");
+    let text = fs::read_to_string(&index).unwrap();
+    let last = text.lines().last().unwrap().to_owned();
+    let (uid, rest) = last.split_once(' ').unwrap();
+    let edited = text.replace(&last, &format!("{uid} Pmigrated-uidl {rest}"));
+    fs::write(&index, edited).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    fs::File::open(&index).unwrap().set_modified(old).unwrap();
+    let seen = listing(&store, "big").await;
+    assert_eq!(seen.last().unwrap().uidl, "migrated-uidl");
+    assert_eq!(seen[..seen.len() - 1], kept[..kept.len() - 1]);
+}
+
+#[tokio::test]
+async fn a_settled_maildrop_is_served_from_the_kept_index() {
+    let (_t, store) = store();
+    let maildir = store.maildir_path("big").unwrap();
+    for i in 0..1000 {
+        foreign_delivery(&maildir, &format!("1700000000.M{i}P1.other"), b"x\r\n");
+    }
+    listing(&store, "big").await;
+    settle(&maildir);
+    let kept = listing(&store, "big").await;
+    // A file slipped in with new/'s time turned back (what only a change in the same clock
+    // tick as the stamp could do) is not seen by the store that kept the index, which shows
+    // the index was kept; a store without it sees the file. Such a tick is never trusted.
+    let new = maildir.join("new");
+    let before = fs::metadata(&new).unwrap().modified().unwrap();
+    foreign_delivery(&maildir, "1700000001.Mhidden.other", b"x\r\n");
+    fs::File::open(&new).unwrap().set_modified(before).unwrap();
+    assert_eq!(listing(&store, "big").await, kept);
+    let fresh = MaildirStore::new(store.root(), "testhost");
+    assert_eq!(listing(&fresh, "big").await.len(), 1001);
+}

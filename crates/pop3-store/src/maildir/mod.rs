@@ -22,6 +22,7 @@
 //! directories before it drops their index records; a crash in between leaves index records
 //! without files, which the next open discards. The index itself is replaced by rename.
 
+mod cache;
 pub mod dotlock;
 pub mod filename;
 pub mod uidlist;
@@ -29,6 +30,7 @@ pub mod uidlist;
 use crate::error::StoreError;
 use crate::name::MailboxPath;
 use crate::{MailStore, Maildrop, MessageInfo};
+use cache::{Entry, IndexCache, Indexed, Stamp};
 use dotlock::DotLock;
 use filename::{base, is_message, size_hints};
 use pop3_proto::canonical::{SizeCounter, canonical_size_from_virtual};
@@ -61,6 +63,7 @@ struct Inner {
     lock_timeout: Duration,
     deliveries: AtomicU64,
     limits: StoreLimits,
+    cache: Arc<IndexCache>,
 }
 
 /// Bounds on what one delivery or one session may cost.
@@ -126,6 +129,7 @@ impl MaildirStore {
                 lock_timeout: Duration::from_secs(10),
                 deliveries: AtomicU64::new(0),
                 limits: StoreLimits::default(),
+                cache: Arc::new(IndexCache::default()),
             }),
         }
     }
@@ -138,6 +142,7 @@ impl MaildirStore {
             lock_timeout: self.inner.lock_timeout,
             deliveries: AtomicU64::new(self.inner.deliveries.load(Ordering::Relaxed)),
             limits,
+            cache: Arc::clone(&self.inner.cache),
         };
         Self {
             inner: Arc::new(inner),
@@ -161,22 +166,60 @@ impl MaildirStore {
         create_maildir(&dir)?;
         let lock = session_lock(&dir)?;
         clean_tmp(&dir.join("tmp"));
-        let mut files = scan(&dir)?;
-        let mut list = read_uidlist(&dir)?;
+        let stamp = Stamp::of(&dir)?;
+        let indexed = match self.inner.cache.get(&dir, &stamp) {
+            Some(indexed) => indexed,
+            None => {
+                let indexed = Arc::new(self.index(&dir)?);
+                self.inner.cache.put(&dir, stamp, &indexed);
+                indexed
+            }
+        };
+        let excess = indexed
+            .listing
+            .len()
+            .saturating_sub(self.inner.limits.max_snapshot_messages);
+        if excess > 0 {
+            tracing::warn!(
+                maildir = %dir.display(),
+                messages = indexed.listing.len(),
+                "maildrop exceeds limits.max_snapshot_messages; this session sees the newest {} and the {excess} oldest wait for a later session",
+                indexed.listing.len() - excess
+            );
+        }
+        let listing = indexed.listing[excess..].to_vec();
+        let drop = MaildirDrop {
+            dir,
+            host: self.inner.host.clone(),
+            lock_timeout: self.inner.lock_timeout,
+            _lock: lock,
+            indexed,
+            first: excess,
+            moved: HashMap::new(),
+            cache: Arc::clone(&self.inner.cache),
+        };
+        Ok((drop, listing))
+    }
+
+    /// Reads the index and the directories, indexing new messages: every message in the
+    /// maildrop, in index order, with its file and its listing.
+    fn index(&self, dir: &Path) -> Result<Indexed, StoreError> {
+        let mut files = scan(dir)?;
+        let mut list = read_uidlist(dir)?;
         if needs_update(list.as_ref(), &files) {
             // Measure new messages before taking the index lock, so other writers (Dovecot's
             // LDA) are not kept waiting while message files are read.
             let mut sizes = HashMap::new();
-            measure_unindexed(&dir, list.as_ref(), &files, &mut sizes)?;
+            measure_unindexed(dir, list.as_ref(), &files, &mut sizes)?;
             let lock_path = dir.join(UIDLIST_LOCK);
             let _guard = DotLock::acquire(&lock_path, &self.inner.host, self.inner.lock_timeout)?;
             // Re-read and re-scan under the lock: another writer may have indexed or delivered
             // messages since, and records must only be dropped for files that are really gone.
-            files = scan(&dir)?;
-            let fresh = read_uidlist(&dir)?;
-            measure_unindexed(&dir, fresh.as_ref(), &files, &mut sizes)?;
+            files = scan(dir)?;
+            let fresh = read_uidlist(dir)?;
+            measure_unindexed(dir, fresh.as_ref(), &files, &mut sizes)?;
             let updated = update_index(fresh, &files, &sizes)?;
-            write_uidlist(&dir, &updated)?;
+            write_uidlist(dir, &updated)?;
             list = Some(updated);
         }
         let list = list.unwrap_or_default();
@@ -197,27 +240,7 @@ impl MaildirStore {
                 location,
             });
         }
-        let excess = listing
-            .len()
-            .saturating_sub(self.inner.limits.max_snapshot_messages);
-        if excess > 0 {
-            tracing::warn!(
-                maildir = %dir.display(),
-                messages = listing.len(),
-                "maildrop exceeds limits.max_snapshot_messages; this session sees the newest {} and the {excess} oldest wait for a later session",
-                listing.len() - excess
-            );
-            listing.drain(..excess);
-            entries.drain(..excess);
-        }
-        let drop = MaildirDrop {
-            dir,
-            host: self.inner.host.clone(),
-            lock_timeout: self.inner.lock_timeout,
-            _lock: lock,
-            entries,
-        };
-        Ok((drop, listing))
+        Ok(Indexed { entries, listing })
     }
 
     /// Stores one message for every user in `users`: written once to the first user's `tmp/`,
@@ -294,13 +317,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Internal(e.to_string()))?
 }
 
-#[derive(Debug)]
-struct Entry {
-    uid: u32,
-    base: String,
-    location: Located,
-}
-
 /// An open, locked Maildir maildrop.
 #[derive(Debug)]
 pub struct MaildirDrop {
@@ -309,21 +325,39 @@ pub struct MaildirDrop {
     lock_timeout: Duration,
     /// The session lock; closing the file releases it.
     _lock: File,
-    entries: Vec<Entry>,
+    /// Every message in the maildrop (shared with the index cache); this session's snapshot is
+    /// `entries[first..]`.
+    indexed: Arc<Indexed>,
+    first: usize,
+    /// Messages found under another name since the open (renamed by another program).
+    moved: HashMap<usize, Located>,
+    cache: Arc<IndexCache>,
 }
 
 impl MaildirDrop {
+    /// The message at this listing index of the session.
+    fn entry(&self, index: usize) -> Option<&Entry> {
+        self.indexed.entries.get(self.first.checked_add(index)?)
+    }
+
     fn path_of(&self, index: usize) -> PathBuf {
-        let loc = &self.entries[index].location;
+        let loc = self
+            .moved
+            .get(&index)
+            .or_else(|| self.entry(index).map(|e| &e.location))
+            .expect("index checked by the caller");
         self.dir.join(loc.sub.dir()).join(&loc.name)
     }
 
     /// Finds a message again after another program renamed it (flags changed, new/ to cur/).
     fn relocate(&mut self, index: usize) -> Result<Option<PathBuf>, StoreError> {
         let files = scan(&self.dir)?;
-        match files.get(&self.entries[index].base) {
+        let Some(entry) = self.entry(index) else {
+            return Ok(None);
+        };
+        match files.get(&entry.base) {
             Some(loc) => {
-                self.entries[index].location = loc.clone();
+                self.moved.insert(index, loc.clone());
                 Ok(Some(self.path_of(index)))
             }
             None => Ok(None),
@@ -331,7 +365,7 @@ impl MaildirDrop {
     }
 
     fn open_message(&mut self, index: usize) -> Result<File, StoreError> {
-        if index >= self.entries.len() {
+        if self.entry(index).is_none() {
             return Err(StoreError::MessageGone(index));
         }
         let path = self.path_of(index);
@@ -350,7 +384,7 @@ impl MaildirDrop {
         let mut removed = HashSet::new();
         let mut failures = Vec::new();
         for index in deleted {
-            let Some(entry) = self.entries.get(index) else {
+            let Some(entry) = self.entry(index) else {
                 continue;
             };
             let uid = entry.uid;
@@ -371,6 +405,8 @@ impl MaildirDrop {
             }
         }
         if !removed.is_empty() {
+            // The directories changed, so the cached index is stale: free it now.
+            self.cache.forget(&self.dir);
             sync_dir(&self.dir.join("cur"))?;
             sync_dir(&self.dir.join("new"))?;
             if let Err(e) = self.drop_records(&removed) {
