@@ -529,3 +529,34 @@ async fn a_settled_maildrop_is_served_from_the_kept_index() {
     let fresh = MaildirStore::new(store.root(), "testhost");
     assert_eq!(listing(&fresh, "big").await.len(), 1001);
 }
+
+#[tokio::test]
+async fn a_first_open_of_thousands_of_messages_measures_each_exactly() {
+    let (_t, store) = store();
+    let maildir = store.maildir_path("many").unwrap();
+    let bodies: [&[u8]; 4] = [b"a\r\nb\r\n", b"bare\nlf\n", b"no newline", b"ends in cr\r"];
+    // Enough to be measured on several threads; with and without size hints.
+    for i in 0..4500 {
+        let body = bodies[i % 4];
+        let hints = if i % 3 == 0 {
+            let mut c = pop3_proto::SizeCounter::new();
+            c.update(body);
+            format!(",S={},W={}", body.len(), c.virtual_size())
+        } else {
+            String::new()
+        };
+        foreign_delivery(
+            &maildir,
+            &format!("1700000000.M{i:05}P1.other{hints}"),
+            body,
+        );
+    }
+    let (drop, listing) = store.open("many").await.unwrap();
+    assert_eq!(listing.len(), 4500);
+    let mut sizes: Vec<u64> = listing.iter().map(|m| m.size).collect();
+    let mut expected: Vec<u64> = (0..4500).map(|i| canonical_size(bodies[i % 4])).collect();
+    sizes.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(sizes, expected);
+    drop.commit(Vec::new()).await.unwrap();
+}

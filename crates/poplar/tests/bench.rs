@@ -90,7 +90,16 @@ fn every_load_runs_checks_and_reports() {
         "open",
         &plain,
         false,
-        &["--user", "bench0", "--password", "benchpw", "--times", "2"],
+        &[
+            "--user",
+            "bench0",
+            "--password",
+            "benchpw",
+            "--times",
+            "2",
+            "--pause",
+            "0",
+        ],
     );
     run(
         "hold",

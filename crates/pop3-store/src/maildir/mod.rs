@@ -49,6 +49,8 @@ const UIDLIST_LOCK: &str = "dovecot-uidlist.lock";
 const UIDLIST_TMP: &str = "dovecot-uidlist.tmp";
 const SESSION_LOCK: &str = "poplar-pop3.lock";
 const COPY_BUFFER: usize = 64 * 1024;
+/// Below this many new messages per thread, measuring them is not worth another thread.
+const PARALLEL_MEASURE_MIN: usize = 2000;
 
 /// Maildrops in Maildir format under one root directory.
 #[derive(Debug, Clone)]
@@ -648,19 +650,51 @@ fn measure_unindexed(
                 .collect()
         })
         .unwrap_or_default();
-    for (key, loc) in files {
-        if indexed.contains(key.as_str()) || sizes.contains_key(key) {
-            continue;
-        }
-        let path = dir.join(loc.sub.dir()).join(&loc.name);
-        match exact_size(&path, key) {
-            Ok(size) => {
-                sizes.insert(key.clone(), size);
+    let todo: Vec<(&String, PathBuf)> = files
+        .iter()
+        .filter(|(key, _)| !indexed.contains(key.as_str()) && !sizes.contains_key(*key))
+        .map(|(key, loc)| (key, dir.join(loc.sub.dir()).join(&loc.name)))
+        .collect();
+    // Each file costs an open, a stat and a one-octet read, mostly waiting on the kernel: a
+    // first open of a large maildrop spreads them over the cores.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(todo.len() / PARALLEL_MEASURE_MIN)
+        .clamp(1, 8);
+    let measure = |part: &[(&String, PathBuf)]| -> Result<Vec<(String, u64)>, StoreError> {
+        let mut found = Vec::with_capacity(part.len());
+        for (key, path) in part {
+            match exact_size(path, key) {
+                Ok(size) => found.push(((*key).clone(), size)),
+                // Gone since the scan (expunged meanwhile): not part of this session.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(path, e)),
             }
-            // Gone since the scan (expunged meanwhile): not part of this session.
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(&path, e)),
         }
+        Ok(found)
+    };
+    let parts: Vec<Result<Vec<(String, u64)>, StoreError>> = if threads == 1 {
+        vec![measure(&todo)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = todo
+                .chunks(todo.len().div_ceil(threads))
+                .map(|part| scope.spawn(move || measure(part)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(StoreError::Internal(
+                            "a thread measuring messages panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        })
+    };
+    for part in parts {
+        sizes.extend(part?);
     }
     Ok(())
 }

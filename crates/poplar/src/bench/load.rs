@@ -99,6 +99,10 @@ pub(crate) struct OpenArgs {
     /// How many logins: the first opens the maildrop cold, the rest warm.
     #[arg(long, default_value_t = 3)]
     times: usize,
+    /// Seconds between logins, as a client polling at intervals would leave (a server may
+    /// trust what it knows about a maildrop only when it has been unchanged for a moment).
+    #[arg(long, default_value_t = 3.0)]
+    pause: f64,
 }
 
 #[derive(Debug, Args)]
@@ -419,6 +423,9 @@ pub(crate) async fn open(args: OpenArgs) -> Result<ExitCode> {
     let dialer = args.server.dialer()?;
     let mut opens = Vec::with_capacity(args.times);
     for i in 1..=args.times {
+        if i > 1 {
+            tokio::time::sleep(Duration::from_secs_f64(args.pause.max(0.0))).await;
+        }
         let (mut c, _) = dialer.connect().await?;
         c.cmd(&format!("USER {}", args.user)).await?;
         // Login and the first listing: a server may defer reading the maildrop until asked.
