@@ -106,6 +106,32 @@ impl MessageEncoder {
         self.run(input, out)
     }
 
+    /// For RETR: if `input` goes on the wire unchanged (CRLF line ends, no line starting with
+    /// '.'), counts it as sent and returns true, so the caller can send `input` itself instead
+    /// of a copy. Otherwise (or for TOP) changes nothing and returns false: use
+    /// [`encode`](Self::encode).
+    pub fn pass_through(&mut self, input: &[u8]) -> bool {
+        let Some(&last) = input.last() else {
+            return true;
+        };
+        if !matches!(self.limit, Limit::Whole) || (self.at_line_start && input[0] == b'.') {
+            return false;
+        }
+        for lf in memchr::memchr_iter(b'\n', input) {
+            let cr_before = match lf.checked_sub(1) {
+                Some(before) => input[before] == b'\r',
+                None => self.prev_cr,
+            };
+            if !cr_before || input.get(lf + 1) == Some(&b'.') {
+                return false;
+            }
+        }
+        self.octets += input.len() as u64;
+        self.at_line_start = last == b'\n';
+        self.prev_cr = last == b'\r';
+        true
+    }
+
     /// Ends the message: terminates a final unterminated line, then writes `.` CRLF.
     /// Returns the canonical octet count (what the client holds after un-stuffing).
     pub fn finish(mut self, out: &mut Vec<u8>) -> u64 {
@@ -344,6 +370,24 @@ mod tests {
     }
 
     #[test]
+    fn only_unchanged_chunks_pass_through() {
+        let mut enc = MessageEncoder::retr();
+        assert!(enc.pass_through(b"a\r\nb"));
+        assert!(enc.pass_through(b"c\r"));
+        assert!(!enc.pass_through(b"\n.d\r\n"), "a line starting with '.'");
+        assert!(enc.pass_through(b"\nd\r\n"));
+        assert!(!enc.pass_through(b".e\r\n"), "'.' at the start of a line");
+        assert!(!enc.pass_through(b"f\ng\r\n"), "a bare LF");
+        assert!(
+            !MessageEncoder::top(5).pass_through(b"a\r\n"),
+            "TOP counts lines"
+        );
+        let mut out = Vec::new();
+        assert_eq!(enc.finish(&mut out), 10);
+        assert_eq!(out, b".\r\n");
+    }
+
+    #[test]
     fn top_sends_header_blank_line_and_n_body_lines() {
         let msg = b"From: a\r\nSubject: b\r\n\r\nline1\r\n.line2\r\nline3\r\n";
         assert_eq!(top(msg, 0, 512), b"From: a\r\nSubject: b\r\n\r\n.\r\n");
@@ -401,7 +445,19 @@ mod tests {
             // Chunking never changes the bytes.
             prop_assert_eq!(&wire, &retr(&msg, msg.len().max(1)).0);
             // RETR's span-copying path agrees with the line-by-line path TOP takes.
-            prop_assert_eq!(wire, top(&msg, u64::MAX, chunk));
+            prop_assert_eq!(&wire, &top(&msg, u64::MAX, chunk));
+            // Passing unchanged chunks through produces the same bytes.
+            let mut enc = MessageEncoder::retr();
+            let mut out = Vec::new();
+            for piece in msg.chunks(chunk) {
+                if enc.pass_through(piece) {
+                    out.extend_from_slice(piece);
+                } else {
+                    enc.encode(piece, &mut out);
+                }
+            }
+            prop_assert_eq!(enc.finish(&mut out), n);
+            prop_assert_eq!(out, wire);
         }
 
         #[test]

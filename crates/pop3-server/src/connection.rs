@@ -18,7 +18,7 @@ use pop3_proto::{
     AuthFailure, CommitFailure, Credentials, EndReason, Event, MaildropFailure, MessageMeta,
     MessageRequest, Progress, Secret, ServerSession,
 };
-use pop3_store::{MailStore, Maildrop, StoreError};
+use pop3_store::{MailStore, Maildrop, MessageSource, StoreError};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +32,9 @@ use tokio::time::timeout;
 const CHUNK: usize = 256 * 1024;
 /// Command input is read in pieces of this size (many pipelined commands fit).
 const READ_BUFFER: usize = 4096;
+/// Message chunks at least this large are sent as read when they need no change (smaller ones
+/// are cheaper to copy into the output buffer than to write on their own).
+const PASS_THROUGH: usize = 64 * 1024;
 
 enum Driven<IO> {
     Closed,
@@ -271,19 +274,7 @@ impl<S: MailStore> Connection<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let write = async {
-            io.write_all(&self.out).await?;
-            io.flush().await
-        };
-        match timeout(self.shared.settings.write, write).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "client stopped reading",
-                ));
-            }
-        }
+        write_within(io, &self.out, self.shared.settings.write).await?;
         self.out.clear();
         Ok(())
     }
@@ -442,15 +433,21 @@ impl<S: MailStore> Connection<S> {
         let wanted = usize::try_from(request.size)
             .unwrap_or(CHUNK)
             .saturating_add(1);
-        let mut chunk = vec![0u8; wanted.clamp(READ_BUFFER, CHUNK)];
+        let mut chunk = Vec::with_capacity(wanted.clamp(READ_BUFFER, CHUNK));
         loop {
             // After "+OK" a read error can only end the connection: the client must not take a
             // truncated message for a whole one.
-            let n = reader.read(&mut chunk).await?;
-            if n == 0 {
+            chunk = reader.next_chunk(chunk).await?;
+            if chunk.is_empty() {
                 break;
             }
-            let progress = encoder.encode(&chunk[..n], &mut self.out);
+            // A large chunk that needs no change goes to the socket as it was read.
+            if chunk.len() >= PASS_THROUGH && encoder.pass_through(&chunk) {
+                self.flush(io).await?;
+                write_within(io, &chunk, self.shared.settings.write).await?;
+                continue;
+            }
+            let progress = encoder.encode(&chunk, &mut self.out);
             if self.out.len() >= CHUNK {
                 self.flush(io).await?;
             }
@@ -520,4 +517,23 @@ impl<S: MailStore> Connection<S> {
 fn misuse(e: pop3_proto::Error) -> io::Error {
     tracing::error!(error = %e, "bug: protocol driver misused the session");
     io::Error::other(e)
+}
+
+/// Writes `bytes` and flushes, giving up when the client has not taken them within `limit`.
+async fn write_within<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    bytes: &[u8],
+    limit: std::time::Duration,
+) -> io::Result<()> {
+    let write = async {
+        io.write_all(bytes).await?;
+        io.flush().await
+    };
+    match timeout(limit, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client stopped reading",
+        )),
+    }
 }

@@ -30,7 +30,6 @@ pub use memory::MemoryStore;
 pub use name::{DEFAULT_DOMAIN, MailboxPath};
 
 use std::future::Future;
-use tokio::io::AsyncRead;
 
 /// One message in a maildrop listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +56,7 @@ pub trait MailStore: Send + Sync + 'static {
 /// An open maildrop, exclusively held by one session until it is committed or dropped.
 pub trait Maildrop: Send + 'static {
     /// A message's stored bytes.
-    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Reader: MessageSource;
 
     /// Opens message `index` (0-based, in listing order) for reading.
     fn read(
@@ -68,4 +67,53 @@ pub trait Maildrop: Send + 'static {
     /// Removes the messages at these listing indices durably, then releases the lock. Messages
     /// that arrived during the session are never touched.
     fn commit(self, deleted: Vec<usize>) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A message being retrieved, read in chunks into buffers the caller lends, so that a chunk
+/// can go from the file to the socket without being copied in between.
+pub trait MessageSource: Send + 'static {
+    /// Replaces the contents of `buf` with the next octets of the message, at most
+    /// `buf.capacity()` of them (a capacity of 0 counts as 1); an empty result means the end.
+    fn next_chunk(&mut self, buf: Vec<u8>)
+    -> impl Future<Output = std::io::Result<Vec<u8>>> + Send;
+
+    /// Reads the rest of the message into memory.
+    fn read_to_end(mut self) -> impl Future<Output = std::io::Result<Vec<u8>>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut all = Vec::new();
+            let mut buf = Vec::with_capacity(64 * 1024);
+            loop {
+                buf = self.next_chunk(buf).await?;
+                if buf.is_empty() {
+                    return Ok(all);
+                }
+                all.extend_from_slice(&buf);
+            }
+        }
+    }
+}
+
+/// A message held in memory.
+impl MessageSource for std::io::Cursor<Vec<u8>> {
+    async fn next_chunk(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        fill_from(&mut buf, |b| self.read(b))?;
+        Ok(buf)
+    }
+}
+
+/// Lets `read` fill `buf` up to its capacity, keeping what it read. The buffer's length is
+/// set to its capacity first, zeroing only octets never written before.
+pub(crate) fn fill_from(
+    buf: &mut Vec<u8>,
+    read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<()> {
+    let capacity = buf.capacity().max(1);
+    buf.resize(capacity, 0);
+    let n = read(buf)?;
+    buf.truncate(n);
+    Ok(())
 }

@@ -121,7 +121,7 @@ impl Drop for MemoryDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use crate::MessageSource as _;
 
     #[tokio::test]
     async fn contract() {
@@ -135,14 +135,7 @@ mod tests {
         );
         assert!(matches!(store.open("u").await, Err(StoreError::InUse)));
         store.deliver("u", b"three");
-        let mut body = Vec::new();
-        drop1
-            .read(1)
-            .await
-            .unwrap()
-            .read_to_end(&mut body)
-            .await
-            .unwrap();
+        let body = drop1.read(1).await.unwrap().read_to_end().await.unwrap();
         assert_eq!(body, b"two");
         drop1.commit(vec![0]).await.unwrap();
         assert_eq!(

@@ -4,10 +4,9 @@
 
 use pop3_proto::canonical_size;
 use pop3_store::maildir::uidlist::Uidlist;
-use pop3_store::{MailStore, MaildirStore, Maildrop, MessageInfo, StoreError};
+use pop3_store::{MailStore, MaildirStore, Maildrop, MessageInfo, MessageSource, StoreError};
 use std::fs;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncReadExt;
 
 fn store() -> (tempfile::TempDir, MaildirStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -32,14 +31,7 @@ fn foreign_delivery(maildir: &Path, name: &str, msg: &[u8]) -> PathBuf {
 }
 
 async fn read_all<M: Maildrop>(drop: &mut M, index: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    drop.read(index)
-        .await
-        .unwrap()
-        .read_to_end(&mut out)
-        .await
-        .unwrap();
-    out
+    drop.read(index).await.unwrap().read_to_end().await.unwrap()
 }
 
 fn uidls(listing: &[MessageInfo]) -> Vec<String> {

@@ -443,7 +443,7 @@ impl Maildrop for MaildirDrop {
     async fn read(&mut self, index: usize) -> Result<MessageReader, StoreError> {
         // Opening a file is a quick metadata operation, and so is reading a small one (from the
         // page cache, where a message about to be retrieved usually is): both happen here.
-        // Larger files are read through tokio's blocking pool, in chunks.
+        // Larger files are read in chunks through tokio's blocking pool.
         let mut file = self.open_message(index)?;
         let io = |e| StoreError::io(self.path_of(index), e);
         let len = file.metadata().map_err(io)?.len();
@@ -452,7 +452,10 @@ impl Maildrop for MaildirDrop {
             file.read_to_end(&mut bytes).map_err(io)?;
             return Ok(MessageReader::Memory(std::io::Cursor::new(bytes)));
         }
-        Ok(MessageReader::File(tokio::fs::File::from_std(file)))
+        Ok(MessageReader::File {
+            file: Arc::new(file),
+            offset: 0,
+        })
     }
 
     async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
@@ -464,24 +467,36 @@ impl Maildrop for MaildirDrop {
 /// blocking thread pool (which costs more than reading 64 KiB from the page cache).
 const SMALL_MESSAGE: u64 = 64 * 1024;
 
-/// A message being retrieved: small ones already in memory, larger ones streamed from the file.
+/// A message being retrieved: small ones already in memory, larger ones read from the file.
 #[derive(Debug)]
 pub enum MessageReader {
     /// The whole message, read when it was opened.
     Memory(std::io::Cursor<Vec<u8>>),
-    /// The open file, read in chunks through tokio's blocking pool.
-    File(tokio::fs::File),
+    /// The open file and the offset of the next chunk, read through tokio's blocking pool
+    /// straight into the caller's buffer.
+    File {
+        /// The message file.
+        file: Arc<File>,
+        /// Where the next chunk starts.
+        offset: u64,
+    },
 }
 
-impl tokio::io::AsyncRead for MessageReader {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MessageReader::Memory(c) => std::pin::Pin::new(c).poll_read(cx, buf),
-            MessageReader::File(f) => std::pin::Pin::new(f).poll_read(cx, buf),
+impl crate::MessageSource for MessageReader {
+    async fn next_chunk(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        match self {
+            MessageReader::Memory(c) => c.next_chunk(buf).await,
+            MessageReader::File { file, offset } => {
+                let file = Arc::clone(file);
+                let at = *offset;
+                let buf = tokio::task::spawn_blocking(move || {
+                    crate::fill_from(&mut buf, |b| file.read_at(b, at)).map(|()| buf)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                *offset += buf.len() as u64;
+                Ok(buf)
+            }
         }
     }
 }
