@@ -178,6 +178,9 @@ run_loads() {
     done
 }
 
+# Let the writeback of the maildrops written above finish before anything is measured.
+sync
+sleep 2
 echo "== $(nproc) cores, $(uname -r), $(dovecot --version | cut -d' ' -f1) Dovecot; $seconds s per load"
 "$P" bench loopback --json "$results"
 

@@ -199,6 +199,15 @@ impl<'a> Stored<'a> {
         }
     }
 
+    /// Whether checking a password against this form takes microseconds (plaintext and
+    /// single-hash schemes) rather than the deliberate milliseconds of a password hash.
+    pub fn is_fast(&self) -> bool {
+        matches!(
+            self.scheme,
+            Scheme::Plain | Scheme::Salted(_) | Scheme::Unsalted(_) | Scheme::CramMd5
+        )
+    }
+
     /// Checks a password.
     pub fn verify(&self, password: &[u8]) -> Result<bool, AuthError> {
         match self.scheme {

@@ -269,6 +269,16 @@ impl UserDb {
         first_error.map_or(Ok(Verdict::Invalid), Err)
     }
 
+    /// Whether [`verify`](Self::verify) for this user takes microseconds: the user exists and
+    /// every stored form uses a fast scheme (see [`Stored::is_fast`]). Such checks need not
+    /// wait for a hashing thread.
+    pub fn verifies_fast(&self, name: &str) -> bool {
+        self.users.get(&normalize_name(name)).is_some_and(|u| {
+            let mut forms = u.secrets().peekable();
+            forms.peek().is_some() && forms.all(|s| Stored::parse(s).is_ok_and(|f| f.is_fast()))
+        })
+    }
+
     /// A view for SASL mechanisms, with the decoy hash used for unknown users and the master
     /// users (who may act as any other user).
     pub fn directory<'a>(&'a self, decoy: &'a str, masters: &'a [String]) -> UserDirectory<'a> {

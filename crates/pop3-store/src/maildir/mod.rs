@@ -459,6 +459,10 @@ impl Maildrop for MaildirDrop {
     }
 
     async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
+        if deleted.is_empty() {
+            // Nothing to remove: releasing the lock (closing a file) is all there is to do.
+            return Ok(());
+        }
         blocking(move || self.commit_blocking(deleted)).await
     }
 }
