@@ -622,6 +622,22 @@ alice:{PLAIN}again
     }
 
     #[test]
+    fn only_users_stored_with_fast_schemes_verify_fast() {
+        let (db, _) = UserDb::parse(
+            "p:{PLAIN}pw\ns:{SSHA256}c29tZWhhc2hzb21lc2FsdHNvbWVoYXNoc29tZXNhbHQxMjM0\n\
+             a:{ARGON2ID}$argon2id$x\nmixed:{PLAIN}pw::::::x-poplar-secret={ARGON2ID}$argon2id$x\n",
+        );
+        assert!(db.verifies_fast("p"));
+        assert!(db.verifies_fast("S"));
+        assert!(!db.verifies_fast("a"));
+        assert!(!db.verifies_fast("mixed"));
+        assert!(
+            !db.verifies_fast("nobody"),
+            "unknown users take the decoy's time"
+        );
+    }
+
+    #[test]
     fn apop_needs_a_plaintext_equivalent_secret() {
         let (db, _) = UserDb::parse("mrose:{PLAIN}tanstaaf\nhashed:{ARGON2ID}$argon2id$x\n");
         let ts = "<1896.697170952@dbc.mtview.ca.us>";
