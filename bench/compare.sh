@@ -187,14 +187,14 @@ echo "== $(nproc) cores, $(uname -r), $(dovecot --version | cut -d' ' -f1) Dovec
 # The huge maildrop, opened cold (the first login ever) and warm, by Poplar and stock Dovecot.
 start_poplar
 "$P" bench open --server 127.0.0.1:21110 --label poplar --json "$results" --user huge \
-    --password benchpw --times 3
+    --password benchpw --times 5
 "$P" bench hold --server 127.0.0.1:21110 --label poplar --server-pid "$server" \
     --json "$results" --connections "$hold" --password benchpw --seconds "$seconds"
 stop
 mode=stock
 start_dovecot
 "$P" bench open --server 127.0.0.1:22110 --label dovecot --json "$results" --user huge \
-    --password benchpw --times 3
+    --password benchpw --times 5
 stop
 
 run_loads poplar start_poplar 21110 21995

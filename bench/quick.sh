@@ -49,5 +49,5 @@ cp data/users.plain data/users
 
 echo "== 100 000 messages of 4 KiB in one maildrop (files with ,S= and ,W= hints, page cache warm)"
 "$P" bench fill --data-dir data --user big --messages 100000 --size 4096
-"$P" bench open --pop3 "$addr" --user big --password benchpw --times 3
+"$P" bench open --pop3 "$addr" --user big --password benchpw --times 5
 grep -E 'VmRSS|VmHWM' "/proc/$server/status"
