@@ -14,10 +14,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
+/// One user's credentials.
 #[derive(Debug, Args)]
-pub(crate) struct SessionArgs {
-    #[command(flatten)]
-    server: ServerArgs,
+pub(crate) struct Account {
+    /// The user.
+    #[arg(long)]
+    user: String,
+    /// The password.
+    #[arg(long)]
+    password: String,
+}
+
+/// Full sessions in a loop, for `session` and alongside `hold`.
+#[derive(Debug, Args)]
+pub(crate) struct SessionLoad {
     /// Users are PREFIX0 .. PREFIX{N-1}; one connection per user.
     #[arg(long, default_value = "bench")]
     user_prefix: String,
@@ -33,15 +43,20 @@ pub(crate) struct SessionArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct SessionArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    load: SessionLoad,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct RetrArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// The user whose message is retrieved.
-    #[arg(long)]
-    user: String,
-    /// The password.
-    #[arg(long)]
-    password: String,
+    /// Whose message is retrieved.
+    #[command(flatten)]
+    account: Account,
     /// Which message.
     #[arg(long, default_value_t = 1)]
     message: usize,
@@ -72,30 +87,17 @@ pub(crate) struct HoldArgs {
     /// How many connections to hold without logging in (plain TCP, greeting read).
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
-    /// Fresh sessions run as PREFIX0 .. PREFIX{N-1}, one connection each.
-    #[arg(long, default_value = "bench")]
-    user_prefix: String,
-    /// Number of users for the fresh sessions.
-    #[arg(long, default_value_t = 8)]
-    users: usize,
-    /// The users' password.
-    #[arg(long)]
-    password: String,
-    /// How long to run fresh sessions, in seconds.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    /// The fresh sessions timed while the connections are held.
+    #[command(flatten)]
+    load: SessionLoad,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct OpenArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// The user.
-    #[arg(long)]
-    user: String,
-    /// The password.
-    #[arg(long)]
-    password: String,
+    #[command(flatten)]
+    account: Account,
     /// How many logins: the first opens the maildrop cold, the rest warm.
     #[arg(long, default_value_t = 3)]
     times: usize,
@@ -122,12 +124,8 @@ pub(crate) struct LoopbackArgs {
 pub(crate) struct LoginArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// The user.
-    #[arg(long)]
-    user: String,
-    /// The password.
-    #[arg(long)]
-    password: String,
+    #[command(flatten)]
+    account: Account,
     /// Mechanisms to time (USER is USER/PASS, APOP is APOP).
     #[arg(
         long,
@@ -187,20 +185,14 @@ struct Sessions {
     elapsed: Duration,
 }
 
-/// Runs sessions on `users` connections (PREFIX0 ..) for `seconds`.
-async fn run_sessions(
-    dialer: &Dialer,
-    prefix: &str,
-    users: usize,
-    password: &str,
-    seconds: u64,
-) -> Result<Sessions> {
+/// Runs the sessions `load` describes.
+async fn run_sessions(dialer: &Dialer, load: &SessionLoad) -> Result<Sessions> {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
+    let deadline = started + Duration::from_secs(load.seconds);
     let mut tasks = Vec::new();
-    for i in 0..users {
-        let user = format!("{prefix}{i}");
-        let password = password.to_owned();
+    for i in 0..load.users {
+        let user = format!("{}{i}", load.user_prefix);
+        let password = load.password.clone();
         let dialer = dialer.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -231,19 +223,12 @@ async fn run_sessions(
 pub(crate) async fn session(args: SessionArgs) -> Result<ExitCode> {
     let dialer = args.server.dialer()?;
     let before = args.server.usage();
-    let run = run_sessions(
-        &dialer,
-        &args.user_prefix,
-        args.users,
-        &args.password,
-        args.seconds,
-    )
-    .await?;
+    let run = run_sessions(&dialer, &args.load).await?;
     let after = args.server.usage();
     let n = run.latencies.len();
     eprintln!(
         "{n} sessions on {} connections in {:.1?}; {:.1} MB retrieved, every RETR matched its LIST size",
-        args.users,
+        args.load.users,
         run.elapsed,
         run.octets as f64 / 1e6
     );
@@ -265,7 +250,8 @@ pub(crate) async fn session(args: SessionArgs) -> Result<ExitCode> {
 pub(crate) async fn retr(args: RetrArgs) -> Result<ExitCode> {
     let dialer = args.server.dialer()?;
     let (mut c, _) = dialer.connect().await?;
-    c.user_pass(&args.user, &args.password).await?;
+    c.user_pass(&args.account.user, &args.account.password)
+        .await?;
     let listed = c.cmd(&format!("LIST {}", args.message)).await?;
     let size: u64 = listed
         .split(' ')
@@ -398,14 +384,7 @@ pub(crate) async fn hold(args: HoldArgs) -> Result<ExitCode> {
     );
     let dialer = args.server.dialer()?;
     let usage = args.server.usage();
-    let run = run_sessions(
-        &dialer,
-        &args.user_prefix,
-        args.users,
-        &args.password,
-        args.seconds,
-    )
-    .await?;
+    let run = run_sessions(&dialer, &args.load).await?;
     drop(held);
     let mut report = args.server.report("hold");
     report.more("connections held", args.connections as f64);
@@ -430,10 +409,13 @@ pub(crate) async fn open(args: OpenArgs) -> Result<ExitCode> {
             tokio::time::sleep(Duration::from_secs_f64(args.pause.max(0.0))).await;
         }
         let (mut c, _) = dialer.connect().await?;
-        c.cmd(&format!("USER {}", args.user)).await?;
+        c.cmd(&format!("USER {}", args.account.user)).await?;
         // Login and the first listing: a server may defer reading the maildrop until asked.
         let t = Instant::now();
-        let reply = c.cmd(&format!("PASS {}", args.password)).await?.to_owned();
+        let reply = c
+            .cmd(&format!("PASS {}", args.account.password))
+            .await?
+            .to_owned();
         let login = t.elapsed();
         c.cmd("UIDL").await?;
         let uidls = c.lines().await?;
@@ -513,7 +495,12 @@ pub(crate) async fn login(args: LoginArgs) -> Result<ExitCode> {
             let (mut c, greeting) = dialer.connect().await?;
             let start = Instant::now();
             let reply = c
-                .login(mechanism, &args.user, &args.password, &greeting)
+                .login(
+                    mechanism,
+                    &args.account.user,
+                    &args.account.password,
+                    &greeting,
+                )
                 .await?;
             times.push(start.elapsed());
             ensure!(reply.starts_with("+OK"), "{mechanism}: {reply}");
