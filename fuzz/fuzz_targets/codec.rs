@@ -1,5 +1,7 @@
 //! The multi-line encoder: what a client un-stuffs has exactly the canonical size, never holds a
-//! bare LF or a lone ".", and TOP is a prefix of RETR; chunking never changes the bytes.
+//! bare LF or a lone ".", and TOP is a prefix of RETR; chunking never changes the bytes, and
+//! RETR's span-copying path, its pass-through of unchanged chunks and TOP's line-by-line path
+//! agree.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pop3_proto::{MessageEncoder, Progress, canonical_size};
@@ -31,11 +33,28 @@ fn unstuff(wire: &[u8]) -> Vec<u8> {
     out
 }
 
+/// RETR as the server sends it: chunks that need no change go out as they are.
+fn passed_through(msg: &[u8], chunk: usize) -> Vec<u8> {
+    let mut enc = MessageEncoder::retr();
+    let mut out = Vec::new();
+    for piece in msg.chunks(chunk) {
+        if enc.pass_through(piece) {
+            out.extend_from_slice(piece);
+        } else {
+            enc.encode(piece, &mut out);
+        }
+    }
+    enc.finish(&mut out);
+    out
+}
+
 fuzz_target!(|input: (u8, u8, &[u8])| {
     let (chunk, lines, msg) = input;
     let chunk = usize::from(chunk).max(1);
     let whole = encode(msg, chunk, None);
     assert_eq!(whole, encode(msg, msg.len().max(1), None));
+    assert_eq!(whole, passed_through(msg, chunk));
+    assert_eq!(whole, encode(msg, chunk, Some(u64::MAX)));
     let client = unstuff(&whole);
     assert_eq!(client.len() as u64, canonical_size(msg));
     let top = unstuff(&encode(msg, chunk, Some(u64::from(lines))));
