@@ -85,6 +85,10 @@ pub struct Listen {
     pub pop3: Vec<SocketAddr>,
     /// POP3 over implicit TLS (RFC 8314). Default `127.0.0.1:1995`; production uses port 995.
     pub pop3s: Vec<SocketAddr>,
+    /// LMTP intake (RFC 2033) for Postfix or Exim: `"unix:/path/to/socket"` or a loopback
+    /// `"127.0.0.1:24"`. LMTP has no authentication, so only the local MTA may reach it.
+    /// Default: none.
+    pub lmtp: Vec<LmtpAddr>,
 }
 
 impl Default for Listen {
@@ -92,7 +96,49 @@ impl Default for Listen {
         Self {
             pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
             pop3s: vec![SocketAddr::from(([127, 0, 0, 1], 1995))],
+            lmtp: Vec::new(),
         }
+    }
+}
+
+/// Where LMTP is served: a TCP address or a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LmtpAddr {
+    /// A TCP address (only loopback is accepted).
+    Tcp(SocketAddr),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for LmtpAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/poplar/lmtp".into());
+            }
+            return Ok(LmtpAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse().map(LmtpAddr::Tcp).map_err(|_| {
+            format!("{s:?} is neither an address like 127.0.0.1:24 nor unix:/path/to/socket")
+        })
+    }
+}
+
+impl std::fmt::Display for LmtpAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LmtpAddr::Tcp(a) => write!(f, "{a}"),
+            LmtpAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LmtpAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -480,6 +526,16 @@ impl Config {
             if addr.port() != 0 && !seen.insert(addr) {
                 error(format!(
                     "listen address {addr} appears twice; each address can serve one listener."
+                ));
+            }
+        }
+        for addr in &self.listen.lmtp {
+            if let LmtpAddr::Tcp(a) = addr
+                && !a.ip().is_loopback()
+            {
+                error(format!(
+                    "listen.lmtp {a} is not a loopback address: LMTP has no authentication, so \
+                     anyone reaching it could deliver mail. Use unix:/path or 127.0.0.1."
                 ));
             }
         }

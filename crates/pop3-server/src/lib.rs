@@ -20,6 +20,7 @@ mod connection;
 pub mod der;
 mod error;
 mod limits;
+mod lmtp;
 mod penalty;
 pub mod tls;
 
@@ -90,6 +91,7 @@ struct Shared<S: MailStore> {
     refusals: limits::RefusalLog,
     waiting: Arc<limits::Waiting>,
     shutdown: watch::Sender<bool>,
+    lmtp: lmtp::LmtpSettings,
 }
 
 impl<S: MailStore> Shared<S> {
@@ -192,7 +194,18 @@ impl TlsReloader {
 pub struct Server<S: MailStore> {
     shared: Arc<Shared<S>>,
     listeners: Vec<Listener>,
+    lmtp_listeners: Vec<LmtpListener>,
 }
+
+/// A bound LMTP socket.
+enum LmtpListener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+/// LMTP connections served at once: an MTA opens a handful (Postfix's default destination
+/// concurrency is 20); more means something is wrong, and they are told to come back.
+const LMTP_MAX_CONNECTIONS: usize = 100;
 
 /// A bound listening socket and how its connections are served.
 struct Listener {
@@ -278,6 +291,17 @@ impl<S: MailStore> Server<S> {
                 });
             }
         }
+        let mut lmtp_listeners = Vec::new();
+        for addr in &config.listen.lmtp {
+            lmtp_listeners.push(bind_lmtp(addr)?);
+        }
+        let spool_dir = config.data_dir.join("tmp");
+        if !lmtp_listeners.is_empty() {
+            std::fs::create_dir_all(&spool_dir).map_err(|source| ServerError::Io {
+                path: spool_dir.clone(),
+                source,
+            })?;
+        }
         let settings = Settings {
             tls_handshake: config.timeouts.tls_handshake,
             idle_before_login: config.timeouts.idle_before_login,
@@ -304,8 +328,28 @@ impl<S: MailStore> Server<S> {
             waiting: Arc::default(),
             settings,
             shutdown: watch::channel(false).0,
+            lmtp: lmtp::LmtpSettings {
+                host: config.hostname(),
+                max_size: config.limits.max_message_size,
+                spool_dir,
+            },
         });
-        Ok(Self { shared, listeners })
+        Ok(Self {
+            shared,
+            listeners,
+            lmtp_listeners,
+        })
+    }
+
+    /// The LMTP addresses served, as `addr` or `unix:path`.
+    pub fn lmtp_addrs(&self) -> Vec<String> {
+        self.lmtp_listeners
+            .iter()
+            .filter_map(|l| match l {
+                LmtpListener::Tcp(t) => t.local_addr().ok().map(|a| a.to_string()),
+                LmtpListener::Unix(_, path) => Some(format!("unix:{}", path.display())),
+            })
+            .collect()
     }
 
     /// A handle that reloads the certificate and key; `None` when TLS is disabled.
@@ -327,10 +371,22 @@ impl<S: MailStore> Server<S> {
     /// Accepts connections until `shutdown` resolves, then lets sessions finish (up to the
     /// configured grace period).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let Server { shared, listeners } = self;
+        let Server {
+            shared,
+            listeners,
+            lmtp_listeners,
+        } = self;
         let mut accept_tasks = Vec::new();
         for listener in listeners {
             accept_tasks.push(tokio::spawn(accept_loop(Arc::clone(&shared), listener)));
+        }
+        let lmtp_slots = Arc::new(Semaphore::new(LMTP_MAX_CONNECTIONS));
+        for listener in lmtp_listeners {
+            accept_tasks.push(tokio::spawn(lmtp_accept_loop(
+                Arc::clone(&shared),
+                listener,
+                Arc::clone(&lmtp_slots),
+            )));
         }
         shutdown.await;
         let grace = shared.settings.shutdown_grace;
@@ -369,6 +425,115 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Binds an LMTP listener. A unix socket left by an earlier run is replaced, and the new one is
+/// made connectable by every local user (Postfix's lmtp(8) runs as `postfix`): restrict access
+/// with the permissions of the directory that holds it.
+fn bind_lmtp(addr: &config::LmtpAddr) -> Result<LmtpListener, ServerError> {
+    match addr {
+        config::LmtpAddr::Tcp(a) => listen(*a)
+            .map(LmtpListener::Tcp)
+            .map_err(|source| ServerError::Bind { addr: *a, source }),
+        config::LmtpAddr::Unix(path) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            let io = |source| ServerError::Io {
+                path: path.clone(),
+                source,
+            };
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path).map_err(io)?;
+            }
+            let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+            Ok(LmtpListener::Unix(listener, path.clone()))
+        }
+    }
+}
+
+async fn lmtp_accept_loop<S: MailStore>(
+    shared: Arc<Shared<S>>,
+    listener: LmtpListener,
+    slots: Arc<Semaphore>,
+) {
+    loop {
+        let accepted = match &listener {
+            LmtpListener::Tcp(l) => l.accept().await.map(|(s, peer)| {
+                let _ = s.set_nodelay(true);
+                (LmtpStream::Tcp(s), peer.to_string())
+            }),
+            LmtpListener::Unix(l, path) => l
+                .accept()
+                .await
+                .map(|(s, _)| (LmtpStream::Unix(s), format!("unix:{}", path.display()))),
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "LMTP accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut stream,
+                    b"421 4.3.2 Too many LMTP connections; try again later\r\n",
+                )
+                .await;
+            });
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            match stream {
+                LmtpStream::Tcp(s) => lmtp::serve(shared, s, peer).await,
+                LmtpStream::Unix(s) => lmtp::serve(shared, s, peer).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// An accepted LMTP connection.
+enum LmtpStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncWrite for LmtpStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            LmtpStream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            LmtpStream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LmtpStream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            LmtpStream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LmtpStream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            LmtpStream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {

@@ -51,6 +51,15 @@ pub trait MailStore: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = Result<(Self::Maildrop, Vec<MessageInfo>), StoreError>> + Send;
+
+    /// Stores the message held in the file `spool`, exactly as it is there, in `user`'s
+    /// maildrop, durably: once this returns `Ok`, a crash cannot lose it. Returns the octets
+    /// stored.
+    fn deliver_file(
+        &self,
+        user: &str,
+        spool: &std::path::Path,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// An open maildrop, exclusively held by one session until it is committed or dropped.

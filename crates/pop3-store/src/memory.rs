@@ -60,6 +60,15 @@ pub struct MemoryDrop {
 impl MailStore for MemoryStore {
     type Maildrop = MemoryDrop;
 
+    async fn deliver_file(&self, user: &str, spool: &std::path::Path) -> Result<u64, StoreError> {
+        let message = std::fs::read(spool).map_err(|e| StoreError::io(spool, e))?;
+        if message.is_empty() {
+            return Err(StoreError::EmptyMessage);
+        }
+        self.deliver(user, &message);
+        Ok(message.len() as u64)
+    }
+
     async fn open(&self, user: &str) -> Result<(MemoryDrop, Vec<MessageInfo>), StoreError> {
         let mut boxes = self.lock();
         let mailbox = boxes.entry(user.to_owned()).or_default();

@@ -65,6 +65,10 @@ struct ServeArgs {
     /// Listen for POP3S (implicit TLS) here instead of the configured addresses; repeatable.
     #[arg(long, value_name = "ADDR")]
     pop3s: Vec<std::net::SocketAddr>,
+    /// Take mail over LMTP here (a loopback ADDR or unix:PATH) instead of the configured
+    /// addresses; repeatable.
+    #[arg(long, value_name = "ADDR|unix:PATH")]
+    lmtp: Vec<pop3_server::config::LmtpAddr>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
         config.listen.pop3 = args.pop3;
         config.listen.pop3s = args.pop3s;
     }
+    if !args.lmtp.is_empty() {
+        config.listen.lmtp = args.lmtp;
+    }
     init_logging(config.log_level);
     raise_descriptor_limit(config.limits.max_connections);
     create_private_dir(&config.data_dir)?;
@@ -31,6 +34,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
                 _ => "",
             };
             tracing::info!("listening for {kind} on {addr}{how}");
+        }
+        for addr in server.lmtp_addrs() {
+            tracing::info!("listening for LMTP on {addr}");
         }
         let first_pop3 = server
             .local_addrs()

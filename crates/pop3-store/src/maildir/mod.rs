@@ -309,6 +309,17 @@ impl MailStore for MaildirStore {
         let user = user.to_owned();
         blocking(move || store.open_blocking(&user)).await
     }
+
+    async fn deliver_file(&self, user: &str, spool: &Path) -> Result<u64, StoreError> {
+        let store = self.clone();
+        let user = user.to_owned();
+        let spool = spool.to_owned();
+        blocking(move || {
+            let mut file = File::open(&spool).map_err(|e| StoreError::io(&spool, e))?;
+            Ok(store.deliver_blocking(&[&user], &mut file)?.size)
+        })
+        .await
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -1,0 +1,179 @@
+//! LMTP intake (RFC 2033) against the real binary: per-recipient replies, pipelining, size
+//! limits, byte-exact storage read back over POP3, a unix socket, and Python's smtplib.LMTP as
+//! a real client.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::{Client, ServerBuilder, canonical, eventually, tool};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Reads one LMTP reply (all its lines) and returns it.
+fn reply(r: &mut BufReader<TcpStream>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+        all.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return all;
+        }
+    }
+}
+
+fn lmtp_server(extra: &[(&str, toml::Value)]) -> (common::Server, String) {
+    let mut b = ServerBuilder::new();
+    b.set(
+        "listen.lmtp",
+        toml::Value::Array(vec!["127.0.0.1:0".into()]),
+    );
+    b.set("limits.max_message_size", "1k");
+    for (k, v) in extra {
+        b.set(k, v.clone());
+    }
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    server.add_user("bob@example.org", "builder");
+    let addr = eventually(Duration::from_secs(5), "the LMTP listener", || {
+        server.logs().iter().find_map(|l| {
+            l.split("listening for LMTP on ")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
+    });
+    (server, addr)
+}
+
+#[test]
+fn pipelined_transaction_gets_one_reply_per_recipient_and_stores_bytes_exactly() {
+    let (server, addr) = lmtp_server(&[]);
+    let stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    assert!(reply(&mut r).starts_with("220 test.example LMTP"));
+    // Everything up to DATA in one write (PIPELINING).
+    w.write_all(
+        b"LHLO mx.test\r\nMAIL FROM:<sender@example.net> SIZE=200 BODY=8BITMIME\r\n\
+          RCPT TO:<alice@example.org>\r\nRCPT TO:<nobody@example.org>\r\n\
+          RCPT TO:<bob@example.org>\r\nDATA\r\n",
+    )
+    .unwrap();
+    let lhlo = reply(&mut r);
+    for ext in ["PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE 1024"] {
+        assert!(lhlo.contains(ext), "{lhlo}");
+    }
+    assert!(reply(&mut r).starts_with("250 2.1.0"));
+    assert!(reply(&mut r).starts_with("250 2.1.5 <alice@example.org>"));
+    assert!(reply(&mut r).starts_with("550 5.1.1 <nobody@example.org>"));
+    assert!(reply(&mut r).starts_with("250 2.1.5 <bob@example.org>"));
+    assert!(reply(&mut r).starts_with("354"));
+    let stored: &[u8] = "Subject: héllo\r\n\r\n.leading dot\r\n.\r\nbare\nlf\r\nno end".as_bytes();
+    let mut wire = Vec::new();
+    for line in stored.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    wire.extend_from_slice(b"\r\n.\r\n");
+    w.write_all(&wire).unwrap();
+    // One reply per accepted recipient, in RCPT order.
+    assert!(reply(&mut r).starts_with("250 2.1.5 <alice@example.org> Delivered"));
+    assert!(reply(&mut r).starts_with("250 2.1.5 <bob@example.org> Delivered"));
+    // Larger than limits.max_message_size: refused at MAIL, or after DATA for each recipient.
+    w.write_all(b"MAIL FROM:<s@x> SIZE=5000\r\n").unwrap();
+    assert!(reply(&mut r).starts_with("552 5.3.4"));
+    w.write_all(b"MAIL FROM:<s@x>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+        .unwrap();
+    for _ in 0..3 {
+        reply(&mut r);
+    }
+    w.write_all(&[b"x".repeat(2000), b"\r\n.\r\n".to_vec()].concat())
+        .unwrap();
+    assert!(reply(&mut r).starts_with("552 5.3.4"));
+    w.write_all(b"HELO x\r\nRSET\r\nQUIT\r\n").unwrap();
+    assert!(reply(&mut r).starts_with("500 5.5.1"));
+    assert!(reply(&mut r).starts_with("250"));
+    assert!(reply(&mut r).starts_with("221"));
+
+    // The message reads back exactly: stored as sent (the "no end" line got the CRLF that ends
+    // DATA), served in canonical form.
+    let mut expected = stored.to_vec();
+    expected.extend_from_slice(b"\r\n");
+    for (user, password) in [("alice", "wonderland"), ("bob@example.org", "builder")] {
+        let (mut c, _) = Client::connect(server.pop3);
+        assert!(c.login(user, password).starts_with("+OK"));
+        assert_eq!(
+            c.cmd("STAT"),
+            format!("+OK 1 {}", canonical(&expected).len())
+        );
+        assert!(c.cmd("RETR 1").starts_with("+OK"));
+        assert_eq!(c.body(), canonical(&expected));
+        c.cmd("QUIT");
+    }
+    // Spool files are removed.
+    let tmp = server.data_dir().join("tmp");
+    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn python_smtplib_delivers_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("lmtp.sock");
+    let (server, _) = lmtp_server(&[(
+        "listen.lmtp",
+        toml::Value::Array(vec![format!("unix:{}", socket.display()).into()]),
+    )]);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o666,
+        "Postfix's lmtp(8) runs as another user"
+    );
+    let script = format!(
+        r#"
+import smtplib
+s = smtplib.LMTP({path:?})
+code, _ = s.ehlo_or_helo_if_needed() or (0, b"")
+refused = s.sendmail("sender@example.net", ["alice@example.org"], b"Subject: from python\r\n\r\nhello\r\n")
+assert refused == {{}}, refused
+s.quit()
+print("sent")
+"#,
+        path = socket.to_str().unwrap()
+    );
+    let out = tool("python3").args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    assert_eq!(c.body(), b"Subject: from python\r\n\r\nhello\r\n");
+}
+
+#[test]
+fn lmtp_on_a_public_address_is_refused_at_start() {
+    let mut b = ServerBuilder::new();
+    b.set("listen.lmtp", toml::Value::Array(vec!["0.0.0.0:0".into()]));
+    let config = b.write_config();
+    let out = std::process::Command::new(common::BIN)
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.contains("not a loopback address") && out.contains("LMTP has no authentication"),
+        "{out}"
+    );
+}
