@@ -1,0 +1,235 @@
+//! Mail from a real Postfix (Debian's package, a private instance in a temporary directory)
+//! over LMTP into Poplar, sent with swaks over SMTP and read back over POP3: delivered byte for
+//! byte, unknown users bounced, temporary failures deferred and delivered on retry.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::{Client, ServerBuilder, eventually, tool};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A private Postfix instance that takes SMTP on a loopback port and delivers example.org over
+/// LMTP to `lmtp` (see ../shared/recipes/postfix-lmtp.md for why each setting is there).
+struct Postfix {
+    dir: tempfile::TempDir,
+    smtp_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Postfix {
+    fn start(lmtp: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pf-lmtp")
+            .tempdir()
+            .unwrap();
+        let t = dir.path();
+        std::fs::set_permissions(t, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(t.join("etc")).unwrap();
+        std::fs::create_dir_all(t.join("spool")).unwrap();
+        let smtp_port = free_port();
+        let d = t.display();
+        std::fs::write(
+            t.join("etc/main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {d}/spool\ndata_directory = {d}/data\n\
+                 mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = mx.example.org\n\
+                 mydomain = example.org\nmyorigin = $myhostname\nmydestination =\n\
+                 local_recipient_maps =\nlocal_transport = error:5.1.1 local delivery disabled\n\
+                 alias_maps =\nalias_database =\nrelay_domains =\nrelayhost =\n\
+                 inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n\
+                 smtpd_relay_restrictions = reject_unauth_destination\nsmtpd_peername_lookup = no\n\
+                 local_header_rewrite_clients =\nsmtp_dns_support_level = disabled\n\
+                 lmtp_dns_support_level = disabled\nsmtp_host_lookup = native\n\
+                 lmtp_host_lookup = native\nvirtual_mailbox_domains = example.org\n\
+                 virtual_mailbox_maps = static:ok\nvirtual_alias_maps =\n\
+                 virtual_transport = lmtp:{lmtp}\n\
+                 default_transport = discard:outbound mail disabled in test instance\n\
+                 maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\nbiff = no\n\
+                 append_dot_mydomain = no\nin_flow_delay = 0\nqueue_run_delay = 1s\n\
+                 minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n\
+                 maximal_queue_lifetime = 1h\nbounce_queue_lifetime = 1h\n"
+            ),
+        )
+        .unwrap();
+        let services = [
+            format!("127.0.0.1:{smtp_port} inet n - n - - smtpd"),
+            "pickup unix n - n 60 1 pickup".into(),
+            "cleanup unix n - n - 0 cleanup".into(),
+            "qmgr unix n - n 300 1 qmgr".into(),
+            "rewrite unix - - n - - trivial-rewrite".into(),
+            "bounce unix - - n - 0 bounce".into(),
+            "defer unix - - n - 0 bounce".into(),
+            "trace unix - - n - 0 bounce".into(),
+            "verify unix - - n - 1 verify".into(),
+            "flush unix n - n 1000? 0 flush".into(),
+            "proxymap unix - - n - - proxymap".into(),
+            "proxywrite unix - - n - 1 proxymap".into(),
+            "smtp unix - - n - - smtp".into(),
+            "relay unix - - n - - smtp".into(),
+            "showq unix n - n - - showq".into(),
+            "error unix - - n - - error".into(),
+            "retry unix - - n - - error".into(),
+            "discard unix - - n - - discard".into(),
+            "lmtp unix - - n - - lmtp".into(),
+            "anvil unix - - n - 1 anvil".into(),
+            "scache unix - - n - 1 scache".into(),
+            "postlog unix-dgram n - n - 1 postlogd".into(),
+        ];
+        std::fs::write(t.join("etc/master.cf"), services.join("\n") + "\n").unwrap();
+        let status = tool("postfix")
+            .args(["-c", t.join("etc").to_str().unwrap(), "start"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "postfix start");
+        let pf = Postfix { dir, smtp_port };
+        eventually(Duration::from_secs(20), "Postfix listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", smtp_port)).ok()
+        });
+        pf
+    }
+
+    fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    /// Sends a message with swaks; the file must not end with a newline (swaks adds CRLF).
+    fn send(&self, to: &str, message: &Path) {
+        let out = tool("swaks")
+            .args(["--server", &format!("127.0.0.1:{}", self.smtp_port)])
+            .args([
+                "--helo",
+                "client.test",
+                "--from",
+                "sender@example.org",
+                "--to",
+                to,
+            ])
+            .args(["--data", &format!("@{}", message.display())])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "swaks: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Retries every deferred message now.
+    fn flush(&self) {
+        let status = Command::new("postqueue")
+            .args(["-c", self.etc().to_str().unwrap(), "-f"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .args(["-c", self.etc().to_str().unwrap(), "stop"])
+            .status();
+    }
+}
+
+/// The messages in a maildrop, by POP3, each checked against its LIST size.
+fn messages(server: &common::Server, user: &str, password: &str) -> Vec<Vec<u8>> {
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login(user, password).starts_with("+OK"));
+    let count: usize = c.cmd("STAT").split(' ').nth(1).unwrap().parse().unwrap();
+    let mut out = Vec::new();
+    for n in 1..=count {
+        let size: usize = c
+            .cmd(&format!("LIST {n}"))
+            .split(' ')
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(c.cmd(&format!("RETR {n}")).starts_with("+OK"));
+        let body = c.body();
+        assert_eq!(body.len(), size, "RETR {n} differs from LIST");
+        out.push(body);
+    }
+    c.cmd("QUIT");
+    out
+}
+
+#[test]
+fn postfix_delivers_over_lmtp_bounces_unknown_users_and_retries_temporary_failures() {
+    let mut b = ServerBuilder::new();
+    b.set(
+        "listen.lmtp",
+        toml::Value::Array(vec!["127.0.0.1:0".into()]),
+    );
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    server.add_user("carol", "pass");
+    let lmtp = eventually(Duration::from_secs(5), "the LMTP listener", || {
+        server.logs().iter().find_map(|l| {
+            l.split("listening for LMTP on ")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
+    });
+    let postfix = Postfix::start(&format!("inet:{lmtp}"));
+    let dir = tempfile::tempdir().unwrap();
+
+    // A message with a leading dot, a lone dot and 8-bit text arrives byte for byte, under the
+    // one Received: header Postfix adds.
+    let body = "From: sender@example.org\r\nSubject: gr\u{fc}\u{df}e\r\n\r\n.leading dot\r\n.\r\n..two\r\nlast line";
+    let file = dir.path().join("m1.eml");
+    std::fs::write(&file, body).unwrap();
+    postfix.send("alice@example.org", &file);
+    let got = eventually(Duration::from_secs(20), "delivery to alice", || {
+        let m = messages(&server, "alice", "wonderland");
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8(got[0].clone()).unwrap();
+    assert!(text.starts_with("Received: from client.test"), "{text}");
+    assert!(text.ends_with(&format!("{body}\r\n")), "{text}");
+
+    // An unknown user is refused by Poplar at RCPT, and Postfix bounces it.
+    postfix.send("nobody@example.org", &file);
+    eventually(Duration::from_secs(20), "the bounce", || {
+        let log = postfix.log();
+        (log.contains("<nobody@example.org>") && log.contains("status=bounced")).then_some(())
+    });
+    assert!(postfix.log().contains("550 5.1.1"), "{}", postfix.log());
+
+    // carol's maildrop cannot be created (a file is in its way): a temporary failure, which
+    // Postfix defers and delivers once the problem is gone.
+    let carol = server.data_dir().join("mail/_default_/carol");
+    std::fs::create_dir_all(carol.parent().unwrap()).unwrap();
+    std::fs::write(&carol, "in the way").unwrap();
+    postfix.send("carol@example.org", &file);
+    eventually(Duration::from_secs(20), "the deferral", || {
+        let log = postfix.log();
+        (log.contains("to=<carol@example.org>") && log.contains("status=deferred")).then_some(())
+    });
+    assert!(postfix.log().contains("451 4.3.0"), "{}", postfix.log());
+    std::fs::remove_file(&carol).unwrap();
+    postfix.flush();
+    let got = eventually(Duration::from_secs(20), "delivery to carol", || {
+        let m = messages(&server, "carol", "pass");
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0]).ends_with(&format!("{body}\r\n")));
+    // alice still has exactly one message: nothing was delivered twice.
+    assert_eq!(messages(&server, "alice", "wonderland").len(), 1);
+}
