@@ -177,3 +177,47 @@ fn lmtp_on_a_public_address_is_refused_at_start() {
         "{out}"
     );
 }
+
+#[test]
+fn overlong_lines_and_broken_transfers_deliver_nothing_and_leave_nothing() {
+    let (server, addr) = lmtp_server(&[]);
+    let open = || {
+        let stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        assert!(reply(&mut r).starts_with("220"));
+        (w, r)
+    };
+    let (mut w, mut r) = open();
+    w.write_all(format!("LHLO {}\r\nNOOP\r\n", "x".repeat(5000)).as_bytes())
+        .unwrap();
+    assert!(reply(&mut r).starts_with("500 5.5.6"));
+    assert!(reply(&mut r).starts_with("250"), "the session goes on");
+    // The connection drops in the middle of DATA: nothing is delivered.
+    w.write_all(b"LHLO x\r\nMAIL FROM:<s@x>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+        .unwrap();
+    for _ in 0..4 {
+        reply(&mut r);
+    }
+    w.write_all(b"Subject: cut\r\n\r\nhalf a mess").unwrap();
+    drop((w, r));
+    eventually(Duration::from_secs(5), "the session to end", || {
+        server
+            .logs()
+            .iter()
+            .any(|l| l.contains("LMTP session ended") && l.contains("inside DATA"))
+            .then_some(())
+    });
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert_eq!(c.cmd("STAT"), "+OK 0 0");
+    let tmp = server.data_dir().join("tmp");
+    assert_eq!(
+        std::fs::read_dir(tmp).unwrap().count(),
+        0,
+        "spool left behind"
+    );
+}
