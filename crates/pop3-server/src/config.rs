@@ -42,6 +42,39 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// POP3 policy advertised in CAPA.
     pub pop3: Pop3Policy,
+    /// What delivery (LMTP, `poplar deliver`) adds to messages.
+    pub delivery: DeliveryConfig,
+}
+
+/// What delivery adds to a message. By default nothing: messages are stored byte for byte as
+/// the MTA handed them over (Postfix already adds its Received: line).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Prepend `Return-Path: <sender>` (the envelope sender), as local delivery agents do.
+    pub return_path: bool,
+    /// Prepend `Delivered-To: recipient` (the envelope recipient), which also lets filters see
+    /// which of a user's addresses a message came to.
+    pub delivered_to: bool,
+}
+
+impl DeliveryConfig {
+    /// The header lines to put before a message from `sender` to `recipient`, ending with
+    /// `eol` (the message's own line ending). Control characters in the addresses are dropped,
+    /// so an address cannot add header lines of its own.
+    pub fn headers(&self, sender: Option<&str>, recipient: &str, eol: &str) -> String {
+        let clean = |a: &str| a.chars().filter(|c| !c.is_control()).collect::<String>();
+        let mut out = String::new();
+        if self.return_path
+            && let Some(sender) = sender
+        {
+            out.push_str(&format!("Return-Path: <{}>{eol}", clean(sender)));
+        }
+        if self.delivered_to {
+            out.push_str(&format!("Delivered-To: {}{eol}", clean(recipient)));
+        }
+        out
+    }
 }
 
 impl Default for Config {
@@ -58,6 +91,7 @@ impl Default for Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             pop3: Pop3Policy::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -861,6 +895,20 @@ fn expire<'de, D: Deserializer<'de>>(d: D) -> Result<pop3_proto::Expire, D::Erro
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn delivery_headers_drop_control_characters() {
+        let all = DeliveryConfig {
+            return_path: true,
+            delivered_to: true,
+        };
+        assert_eq!(
+            all.headers(Some("a@b\r\nBcc: x@y"), "c@d", "\n"),
+            "Return-Path: <a@bBcc: x@y>\nDelivered-To: c@d\n"
+        );
+        assert_eq!(all.headers(None, "c", "\r\n"), "Delivered-To: c\r\n");
+        assert_eq!(DeliveryConfig::default().headers(Some("a"), "c", "\n"), "");
+    }
     use super::*;
 
     #[test]

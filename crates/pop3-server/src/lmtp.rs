@@ -38,6 +38,8 @@ pub(crate) struct LmtpSettings {
     pub max_size: u64,
     /// Where DATA is spooled before delivery: `DATA/tmp`.
     pub spool_dir: PathBuf,
+    /// Header lines added on delivery.
+    pub headers: crate::config::DeliveryConfig,
 }
 
 /// What the driver must do after a command.
@@ -97,6 +99,11 @@ impl Transaction {
     /// The recipients of the message being received.
     pub(crate) fn recipients(&self) -> &[(String, String)] {
         &self.recipients
+    }
+
+    /// The envelope sender of the message being received (empty for bounces).
+    pub(crate) fn sender(&self) -> Option<&str> {
+        self.sender.as_deref()
     }
 
     /// The largest message accepted, in octets.
@@ -309,8 +316,11 @@ where
                     ));
                     let received = receive(&mut reader, &spool, session.max_size()).await;
                     for (address, user) in session.recipients() {
+                        // DATA arrives with CRLF line ends (RFC 5321 section 2.3.8).
+                        let prefix = settings.headers.headers(session.sender(), address, "\r\n");
                         let result = match &received {
-                            Ok(Some(_)) => store.deliver_file(user, &spool).await,
+                            Ok(Some(0)) => Err(StoreError::EmptyMessage),
+                            Ok(Some(_)) => store.deliver_file(user, prefix.as_bytes(), &spool).await,
                             Ok(None) => Err(StoreError::MessageTooLarge {
                                 limit: session.max_size(),
                             }),

@@ -52,12 +52,13 @@ pub trait MailStore: Send + Sync + 'static {
         user: &str,
     ) -> impl Future<Output = Result<(Self::Maildrop, Vec<MessageInfo>), StoreError>> + Send;
 
-    /// Stores the message held in the file `spool`, exactly as it is there, in `user`'s
-    /// maildrop, durably: once this returns `Ok`, a crash cannot lose it. Returns the octets
-    /// stored.
+    /// Stores `prefix` (header lines delivery adds, often none) followed by the message held
+    /// in the file `spool`, exactly as it is there, in `user`'s maildrop, durably: once this
+    /// returns `Ok`, a crash cannot lose it. Returns the octets stored.
     fn deliver_file(
         &self,
         user: &str,
+        prefix: &[u8],
         spool: &std::path::Path,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

@@ -60,11 +60,17 @@ pub struct MemoryDrop {
 impl MailStore for MemoryStore {
     type Maildrop = MemoryDrop;
 
-    async fn deliver_file(&self, user: &str, spool: &std::path::Path) -> Result<u64, StoreError> {
-        let message = std::fs::read(spool).map_err(|e| StoreError::io(spool, e))?;
-        if message.is_empty() {
+    async fn deliver_file(
+        &self,
+        user: &str,
+        prefix: &[u8],
+        spool: &std::path::Path,
+    ) -> Result<u64, StoreError> {
+        let body = std::fs::read(spool).map_err(|e| StoreError::io(spool, e))?;
+        if body.is_empty() {
             return Err(StoreError::EmptyMessage);
         }
+        let message = [prefix, &body].concat();
         self.deliver(user, &message);
         Ok(message.len() as u64)
     }

@@ -113,6 +113,10 @@ struct DeliverArgs {
     /// The recipients (NAME or NAME@DOMAIN).
     #[arg(required = true)]
     names: Vec<String>,
+    /// The envelope sender, for `Return-Path:` when `delivery.return_path` is set (Postfix's
+    /// pipe(8): `-f ${sender}`).
+    #[arg(short = 'f', long = "from", value_name = "SENDER")]
+    from: Option<String>,
     #[command(flatten)]
     common: Common,
 }

@@ -221,3 +221,66 @@ fn overlong_lines_and_broken_transfers_deliver_nothing_and_leave_nothing() {
         "spool left behind"
     );
 }
+
+#[test]
+fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
+    let (server, addr) = lmtp_server(&[
+        ("delivery.return_path", true.into()),
+        ("delivery.delivered_to", true.into()),
+    ]);
+    let stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    reply(&mut r);
+    w.write_all(
+        b"LHLO x\r\nMAIL FROM:<sender@example.net>\r\nRCPT TO:<alice@example.org>\r\n\
+          RCPT TO:<bob@example.org>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+    )
+    .unwrap();
+    let mut all = String::new();
+    for _ in 0..8 {
+        all.push_str(&reply(&mut r));
+    }
+    assert!(
+        all.ends_with("221 2.0.0 test.example closing connection\r\n"),
+        "{all}"
+    );
+    let read = |user: &str, password: &str| {
+        let (mut c, _) = Client::connect(server.pop3);
+        assert!(c.login(user, password).starts_with("+OK"));
+        let n = c
+            .cmd("STAT")
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
+        assert!(c.cmd(&format!("RETR {n}")).starts_with("+OK"));
+        String::from_utf8(c.body()).unwrap()
+    };
+    assert_eq!(
+        read("alice", "wonderland"),
+        "Return-Path: <sender@example.net>\r\nDelivered-To: alice@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    );
+    assert_eq!(
+        read("bob@example.org", "builder"),
+        "Return-Path: <sender@example.net>\r\nDelivered-To: bob@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    );
+    // poplar deliver does the same, with the message's own (LF) line ends.
+    let mut deliver = server.poplar(&["deliver", "-f", "pipe@example.net", "alice"]);
+    deliver.stdin(std::process::Stdio::piped());
+    let status = common::run_with_stdin(deliver, b"Subject: lf\n\nbody\n");
+    assert!(status.success());
+    let stored = std::fs::read_dir(server.data_dir().join("mail/_default_/alice/Maildir/new"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .find(|m| m.ends_with(b"Subject: lf\n\nbody\n"))
+        .unwrap();
+    assert_eq!(
+        stored,
+        b"Return-Path: <pipe@example.net>\nDelivered-To: alice\nSubject: lf\n\nbody\n"
+    );
+}

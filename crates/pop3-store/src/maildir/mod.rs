@@ -310,13 +310,20 @@ impl MailStore for MaildirStore {
         blocking(move || store.open_blocking(&user)).await
     }
 
-    async fn deliver_file(&self, user: &str, spool: &Path) -> Result<u64, StoreError> {
+    async fn deliver_file(
+        &self,
+        user: &str,
+        prefix: &[u8],
+        spool: &Path,
+    ) -> Result<u64, StoreError> {
         let store = self.clone();
         let user = user.to_owned();
+        let prefix = prefix.to_vec();
         let spool = spool.to_owned();
         blocking(move || {
-            let mut file = File::open(&spool).map_err(|e| StoreError::io(&spool, e))?;
-            Ok(store.deliver_blocking(&[&user], &mut file)?.size)
+            let file = File::open(&spool).map_err(|e| StoreError::io(&spool, e))?;
+            let mut message = prefix.as_slice().chain(file);
+            Ok(store.deliver_blocking(&[&user], &mut message)?.size)
         })
         .await
     }
