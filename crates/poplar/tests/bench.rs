@@ -153,3 +153,52 @@ fn a_wrong_password_stops_the_load_with_the_servers_reply() {
         "{err}"
     );
 }
+
+#[test]
+fn the_lmtp_load_delivers_what_it_counts() {
+    let mut b = ServerBuilder::new();
+    b.set(
+        "listen.lmtp",
+        toml::Value::Array(vec!["127.0.0.1:0".into()]),
+    );
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    let lmtp = common::eventually(std::time::Duration::from_secs(5), "LMTP", || {
+        server.logs().iter().find_map(|l| {
+            l.split("listening for LMTP on ")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
+    });
+    let out = bench(&[
+        "lmtp",
+        "--lmtp",
+        &lmtp,
+        "--recipient",
+        "alice@example.org",
+        "--connections",
+        "2",
+        "--seconds",
+        "1",
+        "--size",
+        "1000",
+    ]);
+    let figure = |name: &str| -> f64 {
+        out.lines()
+            .find(|l| l.ends_with(name))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let delivered = figure(" deliveries");
+    assert!(delivered > 0.0 && figure(" deliveries/s") > 0.0, "{out}");
+    let (mut c, _) = common::Client::connect(server.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    // Every delivery the load counted is in the maildrop, and nothing else.
+    assert_eq!(
+        c.cmd("STAT").split(' ').nth(1).unwrap(),
+        delivered.to_string(),
+        "{out}"
+    );
+}

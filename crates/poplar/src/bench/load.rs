@@ -121,6 +121,122 @@ pub(crate) struct LoopbackArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct LmtpArgs {
+    /// The server's LMTP address (TCP).
+    #[arg(long)]
+    lmtp: std::net::SocketAddr,
+    /// The recipient of every message.
+    #[arg(long)]
+    recipient: String,
+    /// Concurrent LMTP connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Size of each message in octets.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The server's name in the results.
+    #[arg(long, default_value = "poplar")]
+    label: String,
+    /// Append the figures to this file as JSON lines.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Delivers one message per transaction on one connection until `deadline`; returns each
+/// transaction's time (MAIL to the recipient's reply after DATA), every reply checked.
+async fn lmtp_connection(
+    addr: std::net::SocketAddr,
+    recipient: String,
+    message: Arc<Vec<u8>>,
+    deadline: Instant,
+) -> Result<Vec<Duration>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut io = BufReader::new(tcp);
+    let mut line = String::new();
+    // Reads one (possibly multi-line) reply and requires `code`.
+    async fn expect(
+        io: &mut BufReader<tokio::net::TcpStream>,
+        line: &mut String,
+        code: &str,
+    ) -> Result<()> {
+        loop {
+            line.clear();
+            ensure!(
+                io.read_line(line).await? > 0,
+                "the server closed the connection"
+            );
+            ensure!(
+                line.starts_with(code),
+                "expected {code}, got {}",
+                line.trim_end()
+            );
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(());
+            }
+        }
+    }
+    expect(&mut io, &mut line, "220").await?;
+    io.get_mut().write_all(b"LHLO bench\r\n").await?;
+    expect(&mut io, &mut line, "250").await?;
+    let mut times = Vec::new();
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let envelope =
+            format!("MAIL FROM:<bench@example.net>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n");
+        io.get_mut().write_all(envelope.as_bytes()).await?;
+        expect(&mut io, &mut line, "250").await?;
+        expect(&mut io, &mut line, "250").await?;
+        expect(&mut io, &mut line, "354").await?;
+        io.get_mut().write_all(&message).await?;
+        expect(&mut io, &mut line, "250").await?;
+        times.push(t.elapsed());
+    }
+    io.get_mut().write_all(b"QUIT\r\n").await?;
+    Ok(times)
+}
+
+pub(crate) async fn lmtp(args: LmtpArgs) -> Result<ExitCode> {
+    let mut message = b"From: bench@example.net\r\nSubject: LMTP benchmark\r\n\r\n".to_vec();
+    let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
+    while message.len() + line.len() <= args.size {
+        message.extend_from_slice(line);
+    }
+    message.extend_from_slice(b".\r\n");
+    let message = Arc::new(message);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let tasks: Vec<_> = (0..args.connections.max(1))
+        .map(|_| {
+            tokio::spawn(lmtp_connection(
+                args.lmtp,
+                args.recipient.clone(),
+                Arc::clone(&message),
+                deadline,
+            ))
+        })
+        .collect();
+    let mut times = Vec::new();
+    for t in tasks {
+        times.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    times.sort();
+    let case = format!("lmtp x{}", args.connections.max(1));
+    let mut report = Report::new(&args.label, &case);
+    report.more("deliveries", times.len() as f64);
+    report.more("deliveries/s", times.len() as f64 / elapsed);
+    report.less("delivery p50 ms", ms(percentile(&times, 50)));
+    report.less("delivery p99 ms", ms(percentile(&times, 99)));
+    report.emit(args.json.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct LoginArgs {
     #[command(flatten)]
     server: ServerArgs,

@@ -4,8 +4,8 @@
 //! Loads: `session` (full sessions in a loop), `retr` (one large message, repeatedly), `idle`
 //! (logged-in connections held), `hold` (unauthenticated connections held while fresh sessions
 //! are timed), `open` (logins of a huge maildrop, first and warm), `loopback` (raw TCP, the
-//! machine's ceiling), `login` (each authentication mechanism) and `penalty` (the failure-delay
-//! curve). Every load works against any POP3 server; `--server-pid` adds the server's CPU time
+//! machine's ceiling), `login` (each authentication mechanism), `penalty` (the failure-delay
+//! curve) and `lmtp` (deliveries per second). Every load works against any POP3 server; `--server-pid` adds the server's CPU time
 //! and memory, `--json` appends the figures for `poplar bench table`. `fill` writes a large
 //! maildrop directly, as benchmark setup.
 
@@ -37,6 +37,8 @@ pub(crate) enum BenchCommand {
     Open(load::OpenArgs),
     /// Raw loopback TCP throughput, the ceiling for `retr`.
     Loopback(load::LoopbackArgs),
+    /// Deliver messages over LMTP in a loop on N connections (deliveries per second).
+    Lmtp(load::LmtpArgs),
     /// Time logins with each authentication mechanism.
     Login(load::LoginArgs),
     /// Send wrong passwords and print how long each refusal took (the penalty curve).
@@ -132,6 +134,7 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Hold(args) => runtime()?.block_on(load::hold(args)),
         BenchCommand::Open(args) => runtime()?.block_on(load::open(args)),
         BenchCommand::Loopback(args) => load::loopback(&args),
+        BenchCommand::Lmtp(args) => runtime()?.block_on(load::lmtp(args)),
         BenchCommand::Login(args) => runtime()?.block_on(load::login(args)),
         BenchCommand::Penalty(args) => runtime()?.block_on(load::penalty(args)),
         BenchCommand::Table(args) => {
