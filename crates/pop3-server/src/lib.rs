@@ -20,7 +20,7 @@ mod connection;
 pub mod der;
 mod error;
 mod limits;
-mod lmtp;
+pub mod lmtp;
 mod penalty;
 pub mod tls;
 

@@ -44,7 +44,7 @@ pub(crate) struct LmtpSettings {
 
 /// What the driver must do after a command.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Action {
+pub enum Action {
     /// Send this reply (complete lines, CRLF-terminated).
     Reply(String),
     /// Send `354` and receive the message.
@@ -55,7 +55,7 @@ pub(crate) enum Action {
 
 /// One LMTP session's protocol state.
 #[derive(Debug)]
-pub(crate) struct Transaction {
+pub struct Transaction {
     host: String,
     max_size: u64,
     greeted: bool,
@@ -81,7 +81,8 @@ fn path_and_params<'a>(arg: &'a str, prefix: &str) -> Option<(&'a str, &'a str)>
 }
 
 impl Transaction {
-    pub(crate) fn new(host: &str, max_size: u64) -> Self {
+    /// A session for a server called `host` that takes messages up to `max_size` octets.
+    pub fn new(host: &str, max_size: u64) -> Self {
         Transaction {
             host: host.to_owned(),
             max_size,
@@ -92,38 +93,39 @@ impl Transaction {
     }
 
     /// The greeting.
-    pub(crate) fn greeting(&self) -> String {
+    pub fn greeting(&self) -> String {
         format!("220 {} LMTP Poplar ready\r\n", self.host)
     }
 
     /// The recipients of the message being received.
-    pub(crate) fn recipients(&self) -> &[(String, String)] {
+    pub fn recipients(&self) -> &[(String, String)] {
         &self.recipients
     }
 
     /// The envelope sender of the message being received (empty for bounces).
-    pub(crate) fn sender(&self) -> Option<&str> {
+    pub fn sender(&self) -> Option<&str> {
         self.sender.as_deref()
     }
 
     /// The largest message accepted, in octets.
-    pub(crate) fn max_size(&self) -> u64 {
+    pub fn max_size(&self) -> u64 {
         self.max_size
     }
 
     /// Forgets the transaction (after DATA, RSET or LHLO).
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.sender = None;
         self.recipients.clear();
     }
 
     /// Handles one command line (without CRLF). `user_of` maps a recipient address to the
     /// user whose maildrop receives it, if there is one.
-    pub(crate) fn command(
-        &mut self,
-        line: &str,
-        user_of: impl Fn(&str) -> Option<String>,
-    ) -> Action {
+    pub fn command(&mut self, line: &str, user_of: impl Fn(&str) -> Option<String>) -> Action {
+        // A control character (a CR inside the line, NUL, ...) has no place in a command, and
+        // echoed in a reply or a header line it could forge another one.
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            return reply("501", "5.5.2 Control characters in the command");
+        }
         let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
         match verb.to_ascii_uppercase().as_str() {
             "LHLO" => {
@@ -488,6 +490,10 @@ mod tests {
         assert!(text(t.command("NOOP", known)).starts_with("250"));
         assert!(text(t.command("VRFY alice", known)).starts_with("502"));
         assert!(text(t.command("XYZZY", known)).starts_with("500 5.5.2"));
+        // Found by the fuzz target: a CR inside a line was echoed into the reply.
+        t.command("MAIL FROM:<a@b>", known);
+        assert!(text(t.command("RCPT TO:<alice\r250 forged@h>", known)).starts_with("501 5.5.2"));
+        assert!(text(t.command("NOOP\0", known)).starts_with("501 5.5.2"));
     }
 
     #[tokio::test]
