@@ -450,6 +450,9 @@ pub struct Pop3Policy {
     pub login_delay_overrides: std::collections::BTreeMap<String, u32>,
     /// Show the version in the IMPLEMENTATION capability (after login only). Default true.
     pub show_version: bool,
+    /// Mark a message seen (`:2,S`, moved to `cur/`) once RETR has sent it, as Dovecot does,
+    /// so webmail or an IMAP client on the same Maildir shows it as read. Default true.
+    pub mark_seen: bool,
 }
 
 impl Default for Pop3Policy {
@@ -459,6 +462,7 @@ impl Default for Pop3Policy {
             login_delay: 0,
             login_delay_overrides: std::collections::BTreeMap::new(),
             show_version: true,
+            mark_seen: true,
         }
     }
 }

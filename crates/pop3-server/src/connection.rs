@@ -459,6 +459,13 @@ impl<S: MailStore> Connection<S> {
             .session
             .message_end(&mut self.out, encoder)
             .map_err(misuse)?;
+        if request.body_lines.is_none()
+            && self.shared.settings.mark_seen
+            && let Some(maildrop) = self.maildrop.as_mut()
+            && let Err(e) = maildrop.mark_seen(request.index).await
+        {
+            tracing::warn!(user = ?self.session.user(), message = request.index + 1, error = %e, "cannot mark a message seen");
+        }
         if request.body_lines.is_none() && sent != request.size {
             tracing::error!(
                 user = ?self.session.user(), message = request.index + 1, listed = request.size, sent,

@@ -76,6 +76,8 @@ struct Settings {
     apop: bool,
     /// Client certificates name users by common name (else by e-mail address).
     client_identity_cn: bool,
+    /// RETR marks messages seen in the store.
+    mark_seen: bool,
 }
 
 /// State shared by every connection.
@@ -315,6 +317,7 @@ impl<S: MailStore> Server<S> {
             max_connections: config.limits.max_connections,
             apop: config.auth.apop,
             client_identity_cn: config.tls.client_identity == config::ClientIdentity::Cn,
+            mark_seen: config.pop3.mark_seen,
         };
         let shared = Arc::new(Shared {
             store,

@@ -74,6 +74,11 @@ pub trait Maildrop: Send + 'static {
         index: usize,
     ) -> impl Future<Output = Result<Self::Reader, StoreError>> + Send;
 
+    /// Records that message `index` was retrieved, where the store keeps such a thing (a
+    /// Maildir marks it seen, as IMAP servers sharing the maildrop expect). Best effort: a
+    /// message that vanished meanwhile is not an error.
+    fn mark_seen(&mut self, index: usize) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Removes the messages at these listing indices durably, then releases the lock. Messages
     /// that arrived during the session are never touched.
     fn commit(self, deleted: Vec<usize>) -> impl Future<Output = Result<(), StoreError>> + Send;

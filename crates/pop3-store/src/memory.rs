@@ -112,6 +112,10 @@ impl Maildrop for MemoryDrop {
         Ok(Cursor::new(bytes.to_vec()))
     }
 
+    async fn mark_seen(&mut self, _index: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
         let uids: Vec<u64> = deleted
             .iter()

@@ -772,3 +772,66 @@ fn connections_per_user_are_limited() {
         },
     );
 }
+
+/// Names of the files in one of alice's Maildir subdirectories.
+fn files_in(server: &common::Server, sub: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(
+        server
+            .data_dir()
+            .join("mail/_default_/alice/Maildir")
+            .join(sub),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().file_name().into_string().unwrap())
+    .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn retr_marks_messages_seen_for_imap_clients_unless_configured_off() {
+    let server = server_with_alice();
+    for m in [
+        &b"Subject: one\r\n\r\n1\r\n"[..],
+        b"Subject: two\r\n\r\n2\r\n",
+    ] {
+        assert!(server.deliver(&["alice"], m).success());
+    }
+    let session = |commands: &[&str]| {
+        let (mut c, _) = Client::connect(server.pop3);
+        assert!(c.login("alice", "wonderland").starts_with("+OK"));
+        assert!(c.cmd("UIDL").starts_with("+OK"));
+        let uidls = c.body();
+        for cmd in commands {
+            assert!(c.cmd(cmd).starts_with("+OK"));
+            c.body();
+        }
+        c.cmd("QUIT");
+        uidls
+    };
+    let before = session(&["RETR 1", "TOP 2 0", "RETR 1"]);
+    // RETR moved message 1 to cur/ with the seen flag; TOP left message 2 alone.
+    assert_eq!(files_in(&server, "new").len(), 1);
+    let cur = files_in(&server, "cur");
+    assert_eq!(cur.len(), 1);
+    assert!(cur[0].ends_with(":2,S"), "{cur:?}");
+    // Same UIDLs, and the moved message still reads back.
+    assert_eq!(session(&["RETR 1", "RETR 2"]), before);
+    assert_eq!(files_in(&server, "new").len(), 0);
+
+    let mut b = ServerBuilder::new();
+    b.set("pop3.mark_seen", false);
+    let off = b.start();
+    off.add_user("alice", "wonderland");
+    assert!(
+        off.deliver(&["alice"], b"Subject: x\r\n\r\nx\r\n")
+            .success()
+    );
+    let (mut c, _) = Client::connect(off.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    c.body();
+    c.cmd("QUIT");
+    assert_eq!(files_in(&off, "cur").len(), 0);
+    assert_eq!(files_in(&off, "new").len(), 1);
+}

@@ -16,6 +16,26 @@ pub fn base(name: &str) -> &str {
     name.split_once(INFO_SEPARATOR).map_or(name, |(b, _)| b)
 }
 
+/// The name a message file takes in `cur/` once it has been read: the same base with the
+/// seen flag `S` among its flags (kept in ASCII order, as the Maildir convention asks).
+/// `None` when the name is already that.
+pub fn seen_name(name: &str, in_cur: bool) -> Option<String> {
+    let (base, info) = name.split_once(INFO_SEPARATOR).unwrap_or((name, ""));
+    let flags = info.strip_prefix("2,");
+    if in_cur && flags.is_some_and(|f| f.contains('S')) {
+        return None;
+    }
+    // Experimental or unknown info ("1,...") is replaced: only version 2 carries flags.
+    let mut flags: Vec<char> = flags.unwrap_or("").chars().filter(|&c| c != 'S').collect();
+    flags.push('S');
+    flags.sort_unstable();
+    flags.dedup();
+    Some(format!(
+        "{base}{INFO_SEPARATOR}2,{}",
+        flags.into_iter().collect::<String>()
+    ))
+}
+
 /// Whether a directory entry in `new/` or `cur/` is a message (not a dot file or temp file).
 pub fn is_message(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && !name.contains('/')
@@ -86,6 +106,24 @@ pub fn unique_base(host: &str, counter: u64, random: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn seen_names_keep_the_base_and_sort_the_flags() {
+        assert_eq!(
+            seen_name("1.M2.h,S=5", false).as_deref(),
+            Some("1.M2.h,S=5:2,S")
+        );
+        assert_eq!(seen_name("1.M2.h:2,", true).as_deref(), Some("1.M2.h:2,S"));
+        assert_eq!(
+            seen_name("1.M2.h:2,FT", true).as_deref(),
+            Some("1.M2.h:2,FST")
+        );
+        assert_eq!(seen_name("1.M2.h:2,RS", true), None);
+        assert_eq!(
+            seen_name("1.M2.h:2,S", false).as_deref(),
+            Some("1.M2.h:2,S")
+        );
+    }
     use super::*;
 
     #[test]

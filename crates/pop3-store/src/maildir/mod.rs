@@ -476,6 +476,41 @@ impl Maildrop for MaildirDrop {
         })
     }
 
+    async fn mark_seen(&mut self, index: usize) -> Result<(), StoreError> {
+        // A rename is a quick metadata operation, like opening the file: done here.
+        for _ in 0..2 {
+            let Some(entry) = self.entry(index) else {
+                return Ok(());
+            };
+            let location = self.moved.get(&index).unwrap_or(&entry.location).clone();
+            let Some(name) = filename::seen_name(&location.name, location.sub == Sub::Cur) else {
+                return Ok(());
+            };
+            let from = self.path_of(index);
+            let to = self.dir.join("cur").join(&name);
+            match fs::rename(&from, &to) {
+                Ok(()) => {
+                    self.moved.insert(
+                        index,
+                        Located {
+                            sub: Sub::Cur,
+                            name,
+                        },
+                    );
+                    return Ok(());
+                }
+                // Renamed by another program meanwhile: find it and try once more.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if self.relocate(index)?.is_none() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(StoreError::io(&from, e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
         if deleted.is_empty() {
             // Nothing to remove: releasing the lock (closing a file) is all there is to do.
