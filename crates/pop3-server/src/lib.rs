@@ -303,6 +303,7 @@ impl<S: MailStore> Server<S> {
                 path: spool_dir.clone(),
                 source,
             })?;
+            lmtp::remove_stale_spools(&spool_dir);
         }
         let settings = Settings {
             tls_handshake: config.timeouts.tls_handshake,

@@ -253,6 +253,34 @@ fn delivered_reply(address: &str, result: &Result<u64, StoreError>) -> String {
     }
 }
 
+/// Removes spool files left by LMTP servers that are no longer running (killed in the middle
+/// of a delivery: their MTA was never told `250` and will send the message again).
+pub(crate) fn remove_stale_spools(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("lmtp."))
+            .and_then(|rest| rest.split('.').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed the spool of an interrupted LMTP delivery")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale LMTP spool")
+                }
+            }
+        }
+    }
+}
+
 /// Names spool files uniquely within this process.
 static SPOOLS: AtomicU64 = AtomicU64::new(0);
 

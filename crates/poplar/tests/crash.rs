@@ -545,3 +545,124 @@ fn a_read_only_data_dir_gives_temporary_errors_and_loses_nothing() {
     check_maildrop(&mut c, &BTreeMap::new(), SIZE);
     assert!(server.try_wait().is_none(), "the server died");
 }
+
+/// Starts a server with an LMTP listener over an existing data directory; returns it and the
+/// LMTP address.
+fn lmtp_server_on(data: &Path) -> (Server, String) {
+    let mut b = ServerBuilder::new();
+    b.set("data_dir", data.to_str().unwrap());
+    b.set(
+        "listen.lmtp",
+        toml::Value::Array(vec!["127.0.0.1:0".into()]),
+    );
+    let server = b.start();
+    let addr = common::eventually(Duration::from_secs(10), "the LMTP listener", || {
+        server.logs().iter().find_map(|l| {
+            l.split("listening for LMTP on ")
+                .nth(1)
+                .map(|a| a.trim().to_owned())
+        })
+    });
+    (server, addr)
+}
+
+/// Delivers message `id` over LMTP; true when the server acknowledged it after DATA.
+fn lmtp_deliver(addr: &str, id: usize, size: usize) -> bool {
+    use std::io::{BufRead, BufReader};
+    let attempt = || -> std::io::Result<bool> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut w = stream.try_clone()?;
+        let mut r = BufReader::new(stream);
+        let mut line = String::new();
+        let mut replies = |n: usize, r: &mut BufReader<std::net::TcpStream>| {
+            let mut last = String::new();
+            let mut done = 0;
+            while done < n {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    return Ok::<_, std::io::Error>(String::new());
+                }
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    done += 1;
+                    last = line.clone();
+                }
+            }
+            Ok(last)
+        };
+        replies(1, &mut r)?;
+        w.write_all(
+            b"LHLO crash.test\r\nMAIL FROM:<s@x>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n",
+        )?;
+        let data = replies(4, &mut r)?;
+        if !data.starts_with("354") {
+            eprintln!("lmtp delivery {id}: {data:?}");
+            return Ok(false);
+        }
+        w.write_all(&message(id, size))?;
+        w.write_all(b".\r\n")?;
+        Ok(replies(1, &mut r)?.starts_with("250"))
+    };
+    attempt().unwrap_or_else(|e| {
+        eprintln!("lmtp delivery {id}: {e}");
+        false
+    })
+}
+
+#[test]
+fn lmtp_server_killed_during_deliveries() {
+    const SIZE: usize = 256 * 1024;
+    let b = ServerBuilder::new();
+    let data = b.data_dir();
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    // The data directory lives in the first server's directory: keep it.
+    let (_, _data_home) = server.stop();
+    let (mut server, mut addr) = lmtp_server_on(&data);
+    let window = (0..3)
+        .map(|id| {
+            let start = Instant::now();
+            assert!(lmtp_deliver(&addr, id, SIZE));
+            start.elapsed()
+        })
+        .min()
+        .unwrap();
+    eprintln!("lmtp: one 256 KiB delivery takes {window:?}");
+    let mut rng = Rng::new("lmtp");
+    let mut acknowledged: Vec<usize> = (0..3).collect();
+    let mut killed = Vec::new();
+    for id in 3..3 + trials() {
+        let target = addr.clone();
+        let sender = std::thread::spawn(move || lmtp_deliver(&target, id, SIZE));
+        std::thread::sleep(rng.below(window * 2));
+        let _keep = server.kill();
+        if sender.join().unwrap() {
+            acknowledged.push(id);
+        } else {
+            killed.push(id);
+        }
+        (server, addr) = lmtp_server_on(&data);
+    }
+    let mut c = login(&server);
+    let present: HashSet<usize> = check_maildrop(&mut c, &BTreeMap::new(), SIZE)
+        .into_values()
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            present.contains(id),
+            "LMTP delivery {id} was acknowledged but is missing"
+        );
+    }
+    let spools = std::fs::read_dir(data.join("tmp")).unwrap().count();
+    assert_eq!(
+        spools, 0,
+        "spools of killed servers are removed at the next start"
+    );
+    let survived = killed.iter().filter(|id| present.contains(id)).count();
+    eprintln!(
+        "lmtp: {} deliveries, {} acknowledged (all present), {} cut by the kill ({survived} of them complete in the maildrop, the rest absent); no partial message, no spool left",
+        trials() + 3,
+        acknowledged.len(),
+        killed.len()
+    );
+}
