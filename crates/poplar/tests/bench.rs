@@ -157,19 +157,10 @@ fn a_wrong_password_stops_the_load_with_the_servers_reply() {
 #[test]
 fn the_lmtp_load_delivers_what_it_counts() {
     let mut b = ServerBuilder::new();
-    b.set(
-        "listen.lmtp",
-        toml::Value::Array(vec!["127.0.0.1:0".into()]),
-    );
+    b.lmtp();
     let server = b.start();
     server.add_user("alice", "wonderland");
-    let lmtp = common::eventually(std::time::Duration::from_secs(5), "LMTP", || {
-        server.logs().iter().find_map(|l| {
-            l.split("listening for LMTP on ")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-    });
+    let lmtp = server.lmtp_addr();
     let out = bench(&[
         "lmtp",
         "--lmtp",

@@ -551,44 +551,27 @@ fn a_read_only_data_dir_gives_temporary_errors_and_loses_nothing() {
 fn lmtp_server_on(data: &Path) -> (Server, String) {
     let mut b = ServerBuilder::new();
     b.set("data_dir", data.to_str().unwrap());
-    b.set(
-        "listen.lmtp",
-        toml::Value::Array(vec!["127.0.0.1:0".into()]),
-    );
+    b.lmtp();
     let server = b.start();
-    let addr = common::eventually(Duration::from_secs(10), "the LMTP listener", || {
-        server.logs().iter().find_map(|l| {
-            l.split("listening for LMTP on ")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-    });
+    let addr = server.lmtp_addr();
     (server, addr)
 }
 
 /// Delivers message `id` over LMTP; true when the server acknowledged it after DATA.
 fn lmtp_deliver(addr: &str, id: usize, size: usize) -> bool {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufReader;
     let attempt = || -> std::io::Result<bool> {
         let stream = std::net::TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut w = stream.try_clone()?;
         let mut r = BufReader::new(stream);
-        let mut line = String::new();
-        let mut replies = |n: usize, r: &mut BufReader<std::net::TcpStream>| {
+        // The last of `n` replies ("" when the connection closed first).
+        let replies = |n: usize, r: &mut BufReader<std::net::TcpStream>| {
             let mut last = String::new();
-            let mut done = 0;
-            while done < n {
-                line.clear();
-                if r.read_line(&mut line)? == 0 {
-                    return Ok::<_, std::io::Error>(String::new());
-                }
-                if line.as_bytes().get(3) != Some(&b'-') {
-                    done += 1;
-                    last = line.clone();
-                }
+            for _ in 0..n {
+                last = common::smtp_reply(r);
             }
-            Ok(last)
+            Ok::<_, std::io::Error>(last)
         };
         replies(1, &mut r)?;
         w.write_all(

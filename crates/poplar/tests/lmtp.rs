@@ -6,29 +6,32 @@
 mod common;
 
 use common::{Client, ServerBuilder, canonical, eventually, tool};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// Reads one LMTP reply (all its lines) and returns it.
+/// Reads one LMTP reply (all its lines); fails when the connection closed.
 fn reply(r: &mut BufReader<TcpStream>) -> String {
-    let mut all = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
-        all.push_str(&line);
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return all;
-        }
-    }
+    let reply = common::smtp_reply(r);
+    assert!(!reply.is_empty(), "connection closed");
+    reply
+}
+
+/// Connects to LMTP: the writing half, the reading half and the greeting.
+fn connect(addr: &str) -> (TcpStream, BufReader<TcpStream>, String) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let greeting = reply(&mut r);
+    (w, r, greeting)
 }
 
 fn lmtp_server(extra: &[(&str, toml::Value)]) -> (common::Server, String) {
     let mut b = ServerBuilder::new();
-    b.set(
-        "listen.lmtp",
-        toml::Value::Array(vec!["127.0.0.1:0".into()]),
-    );
+    b.lmtp();
     b.set("limits.max_message_size", "1k");
     for (k, v) in extra {
         b.set(k, v.clone());
@@ -36,26 +39,15 @@ fn lmtp_server(extra: &[(&str, toml::Value)]) -> (common::Server, String) {
     let server = b.start();
     server.add_user("alice", "wonderland");
     server.add_user("bob@example.org", "builder");
-    let addr = eventually(Duration::from_secs(5), "the LMTP listener", || {
-        server.logs().iter().find_map(|l| {
-            l.split("listening for LMTP on ")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-    });
+    let addr = server.lmtp_addr();
     (server, addr)
 }
 
 #[test]
 fn pipelined_transaction_gets_one_reply_per_recipient_and_stores_bytes_exactly() {
     let (server, addr) = lmtp_server(&[]);
-    let stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    assert!(reply(&mut r).starts_with("220 test.example LMTP"));
+    let (mut w, mut r, greeting) = connect(&addr);
+    assert!(greeting.starts_with("220 test.example LMTP"));
     // Everything up to DATA in one write (PIPELINING).
     w.write_all(
         b"LHLO mx.test\r\nMAIL FROM:<sender@example.net> SIZE=200 BODY=8BITMIME\r\n\
@@ -181,17 +173,7 @@ fn lmtp_on_a_public_address_is_refused_at_start() {
 #[test]
 fn overlong_lines_and_broken_transfers_deliver_nothing_and_leave_nothing() {
     let (server, addr) = lmtp_server(&[]);
-    let open = || {
-        let stream = TcpStream::connect(&addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let w = stream.try_clone().unwrap();
-        let mut r = BufReader::new(stream);
-        assert!(reply(&mut r).starts_with("220"));
-        (w, r)
-    };
-    let (mut w, mut r) = open();
+    let (mut w, mut r, _) = connect(&addr);
     w.write_all(format!("LHLO {}\r\nNOOP\r\n", "x".repeat(5000)).as_bytes())
         .unwrap();
     assert!(reply(&mut r).starts_with("500 5.5.6"));
@@ -228,13 +210,7 @@ fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
         ("delivery.return_path", true.into()),
         ("delivery.delivered_to", true.into()),
     ]);
-    let stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    reply(&mut r);
+    let (mut w, mut r, _) = connect(&addr);
     w.write_all(
         b"LHLO x\r\nMAIL FROM:<sender@example.net>\r\nRCPT TO:<alice@example.org>\r\n\
           RCPT TO:<bob@example.org>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n",

@@ -171,20 +171,11 @@ fn messages(server: &common::Server, user: &str, password: &str) -> Vec<Vec<u8>>
 #[test]
 fn postfix_delivers_over_lmtp_bounces_unknown_users_and_retries_temporary_failures() {
     let mut b = ServerBuilder::new();
-    b.set(
-        "listen.lmtp",
-        toml::Value::Array(vec!["127.0.0.1:0".into()]),
-    );
+    b.lmtp();
     let server = b.start();
     server.add_user("alice", "wonderland");
     server.add_user("carol", "pass");
-    let lmtp = eventually(Duration::from_secs(5), "the LMTP listener", || {
-        server.logs().iter().find_map(|l| {
-            l.split("listening for LMTP on ")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-    });
+    let lmtp = server.lmtp_addr();
     let postfix = Postfix::start(&format!("inet:{lmtp}"));
     let dir = tempfile::tempdir().unwrap();
 

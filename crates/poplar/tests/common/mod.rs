@@ -61,6 +61,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds an LMTP listener on a free loopback port.
+    pub fn lmtp(&mut self) -> &mut Self {
+        self.set(
+            "listen.lmtp",
+            toml::Value::Array(vec!["127.0.0.1:0".into()]),
+        )
+    }
+
     /// Sets an environment variable for the server process.
     pub fn env(&mut self, key: &str, value: &str) -> &mut Self {
         self.env.push((key.to_owned(), value.to_owned()));
@@ -236,6 +244,17 @@ impl Server {
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// The LMTP address the server logged (`listen.lmtp`, see [`ServerBuilder::lmtp`]).
+    pub fn lmtp_addr(&self) -> String {
+        eventually(Duration::from_secs(10), "the LMTP listener", || {
+            self.logs().iter().find_map(|l| {
+                l.split("listening for LMTP on ")
+                    .nth(1)
+                    .map(|a| a.trim().to_owned())
+            })
+        })
     }
 
     /// Waits until a log line containing `needle` appears.
@@ -652,4 +671,20 @@ pub fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         ("attachment", big),
         ("no-final-newline", b"Subject: no final newline\r\n\r\nlast line without newline".to_vec()),
     ]
+}
+
+/// Reads one SMTP/LMTP reply, all its lines (`250-...` continues, `250 ...` ends); empty when
+/// the connection closed first.
+pub fn smtp_reply(r: &mut impl BufRead) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return all;
+        }
+        all.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return all;
+        }
+    }
 }
