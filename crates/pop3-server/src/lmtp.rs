@@ -302,8 +302,7 @@ where
         loop {
             // Pipelined commands are answered in one write once the input is drained.
             if reader.buffer().is_empty() && !out.is_empty() {
-                write.write_all(out.as_bytes()).await?;
-                write.flush().await?;
+                send(&mut write, &out).await?;
                 out.clear();
             }
             let mut line = Vec::new();
@@ -330,14 +329,12 @@ where
                 Action::Reply(r) => out.push_str(&r),
                 Action::Close(r) => {
                     out.push_str(&r);
-                    write.write_all(out.as_bytes()).await?;
-                    write.flush().await?;
+                    send(&mut write, &out).await?;
                     return Ok(());
                 }
                 Action::Data => {
                     out.push_str("354 2.0.0 Send the message, ending with <CRLF>.<CRLF>\r\n");
-                    write.write_all(out.as_bytes()).await?;
-                    write.flush().await?;
+                    send(&mut write, &out).await?;
                     out.clear();
                     let spool = spool_dir.join(format!(
                         "lmtp.{}.{}",
@@ -383,6 +380,17 @@ where
         Ok(()) => tracing::info!(peer = %peer, delivered, "LMTP session ended"),
         Err(e) => tracing::info!(peer = %peer, delivered, error = %e, "LMTP session ended"),
     }
+}
+
+/// Writes replies, giving up on an MTA that has not taken them within [`IDLE`].
+async fn send<W: AsyncWrite + Unpin>(write: &mut W, replies: &str) -> std::io::Result<()> {
+    let written = async {
+        write.write_all(replies.as_bytes()).await?;
+        write.flush().await
+    };
+    tokio::time::timeout(IDLE, written)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the MTA stopped reading"))?
 }
 
 /// Discards input up to and including the next LF.
