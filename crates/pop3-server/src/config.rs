@@ -811,15 +811,20 @@ pub fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Parses `"2s"`, `"500ms"`, `"10m"`, `"1h"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
+/// Splits `"64M"` or `"2 s"` into the leading decimal number and the trimmed unit after it.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let secs = match unit.trim() {
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses `"2s"`, `"500ms"`, `"10m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let (n, unit) = number_and_unit(text)?;
+    let secs = match unit {
         "ms" => return Some(Duration::from_millis(n)),
         "" | "s" => n,
         "m" => n.checked_mul(60)?,
@@ -831,13 +836,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 /// Parses a size: octets, or a number with a K, M or G suffix (powers of 1024).
 pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+    let (n, unit) = number_and_unit(text)?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,

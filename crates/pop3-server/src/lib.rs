@@ -481,13 +481,13 @@ async fn lmtp_accept_loop<S: MailStore>(
             }
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            const BUSY: &[u8] = b"421 4.3.2 Too many LMTP connections; try again later\r\n";
             tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::io::AsyncWriteExt::write_all(
-                    &mut stream,
-                    b"421 4.3.2 Too many LMTP connections; try again later\r\n",
-                )
-                .await;
+                use tokio::io::AsyncWriteExt;
+                let _ = match stream {
+                    LmtpStream::Tcp(mut s) => s.write_all(BUSY).await,
+                    LmtpStream::Unix(mut s) => s.write_all(BUSY).await,
+                };
             });
             continue;
         };
@@ -506,39 +506,6 @@ async fn lmtp_accept_loop<S: MailStore>(
 enum LmtpStream {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
-}
-
-impl tokio::io::AsyncWrite for LmtpStream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            LmtpStream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            LmtpStream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            LmtpStream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
-            LmtpStream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            LmtpStream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            LmtpStream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
 
 async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {

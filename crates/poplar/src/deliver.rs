@@ -76,6 +76,9 @@ fn with_headers(
             return Err(StoreError::MessageTooLarge { limit });
         }
         file.flush().map_err(io(&spool))?;
+        if copied == 0 {
+            return Err(StoreError::EmptyMessage);
+        }
         let mut first = Vec::new();
         std::io::BufReader::new(std::fs::File::open(&spool).map_err(io(&spool))?)
             .read_until(b'\n', &mut first)
@@ -89,9 +92,6 @@ fn with_headers(
         for name in names {
             let prefix = config.delivery.headers(sender, name, eol);
             let body = std::fs::File::open(&spool).map_err(io(&spool))?;
-            if copied == 0 {
-                return Err(StoreError::EmptyMessage);
-            }
             last = Some(store.deliver_blocking(&[name], &mut prefix.as_bytes().chain(body))?);
         }
         last.ok_or(StoreError::EmptyMessage)

@@ -287,6 +287,27 @@ fn killed_during_a_quit_that_removes_1000_messages() {
     );
 }
 
+/// Checks alice's maildrop after deliveries of which some were killed: every message complete,
+/// none twice, every acknowledged one present. Returns how many killed ones are present.
+fn check_deliveries(
+    server: &Server,
+    acknowledged: &[usize],
+    killed: &[usize],
+    size: usize,
+) -> usize {
+    let mut c = login(server);
+    let present: HashSet<usize> = check_maildrop(&mut c, &BTreeMap::new(), size)
+        .into_values()
+        .collect();
+    for id in acknowledged {
+        assert!(
+            present.contains(id),
+            "delivery {id} was acknowledged but is missing"
+        );
+    }
+    killed.iter().filter(|id| present.contains(id)).count()
+}
+
 #[test]
 fn killed_during_deliveries() {
     const SIZE: usize = 256 * 1024;
@@ -341,17 +362,7 @@ fn killed_during_deliveries() {
             killed.push(id);
         }
     }
-    let mut c = login(&server);
-    let present: HashSet<usize> = check_maildrop(&mut c, &BTreeMap::new(), SIZE)
-        .into_values()
-        .collect();
-    for id in &acknowledged {
-        assert!(
-            present.contains(id),
-            "delivery {id} was acknowledged but is missing"
-        );
-    }
-    let survived = killed.iter().filter(|id| present.contains(id)).count();
+    let survived = check_deliveries(&server, &acknowledged, &killed, SIZE);
     let stray = std::fs::read_dir(maildir(&data).join("tmp"))
         .unwrap()
         .count();
@@ -626,22 +637,12 @@ fn lmtp_server_killed_during_deliveries() {
         }
         (server, addr) = lmtp_server_on(&data);
     }
-    let mut c = login(&server);
-    let present: HashSet<usize> = check_maildrop(&mut c, &BTreeMap::new(), SIZE)
-        .into_values()
-        .collect();
-    for id in &acknowledged {
-        assert!(
-            present.contains(id),
-            "LMTP delivery {id} was acknowledged but is missing"
-        );
-    }
+    let survived = check_deliveries(&server, &acknowledged, &killed, SIZE);
     let spools = std::fs::read_dir(data.join("tmp")).unwrap().count();
     assert_eq!(
         spools, 0,
         "spools of killed servers are removed at the next start"
     );
-    let survived = killed.iter().filter(|id| present.contains(id)).count();
     eprintln!(
         "lmtp: {} deliveries, {} acknowledged (all present), {} cut by the kill ({survived} of them complete in the maildrop, the rest absent); no partial message, no spool left",
         trials() + 3,

@@ -482,7 +482,7 @@ impl Maildrop for MaildirDrop {
             let Some(entry) = self.entry(index) else {
                 return Ok(());
             };
-            let location = self.moved.get(&index).unwrap_or(&entry.location).clone();
+            let location = self.moved.get(&index).unwrap_or(&entry.location);
             let Some(name) = filename::seen_name(&location.name, location.sub == Sub::Cur) else {
                 return Ok(());
             };

@@ -269,10 +269,11 @@ impl Conn {
 
     /// USER/PASS; fails unless both are accepted.
     pub(crate) async fn user_pass(&mut self, user: &str, password: &str) -> Result<()> {
-        self.cmd(&format!("USER {user}")).await?;
-        self.cmd(&format!("PASS {password}"))
-            .await
-            .with_context(|| format!("login as {user}"))?;
+        let reply = self.login("USER", user, password, "").await?;
+        ensure!(
+            reply.starts_with("+OK"),
+            "login as {user}: server said: {reply}"
+        );
         Ok(())
     }
 
