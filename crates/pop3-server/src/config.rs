@@ -44,6 +44,77 @@ pub struct Config {
     pub pop3: Pop3Policy,
     /// What delivery (LMTP, `poplar deliver`) adds to messages.
     pub delivery: DeliveryConfig,
+    /// Storage quotas, enforced when mail is delivered.
+    pub quota: QuotaConfig,
+}
+
+/// Storage quotas. A delivery that would take a maildrop past its quota is refused for the whole
+/// message (LMTP `452 4.2.2`, `poplar deliver` exit 75), so the MTA keeps it queued and retries
+/// while the user makes room. Usage is kept in the Maildir's `maildirsize` (Maildir++), which
+/// Dovecot's `quota = maildir` shares.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Octets per maildrop (or with a K, M or G suffix); 0, the default, is no limit: what a
+    /// user may keep is a site's decision, and the per-message limit
+    /// (`limits.max_message_size`) already stops a single runaway message.
+    #[serde(deserialize_with = "size")]
+    pub storage: u64,
+    /// Messages per maildrop; 0, the default, is no limit.
+    pub messages: u64,
+    /// Refuse mail for a full maildrop permanently (LMTP `552 5.2.2`, exit 77: the sender gets
+    /// a bounce at once) instead of temporarily. Default false: a full mailbox is usually
+    /// emptied within the MTA's retry period (Postfix: 5 days), and no mail is lost meanwhile.
+    pub permanent: bool,
+    /// Quotas for particular users (`"alice@example.org" = { storage = "5G" }`) or domains
+    /// (`"example.org" = { messages = 10000 }`); a limit left out is the default's.
+    pub overrides: std::collections::BTreeMap<String, QuotaOverride>,
+}
+
+/// One user's or domain's quota.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaOverride {
+    /// Octets (or K, M, G); 0 is no limit.
+    pub storage: Option<Size>,
+    /// Messages; 0 is no limit.
+    pub messages: Option<u64>,
+}
+
+/// A size in octets, written as a number or with a K, M or G suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        size(d).map(Size)
+    }
+}
+
+impl QuotaConfig {
+    /// The rules the store enforces.
+    pub fn rules(&self) -> pop3_store::QuotaRules {
+        let limit = |n: u64| (n > 0).then_some(n);
+        let default = pop3_store::Quota {
+            storage: limit(self.storage),
+            messages: limit(self.messages),
+        };
+        pop3_store::QuotaRules {
+            default,
+            overrides: self
+                .overrides
+                .iter()
+                .map(|(name, o)| {
+                    let quota = pop3_store::Quota {
+                        storage: o.storage.map_or(default.storage, |s| limit(s.0)),
+                        messages: o.messages.map_or(default.messages, limit),
+                    };
+                    (name.to_ascii_lowercase(), quota)
+                })
+                .collect(),
+            permanent: self.permanent,
+        }
+    }
 }
 
 /// What delivery adds to a message. By default nothing: messages are stored byte for byte as
@@ -92,6 +163,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             pop3: Pop3Policy::default(),
             delivery: DeliveryConfig::default(),
+            quota: QuotaConfig::default(),
         }
     }
 }
@@ -504,14 +576,14 @@ impl Config {
         self.data_dir.join("mail")
     }
 
-    /// The Maildir store under [`Config::mail_root`], with the configured limits.
+    /// The Maildir store under [`Config::mail_root`], with the configured limits and quotas.
     pub fn maildir_store(&self) -> pop3_store::MaildirStore {
-        pop3_store::MaildirStore::new(self.mail_root(), self.hostname()).with_limits(
-            pop3_store::StoreLimits {
+        pop3_store::MaildirStore::new(self.mail_root(), self.hostname())
+            .with_limits(pop3_store::StoreLimits {
                 max_message_size: self.limits.max_message_size,
                 max_snapshot_messages: self.limits.max_snapshot_messages,
-            },
-        )
+            })
+            .with_quotas(self.quota.rules())
     }
 
     /// Certificate and key paths, and whether they are the generated self-signed pair.
@@ -792,12 +864,7 @@ pub(crate) fn login_delay_for(
     default: u32,
     user: &str,
 ) -> u32 {
-    overrides
-        .get(user)
-        .or_else(|| {
-            user.rsplit_once('@')
-                .and_then(|(_, domain)| overrides.get(domain))
-        })
+    pop3_store::per_user(overrides, user)
         .copied()
         .unwrap_or(default)
 }

@@ -246,6 +246,11 @@ fn delivered_reply(address: &str, result: &Result<u64, StoreError>) -> String {
             format!("552 5.3.4 <{address}> Message too large: the limit is {limit} octets\r\n")
         }
         Err(StoreError::EmptyMessage) => format!("554 5.6.0 <{address}> The message is empty\r\n"),
+        // RFC 3463 X.2.2: mailbox full.
+        Err(StoreError::OverQuota { usage, permanent }) => {
+            let (code, class) = if *permanent { ("552", 5) } else { ("452", 4) };
+            format!("{code} {class}.2.2 <{address}> Mailbox full ({usage})\r\n")
+        }
         Err(StoreError::InvalidMailbox(..)) => {
             format!("550 5.1.1 <{address}> No such mailbox\r\n")
         }

@@ -49,6 +49,14 @@ pub enum StoreError {
         /// The limit, in octets.
         limit: u64,
     },
+    /// The delivery would take the maildrop past its quota.
+    #[error("over quota: {usage}")]
+    OverQuota {
+        /// What the maildrop holds against its limits, for the refusal.
+        usage: String,
+        /// The refusal is permanent (configured so) rather than temporary.
+        permanent: bool,
+    },
     /// A background task failed unexpectedly (a bug, or the runtime shutting down).
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,6 +79,7 @@ impl StoreError {
             | StoreError::PartialCommit { .. }
             | StoreError::Internal(_) => true,
             StoreError::Io { source, .. } => source.kind() != std::io::ErrorKind::PermissionDenied,
+            StoreError::OverQuota { permanent, .. } => !permanent,
             StoreError::InvalidMailbox(..)
             | StoreError::MessageGone(_)
             | StoreError::EmptyMessage

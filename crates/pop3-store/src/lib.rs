@@ -31,6 +31,55 @@ pub use name::{DEFAULT_DOMAIN, MailboxPath};
 
 use std::future::Future;
 
+/// A maildrop's storage limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Octets, as stored (the files' sizes).
+    pub storage: Option<u64>,
+    /// Messages.
+    pub messages: Option<u64>,
+}
+
+impl Quota {
+    /// Whether neither limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.storage.is_none() && self.messages.is_none()
+    }
+}
+
+/// Who gets which [`Quota`]: a default, overrides per user or per domain, and whether a full
+/// maildrop refuses mail for good (the sender gets a bounce) or for now (the MTA retries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaRules {
+    /// Every user's quota unless overridden.
+    pub default: Quota,
+    /// Overrides for a user (`alice@example.org`) or a domain (`example.org`).
+    pub overrides: std::collections::BTreeMap<String, Quota>,
+    /// A full maildrop refuses delivery permanently rather than temporarily.
+    pub permanent: bool,
+}
+
+impl QuotaRules {
+    /// `user`'s quota.
+    pub fn quota_for(&self, user: &str) -> Quota {
+        per_user(&self.overrides, user)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// The setting for `user` in a table keyed by user or domain: the user's own entry, else its
+/// domain's.
+pub fn per_user<'a, T>(
+    table: &'a std::collections::BTreeMap<String, T>,
+    user: &str,
+) -> Option<&'a T> {
+    table.get(user).or_else(|| {
+        user.rsplit_once('@')
+            .and_then(|(_, domain)| table.get(&domain.to_ascii_lowercase()))
+    })
+}
+
 /// One message in a maildrop listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageInfo {

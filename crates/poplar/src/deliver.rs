@@ -1,7 +1,7 @@
 //! `poplar deliver NAME... < message`: a local delivery agent for Postfix, Exim or procmail.
 //!
 //! The message is stored byte for byte as received. Exit codes are the sysexits(3) values MTAs
-//! act on: 75 makes them retry later, 67 and 65 bounce.
+//! act on: 75 makes them retry later, 67, 65 and 77 bounce.
 
 use crate::DeliverArgs;
 use pop3_auth::userdb::normalize_name;
@@ -11,6 +11,8 @@ use std::process::ExitCode;
 const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
+/// A permanent refusal (a full maildrop under `quota.permanent`), as Dovecot's LDA uses it.
+const EX_NOPERM: u8 = 77;
 
 pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     let fail = |code: u8, message: String| {
@@ -47,6 +49,10 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
             format!("message too large: the limit is {limit} octets (limits.max_message_size)"),
         ),
         Err(e @ StoreError::InvalidMailbox(..)) => fail(EX_NOUSER, e.to_string()),
+        Err(StoreError::OverQuota { usage, permanent }) => fail(
+            if permanent { EX_NOPERM } else { EX_TEMPFAIL },
+            format!("mailbox full ({usage}); see [quota] in the configuration"),
+        ),
         Err(e) => fail(EX_TEMPFAIL, e.to_string()),
     }
 }

@@ -35,7 +35,8 @@ enum Command {
     #[command(subcommand)]
     User(UserCommand),
     /// Deliver one message (read from standard input, stored as is) to users' maildrops.
-    /// Exit codes follow sysexits: 0 delivered, 65 bad input, 67 unknown user, 75 try later.
+    /// Exit codes follow sysexits: 0 delivered, 65 bad input, 67 unknown user, 75 try later
+    /// (also a full maildrop), 77 full maildrop under `quota.permanent`.
     Deliver(DeliverArgs),
     /// Check a configuration and the files it names; explain any problem.
     CheckConfig(Common),

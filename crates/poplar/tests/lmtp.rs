@@ -260,3 +260,79 @@ fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
         b"Return-Path: <pipe@example.net>\nDelivered-To: alice\nSubject: lf\n\nbody\n"
     );
 }
+
+#[test]
+fn a_full_maildrop_refuses_mail_temporarily_or_permanently_until_room_is_made() {
+    let overrides: toml::Table =
+        toml::from_str("alice = { messages = 1 }\n\"example.org\" = { storage = \"200\" }\n")
+            .unwrap();
+    let (server, addr) = lmtp_server(&[("quota.overrides", overrides.into())]);
+    let message = format!("Subject: q\r\n\r\n{}\r\n", "x".repeat(130));
+    let send = |w: &mut TcpStream, r: &mut BufReader<TcpStream>| {
+        w.write_all(
+            format!(
+                "MAIL FROM:<s@example.net>\r\nRCPT TO:<alice@example.org>\r\n\
+                 RCPT TO:<bob@example.org>\r\nDATA\r\n{message}.\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        for _ in 0..4 {
+            reply(r);
+        }
+        (reply(r), reply(r))
+    };
+    let (mut w, mut r, _) = connect(&addr);
+    w.write_all(b"LHLO x\r\n").unwrap();
+    reply(&mut r);
+    let (alice, bob) = send(&mut w, &mut r);
+    assert!(alice.starts_with("250 2.1.5"), "{alice}");
+    assert!(bob.starts_with("250 2.1.5"), "{bob}");
+    // alice may keep one message, bob's domain 200 octets: both are full now, for now.
+    let (alice, bob) = send(&mut w, &mut r);
+    assert_eq!(
+        alice,
+        "452 4.2.2 <alice@example.org> Mailbox full (1 of 1 messages)\r\n"
+    );
+    assert_eq!(
+        bob,
+        "452 4.2.2 <bob@example.org> Mailbox full (146 of 200 octets)\r\n"
+    );
+    // poplar deliver: exit 75 (try later), or 77 (bounce) when the refusal is permanent.
+    let deliver = |config: &std::path::Path| {
+        let mut cmd = common::tool(env!("CARGO_BIN_EXE_poplar"));
+        cmd.args(["deliver", "--config", config.to_str().unwrap(), "alice"]);
+        cmd.stdin(std::process::Stdio::piped());
+        common::run_with_stdin(cmd, message.as_bytes()).code()
+    };
+    let config = server.dir().join("poplar.toml");
+    assert_eq!(deliver(&config), Some(75));
+    let mut table: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    table["quota"]
+        .as_table_mut()
+        .unwrap()
+        .insert("permanent".into(), true.into());
+    let permanent = server.dir().join("permanent.toml");
+    std::fs::write(&permanent, toml::to_string(&table).unwrap()).unwrap();
+    assert_eq!(deliver(&permanent), Some(77));
+    // Usage is kept in Maildir++'s maildirsize, which Dovecot's quota plugin shares.
+    let maildir = server.data_dir().join("mail/_default_/alice/Maildir");
+    assert_eq!(
+        std::fs::read_to_string(maildir.join("maildirsize")).unwrap(),
+        "0S,1C\n146 1\n"
+    );
+    // alice makes room over POP3; the next delivery is accepted.
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    assert!(
+        std::fs::read_to_string(maildir.join("maildirsize"))
+            .unwrap()
+            .ends_with("146 1\n-146 -1\n")
+    );
+    let (alice, bob) = send(&mut w, &mut r);
+    assert!(alice.starts_with("250 2.1.5"), "{alice}");
+    assert!(bob.starts_with("452 4.2.2"), "{bob}");
+}

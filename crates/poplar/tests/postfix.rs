@@ -1,6 +1,7 @@
 //! Mail from a real Postfix (Debian's package, a private instance in a temporary directory)
 //! over LMTP into Poplar, sent with swaks over SMTP and read back over POP3: delivered byte for
-//! byte, unknown users bounced, temporary failures deferred and delivered on retry.
+//! byte, unknown users bounced, temporary failures (including a full maildrop) deferred and
+//! delivered on retry.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -172,9 +173,11 @@ fn messages(server: &common::Server, user: &str, password: &str) -> Vec<Vec<u8>>
 fn postfix_delivers_over_lmtp_bounces_unknown_users_and_retries_temporary_failures() {
     let mut b = ServerBuilder::new();
     b.lmtp();
+    b.set("quota.overrides.dave.messages", 1);
     let server = b.start();
     server.add_user("alice", "wonderland");
     server.add_user("carol", "pass");
+    server.add_user("dave", "pass");
     let lmtp = server.lmtp_addr();
     let postfix = Postfix::start(&format!("inet:{lmtp}"));
     let dir = tempfile::tempdir().unwrap();
@@ -223,4 +226,38 @@ fn postfix_delivers_over_lmtp_bounces_unknown_users_and_retries_temporary_failur
     assert!(String::from_utf8_lossy(&got[0]).ends_with(&format!("{body}\r\n")));
     // alice still has exactly one message: nothing was delivered twice.
     assert_eq!(messages(&server, "alice", "wonderland").len(), 1);
+
+    // dave may keep one message: the second is deferred with 452 4.2.2 (mailbox full) and
+    // delivered once he has made room.
+    postfix.send("dave@example.org", &file);
+    eventually(Duration::from_secs(20), "dave's first message", || {
+        (messages(&server, "dave", "pass").len() == 1).then_some(())
+    });
+    postfix.send("dave@example.org", &file);
+    eventually(Duration::from_secs(20), "the over-quota deferral", || {
+        let log = postfix.log();
+        log.lines()
+            .any(|l| {
+                l.contains("to=<dave@example.org>")
+                    && l.contains("status=deferred")
+                    && l.contains("452 4.2.2")
+            })
+            .then_some(())
+    });
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("dave", "pass").starts_with("+OK"));
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    postfix.flush();
+    eventually(
+        Duration::from_secs(20),
+        "dave's second message after the retry",
+        || (messages(&server, "dave", "pass").len() == 1).then_some(()),
+    );
+    let sent = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("to=<dave@example.org>") && l.contains("status=sent"))
+            .count()
+    };
+    assert_eq!(sent(postfix.log()), 2, "{}", postfix.log());
 }

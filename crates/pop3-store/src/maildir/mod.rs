@@ -25,11 +25,12 @@
 mod cache;
 pub mod dotlock;
 pub mod filename;
+mod quota;
 pub mod uidlist;
 
 use crate::error::StoreError;
 use crate::name::MailboxPath;
-use crate::{MailStore, Maildrop, MessageInfo};
+use crate::{MailStore, Maildrop, MessageInfo, QuotaRules};
 use cache::{Entry, IndexCache, Indexed, Stamp};
 use dotlock::DotLock;
 use filename::{base, is_message, size_hints};
@@ -65,6 +66,7 @@ struct Inner {
     lock_timeout: Duration,
     deliveries: AtomicU64,
     limits: StoreLimits,
+    quotas: QuotaRules,
     cache: Arc<IndexCache>,
 }
 
@@ -131,6 +133,7 @@ impl MaildirStore {
                 lock_timeout: Duration::from_secs(10),
                 deliveries: AtomicU64::new(0),
                 limits: StoreLimits::default(),
+                quotas: QuotaRules::default(),
                 cache: Arc::new(IndexCache::default()),
             }),
         }
@@ -138,14 +141,25 @@ impl MaildirStore {
 
     /// The same store with these limits.
     pub fn with_limits(self, limits: StoreLimits) -> Self {
-        let inner = Inner {
+        self.rebuilt(|inner| inner.limits = limits)
+    }
+
+    /// The same store with these quotas, enforced on delivery.
+    pub fn with_quotas(self, quotas: QuotaRules) -> Self {
+        self.rebuilt(|inner| inner.quotas = quotas)
+    }
+
+    fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Inner {
             root: self.inner.root.clone(),
             host: self.inner.host.clone(),
             lock_timeout: self.inner.lock_timeout,
             deliveries: AtomicU64::new(self.inner.deliveries.load(Ordering::Relaxed)),
-            limits,
+            limits: self.inner.limits,
+            quotas: self.inner.quotas.clone(),
             cache: Arc::clone(&self.inner.cache),
         };
+        change(&mut inner);
         Self {
             inner: Arc::new(inner),
         }
@@ -276,6 +290,12 @@ impl MaildirStore {
                 return Err(StoreError::EmptyMessage);
             }
             let base = format!("{tmp_base},S={raw},W={virtual_size}");
+            // Refuse the whole delivery before it reaches any maildrop, so that a retry cannot
+            // duplicate it for the recipients who had room.
+            let rules = &self.inner.quotas;
+            for (dir, user) in dirs.iter().zip(users) {
+                quota::check(dir, rules.quota_for(user), raw, rules.permanent)?;
+            }
             for dir in &dirs[1..] {
                 let tmp = dir.join("tmp").join(&base);
                 if fs::hard_link(&spool, &tmp).is_err() {
@@ -290,6 +310,7 @@ impl MaildirStore {
                 let target = dir.join("new").join(&base);
                 fs::rename(tmp, &target).map_err(|e| StoreError::io(&target, e))?;
                 sync_dir(&dir.join("new"))?;
+                quota::record(dir, i64::try_from(raw).unwrap_or(i64::MAX), 1);
             }
             staged.clear();
             Ok(Delivery { base, size: raw })
@@ -403,12 +424,17 @@ impl MaildirDrop {
         let total = deleted.len();
         let mut removed = HashSet::new();
         let mut failures = Vec::new();
+        let quota_tracked = quota::tracked(&self.dir);
+        let mut freed = 0u64;
         for index in deleted {
             let Some(entry) = self.entry(index) else {
                 continue;
             };
             let uid = entry.uid;
             let path = self.path_of(index);
+            if quota_tracked {
+                freed += quota::stored_size(&entry.base, &path);
+            }
             let outcome = match fs::remove_file(&path) {
                 Err(e) if e.kind() == ErrorKind::NotFound => match self.relocate(index) {
                     Ok(Some(p)) => fs::remove_file(&p).map_err(|e| StoreError::io(&p, e)),
@@ -427,6 +453,10 @@ impl MaildirDrop {
         if !removed.is_empty() {
             // The directories changed, so the cached index is stale: free it now.
             self.cache.forget(&self.dir);
+            if quota_tracked {
+                let count = i64::try_from(removed.len()).unwrap_or(i64::MAX);
+                quota::record(&self.dir, -i64::try_from(freed).unwrap_or(i64::MAX), -count);
+            }
             sync_dir(&self.dir.join("cur"))?;
             sync_dir(&self.dir.join("new"))?;
             if let Err(e) = self.drop_records(&removed) {
