@@ -92,6 +92,8 @@ pub(crate) struct CapaContext<'a> {
     pub mechanisms: &'a [Mechanism],
     /// The logged-in user's own LOGIN-DELAY, if it differs from the default.
     pub user_login_delay: Option<u32>,
+    /// The logged-in user's own EXPIRE, if set.
+    pub user_expire: Option<Expire>,
 }
 
 /// The mechanisms usable on a connection: plaintext ones only where plaintext is allowed.
@@ -133,14 +135,18 @@ impl Capabilities {
                 ""
             }
         };
+        // RFC 2449 sections 6.5 and 6.7: before login the default (with USER when it varies),
+        // after login the user's own value.
+        let expire = match ctx.user_expire {
+            Some(own) if ctx.logged_in => own,
+            _ => self.expire,
+        };
         let _ = write!(
             out,
             "EXPIRE {}{}\r\n",
-            self.expire,
+            expire,
             user_tag(self.expire_per_user)
         );
-        // RFC 2449 section 6.5: before login the default (with USER when it varies), after
-        // login the user's own value.
         let delay = if ctx.logged_in {
             ctx.user_login_delay.unwrap_or(self.login_delay)
         } else {

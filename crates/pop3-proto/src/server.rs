@@ -146,6 +146,9 @@ pub enum Event {
     Commit {
         /// Snapshot indices marked as deleted, ascending.
         deleted: Vec<usize>,
+        /// Snapshot indices retrieved by RETR and not deleted, ascending: where a retention
+        /// period applies (`EXPIRE n`, n > 0), their removal is due n days from now.
+        retrieved: Vec<usize>,
     },
     /// Flush the output buffer and close the connection.
     Close,
@@ -351,6 +354,7 @@ pub struct ServerSession {
     greeted: bool,
     user: Option<String>,
     user_login_delay: Option<u32>,
+    user_expire: Option<Expire>,
     stats: SessionStats,
 }
 
@@ -369,6 +373,7 @@ impl ServerSession {
             greeted: false,
             user: None,
             user_login_delay: None,
+            user_expire: None,
             stats: SessionStats::default(),
         }
     }
@@ -376,6 +381,17 @@ impl ServerSession {
     /// Sets the logged-in user's own LOGIN-DELAY (RFC 2449: CAPA after login shows it).
     pub fn set_user_login_delay(&mut self, seconds: u32) {
         self.user_login_delay = Some(seconds);
+    }
+
+    /// Sets the logged-in user's own EXPIRE policy (RFC 2449: CAPA after login shows it, and
+    /// `EXPIRE 0` removes what the session retrieved).
+    pub fn set_user_expire(&mut self, expire: Expire) {
+        self.user_expire = Some(expire);
+    }
+
+    /// The retention policy in force for this session.
+    fn expire(&self) -> Expire {
+        self.user_expire.unwrap_or(self.config.capabilities.expire)
     }
 
     /// Hands received bytes to the session.
@@ -693,6 +709,7 @@ impl ServerSession {
     }
 
     fn on_transaction(&mut self, out: &mut Vec<u8>, cmd: Command) -> Option<Event> {
+        let expire = self.expire();
         let Phase::Transaction(snap) = &mut self.phase else {
             // UPDATE: nothing can be read until commit_done, which closes the session.
             return None;
@@ -749,16 +766,16 @@ impl ServerSession {
             Command::Quit => {
                 // RFC 2449 section 6.7: with EXPIRE 0, retrieved messages go at the end of the
                 // session as if deleted.
-                let expire_now = self.config.capabilities.expire == Expire::Days(0);
-                let deleted: Vec<usize> = (0..snap.messages.len())
-                    .filter(|&i| snap.deleted[i] || (expire_now && snap.retrieved[i]))
-                    .collect();
+                let expire_now = expire == Expire::Days(0);
+                let (deleted, retrieved): (Vec<usize>, Vec<usize>) = (0..snap.messages.len())
+                    .filter(|&i| snap.deleted[i] || snap.retrieved[i])
+                    .partition(|&i| snap.deleted[i] || expire_now);
                 self.stats.deleted = u32::try_from(deleted.len()).unwrap_or(u32::MAX);
                 self.stats.deleted_octets = deleted.iter().map(|&i| snap.messages[i].size).sum();
                 let left = snap.messages.len() - deleted.len();
                 self.phase = Phase::Update { left };
                 self.pending = Pending::Commit;
-                return Some(Event::Commit { deleted });
+                return Some(Event::Commit { deleted, retrieved });
             }
             Command::Noop => ok(out, ""),
             Command::Capa => self.write_capa(out),
@@ -780,6 +797,7 @@ impl ServerSession {
             stls_offered: self.stls_offered() && !self.is_logged_in(),
             mechanisms: &self.config.mechanisms,
             user_login_delay: self.user_login_delay,
+            user_expire: self.user_expire,
         };
         self.config.capabilities.write(ctx, out);
         out.extend_from_slice(b".\r\n");

@@ -135,7 +135,7 @@ impl Harness {
                     let mechanisms = self.session_mechanisms.clone();
                     self.session.tls_established(mechanisms).unwrap();
                 }
-                Event::Commit { deleted } => {
+                Event::Commit { deleted, .. } => {
                     self.committed = Some(deleted);
                     self.session.commit_done(&mut out, Ok(())).unwrap();
                 }
@@ -784,7 +784,7 @@ fn commit_failure_is_reported_as_sys_temp() {
         .unwrap();
     session.receive(b"DELE 1\r\nQUIT\r\n");
     out.clear();
-    let Event::Commit { deleted } = session.poll(&mut out).unwrap() else {
+    let Event::Commit { deleted, .. } = session.poll(&mut out).unwrap() else {
         panic!()
     };
     assert_eq!(deleted, vec![0]);

@@ -509,10 +509,14 @@ impl Default for Timeouts {
 #[serde(deny_unknown_fields, default)]
 pub struct Pop3Policy {
     /// RFC 2449 EXPIRE: `"never"` (default: Poplar never removes mail on its own, so clients
-    /// may leave mail on the server) or `0` (messages retrieved in a session are removed at its
-    /// QUIT, as if deleted).
+    /// may leave mail on the server), `0` (messages retrieved in a session are removed at its
+    /// QUIT, as if deleted) or a number of days: messages are removed that many days after a
+    /// session first retrieved them. Mail never retrieved is never removed.
     #[serde(deserialize_with = "expire")]
     pub expire: pop3_proto::Expire,
+    /// EXPIRE for particular users or domains, overriding `expire`. CAPA then says
+    /// `EXPIRE n USER` before login and the user's own value after.
+    pub expire_overrides: std::collections::BTreeMap<String, ExpireSetting>,
     /// RFC 2449 LOGIN-DELAY in seconds: minimum time between two logins of one user, enforced
     /// and advertised. Default 0 (off, not advertised). ISPs use 300-900 to pace polling clients.
     pub login_delay: u32,
@@ -531,11 +535,52 @@ impl Default for Pop3Policy {
     fn default() -> Self {
         Self {
             expire: pop3_proto::Expire::Never,
+            expire_overrides: std::collections::BTreeMap::new(),
             login_delay: 0,
             login_delay_overrides: std::collections::BTreeMap::new(),
             show_version: true,
             mark_seen: true,
         }
+    }
+}
+
+/// An EXPIRE value in the configuration: `"never"` or a number of days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpireSetting(pub pop3_proto::Expire);
+
+impl<'de> Deserialize<'de> for ExpireSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        expire(d).map(ExpireSetting)
+    }
+}
+
+/// Who has which retention period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpirePolicy {
+    /// Everyone's, unless overridden.
+    pub default: pop3_proto::Expire,
+    /// Per user or domain.
+    pub overrides: std::collections::BTreeMap<String, pop3_proto::Expire>,
+}
+
+impl ExpirePolicy {
+    /// `user`'s retention period.
+    pub fn for_user(&self, user: &str) -> pop3_proto::Expire {
+        pop3_store::per_user(&self.overrides, user)
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// Whether some user's period differs from the default (CAPA's `USER` tag).
+    pub fn varies(&self) -> bool {
+        self.overrides.values().any(|e| *e != self.default)
+    }
+
+    /// Whether anyone has a period counted in days, so the purge has work to do.
+    pub fn purges(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.overrides.values())
+            .any(|e| matches!(e, pop3_proto::Expire::Days(n) if *n > 0))
     }
 }
 
@@ -604,7 +649,20 @@ impl Config {
         self.hostname.clone().unwrap_or_else(system_hostname)
     }
 
-    /// The LOGIN-DELAY for a user: its own override, else its domain's, else the default.
+    /// Who has which retention period (`pop3.expire` and `pop3.expire_overrides`).
+    pub fn expire_policy(&self) -> ExpirePolicy {
+        ExpirePolicy {
+            default: self.pop3.expire,
+            overrides: self
+                .pop3
+                .expire_overrides
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.0))
+                .collect(),
+        }
+    }
+
+    /// The LOGIN-DELAY for `user`.
     pub fn login_delay_for(&self, user: &str) -> u32 {
         login_delay_for(
             &self.pop3.login_delay_overrides,
@@ -697,12 +755,6 @@ impl Config {
         }
         if self.limits.max_sasl_line < 255 {
             error("limits.max_sasl_line must be at least 255 octets (the RFC 2449 command line length).".into());
-        }
-        if !matches!(
-            self.pop3.expire,
-            pop3_proto::Expire::Never | pop3_proto::Expire::Days(0)
-        ) {
-            error("pop3.expire must be \"never\" or 0: Poplar does not remove mail after a number of days.".into());
         }
         for m in &self.auth.mechanisms {
             if !MECHANISMS.contains(&m.to_ascii_uppercase().as_str()) {
@@ -1038,6 +1090,9 @@ mod tests {
             [pop3.login_delay_overrides]
             "example.org" = 60
             "boss@example.org" = 0
+            [pop3.expire_overrides]
+            "Example.ORG" = 30
+            "keeper@example.org" = "never"
             "#,
         )
         .unwrap();
@@ -1052,6 +1107,17 @@ mod tests {
         assert_eq!(c.login_delay_for("alice@example.org"), 60);
         assert_eq!(c.login_delay_for("bob@other.org"), 300);
         assert_eq!(c.login_delay_for("local"), 300);
+        let expire = c.expire_policy();
+        assert_eq!(
+            expire.for_user("alice@example.org"),
+            pop3_proto::Expire::Days(30)
+        );
+        assert_eq!(
+            expire.for_user("keeper@example.org"),
+            pop3_proto::Expire::Never
+        );
+        assert_eq!(expire.for_user("local"), pop3_proto::Expire::Days(0));
+        assert!(expire.varies() && expire.purges());
         assert_eq!(
             c.tls_files(),
             (
@@ -1090,7 +1156,7 @@ mod tests {
             "{text:?}"
         );
         assert!(text.iter().any(|m| m.contains("from anywhere")), "{text:?}");
-        assert!(text.iter().any(|m| m.contains("pop3.expire")), "{text:?}");
+        assert!(!text.iter().any(|m| m.contains("pop3.expire")), "{text:?}");
         let c = Config::parse("[auth]\nmechanisms = [\"PLAIN\", \"NTLM\"]\nfailure_delay = \"5s\"\npenalty_cap = \"1s\"\n").unwrap();
         let text: Vec<String> = c.problems(false).into_iter().map(|p| p.message).collect();
         assert!(

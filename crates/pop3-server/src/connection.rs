@@ -15,8 +15,8 @@ use crate::auth::{self, ConnInfo};
 use crate::{Kind, Shared};
 use pop3_auth::sasl::{FailureKind, ServerMechanism, Step};
 use pop3_proto::{
-    AuthFailure, CommitFailure, Credentials, EndReason, Event, MaildropFailure, MessageMeta,
-    MessageRequest, Progress, Secret, ServerSession,
+    AuthFailure, CommitFailure, Credentials, EndReason, Event, Expire, MaildropFailure,
+    MessageMeta, MessageRequest, Progress, Secret, ServerSession,
 };
 use pop3_store::{MailStore, Maildrop, MessageSource, StoreError};
 use std::io;
@@ -265,7 +265,7 @@ impl<S: MailStore> Connection<S> {
                     self.flush(&mut io).await?;
                     return Ok(Driven::StartTls(io));
                 }
-                Event::Commit { deleted } => self.commit(deleted).await?,
+                Event::Commit { deleted, retrieved } => self.commit(deleted, retrieved).await?,
             }
         }
     }
@@ -378,6 +378,8 @@ impl<S: MailStore> Connection<S> {
                 self.shared.auth.record_login(&user);
                 self.session
                     .set_user_login_delay(self.shared.auth.login_delay_for(&user));
+                self.session
+                    .set_user_expire(self.shared.settings.expire.for_user(&user));
                 self.maildrop = Some(maildrop);
                 // Logged in: no longer among the connections that may be evicted.
                 self.waiting = None;
@@ -475,9 +477,21 @@ impl<S: MailStore> Connection<S> {
         Ok(())
     }
 
-    async fn commit(&mut self, deleted: Vec<usize>) -> io::Result<()> {
+    async fn commit(&mut self, deleted: Vec<usize>, retrieved: Vec<usize>) -> io::Result<()> {
+        let user = self.session.user().unwrap_or_default();
+        let counts_days =
+            matches!(self.shared.settings.expire.for_user(user), Expire::Days(n) if n > 0);
         let result = match self.maildrop.take() {
-            Some(maildrop) => maildrop.commit(deleted).await,
+            Some(mut maildrop) => {
+                if counts_days && !retrieved.is_empty() {
+                    // The retention period starts now. Without the record the messages are
+                    // kept longer, never removed early: a failure here only warrants a warning.
+                    if let Err(e) = maildrop.note_retrieved(&retrieved).await {
+                        tracing::warn!(user, error = %e, "cannot record retrieval times; these messages will not expire");
+                    }
+                }
+                maildrop.commit(deleted).await
+            }
             None => Ok(()),
         };
         let result = result.map_err(|e| {

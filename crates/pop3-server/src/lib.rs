@@ -19,6 +19,7 @@ pub mod config;
 mod connection;
 pub mod der;
 mod error;
+pub mod expire;
 mod limits;
 pub mod lmtp;
 mod penalty;
@@ -78,6 +79,8 @@ struct Settings {
     client_identity_cn: bool,
     /// RETR marks messages seen in the store.
     mark_seen: bool,
+    /// Who has which retention period.
+    expire: config::ExpirePolicy,
 }
 
 /// State shared by every connection.
@@ -267,7 +270,7 @@ impl<S: MailStore> Server<S> {
         );
         let capabilities = Capabilities {
             expire: config.pop3.expire,
-            expire_per_user: false,
+            expire_per_user: config.expire_policy().varies(),
             login_delay: config.pop3.login_delay,
             login_delay_per_user: authenticator.login_delay_varies(),
             implementation: if config.pop3.show_version {
@@ -319,6 +322,7 @@ impl<S: MailStore> Server<S> {
             apop: config.auth.apop,
             client_identity_cn: config.tls.client_identity == config::ClientIdentity::Cn,
             mark_seen: config.pop3.mark_seen,
+            expire: config.expire_policy(),
         };
         let shared = Arc::new(Shared {
             store,

@@ -128,6 +128,17 @@ pub trait Maildrop: Send + 'static {
     /// message that vanished meanwhile is not an error.
     fn mark_seen(&mut self, index: usize) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Records that the messages at these listing indices were retrieved, now, where a
+    /// retention period counts from retrieval (RFC 2449 `EXPIRE n`). Stores without retention
+    /// need not keep anything.
+    fn note_retrieved(
+        &mut self,
+        indices: &[usize],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = indices;
+        async { Ok(()) }
+    }
+
     /// Removes the messages at these listing indices durably, then releases the lock. Messages
     /// that arrived during the session are never touched.
     fn commit(self, deleted: Vec<usize>) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -38,6 +38,9 @@ enum Command {
     /// Exit codes follow sysexits: 0 delivered, 65 bad input, 67 unknown user, 75 try later
     /// (also a full maildrop), 77 full maildrop under `quota.permanent`.
     Deliver(DeliverArgs),
+    /// Remove messages whose retention period (`pop3.expire` in days) has passed since they
+    /// were retrieved, as `poplar serve` does every hour; each removal is logged.
+    Expire(ExpireArgs),
     /// Check a configuration and the files it names; explain any problem.
     CheckConfig(Common),
     /// Load generator and benchmark helpers (see docs/benchmarks.md).
@@ -122,6 +125,19 @@ struct DeliverArgs {
     common: Common,
 }
 
+#[derive(Debug, Args)]
+struct ExpireArgs {
+    /// Only log what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Judge as of this Unix time instead of now, e.g. what a run in a week would remove:
+    /// `--dry-run --as-of $(date -d '+7 days' +%s)`.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    as_of: Option<u64>,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// sysexits.h EX_CONFIG: the configuration is unusable.
 const EX_CONFIG: u8 = 78;
 
@@ -156,6 +172,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::User(cmd) => user::run(cmd),
         Command::Deliver(args) => return deliver::run(&args),
+        Command::Expire(args) => expire(&args),
         Command::CheckConfig(common) => check_config(&common),
         Command::Bench(cmd) => bench::run(cmd),
     };
@@ -166,6 +183,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn expire(args: &ExpireArgs) -> Result<ExitCode> {
+    let config = args.common.load()?;
+    init_logging(config.log_level);
+    privileges::become_configured_user(&config, false)?;
+    let policy = config.expire_policy();
+    if !policy.purges() {
+        println!(
+            "nothing to do: no user has a retention period in days (pop3.expire, pop3.expire_overrides)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = args.as_of.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let report = pop3_server::expire::purge(&config.maildir_store(), &policy, now, args.dry_run);
+    let verb = if args.dry_run {
+        "due for removal"
+    } else {
+        "removed"
+    };
+    println!(
+        "{} maildrops checked, {} messages ({} octets) {verb}",
+        report.maildrops, report.messages, report.octets
+    );
+    if !report.busy.is_empty() {
+        println!(
+            "in use by a POP3 session, to be done next time: {}",
+            report.busy.join(", ")
+        );
+    }
+    for (user, why) in &report.failed {
+        println!("failed for {user}: {why}");
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn check_config(common: &Common) -> Result<ExitCode> {

@@ -25,7 +25,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let store = config.maildir_store();
-        let server = Server::bind(&config, store).await?;
+        let server = Server::bind(&config, store.clone()).await?;
         // Ports are bound and the TLS key is loaded: root is no longer needed.
         privileges::become_configured_user(&config, true)?;
         for (kind, addr) in server.local_addrs() {
@@ -44,6 +44,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
             .find(|(k, _)| *k == pop3_server::Kind::Pop3);
         if let (Some(password), Some((_, addr))) = (&demo_password, first_pop3) {
             welcome::print_hint(password, addr);
+        }
+        let policy = config.expire_policy();
+        if policy.purges() {
+            tokio::spawn(pop3_server::expire::run_periodically(store, policy));
         }
         if let Some(reloader) = server.tls_reloader(&config) {
             tokio::spawn(reload_on_sighup(reloader));
