@@ -57,6 +57,10 @@ pub enum StoreError {
         /// The refusal is permanent (configured so) rather than temporary.
         permanent: bool,
     },
+    /// A migration source that cannot be read as asked (a bad `pop3_uidl_format`, an unknown
+    /// index version, an invalid UIDL).
+    #[error("{0}")]
+    Source(String),
     /// A background task failed unexpectedly (a bug, or the runtime shutting down).
     #[error("internal error: {0}")]
     Internal(String),
@@ -83,6 +87,7 @@ impl StoreError {
             StoreError::InvalidMailbox(..)
             | StoreError::MessageGone(_)
             | StoreError::EmptyMessage
+            | StoreError::Source(_)
             | StoreError::MessageTooLarge { .. } => false,
         }
     }

@@ -6,7 +6,9 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod client;
 mod deliver;
+mod migrate;
 mod privileges;
 mod serve;
 mod user;
@@ -41,6 +43,10 @@ enum Command {
     /// Remove messages whose retention period (`pop3.expire` in days) has passed since they
     /// were retrieved, as `poplar serve` does every hour; each removal is logged.
     Expire(ExpireArgs),
+    /// Move a maildrop from another server (its Maildir on disk, or live over POP3) keeping every
+    /// UIDL, so clients that leave mail on the server download nothing again. Repeatable;
+    /// never changes the source.
+    Migrate(migrate::MigrateArgs),
     /// Check a configuration and the files it names; explain any problem.
     CheckConfig(Common),
     /// Load generator and benchmark helpers (see docs/benchmarks.md).
@@ -173,6 +179,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => user::run(cmd),
         Command::Deliver(args) => return deliver::run(&args),
         Command::Expire(args) => expire(&args),
+        Command::Migrate(args) => migrate::run(&args),
         Command::CheckConfig(common) => check_config(&common),
         Command::Bench(cmd) => bench::run(cmd),
     };

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::dovecot::{Dovecot, as_mail_user, uidls};
 use common::{ServerBuilder, canonical, corpus, curl, tool};
 use std::path::Path;
 use std::process::Command;
@@ -120,86 +121,6 @@ fn curl_plain_stls_pop3s_and_sasl() {
     assert_eq!(list.lines().count(), messages.len() - 1, "{list}");
 }
 
-/// A throwaway Dovecot (Debian's dovecot-core and dovecot-pop3d) on a loopback port, serving
-/// the same Maildirs as Poplar, both as the unprivileged mail user `nobody`.
-struct Dovecot {
-    config: std::path::PathBuf,
-    port: u16,
-}
-
-impl Dovecot {
-    fn start(dir: &Path, mail_root: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("dovecot.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "base_dir = {d}/dovecot-run\nstate_dir = {d}/dovecot-state\nlog_path = {d}/dovecot.log\n\
-                 ssl = no\nprotocols = pop3\nlisten = 127.0.0.1\n\
-                 mail_location = maildir:{m}/_default_/%u/Maildir\n\
-                 disable_plaintext_auth = no\nauth_mechanisms = plain\n\
-                 passdb {{\n  driver = static\n  args = password=pw\n}}\n\
-                 userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\n\
-                 service pop3-login {{\n  inet_listener pop3 {{\n    port = {port}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n",
-                d = dir.display(),
-                m = mail_root.display(),
-            ),
-        )
-        .unwrap();
-        let status = tool("dovecot").arg("-c").arg(&config).status().unwrap();
-        assert!(status.success(), "dovecot did not start");
-        let d = Dovecot { config, port };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return d;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        panic!("dovecot is not listening on {port}");
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = Command::new("dovecot")
-            .arg("-c")
-            .arg(&self.config)
-            .arg("stop")
-            .status();
-    }
-}
-
-/// Runs a command as the mail user, the way both servers would run in production.
-fn as_mail_user(program: &str) -> Command {
-    let mut cmd = tool("setpriv");
-    cmd.args([
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-        program,
-    ]);
-    cmd
-}
-
-/// UIDL listing from a POP3 server, by number.
-fn uidls(addr: std::net::SocketAddr, user: &str, password: &str) -> Vec<String> {
-    let (mut c, _) = common::Client::connect(addr);
-    assert!(
-        c.login(user, password).starts_with("+OK"),
-        "login to {addr}"
-    );
-    assert!(c.cmd("UIDL").starts_with("+OK"));
-    let list = String::from_utf8(c.body()).unwrap();
-    assert!(c.cmd("QUIT").starts_with("+OK"));
-    list.lines()
-        .map(|l| l.split(' ').nth(1).unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn dovecot_and_poplar_share_a_maildir_with_the_same_uidls() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,7 +168,7 @@ fn dovecot_and_poplar_share_a_maildir_with_the_same_uidls() {
         .stdout(std::process::Stdio::null());
     let mut running = common::spawn_server(cmd, false);
     let poplar = running.pop3;
-    let dovecot = Dovecot::start(root, &data.join("mail"));
+    let dovecot = Dovecot::start(root, &data.join("mail"), "");
     let dovecot_addr: std::net::SocketAddr = ([127, 0, 0, 1], dovecot.port).into();
 
     // Poplar indexes first; Dovecot must show the same UIDLs.

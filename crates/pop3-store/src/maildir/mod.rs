@@ -25,6 +25,7 @@
 mod cache;
 pub mod dotlock;
 pub mod filename;
+pub mod migrate;
 mod quota;
 mod retention;
 pub mod uidlist;
@@ -164,6 +165,11 @@ impl MaildirStore {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The host name used in new file names.
+    pub fn host(&self) -> &str {
+        &self.inner.host
     }
 
     /// The root directory.
@@ -719,7 +725,8 @@ fn default_uidl(uid: u32, uid_validity: u32) -> String {
     format!("{uid:08x}{uid_validity:08x}")
 }
 
-fn valid_uidl(uidl: &str) -> bool {
+/// Whether `uidl` is a valid RFC 1939 unique-id: 1 to 70 characters in 0x21..0x7E.
+pub fn valid_uidl(uidl: &str) -> bool {
     (1..=70).contains(&uidl.len()) && uidl.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 

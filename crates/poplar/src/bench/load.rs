@@ -3,8 +3,8 @@
 //! through [`Report`].
 
 use super::ServerArgs;
-use super::client::Dialer;
 use super::report::{Report, ms, percentile};
+use crate::client::Dialer;
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use std::io::{Read, Write};

@@ -9,13 +9,12 @@
 //! and memory, `--json` appends the figures for `poplar bench table`. `fill` writes a large
 //! maildrop directly, as benchmark setup.
 
-mod client;
 mod load;
 mod report;
 
+use crate::client::{self, TlsMode};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use client::TlsMode;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,9 +1,10 @@
-//! The load generator's POP3 client: plain TCP, implicit TLS or STLS, every login mechanism
+//! Poplar's own POP3 client, for the load generator (`poplar bench`) and live migration
+//! (`poplar migrate pop3s://...`): plain TCP, implicit TLS or STLS, every login mechanism
 //! (through pop3-auth's client side), and a multi-line reader fast enough not to be the
 //! bottleneck when a server sends gigabytes per second.
 //!
-//! It checks what it measures: every reply must be `+OK`, and [`Conn::body_octets`] counts the
-//! octets of a multi-line body after un-stuffing, so a caller can compare them with LIST.
+//! It checks what it receives: every reply must be `+OK`, and [`Conn::body_octets`] and
+//! [`Conn::body`] un-stuff a multi-line body so a caller can compare its length with LIST.
 
 use anyhow::{Context, Result, bail, ensure};
 use std::net::SocketAddr;
@@ -36,9 +37,10 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
-    /// A dialer for `addr`; with TLS, the server's certificate is verified against the CA
-    /// certificates in `ca_file` for the name `server_name`. Every connection makes a full
-    /// handshake (no session resumption), as a new client would.
+    /// A dialer for `addr`; with TLS, the server's certificate is verified for the name
+    /// `server_name` against the CA certificates in `ca_file`, or the system's (Debian's
+    /// ca-certificates bundle) without one. Every connection makes a full handshake (no session
+    /// resumption), as a new client would.
     pub(crate) fn new(
         addr: SocketAddr,
         mode: TlsMode,
@@ -48,10 +50,10 @@ impl Dialer {
         if mode == TlsMode::None {
             return Ok(Dialer { addr, tls: None });
         }
-        let ca_file = ca_file.context(
-            "--tls needs --ca-file (the CA or self-signed certificate the server presents)",
-        )?;
-        let roots = pop3_server::tls::load_roots(ca_file, "--ca-file")?;
+        let roots = match ca_file {
+            Some(file) => pop3_server::tls::load_roots(file, "--ca-file")?,
+            None => system_roots()?,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -96,6 +98,22 @@ impl Dialer {
         let tls = connector.connect(name.clone(), tcp).await?;
         Ok((Conn::new(Stream::Tls(Box::new(tls))), greeting))
     }
+}
+
+/// The system's trusted CA certificates.
+fn system_roots() -> Result<rustls::RootCertStore> {
+    use rustls_pki_types::pem::PemObject as _;
+    const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(BUNDLE)
+        .with_context(|| format!("cannot read the system CA bundle {BUNDLE}; give --ca-file"))?
+        .filter_map(Result::ok);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs);
+    ensure!(
+        !roots.is_empty(),
+        "no CA certificate in {BUNDLE}; give --ca-file"
+    );
+    Ok(roots)
 }
 
 /// A TCP connection, with or without TLS.
@@ -315,6 +333,34 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Reads a multi-line body into `out`, un-stuffed; fails once it exceeds `limit` octets
+    /// (the connection is then unusable).
+    pub(crate) async fn body(&mut self, out: &mut Vec<u8>, limit: u64) -> Result<()> {
+        let mut unstuffer = Unstuffer::default();
+        loop {
+            let buf = self.reader.fill_buf().await?;
+            ensure!(
+                !buf.is_empty(),
+                "connection closed inside a multi-line response"
+            );
+            let len = buf.len();
+            let done = unstuffer.feed_into(buf, |content| out.extend_from_slice(content));
+            ensure!(
+                unstuffer.octets <= limit,
+                "the message is larger than {limit} octets"
+            );
+            match done {
+                Some(used) => {
+                    self.reader.consume(used);
+                    return Ok(());
+                }
+                None => self.reader.consume(len),
+            }
+        }
+    }
+}
+
 /// Counts the octets of a dot-stuffed multi-line body (RFC 1939, section 3) as it streams by.
 #[derive(Debug)]
 pub(crate) struct Unstuffer {
@@ -340,6 +386,11 @@ impl Unstuffer {
     /// Consumes `buf`; returns how many octets of it were used when the terminating ".CRLF" ends
     /// within it.
     pub(crate) fn feed(&mut self, buf: &[u8]) -> Option<usize> {
+        self.feed_into(buf, |_| {})
+    }
+
+    /// Like [`feed`](Self::feed), handing every octet of content to `sink` as it goes.
+    pub(crate) fn feed_into(&mut self, buf: &[u8], mut sink: impl FnMut(&[u8])) -> Option<usize> {
         let mut i = 0;
         while i < buf.len() {
             match self.dot {
@@ -352,6 +403,7 @@ impl Unstuffer {
                 // ".\r" then something else: the dot was stuffing, the CR is content.
                 2 => {
                     self.octets += 1;
+                    sink(b"\r");
                     self.dot = 0;
                     self.line_start = false;
                 }
@@ -370,11 +422,13 @@ impl Unstuffer {
             match memchr::memchr(b'\n', &buf[i..]) {
                 Some(k) => {
                     self.octets += k as u64 + 1;
+                    sink(&buf[i..=i + k]);
                     i += k + 1;
                     self.line_start = true;
                 }
                 None => {
                     self.octets += (buf.len() - i) as u64;
+                    sink(&buf[i..]);
                     self.line_start = false;
                     i = buf.len();
                 }
@@ -415,6 +469,16 @@ mod tests {
                 (body.len() as u64, wire.len() - 8),
                 "step {step}"
             );
+            let mut u = Unstuffer::default();
+            let mut content = Vec::new();
+            for chunk in wire.chunks(step) {
+                if u.feed_into(chunk, |c| content.extend_from_slice(c))
+                    .is_some()
+                {
+                    break;
+                }
+            }
+            assert_eq!(content, body, "step {step}");
         }
     }
 

@@ -1,0 +1,482 @@
+//! `poplar migrate`: moving a maildrop to Poplar without any client downloading its mail again.
+//!
+//! Two sources: another server's Maildir on disk (`maildir:PATH`, UIDLs read as that server
+//! computes them, see `pop3_store::maildir::migrate`), or any live POP3 server
+//! (`pop3s://user@host[:port]`, or `pop3://` with STLS), whose UIDL listing is taken as is and
+//! whose messages are downloaded. Either way each message is stored with the old UIDL pinned,
+//! the run can be repeated (what is already there is skipped), and the source is never changed:
+//! migration sends no DELE and writes nothing into the old Maildir.
+//!
+//! `--dry-run` answers the question an operator has before switching: how many messages would a
+//! client that keeps mail on the server see as new afterwards? It must be 0.
+
+use crate::client::{Dialer, TlsMode};
+use anyhow::{Context, Result, bail, ensure};
+use pop3_store::MaildirStore;
+use pop3_store::maildir::migrate::{
+    DOVECOT_DEFAULT_FORMAT, ImportMessage, SourceMessage, UidlScheme, read_source,
+};
+use pop3_store::maildir::valid_uidl;
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Messages stored per import call: each call takes the maildrop's locks and rewrites its index
+/// once, so batches keep a large migration from rewriting the index per message.
+const BATCH: usize = 500;
+
+/// Where the mail comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A Maildir on disk.
+    Maildir(PathBuf),
+    /// A live server.
+    Pop3 {
+        tls: TlsMode,
+        user: String,
+        host: String,
+        port: u16,
+    },
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("maildir:") {
+            return Ok(Source::Maildir(PathBuf::from(path)));
+        }
+        let (tls, rest, default_port) = if let Some(rest) = text.strip_prefix("pop3s://") {
+            (TlsMode::Implicit, rest, 995)
+        } else if let Some(rest) = text.strip_prefix("pop3://") {
+            (TlsMode::Starttls, rest, 110)
+        } else {
+            return Err(format!(
+                "{text:?}: give maildir:PATH, pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS)"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (user, hostport) = rest.rsplit_once('@').ok_or_else(|| {
+            format!("{text:?}: the URL needs the old server's user name, USER@HOST")
+        })?;
+        let user = percent_decode(user)?;
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("{text:?}: invalid port {p:?}"))?,
+            ),
+            _ => (hostport, default_port),
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() || user.is_empty() {
+            return Err(format!("{text:?}: empty user or host"));
+        }
+        Ok(Source::Pop3 {
+            tls,
+            user,
+            host,
+            port,
+        })
+    }
+}
+
+/// `%40` and friends in the user part of a URL (user names with `@` are common).
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in {text:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8"))
+}
+
+/// How the on-disk source computes UIDLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SourceFormat {
+    /// Dovecot's dovecot-uidlist and pop3_uidl_format.
+    Dovecot,
+    /// Courier's courierpop3dsizelist.
+    Courier,
+    /// X-UIDL headers (qpopper).
+    XUidl,
+}
+
+/// The command line of `poplar migrate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MigrateArgs {
+    /// maildir:PATH (another server's Maildir), pop3s://USER@HOST[:PORT] or
+    /// pop3://USER@HOST[:PORT] (STLS required).
+    source: Source,
+    /// The Poplar user whose maildrop receives the mail.
+    #[arg(long, value_name = "USER")]
+    to: String,
+    /// How the old server derived UIDLs from the Maildir; found from its index files if not
+    /// given (dovecot-uidlist, courierpop3dsizelist).
+    #[arg(long, value_enum)]
+    format: Option<SourceFormat>,
+    /// Dovecot's pop3_uidl_format as the old server had it.
+    #[arg(long, value_name = "FORMAT", default_value = DOVECOT_DEFAULT_FORMAT)]
+    uidl_format: String,
+    /// Read the old server's password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The CA (or self-signed) certificate the old server presents; default: the system's.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Change nothing; report per maildrop what would be imported and how many messages
+    /// clients would download again after the switch (which must be 0).
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    common: crate::Common,
+}
+
+/// What a run found and did.
+#[derive(Debug, Default)]
+struct Tally {
+    source: usize,
+    to_import: usize,
+    present: usize,
+    /// Messages a client that has seen them would download again after the switch.
+    again: usize,
+    size_mismatches: usize,
+    octets: u64,
+}
+
+pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
+    let config = args.common.load()?;
+    crate::init_logging(config.log_level);
+    crate::privileges::become_configured_user(&config, false)?;
+    let users = pop3_auth::UserDb::load(&config.users_file())
+        .map(|(db, _)| db)
+        .with_context(|| format!("cannot read {}", config.users_file().display()))?;
+    let to = pop3_auth::userdb::normalize_name(&args.to);
+    ensure!(
+        users.get(&to).is_some(),
+        "{to:?} is not a Poplar user; add it first with `poplar user add {to}`"
+    );
+    // Quotas are for deliveries; a migration brings what the user already had.
+    let store = MaildirStore::new(config.mail_root(), config.hostname()).with_limits(
+        pop3_store::StoreLimits {
+            max_message_size: config.limits.max_message_size,
+            max_snapshot_messages: usize::MAX,
+        },
+    );
+    let started = Instant::now();
+    let tally = match &args.source {
+        Source::Maildir(dir) => from_maildir(&store, &to, dir, args)?,
+        Source::Pop3 { .. } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(from_server(
+                &store,
+                &to,
+                args,
+                config.limits.max_message_size,
+            ))?
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let verb = if args.dry_run {
+        "to import"
+    } else {
+        "imported"
+    };
+    println!(
+        "{to}: {} messages at the source, {} {verb}, {} already here; {} would be downloaded again after the switch",
+        tally.source, tally.to_import, tally.present, tally.again
+    );
+    if tally.size_mismatches > 0 {
+        println!(
+            "warning: {} messages arrived with another size than the old server's LIST said; they are stored as received",
+            tally.size_mismatches
+        );
+    }
+    if !args.dry_run && tally.to_import > 0 {
+        println!(
+            "{:.1} s, {:.0} messages/s, {:.1} MB/s",
+            seconds,
+            tally.to_import as f64 / seconds,
+            tally.octets as f64 / seconds / 1e6
+        );
+    }
+    Ok(if tally.again == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The UIDLs the target maildrop already serves, by base name and as a set.
+fn target_listing(store: &MaildirStore, user: &str) -> Result<HashMap<String, String>> {
+    let dir = store.maildir_path(user)?;
+    if !dir.exists() {
+        return Ok(HashMap::new());
+    }
+    store
+        .served_uidls_blocking(user)
+        .context("cannot open the target maildrop (is a POP3 session open?)")
+}
+
+fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) -> Result<Tally> {
+    ensure!(
+        dir.join("cur").is_dir() && dir.join("new").is_dir(),
+        "{} is not a Maildir (no cur/ and new/)",
+        dir.display()
+    );
+    let format = match args.format {
+        Some(f) => f,
+        None if dir.join("dovecot-uidlist").exists() => SourceFormat::Dovecot,
+        None if dir.join("courierpop3dsizelist").exists() => SourceFormat::Courier,
+        None => bail!(
+            "{} has neither dovecot-uidlist nor courierpop3dsizelist; say which UIDLs its clients know with --format (x-uidl for X-UIDL headers)",
+            dir.display()
+        ),
+    };
+    let scheme = match format {
+        SourceFormat::Dovecot => UidlScheme::Dovecot {
+            format: args.uidl_format.clone(),
+        },
+        SourceFormat::Courier => UidlScheme::Courier,
+        SourceFormat::XUidl => UidlScheme::XUidl,
+    };
+    let messages = read_source(dir, &scheme)?;
+    let target = target_listing(store, to)?;
+    let mut tally = Tally {
+        source: messages.len(),
+        ..Tally::default()
+    };
+    let mut todo = Vec::new();
+    for m in messages {
+        let base = pop3_store::maildir::filename::base(&m.name).to_owned();
+        tally.again += usize::from(would_change(&m, target.get(&base)));
+        if target.contains_key(&base) {
+            tally.present += 1;
+        } else {
+            tally.to_import += 1;
+            tally.octets += std::fs::metadata(&m.path).map_or(0, |md| md.len());
+            todo.push(m);
+        }
+    }
+    if args.dry_run {
+        return Ok(tally);
+    }
+    for batch in todo.chunks(BATCH) {
+        let imports: Vec<ImportMessage> = batch
+            .iter()
+            .map(|m| ImportMessage {
+                source: m.path.clone(),
+                take: false,
+                name: m.name.clone(),
+                in_cur: m.in_cur,
+                uidl: m.uidl.clone().filter(|u| valid_uidl(u)),
+            })
+            .collect();
+        store.import_blocking(to, &imports)?;
+    }
+    Ok(tally)
+}
+
+/// Whether a client that saw `m` at the old server would see it as new at Poplar: its UIDL
+/// cannot be served (not a valid POP3 UIDL), or the target already serves it under another.
+fn would_change(m: &SourceMessage, target: Option<&String>) -> bool {
+    match (&m.uidl, target) {
+        (Some(old), _) if !valid_uidl(old) => true,
+        (Some(old), Some(current)) => old != current,
+        _ => false,
+    }
+}
+
+async fn from_server(
+    store: &MaildirStore,
+    to: &str,
+    args: &MigrateArgs,
+    max_size: u64,
+) -> Result<Tally> {
+    let Source::Pop3 {
+        tls,
+        user,
+        host,
+        port,
+    } = &args.source
+    else {
+        unreachable!("called for POP3 sources only")
+    };
+    ensure!(
+        args.password_stdin,
+        "give the old server's password on standard input with --password-stdin"
+    );
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    let addr = tokio::net::lookup_host((host.as_str(), *port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let dialer = Dialer::new(addr, *tls, args.ca_file.as_deref(), host)?;
+    let (mut conn, greeting) = dialer.connect().await?;
+    let mechanism = best_mechanism(&mut conn).await?;
+    let reply = conn.login(&mechanism, user, password, &greeting).await?;
+    ensure!(
+        reply.starts_with("+OK"),
+        "login to {host} as {user} ({mechanism}) failed: {reply}"
+    );
+    let uidls = match conn.exchange("UIDL").await? {
+        r if r.starts_with("+OK") => conn.lines().await?,
+        r => bail!(
+            "{host} does not support UIDL ({r}): without it, nothing identifies messages to clients, so there is nothing to preserve"
+        ),
+    };
+    conn.cmd("LIST").await?;
+    let sizes: HashMap<String, u64> = conn
+        .lines()
+        .await?
+        .into_iter()
+        .filter_map(|l| {
+            let (n, size) = l.split_once(' ')?;
+            Some((n.to_owned(), size.trim().parse().ok()?))
+        })
+        .collect();
+    let target = target_listing(store, to)?;
+    let served: std::collections::HashSet<&String> = target.values().collect();
+    let mut tally = Tally::default();
+    let mut todo = Vec::new();
+    for line in &uidls {
+        let Some((n, uidl)) = line.split_once(' ') else {
+            continue;
+        };
+        tally.source += 1;
+        if !valid_uidl(uidl) {
+            tally.again += 1;
+        } else if served.contains(&uidl.to_owned()) {
+            tally.present += 1;
+        } else {
+            tally.to_import += 1;
+            tally.octets += sizes.get(n).copied().unwrap_or(0);
+            todo.push((n.to_owned(), uidl.to_owned()));
+        }
+    }
+    if args.dry_run {
+        conn.cmd("QUIT").await?;
+        return Ok(tally);
+    }
+    let tmp = store.maildir_path(to)?.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut batch = Vec::new();
+    let mut body = Vec::new();
+    let host_name = pop3_store::maildir::filename::sanitize_host(store.host());
+    for (i, (n, uidl)) in todo.iter().enumerate() {
+        conn.cmd(&format!("RETR {n}")).await?;
+        body.clear();
+        conn.body(&mut body, max_size).await?;
+        if sizes.get(n) != Some(&(body.len() as u64)) {
+            tracing::warn!(uidl, listed = ?sizes.get(n), received = body.len(), "size differs from LIST");
+            tally.size_mismatches += 1;
+        }
+        let mut random = [0u8; 4];
+        getrandom::fill(&mut random)?;
+        let base = pop3_store::maildir::filename::unique_base(
+            &host_name,
+            i as u64,
+            u32::from_le_bytes(random),
+        );
+        let name = format!("{base},S={}", body.len());
+        let path = tmp.join(format!("migrate.{name}"));
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&body)?;
+        drop(file);
+        batch.push(ImportMessage {
+            source: path,
+            take: true,
+            name,
+            in_cur: false,
+            uidl: Some(uidl.clone()),
+        });
+        if batch.len() == BATCH || i + 1 == todo.len() {
+            store.import_blocking(to, &batch)?;
+            batch.clear();
+        }
+    }
+    conn.cmd("QUIT").await?;
+    Ok(tally)
+}
+
+/// The strongest login the server offers: SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, then PLAIN,
+/// then USER/PASS (the connection is already under TLS).
+async fn best_mechanism(conn: &mut crate::client::Conn) -> Result<String> {
+    let capa = match conn.exchange("CAPA").await? {
+        r if r.starts_with("+OK") => conn.lines().await?,
+        _ => Vec::new(),
+    };
+    let sasl: Vec<String> = capa
+        .iter()
+        .find_map(|l| l.strip_prefix("SASL "))
+        .map(|m| m.split_whitespace().map(str::to_ascii_uppercase).collect())
+        .unwrap_or_default();
+    for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "PLAIN"] {
+        if sasl.iter().any(|s| s == m) {
+            return Ok(m.to_owned());
+        }
+    }
+    Ok("USER".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            "maildir:/var/mail/a/Maildir".parse::<Source>().unwrap(),
+            Source::Maildir("/var/mail/a/Maildir".into())
+        );
+        assert_eq!(
+            "pop3s://alice%40example.org@mail.example.org"
+                .parse::<Source>()
+                .unwrap(),
+            Source::Pop3 {
+                tls: TlsMode::Implicit,
+                user: "alice@example.org".into(),
+                host: "mail.example.org".into(),
+                port: 995
+            }
+        );
+        assert_eq!(
+            "pop3://bob@127.0.0.1:1110/".parse::<Source>().unwrap(),
+            Source::Pop3 {
+                tls: TlsMode::Starttls,
+                user: "bob".into(),
+                host: "127.0.0.1".into(),
+                port: 1110
+            }
+        );
+        for bad in [
+            "imap://x@y",
+            "pop3s://host",
+            "pop3s://u@h:port",
+            "/plain/path",
+        ] {
+            assert!(bad.parse::<Source>().is_err(), "{bad}");
+        }
+    }
+}
