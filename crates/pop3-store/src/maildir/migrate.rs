@@ -368,6 +368,7 @@ impl MaildirStore {
         let present = scan(&dir)?;
         let mut outcome = ImportOutcome::default();
         let mut pins = HashMap::new();
+        let mut staged = Vec::new();
         for m in messages {
             let base = super::filename::base(&m.name);
             if let Some(uidl) = &m.uidl {
@@ -391,12 +392,17 @@ impl MaildirStore {
             } else {
                 fs::copy(&m.source, &tmp).map_err(|e| StoreError::io(&m.source, e))?;
             }
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| StoreError::io(&tmp, e))?;
             let sub = if m.in_cur { Sub::Cur } else { Sub::New };
-            let target = dir.join(sub.dir()).join(&m.name);
-            fs::rename(&tmp, &target).map_err(|e| StoreError::io(&target, e))?;
+            staged.push((tmp, dir.join(sub.dir()).join(&m.name)));
+        }
+        // Every file reaches the disk before any is renamed into place; the flushes run in
+        // parallel, which lets the disk take them together instead of one round trip each.
+        sync_all_files(staged.iter().map(|(tmp, _)| tmp.as_path()))?;
+        // The UIDLs are on disk before any message is visible, so that after a crash between
+        // here and the index update whoever indexes the maildrop next pins them.
+        write_pending(&dir, &pins)?;
+        for (tmp, target) in &staged {
+            fs::rename(tmp, target).map_err(|e| StoreError::io(target, e))?;
             outcome.imported += 1;
         }
         sync_dir(&dir.join("new"))?;
@@ -411,15 +417,9 @@ impl MaildirStore {
         let mut sizes = HashMap::new();
         measure_unindexed(&dir, fresh.as_ref(), &files, &mut sizes)?;
         let mut list = update_index(fresh, &files, &sizes)?;
-        for rec in &mut list.records {
-            let pinned = rec.ext(POP3_UIDL_KEY).is_some_and(valid_uidl);
-            if let (false, Some(uidl)) = (pinned, pins.get(&rec.base)) {
-                rec.set_ext(POP3_UIDL_KEY, uidl.clone());
-                outcome.pinned += 1;
-            }
-        }
-        reserve_imported(&mut list);
+        outcome.pinned = pin(&mut list, &pins);
         write_uidlist(&dir, &list)?;
+        remove_pending(&dir);
         self.inner.cache.forget(&dir);
         Ok(outcome)
     }
@@ -436,6 +436,91 @@ impl MaildirStore {
             .filter_map(|(i, info)| Some((drop.entry(i)?.base.clone(), info.uidl)))
             .collect())
     }
+}
+
+/// UIDLs of an import in progress: `<base>\t<uidl>` lines, written before its messages appear.
+const PENDING: &str = "poplar-import-pending";
+
+/// Pins `pins` (base name to UIDL) on records that have no UIDL pinned yet; returns how many.
+fn pin(list: &mut Uidlist, pins: &HashMap<String, String>) -> usize {
+    let mut pinned = 0;
+    for rec in &mut list.records {
+        let has = rec.ext(POP3_UIDL_KEY).is_some_and(valid_uidl);
+        if let (false, Some(uidl)) = (has, pins.get(&rec.base)) {
+            rec.set_ext(POP3_UIDL_KEY, uidl.clone());
+            pinned += 1;
+        }
+    }
+    reserve_imported(list);
+    pinned
+}
+
+fn write_pending(dir: &Path, pins: &HashMap<String, String>) -> Result<(), StoreError> {
+    let mut text = String::new();
+    for (base, uidl) in pins {
+        if base.contains(['\t', '\n']) {
+            return Err(StoreError::Source(format!(
+                "{base:?}: a file name with a tab or newline cannot be imported"
+            )));
+        }
+        text.push_str(&format!("{base}\t{uidl}\n"));
+    }
+    let path = dir.join(PENDING);
+    fs::write(&path, text)
+        .and_then(|()| File::open(&path)?.sync_all())
+        .map_err(|e| StoreError::io(&path, e))?;
+    sync_dir(dir)
+}
+
+fn remove_pending(dir: &Path) {
+    let path = dir.join(PENDING);
+    if let Err(e) = fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(file = %path.display(), error = %e, "cannot remove the import journal");
+    }
+}
+
+/// Applies the UIDLs of an import that was interrupted (see [`PENDING`]) while indexing; called
+/// by every index update, so no client can see such a message under another UIDL.
+pub(super) fn apply_pending(dir: &Path, list: &mut Uidlist) {
+    let Ok(text) = fs::read_to_string(dir.join(PENDING)) else {
+        return;
+    };
+    let pins: HashMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, uidl)| valid_uidl(uidl))
+        .map(|(b, u)| (b.to_owned(), u.to_owned()))
+        .collect();
+    let pinned = pin(list, &pins);
+    tracing::info!(maildir = %dir.display(), pinned, "applied the UIDLs of an interrupted import");
+}
+
+/// fsyncs these files, on a few threads at once.
+fn sync_all_files<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<(), StoreError> {
+    const THREADS: usize = 8;
+    let paths: Vec<&Path> = paths.collect();
+    let per_thread = paths.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    for path in chunk {
+                        File::open(path)
+                            .and_then(|f| f.sync_all())
+                            .map_err(|e| StoreError::io(*path, e))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(StoreError::Internal("a sync thread panicked".into())))
+        })
+    })
 }
 
 /// Makes sure no future message gets a default UIDL equal to an imported one: an imported UIDL
@@ -516,6 +601,24 @@ mod tests {
         );
         assert!(parse_courier("msg 1 2\n").is_err());
         assert!(parse_courier("/9 1 1\n").is_err());
+    }
+
+    #[test]
+    fn an_interrupted_import_still_pins_its_uidls() {
+        let root = tempfile::tempdir().unwrap();
+        let store = MaildirStore::new(root.path(), "host");
+        let dir = store.maildir_path("alice").unwrap();
+        create_maildir(&dir).unwrap();
+        // The import died after writing its journal and renaming the message into new/.
+        let pins = HashMap::from([("1700000000.M1.old".to_owned(), "UID7-1600000000".to_owned())]);
+        write_pending(&dir, &pins).unwrap();
+        fs::write(
+            dir.join("new/1700000000.M1.old"),
+            b"Subject: x\r\n\r\ny\r\n",
+        )
+        .unwrap();
+        let (_drop, listing) = store.open_blocking("alice").unwrap();
+        assert_eq!(listing[0].uidl, "UID7-1600000000");
     }
 
     #[test]

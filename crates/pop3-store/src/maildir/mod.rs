@@ -241,7 +241,8 @@ impl MaildirStore {
             files = scan(dir)?;
             let fresh = read_uidlist(dir)?;
             measure_unindexed(dir, fresh.as_ref(), &files, &mut sizes)?;
-            let updated = update_index(fresh, &files, &sizes)?;
+            let mut updated = update_index(fresh, &files, &sizes)?;
+            migrate::apply_pending(dir, &mut updated);
             write_uidlist(dir, &updated)?;
             list = Some(updated);
         }
