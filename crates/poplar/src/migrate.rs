@@ -260,6 +260,7 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     };
     let messages = read_source(dir, &scheme)?;
     let target = target_listing(store, to)?;
+    let owners: HashMap<&String, &String> = target.iter().map(|(b, u)| (u, b)).collect();
     let mut tally = Tally {
         source: messages.len(),
         ..Tally::default()
@@ -267,7 +268,8 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     let mut todo = Vec::new();
     for m in messages {
         let base = pop3_store::maildir::filename::base(&m.name).to_owned();
-        tally.again += usize::from(would_change(&m, target.get(&base)));
+        let owner = m.uidl.as_ref().and_then(|u| owners.get(u)).copied();
+        tally.again += usize::from(would_change(&m, target.get(&base), owner, &base));
         if target.contains_key(&base) {
             tally.present += 1;
         } else {
@@ -295,13 +297,20 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     Ok(tally)
 }
 
-/// Whether a client that saw `m` at the old server would see it as new at Poplar: its UIDL
-/// cannot be served (not a valid POP3 UIDL), or the target already serves it under another.
-fn would_change(m: &SourceMessage, target: Option<&String>) -> bool {
+/// Whether a client that saw `m` (base name `base`) at the old server would see it as new at
+/// Poplar: its UIDL cannot be served (not a valid POP3 UIDL), the target serves the message under
+/// another UIDL (`target`), or another message of the target already has its UIDL (`owner`).
+fn would_change(
+    m: &SourceMessage,
+    target: Option<&String>,
+    owner: Option<&String>,
+    base: &str,
+) -> bool {
     match (&m.uidl, target) {
         (Some(old), _) if !valid_uidl(old) => true,
         (Some(old), Some(current)) => old != current,
-        _ => false,
+        (Some(_), None) => owner.is_some_and(|o| o != base),
+        (None, _) => false,
     }
 }
 

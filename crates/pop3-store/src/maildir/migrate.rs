@@ -21,7 +21,7 @@
 use super::uidlist::{POP3_UIDL_KEY, Uidlist};
 use super::{
     DotLock, MaildirStore, Sub, UIDLIST_LOCK, create_maildir, measure_unindexed, read_uidlist,
-    scan, session_lock, sync_dir, update_index, valid_uidl, write_uidlist,
+    scan, served_uidl, session_lock, sync_dir, update_index, valid_uidl, write_uidlist,
 };
 use crate::StoreError;
 use std::collections::HashMap;
@@ -413,7 +413,11 @@ impl MaildirStore {
             self.inner.lock_timeout,
         )?;
         let files = scan(&dir)?;
-        let fresh = read_uidlist(&dir)?;
+        let mut fresh = read_uidlist(&dir)?;
+        // UIDs for the new messages are allocated past any imported UIDL of Poplar's own form.
+        if let Some(list) = fresh.as_mut() {
+            reserve_uids(list, pins.values().map(String::as_str));
+        }
         let mut sizes = HashMap::new();
         measure_unindexed(&dir, fresh.as_ref(), &files, &mut sizes)?;
         let mut list = update_index(fresh, &files, &sizes)?;
@@ -442,13 +446,36 @@ impl MaildirStore {
 const PENDING: &str = "poplar-import-pending";
 
 /// Pins `pins` (base name to UIDL) on records that have no UIDL pinned yet; returns how many.
+///
+/// A UIDL another message of the maildrop already serves is not pinned: two messages must never
+/// share a UIDL, and neither may change once a client may have seen it. The imported message
+/// keeps Poplar's own UIDL (a client downloads it once more), which is logged.
 fn pin(list: &mut Uidlist, pins: &HashMap<String, String>) -> usize {
+    let validity = list.uid_validity;
+    let wanted = |rec: &super::uidlist::Record| {
+        let has = rec.ext(POP3_UIDL_KEY).is_some_and(valid_uidl);
+        (!has).then(|| pins.get(&rec.base)).flatten()
+    };
+    let mut served: std::collections::HashSet<String> = list
+        .records
+        .iter()
+        .filter(|r| wanted(r).is_none())
+        .map(|r| served_uidl(r, validity))
+        .collect();
     let mut pinned = 0;
     for rec in &mut list.records {
-        let has = rec.ext(POP3_UIDL_KEY).is_some_and(valid_uidl);
-        if let (false, Some(uidl)) = (has, pins.get(&rec.base)) {
-            rec.set_ext(POP3_UIDL_KEY, uidl.clone());
+        let Some(uidl) = wanted(rec).cloned() else {
+            continue;
+        };
+        if served.insert(uidl.clone()) {
+            rec.set_ext(POP3_UIDL_KEY, uidl);
             pinned += 1;
+        } else {
+            tracing::error!(
+                base = rec.base,
+                uidl,
+                "another message of the maildrop already has this UIDL; this one keeps Poplar's own"
+            );
         }
     }
     reserve_imported(list);
@@ -526,10 +553,17 @@ fn sync_all_files<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<(), Store
 /// Makes sure no future message gets a default UIDL equal to an imported one: an imported UIDL
 /// that reads as `<uid><uidvalidity>` in this index's UIDVALIDITY moves the next UID past it.
 fn reserve_imported(list: &mut Uidlist) {
-    for rec in &list.records {
-        let Some(uidl) = rec.ext(POP3_UIDL_KEY) else {
-            continue;
-        };
+    let pinned: Vec<String> = list
+        .records
+        .iter()
+        .filter_map(|r| r.ext(POP3_UIDL_KEY).map(str::to_owned))
+        .collect();
+    reserve_uids(list, pinned.iter().map(String::as_str));
+}
+
+/// Moves the next UID past every UIDL in `uidls` that reads as `<uid><uidvalidity>` here.
+fn reserve_uids<'a>(list: &mut Uidlist, uidls: impl Iterator<Item = &'a str>) {
+    for uidl in uidls {
         if uidl.len() != 16 || !uidl.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }
@@ -619,6 +653,28 @@ mod tests {
         .unwrap();
         let (_drop, listing) = store.open_blocking("alice").unwrap();
         assert_eq!(listing[0].uidl, "UID7-1600000000");
+    }
+
+    #[test]
+    fn a_uidl_another_message_already_serves_is_not_pinned_twice() {
+        use super::super::uidlist::Record;
+        let mut list = Uidlist::new(0x6553_f100, "g".into());
+        list.next_uid = 3;
+        let rec = |uid, base: &str| Record {
+            uid,
+            ext: vec![],
+            base: base.into(),
+        };
+        list.records.push(rec(1, "old"));
+        list.records.push(rec(2, "imported"));
+        list.records.push(rec(3, "other"));
+        let pins = HashMap::from([
+            ("imported".to_owned(), "000000016553f100".to_owned()),
+            ("other".to_owned(), "unique".to_owned()),
+        ]);
+        assert_eq!(pin(&mut list, &pins), 1);
+        assert_eq!(list.records[1].ext(POP3_UIDL_KEY), None);
+        assert_eq!(list.records[2].ext(POP3_UIDL_KEY), Some("unique"));
     }
 
     #[test]

@@ -253,10 +253,7 @@ impl MaildirStore {
             let (Some(location), Some(size)) = (files.remove(&rec.base), rec.exact_size()) else {
                 continue;
             };
-            let uidl = match rec.ext(POP3_UIDL_KEY) {
-                Some(p) if valid_uidl(p) => p.to_owned(),
-                _ => default_uidl(rec.uid, list.uid_validity),
-            };
+            let uidl = served_uidl(&rec, list.uid_validity);
             listing.push(MessageInfo { uidl, size });
             entries.push(Entry {
                 uid: rec.uid,
@@ -722,6 +719,14 @@ impl crate::MessageSource for MessageReader {
 
 /// Dovecot's default `pop3_uidl_format = %08Xu%08Xv`. Its `%X` is lower-case hex; UIDLs are
 /// compared byte for byte by clients, so the case matters for a migration.
+/// The UIDL a record is served under: its pinned `P` field if valid, else the default.
+fn served_uidl(rec: &Record, uid_validity: u32) -> String {
+    match rec.ext(POP3_UIDL_KEY) {
+        Some(p) if valid_uidl(p) => p.to_owned(),
+        _ => default_uidl(rec.uid, uid_validity),
+    }
+}
+
 fn default_uidl(uid: u32, uid_validity: u32) -> String {
     format!("{uid:08x}{uid_validity:08x}")
 }
