@@ -314,29 +314,19 @@ impl Conn {
     /// Reads a multi-line body of any size and returns its length after un-stuffing, without
     /// keeping it.
     pub(crate) async fn body_octets(&mut self) -> Result<u64> {
-        let mut unstuffer = Unstuffer::default();
-        loop {
-            let buf = self.reader.fill_buf().await?;
-            ensure!(
-                !buf.is_empty(),
-                "connection closed inside a multi-line response"
-            );
-            let len = buf.len();
-            match unstuffer.feed(buf) {
-                Some(used) => {
-                    self.reader.consume(used);
-                    return Ok(unstuffer.octets);
-                }
-                None => self.reader.consume(len),
-            }
-        }
+        self.body_into(u64::MAX, |_| {}).await
     }
-}
 
-impl Conn {
     /// Reads a multi-line body into `out`, un-stuffed; fails once it exceeds `limit` octets
     /// (the connection is then unusable).
     pub(crate) async fn body(&mut self, out: &mut Vec<u8>, limit: u64) -> Result<()> {
+        self.body_into(limit, |content| out.extend_from_slice(content))
+            .await
+            .map(drop)
+    }
+
+    /// Reads a multi-line body, handing its un-stuffed content to `sink`; returns its length.
+    async fn body_into(&mut self, limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64> {
         let mut unstuffer = Unstuffer::default();
         loop {
             let buf = self.reader.fill_buf().await?;
@@ -345,7 +335,7 @@ impl Conn {
                 "connection closed inside a multi-line response"
             );
             let len = buf.len();
-            let done = unstuffer.feed_into(buf, |content| out.extend_from_slice(content));
+            let done = unstuffer.feed_into(buf, &mut sink);
             ensure!(
                 unstuffer.octets <= limit,
                 "the message is larger than {limit} octets"
@@ -353,7 +343,7 @@ impl Conn {
             match done {
                 Some(used) => {
                     self.reader.consume(used);
-                    return Ok(());
+                    return Ok(unstuffer.octets);
                 }
                 None => self.reader.consume(len),
             }
@@ -383,13 +373,8 @@ impl Default for Unstuffer {
 }
 
 impl Unstuffer {
-    /// Consumes `buf`; returns how many octets of it were used when the terminating ".CRLF" ends
-    /// within it.
-    pub(crate) fn feed(&mut self, buf: &[u8]) -> Option<usize> {
-        self.feed_into(buf, |_| {})
-    }
-
-    /// Like [`feed`](Self::feed), handing every octet of content to `sink` as it goes.
+    /// Consumes `buf`, handing every octet of content to `sink` as it goes; returns how many
+    /// octets of `buf` were used when the terminating ".CRLF" ends within it.
     pub(crate) fn feed_into(&mut self, buf: &[u8], mut sink: impl FnMut(&[u8])) -> Option<usize> {
         let mut i = 0;
         while i < buf.len() {
@@ -447,7 +432,7 @@ mod tests {
         let mut u = Unstuffer::default();
         let mut used = 0;
         for chunk in wire.chunks(step) {
-            if let Some(n) = u.feed(chunk) {
+            if let Some(n) = u.feed_into(chunk, |_| {}) {
                 return (u.octets, used + n);
             }
             used += chunk.len();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Client, ServerBuilder, eventually, tool};
+use common::{Client, ServerBuilder, eventually, free_port, tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,14 +16,6 @@ use std::time::Duration;
 struct Postfix {
     dir: tempfile::TempDir,
     smtp_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Postfix {

@@ -835,21 +835,30 @@ fn read_uidlist(dir: &Path) -> Result<Option<Uidlist>, StoreError> {
 }
 
 fn write_uidlist(dir: &Path, list: &Uidlist) -> Result<(), StoreError> {
-    let tmp = dir.join(UIDLIST_TMP);
-    let path = dir.join(UIDLIST);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(list.serialize().as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    })();
-    result.map_err(|e| StoreError::io(&path, e))?;
+    replace_file(
+        &dir.join(UIDLIST),
+        &dir.join(UIDLIST_TMP),
+        list.serialize().as_bytes(),
+    )?;
     sync_dir(dir)
+}
+
+/// Replaces `path` with `bytes` (mode 0600) by writing `tmp`, fsyncing it and renaming it over
+/// `path`, so a crash leaves the old or the new contents, never a mixture. `tmp` is removed on
+/// failure.
+fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let written = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(tmp, path));
+    written.map_err(|e| {
+        let _ = fs::remove_file(tmp);
+        StoreError::io(path, e)
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

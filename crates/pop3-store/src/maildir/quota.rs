@@ -17,7 +17,6 @@ use super::filename::{is_message, size_hints};
 use crate::{Quota, StoreError};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 const MAILDIRSIZE: &str = "maildirsize";
@@ -148,19 +147,7 @@ pub(crate) fn rebuild(dir: &Path, quota: Quota) -> Result<Usage, StoreError> {
         usage.messages
     );
     let tmp = dir.join(format!("tmp/{MAILDIRSIZE}.{}", std::process::id()));
-    let path = dir.join(MAILDIRSIZE);
-    let written = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(definition.as_bytes()))
-        .and_then(|()| fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::io(&path, e));
-    }
+    super::replace_file(&dir.join(MAILDIRSIZE), &tmp, definition.as_bytes())?;
     Ok(usage)
 }
 

@@ -90,19 +90,7 @@ pub(crate) fn rewrite(dir: &Path, record: &Retrieved) -> Result<(), StoreError> 
         .map(|(base, secs)| format!("{secs} {base}\n"))
         .collect();
     let tmp = dir.join(format!("tmp/{RETRIEVED}.{}", std::process::id()));
-    let written = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(StoreError::io(&path, e));
-    }
-    Ok(())
+    super::replace_file(&path, &tmp, text.as_bytes())
 }
 
 #[cfg(test)]

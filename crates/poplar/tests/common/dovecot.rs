@@ -1,6 +1,6 @@
 //! A throwaway Dovecot from Debian's packages, for interoperability and migration tests.
 
-use super::tool;
+use super::{free_port, tool};
 use std::path::Path;
 use std::process::Command;
 
@@ -12,14 +12,6 @@ pub struct Dovecot {
     pub port: u16,
     /// The POP3S port, when started with TLS.
     pub pop3s_port: Option<u16>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Dovecot {
