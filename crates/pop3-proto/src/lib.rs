@@ -10,12 +10,14 @@
 //! - [`command`] parses a line into a [`Command`];
 //! - [`server`] is the session state machine that turns commands into responses and [`Event`]s;
 //! - [`canonical`] defines a message's canonical size and streams it dot-stuffed;
-//! - [`response`] and [`capability`] hold the response codes and the CAPA list.
+//! - [`response`] and [`capability`] hold the response codes and the CAPA list;
+//! - [`client`] reads what a server sends: status lines, multi-line bodies, CAPA.
 
 #![forbid(unsafe_code)]
 
 pub mod canonical;
 pub mod capability;
+pub mod client;
 pub mod command;
 mod error;
 pub mod line;

@@ -6,7 +6,6 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
-mod client;
 mod deliver;
 mod migrate;
 mod privileges;

@@ -10,8 +10,8 @@
 //! `--dry-run` answers the question an operator has before switching: how many messages would a
 //! client that keeps mail on the server see as new afterwards? It must be 0.
 
-use crate::client::{Dialer, TlsMode};
 use anyhow::{Context, Result, bail, ensure};
+use pop3_fetch::{Dialer, TlsMode};
 use pop3_store::MaildirStore;
 use pop3_store::maildir::migrate::{
     DOVECOT_DEFAULT_FORMAT, ImportMessage, SourceMessage, UidlScheme, read_source,
@@ -349,8 +349,8 @@ async fn from_server(
         reply.starts_with("+OK"),
         "login to {host} as {user} ({mechanism}) failed: {reply}"
     );
-    let uidls = match conn.exchange("UIDL").await? {
-        r if r.starts_with("+OK") => conn.lines().await?,
+    let uidls = match conn.command("UIDL").await? {
+        r if r.ok => conn.lines().await?,
         r => bail!(
             "{host} does not support UIDL ({r}): without it, nothing identifies messages to clients, so there is nothing to preserve"
         ),
@@ -431,16 +431,8 @@ async fn from_server(
 
 /// The strongest login the server offers: SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, then PLAIN,
 /// then USER/PASS (the connection is already under TLS).
-async fn best_mechanism(conn: &mut crate::client::Conn) -> Result<String> {
-    let capa = match conn.exchange("CAPA").await? {
-        r if r.starts_with("+OK") => conn.lines().await?,
-        _ => Vec::new(),
-    };
-    let sasl: Vec<String> = capa
-        .iter()
-        .find_map(|l| l.strip_prefix("SASL "))
-        .map(|m| m.split_whitespace().map(str::to_ascii_uppercase).collect())
-        .unwrap_or_default();
+async fn best_mechanism(conn: &mut pop3_fetch::Conn) -> Result<String> {
+    let sasl = conn.capabilities().await?.sasl;
     for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "PLAIN"] {
         if sasl.iter().any(|s| s == m) {
             return Ok(m.to_owned());

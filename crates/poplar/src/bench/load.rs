@@ -4,9 +4,9 @@
 
 use super::ServerArgs;
 use super::report::{Report, ms, percentile};
-use crate::client::Dialer;
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
+use pop3_fetch::Dialer;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -370,8 +370,9 @@ pub(crate) async fn retr(args: RetrArgs) -> Result<ExitCode> {
         .await?;
     let listed = c.cmd(&format!("LIST {}", args.message)).await?;
     let size: u64 = listed
+        .text
         .split(' ')
-        .nth(2)
+        .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad LIST reply {listed:?}"))?;
     let before = args.server.usage();

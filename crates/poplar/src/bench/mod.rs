@@ -12,9 +12,9 @@
 mod load;
 mod report;
 
-use crate::client::{self, TlsMode};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use pop3_fetch::{Dialer, TlsMode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,14 +47,25 @@ pub(crate) enum BenchCommand {
 }
 
 /// The server under load and where the figures go; shared by every load.
+/// How the load generator secures its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TlsArg {
+    /// Plain TCP.
+    None,
+    /// TLS from the first octet (POP3S).
+    Implicit,
+    /// Plain TCP upgraded with STLS.
+    Starttls,
+}
+
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
     /// The server's address: its POP3 port, or its POP3S port with --tls implicit.
     #[arg(long, alias = "pop3")]
     server: SocketAddr,
     /// How to secure connections.
-    #[arg(long, value_enum, default_value_t = TlsMode::None)]
-    tls: TlsMode,
+    #[arg(long, value_enum, default_value_t = TlsArg::None)]
+    tls: TlsArg,
     /// CA (or self-signed) certificate to verify the server's certificate with.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -73,21 +84,26 @@ pub(crate) struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn dialer(&self) -> Result<client::Dialer> {
-        client::Dialer::new(
+    fn dialer(&self) -> Result<Dialer> {
+        let mode = match self.tls {
+            TlsArg::None => TlsMode::None,
+            TlsArg::Implicit => TlsMode::Implicit,
+            TlsArg::Starttls => TlsMode::Starttls,
+        };
+        Ok(Dialer::new(
             self.server,
-            self.tls,
+            mode,
             self.ca_file.as_deref(),
             &self.server_name,
-        )
+        )?)
     }
 
     /// The name of a load in the results, e.g. `session tls`.
     fn case(&self, load: &str) -> String {
         let tls = match self.tls {
-            TlsMode::None => "plain",
-            TlsMode::Implicit => "tls",
-            TlsMode::Starttls => "stls",
+            TlsArg::None => "plain",
+            TlsArg::Implicit => "tls",
+            TlsArg::Starttls => "stls",
         };
         format!("{load} {tls}")
     }

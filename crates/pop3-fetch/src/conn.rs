@@ -1,0 +1,462 @@
+//! A connection to a POP3 server: plain TCP, implicit TLS or STLS, every login mechanism
+//! (through pop3-auth's client side), and a multi-line reader fast enough not to be the
+//! bottleneck when a server sends gigabytes per second.
+//!
+//! It checks what it receives: [`Conn::cmd`] requires `+OK`, and [`Conn::body`] and
+//! [`Conn::body_octets`] un-stuff a multi-line body so a caller can compare its length with LIST.
+
+use crate::FetchError;
+use pop3_proto::client::{ServerCapabilities, Status, Unstuffer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+type Result<T> = std::result::Result<T, FetchError>;
+
+/// How a connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP.
+    None,
+    /// TLS from the first octet (POP3S, RFC 8314).
+    Implicit,
+    /// Plain TCP upgraded with STLS (RFC 2595).
+    Starttls,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Dialer {
+    /// The server's address.
+    pub addr: SocketAddr,
+    tls: Option<(TlsMode, TlsConnector, rustls_pki_types::ServerName<'static>)>,
+}
+
+impl Dialer {
+    /// A dialer for `addr`; with TLS, the server's certificate is verified for the name
+    /// `server_name` against the CA certificates in `ca_file`, or the system's (Debian's
+    /// ca-certificates bundle) without one. Every connection makes a full handshake (no session
+    /// resumption), as a new client would.
+    pub fn new(
+        addr: SocketAddr,
+        mode: TlsMode,
+        ca_file: Option<&Path>,
+        server_name: &str,
+    ) -> Result<Self> {
+        if mode == TlsMode::None {
+            return Ok(Dialer { addr, tls: None });
+        }
+        let roots = match ca_file {
+            Some(file) => roots_from(file, true)?,
+            None => roots_from(Path::new(SYSTEM_BUNDLE), false)?,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FetchError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|_| FetchError::Tls(format!("invalid server name {server_name:?}")))?;
+        Ok(Dialer {
+            addr,
+            tls: Some((mode, TlsConnector::from(Arc::new(config)), name)),
+        })
+    }
+
+    /// Connects, secures the connection as configured and reads the greeting.
+    /// Connects, secures the connection as configured and reads the greeting, which must be
+    /// `+OK`; returns the connection and the greeting's text (its APOP timestamp, if any).
+    pub async fn connect(&self) -> Result<(Conn, String)> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(FetchError::io(format!("cannot connect to {}", self.addr)))?;
+        tcp.set_nodelay(true)
+            .map_err(FetchError::io("setting TCP_NODELAY"))?;
+        let handshake =
+            |e: std::io::Error| FetchError::Tls(format!("handshake with {}: {e}", self.addr));
+        let Some((mode, connector, name)) = &self.tls else {
+            let mut c = Conn::new(Stream::Plain(tcp));
+            let greeting = c.greeting().await?;
+            return Ok((c, greeting));
+        };
+        if *mode == TlsMode::Implicit {
+            let tls = connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(handshake)?;
+            let mut c = Conn::new(Stream::Tls(Box::new(tls)));
+            let greeting = c.greeting().await?;
+            return Ok((c, greeting));
+        }
+        let mut c = Conn::new(Stream::Plain(tcp));
+        let greeting = c.greeting().await?;
+        match c.command("STLS").await? {
+            s if s.ok => {}
+            s => {
+                return Err(FetchError::Unsupported(format!(
+                    "{} refuses STLS ({s}); without TLS the password would travel in clear",
+                    self.addr
+                )));
+            }
+        }
+        if !c.reader.buffer().is_empty() {
+            return Err(FetchError::Protocol(
+                "the server sent data after its STLS reply".into(),
+            ));
+        }
+        let Stream::Plain(tcp) = c.reader.into_inner() else {
+            unreachable!("STLS on a plain connection")
+        };
+        let tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(handshake)?;
+        Ok((Conn::new(Stream::Tls(Box::new(tls))), greeting))
+    }
+}
+
+/// Debian's (and most Linux distributions') bundle of trusted CA certificates.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Trusted CA certificates from a PEM file. A file given explicitly must be entirely usable;
+/// the system bundle may hold certificates rustls cannot parse, which are skipped.
+fn roots_from(path: &Path, strict: bool) -> Result<rustls::RootCertStore> {
+    use rustls_pki_types::pem::PemObject as _;
+    let bad = |why: String| FetchError::File {
+        path: path.to_owned(),
+        why,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(format!("cannot read CA certificates: {e}")))?;
+    if strict {
+        for cert in certs {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    } else {
+        roots.add_parsable_certificates(certs.filter_map(std::result::Result::ok));
+    }
+    if roots.is_empty() {
+        return Err(bad("no CA certificate in the file".into()));
+    }
+    Ok(roots)
+}
+
+/// A TCP connection, with or without TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Read buffer: large enough that a multi-megabyte RETR costs few system calls.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// A connection to a POP3 server, after the greeting.
+pub struct Conn {
+    reader: BufReader<Stream>,
+    line: String,
+}
+
+impl Conn {
+    fn new(stream: Stream) -> Self {
+        Conn {
+            reader: BufReader::with_capacity(READ_BUFFER, stream),
+            line: String::new(),
+        }
+    }
+
+    /// Reads one line (without CRLF); fails if the connection closed.
+    async fn read_line(&mut self) -> Result<&str> {
+        self.line.clear();
+        let n = self
+            .reader
+            .read_line(&mut self.line)
+            .await
+            .map_err(FetchError::io("reading from the server"))?;
+        if n == 0 {
+            return Err(FetchError::Protocol(
+                "the server closed the connection".into(),
+            ));
+        }
+        Ok(self.line.trim_end_matches(['\r', '\n']))
+    }
+
+    /// Reads a status line.
+    pub async fn status(&mut self) -> Result<Status> {
+        let line = self.read_line().await?;
+        Status::parse(line.as_bytes())
+            .ok_or_else(|| FetchError::Protocol(format!("expected +OK or -ERR, got {line:?}")))
+    }
+
+    async fn greeting(&mut self) -> Result<String> {
+        match self.status().await? {
+            s if s.ok => Ok(s.text),
+            s => Err(FetchError::Refused {
+                command: "greeting".into(),
+                status: s,
+            }),
+        }
+    }
+
+    /// Sends a command and reads its status line, whatever it is.
+    pub async fn command(&mut self, command: &str) -> Result<Status> {
+        self.send(command).await?;
+        self.status().await
+    }
+
+    /// Sends a command and requires `+OK`.
+    pub async fn cmd(&mut self, command: &str) -> Result<Status> {
+        match self.command(command).await? {
+            s if s.ok => Ok(s),
+            s => Err(FetchError::Refused {
+                // Only the keyword: arguments may be secret (PASS, AUTH data).
+                command: command.split(' ').next().unwrap_or("").to_owned(),
+                status: s,
+            }),
+        }
+    }
+
+    async fn send(&mut self, line: &str) -> Result<()> {
+        let stream = self.reader.get_mut();
+        let io = FetchError::io("writing to the server");
+        stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .map_err(io)?;
+        stream
+            .flush()
+            .await
+            .map_err(FetchError::io("writing to the server"))
+    }
+
+    /// Sends a line and returns the reply line, whatever it is (SASL continuations too).
+    pub async fn exchange(&mut self, line: &str) -> Result<String> {
+        self.send(line).await?;
+        Ok(self.read_line().await?.to_owned())
+    }
+
+    /// CAPA (RFC 2449); a server without it has no capabilities worth knowing.
+    pub async fn capabilities(&mut self) -> Result<ServerCapabilities> {
+        if !self.command("CAPA").await?.ok {
+            return Ok(ServerCapabilities::default());
+        }
+        let lines = self.lines().await?;
+        Ok(ServerCapabilities::parse(lines.iter().map(String::as_str)))
+    }
+
+    /// Logs in with a mechanism, using pop3-auth's client side, and returns the final reply.
+    /// The greeting is needed for APOP.
+    pub async fn login(
+        &mut self,
+        mechanism: &str,
+        user: &str,
+        password: &str,
+        greeting: &str,
+    ) -> Result<String> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD as B64;
+        use pop3_auth::sasl::scram::{ScramClient, ScramHash};
+        let challenge = |reply: &str| -> Result<Vec<u8>> {
+            let refused = || FetchError::Refused {
+                command: format!("AUTH {mechanism}"),
+                status: Status::parse(reply.as_bytes()).unwrap_or(Status {
+                    ok: false,
+                    code: None,
+                    text: reply.to_owned(),
+                }),
+            };
+            let data = reply.strip_prefix("+ ").ok_or_else(refused)?;
+            B64.decode(data)
+                .map_err(|_| FetchError::Protocol(format!("invalid base64 in {reply:?}")))
+        };
+        let sasl = |e: pop3_auth::AuthError| FetchError::Protocol(format!("{mechanism}: {e}"));
+        let (u, p) = (user.as_bytes(), password.as_bytes());
+        Ok(match mechanism {
+            "USER" => {
+                self.exchange(&format!("USER {user}")).await?;
+                self.exchange(&format!("PASS {password}")).await?
+            }
+            "APOP" => {
+                let ts = greeting.rsplit(' ').next().unwrap_or("");
+                self.exchange(&format!("APOP {user} {}", pop3_auth::apop::digest(ts, p)))
+                    .await?
+            }
+            "PLAIN" => {
+                let msg = pop3_auth::sasl::plain::client_message("", user, p);
+                self.exchange(&format!("AUTH PLAIN {}", B64.encode(msg.expose())))
+                    .await?
+            }
+            "LOGIN" => {
+                let mut reply = self.exchange("AUTH LOGIN").await?;
+                for _ in 0..2 {
+                    let response =
+                        pop3_auth::sasl::login::client_response(&challenge(&reply)?, u, p);
+                    reply = self.exchange(&B64.encode(response)).await?;
+                }
+                reply
+            }
+            "CRAM-MD5" => {
+                let r = self.exchange("AUTH CRAM-MD5").await?;
+                let response = pop3_auth::sasl::cram_md5::client_response(user, p, &challenge(&r)?);
+                self.exchange(&B64.encode(response)).await?
+            }
+            "SCRAM-SHA-1" | "SCRAM-SHA-256" => {
+                let hash = if mechanism == "SCRAM-SHA-1" {
+                    ScramHash::Sha1
+                } else {
+                    ScramHash::Sha256
+                };
+                let mut client = ScramClient::new(hash, user, p, None, false).map_err(sasl)?;
+                let r = self
+                    .exchange(&format!(
+                        "AUTH {mechanism} {}",
+                        B64.encode(client.client_first())
+                    ))
+                    .await?;
+                let last = client.client_final(&challenge(&r)?).map_err(sasl)?;
+                let r = self.exchange(&B64.encode(last)).await?;
+                client.verify_server_final(&challenge(&r)?).map_err(sasl)?;
+                self.exchange("").await?
+            }
+            other => {
+                return Err(FetchError::Unsupported(format!(
+                    "login mechanism {other} is not implemented"
+                )));
+            }
+        })
+    }
+
+    /// USER/PASS; fails unless both are accepted.
+    pub async fn user_pass(&mut self, user: &str, password: &str) -> Result<()> {
+        let reply = self.login("USER", user, password, "").await?;
+        match Status::parse(reply.as_bytes()) {
+            Some(s) if s.ok => Ok(()),
+            other => Err(FetchError::Refused {
+                command: format!("login as {user}"),
+                status: other.unwrap_or(Status {
+                    ok: false,
+                    code: None,
+                    text: reply,
+                }),
+            }),
+        }
+    }
+
+    /// Reads a short multi-line body (a listing) as lines, without their CRLF.
+    pub async fn lines(&mut self) -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut buf)
+                .await
+                .map_err(FetchError::io("reading from the server"))?;
+            if n == 0 {
+                return Err(truncated());
+            }
+            if buf == b".\r\n" {
+                return Ok(lines);
+            }
+            let line = buf.strip_prefix(b".").unwrap_or(&buf);
+            lines.push(String::from_utf8_lossy(line).trim_end().to_owned());
+        }
+    }
+
+    /// Reads a multi-line body of any size and returns its length after un-stuffing, without
+    /// keeping it.
+    pub async fn body_octets(&mut self) -> Result<u64> {
+        self.body_into(u64::MAX, |_| {}).await
+    }
+
+    /// Reads a multi-line body into `out`, un-stuffed; fails once it exceeds `limit` octets
+    /// (the connection is then unusable).
+    pub async fn body(&mut self, out: &mut Vec<u8>, limit: u64) -> Result<()> {
+        self.body_into(limit, |content| out.extend_from_slice(content))
+            .await
+            .map(drop)
+    }
+
+    /// Reads a multi-line body, handing its un-stuffed content to `sink`; returns its length.
+    pub async fn body_into(&mut self, limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64> {
+        let mut unstuffer = Unstuffer::default();
+        loop {
+            let buf = self
+                .reader
+                .fill_buf()
+                .await
+                .map_err(FetchError::io("reading from the server"))?;
+            if buf.is_empty() {
+                return Err(truncated());
+            }
+            let len = buf.len();
+            let done = unstuffer.feed(buf, &mut sink);
+            if unstuffer.octets() > limit {
+                return Err(FetchError::Protocol(format!(
+                    "the message is larger than {limit} octets"
+                )));
+            }
+            match done {
+                Some(used) => {
+                    self.reader.consume(used);
+                    return Ok(unstuffer.octets());
+                }
+                None => self.reader.consume(len),
+            }
+        }
+    }
+}
+
+fn truncated() -> FetchError {
+    FetchError::Protocol("the connection closed inside a multi-line response".into())
+}

@@ -1,0 +1,61 @@
+//! The crate's one error type.
+
+use pop3_proto::client::Status;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Errors from talking to a POP3 server.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The server could not be reached or the connection failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS could not be set up (certificates, handshake).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server answered `-ERR` where `+OK` was needed.
+    #[error("{command}: the server said {status}")]
+    Refused {
+        /// The command, without arguments that could be secret.
+        command: String,
+        /// The server's status line.
+        status: Status,
+    },
+    /// The server sent something that is not POP3, or closed the connection mid-response.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server lacks something required (STLS, UIDL, a login mechanism).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A local file (certificate bundle) could not be used.
+    #[error("{path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+impl FetchError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| FetchError::Io { context, source }
+    }
+
+    /// Whether trying again later may succeed: a network failure, or a server that said
+    /// `[IN-USE]`, `[LOGIN-DELAY]` or `[SYS/TEMP]`.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            FetchError::Io { .. } => true,
+            FetchError::Refused { status, .. } => status.is_temporary(),
+            _ => false,
+        }
+    }
+}

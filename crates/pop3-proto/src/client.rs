@@ -1,0 +1,311 @@
+//! The client side of the protocol, without I/O: status lines, multi-line bodies and the CAPA
+//! list as a client must read them.
+//!
+//! Why here and not in the client: these are RFC rules (a status line's indicator and RFC 2449
+//! response code, RFC 1939's dot-stuffing and terminator, RFC 2449's capability syntax) and
+//! every POP3 client Poplar has (`poplar fetch`, `poplar migrate`, the load generator) must read
+//! them the same way. Each piece takes bytes and returns values, so it is tested without a
+//! socket, including against this crate's own server session.
+
+use crate::capability::Expire;
+use std::fmt;
+
+/// A status line: `+OK ...` or `-ERR [CODE] ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// `+OK` (else `-ERR`).
+    pub ok: bool,
+    /// The RFC 2449 response code between brackets, as sent (`IN-USE`, `SYS/TEMP`, ...).
+    pub code: Option<String>,
+    /// The text after the indicator and code.
+    pub text: String,
+}
+
+impl Status {
+    /// Parses a status line (with or without its CRLF); `None` if it is neither `+OK` nor
+    /// `-ERR`.
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches(['\r', '\n']);
+        let (ok, rest) = if let Some(rest) = strip_indicator(line, "+OK") {
+            (true, rest)
+        } else {
+            (false, strip_indicator(line, "-ERR")?)
+        };
+        let rest = rest.trim_start_matches(' ');
+        let (code, text) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((code, text)) if !code.is_empty() && !code.contains(' ') => (
+                Some(code.to_ascii_uppercase()),
+                text.trim_start_matches(' '),
+            ),
+            _ => (None, rest),
+        };
+        Some(Status {
+            ok,
+            code,
+            text: text.to_owned(),
+        })
+    }
+
+    /// Whether the code says to try again later rather than to change anything (RFC 2449
+    /// `IN-USE` and `LOGIN-DELAY`, RFC 3206 `SYS/TEMP`).
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some("IN-USE" | "LOGIN-DELAY" | "SYS/TEMP")
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.ok { "+OK" } else { "-ERR" })?;
+        if let Some(code) = &self.code {
+            write!(f, " [{code}]")?;
+        }
+        if !self.text.is_empty() {
+            write!(f, " {}", self.text)?;
+        }
+        Ok(())
+    }
+}
+
+/// `+OK` or `-ERR` followed by the end of the line or a space (case-insensitive, as some
+/// servers answer `+ok`).
+fn strip_indicator<'a>(line: &'a str, indicator: &str) -> Option<&'a str> {
+    let head = line.get(..indicator.len())?;
+    if !head.eq_ignore_ascii_case(indicator) {
+        return None;
+    }
+    let rest = &line[indicator.len()..];
+    (rest.is_empty() || rest.starts_with(' ')).then_some(rest)
+}
+
+/// Undoes the dot-stuffing of a multi-line body as it streams by (RFC 1939 section 3) and finds
+/// its terminating `.CRLF`, whatever the split of the input.
+#[derive(Debug)]
+pub struct Unstuffer {
+    /// Octets of content so far.
+    octets: u64,
+    /// The next octet starts a line.
+    line_start: bool,
+    /// Octets of a possible terminator seen at the start of a line: 1 after ".", 2 after ".\r".
+    dot: u8,
+}
+
+impl Default for Unstuffer {
+    fn default() -> Self {
+        Unstuffer {
+            octets: 0,
+            line_start: true,
+            dot: 0,
+        }
+    }
+}
+
+impl Unstuffer {
+    /// Octets of content (after un-stuffing) so far.
+    pub fn octets(&self) -> u64 {
+        self.octets
+    }
+
+    /// Consumes `buf`, handing every octet of content to `sink` as it goes; returns how many
+    /// octets of `buf` were used when the terminating `.CRLF` ends within it (the rest belongs
+    /// to the next response).
+    pub fn feed(&mut self, buf: &[u8], mut sink: impl FnMut(&[u8])) -> Option<usize> {
+        let mut i = 0;
+        while i < buf.len() {
+            match self.dot {
+                1 if buf[i] == b'\r' => {
+                    self.dot = 2;
+                    i += 1;
+                    continue;
+                }
+                2 if buf[i] == b'\n' => return Some(i + 1),
+                // ".\r" then something else: the dot was stuffing, the CR is content.
+                2 => {
+                    self.octets += 1;
+                    sink(b"\r");
+                    self.dot = 0;
+                    self.line_start = false;
+                }
+                // The dot was stuffing; what follows is content.
+                1 => {
+                    self.dot = 0;
+                    self.line_start = false;
+                }
+                _ => {}
+            }
+            if self.line_start && buf[i] == b'.' {
+                self.dot = 1;
+                i += 1;
+                continue;
+            }
+            match memchr::memchr(b'\n', &buf[i..]) {
+                Some(k) => {
+                    self.octets += k as u64 + 1;
+                    sink(&buf[i..=i + k]);
+                    i += k + 1;
+                    self.line_start = true;
+                }
+                None => {
+                    self.octets += (buf.len() - i) as u64;
+                    sink(&buf[i..]);
+                    self.line_start = false;
+                    i = buf.len();
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What a server's CAPA list says (RFC 2449), as far as a client acts on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerCapabilities {
+    /// `TOP`.
+    pub top: bool,
+    /// `UIDL`.
+    pub uidl: bool,
+    /// `USER`: USER/PASS is offered.
+    pub user: bool,
+    /// `STLS` (RFC 2595).
+    pub stls: bool,
+    /// `PIPELINING`.
+    pub pipelining: bool,
+    /// `RESP-CODES`.
+    pub resp_codes: bool,
+    /// `UTF8` (RFC 6856).
+    pub utf8: bool,
+    /// The `SASL` mechanisms, upper-cased.
+    pub sasl: Vec<String>,
+    /// `EXPIRE`, and whether it was tagged `USER` (it may differ after login).
+    pub expire: Option<(Expire, bool)>,
+    /// `LOGIN-DELAY` seconds, and whether it was tagged `USER`.
+    pub login_delay: Option<(u32, bool)>,
+    /// `IMPLEMENTATION`.
+    pub implementation: Option<String>,
+}
+
+impl ServerCapabilities {
+    /// Reads the lines of a CAPA body (without the `+OK` line and terminator); unknown
+    /// capabilities are ignored, as RFC 2449 requires.
+    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut caps = ServerCapabilities::default();
+        for line in lines {
+            let mut words = line.split_whitespace();
+            let Some(name) = words.next() else { continue };
+            let args: Vec<&str> = words.collect();
+            let tagged_user = args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("USER"));
+            match name.to_ascii_uppercase().as_str() {
+                "TOP" => caps.top = true,
+                "UIDL" => caps.uidl = true,
+                "USER" => caps.user = true,
+                "STLS" => caps.stls = true,
+                "PIPELINING" => caps.pipelining = true,
+                "RESP-CODES" => caps.resp_codes = true,
+                "UTF8" => caps.utf8 = true,
+                "SASL" => caps.sasl = args.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                "EXPIRE" => {
+                    let value = match args.first() {
+                        Some(v) if v.eq_ignore_ascii_case("NEVER") => Some(Expire::Never),
+                        Some(v) => v.parse().ok().map(Expire::Days),
+                        None => None,
+                    };
+                    caps.expire = value.map(|e| (e, tagged_user));
+                }
+                "LOGIN-DELAY" => {
+                    caps.login_delay = args
+                        .first()
+                        .and_then(|v| v.parse().ok())
+                        .map(|d| (d, tagged_user));
+                }
+                "IMPLEMENTATION" => caps.implementation = Some(args.join(" ")),
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines() {
+        let s = Status::parse(b"-ERR [IN-USE] Maildrop is locked\r\n").unwrap();
+        assert_eq!(
+            (s.ok, s.code.as_deref(), s.text.as_str()),
+            (false, Some("IN-USE"), "Maildrop is locked")
+        );
+        assert!(s.is_temporary());
+        assert_eq!(s.to_string(), "-ERR [IN-USE] Maildrop is locked");
+        let s = Status::parse(b"+OK").unwrap();
+        assert!(s.ok && s.code.is_none() && s.text.is_empty());
+        let s = Status::parse(b"+ok 2 320").unwrap();
+        assert_eq!(s.text, "2 320");
+        // A bracket that is not a code stays text.
+        let s = Status::parse(b"-ERR [not a code] x").unwrap();
+        assert_eq!((s.code, s.text.as_str()), (None, "[not a code] x"));
+        assert!(!Status::parse(b"-ERR [AUTH] bad").unwrap().is_temporary());
+        for bad in [&b"+OKAY"[..], b"OK", b"", b"* OK imap"] {
+            assert!(Status::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    /// Feeds `wire` in pieces of `step` octets; returns the content and the octets used.
+    fn unstuff(wire: &[u8], step: usize) -> (Vec<u8>, usize) {
+        let mut u = Unstuffer::default();
+        let mut content = Vec::new();
+        let mut used = 0;
+        for chunk in wire.chunks(step) {
+            if let Some(n) = u.feed(chunk, |c| content.extend_from_slice(c)) {
+                assert_eq!(u.octets(), content.len() as u64);
+                return (content, used + n);
+            }
+            used += chunk.len();
+        }
+        panic!("no terminator in {wire:?}");
+    }
+
+    #[test]
+    fn unstuffing_inverts_the_servers_encoder_across_any_split() {
+        let body: &[u8] = b"Subject: x\r\n\r\n.hidden\r\n..two\r\n.\rodd\r\nlast\r\n";
+        let mut wire = Vec::new();
+        let mut encoder = crate::MessageEncoder::retr();
+        encoder.encode(body, &mut wire);
+        encoder.finish(&mut wire);
+        wire.extend_from_slice(b"+OK next");
+        for step in 1..wire.len() {
+            assert_eq!(
+                unstuff(&wire, step),
+                (body.to_vec(), wire.len() - 8),
+                "step {step}"
+            );
+        }
+        assert_eq!(unstuff(b".\r\n", 1), (Vec::new(), 3));
+    }
+
+    #[test]
+    fn capabilities_as_poplar_and_dovecot_send_them() {
+        let mut session = crate::ServerSession::new(crate::SessionConfig::default());
+        let mut out = Vec::new();
+        session.poll(&mut out).unwrap();
+        out.clear();
+        session.receive(b"CAPA\r\n");
+        session.poll(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().skip(1).take_while(|l| *l != ".").collect();
+        let caps = ServerCapabilities::parse(lines);
+        assert!(caps.top && caps.uidl && caps.pipelining && caps.resp_codes);
+        assert_eq!(caps.expire, Some((Expire::Never, false)));
+        let dovecot = "CAPA\nTOP\nUIDL\nRESP-CODES\nPIPELINING\nAUTH-RESP-CODE\nSTLS\nUSER\n\
+                       SASL PLAIN login\nEXPIRE 30 USER\nLOGIN-DELAY 900\n";
+        let caps = ServerCapabilities::parse(dovecot.lines());
+        assert!(caps.stls && caps.user);
+        assert_eq!(caps.sasl, ["PLAIN", "LOGIN"]);
+        assert_eq!(caps.expire, Some((Expire::Days(30), true)));
+        assert_eq!(caps.login_delay, Some((900, false)));
+    }
+}
