@@ -278,6 +278,25 @@ impl Conn {
             .map_err(FetchError::io("writing to the server"))
     }
 
+    /// Sends several commands in one write (RFC 2449 PIPELINING); their replies are then read
+    /// in order.
+    pub async fn send_all(&mut self, commands: &[String]) -> Result<()> {
+        let mut text = String::new();
+        for c in commands {
+            text.push_str(c);
+            text.push_str("\r\n");
+        }
+        let stream = self.reader.get_mut();
+        stream
+            .write_all(text.as_bytes())
+            .await
+            .map_err(FetchError::io("writing to the server"))?;
+        stream
+            .flush()
+            .await
+            .map_err(FetchError::io("writing to the server"))
+    }
+
     /// Sends a line and returns the reply line, whatever it is (SASL continuations too).
     pub async fn exchange(&mut self, line: &str) -> Result<String> {
         self.send(line).await?;

@@ -33,6 +33,9 @@ pub enum FetchError {
     /// The server lacks something required (STLS, UIDL, a login mechanism).
     #[error("{0}")]
     Unsupported(String),
+    /// Another run holds this account's lock.
+    #[error("another poplar fetch is fetching this account (it holds {0})")]
+    Busy(PathBuf),
     /// A local file (certificate bundle) could not be used.
     #[error("{path}: {why}")]
     File {
@@ -53,7 +56,7 @@ impl FetchError {
     /// `[IN-USE]`, `[LOGIN-DELAY]` or `[SYS/TEMP]`.
     pub fn is_temporary(&self) -> bool {
         match self {
-            FetchError::Io { .. } => true,
+            FetchError::Io { .. } | FetchError::Busy(_) => true,
             FetchError::Refused { status, .. } => status.is_temporary(),
             _ => false,
         }

@@ -4,11 +4,20 @@
 //! CAPA); this crate adds the sockets: plain TCP, implicit TLS (RFC 8314) or STLS (RFC 2595)
 //! with rustls, and every login mechanism through pop3-auth's client side. `poplar migrate`,
 //! `poplar bench` and `poplar fetch` all connect through [`conn`].
+//!
+//! `poplar fetch` itself is [`fetch::fetch`]: one run for one account, delivering into a
+//! [`dest::Destination`] exactly once thanks to the [`journal`], even when killed at any instant.
 
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod dest;
 mod error;
+pub mod fetch;
+pub mod journal;
+pub mod url;
 
 pub use conn::{Conn, Dialer, TlsMode};
 pub use error::FetchError;
+pub use fetch::{Account, Auth, Policy, Summary, fetch};
+pub use url::ServerUrl;

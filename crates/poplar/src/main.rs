@@ -7,6 +7,7 @@
 
 mod bench;
 mod deliver;
+mod fetch;
 mod migrate;
 mod privileges;
 mod serve;
@@ -42,6 +43,9 @@ enum Command {
     /// Remove messages whose retention period (`pop3.expire` in days) has passed since they
     /// were retrieved, as `poplar serve` does every hour; each removal is logged.
     Expire(ExpireArgs),
+    /// Download an account's mail from a POP3 server into a Maildir, exactly once, even when
+    /// killed: `poplar fetch pop3s://USER@HOST --to maildir:PATH [--keep]`.
+    Fetch(fetch::FetchArgs),
     /// Move a maildrop from another server (its Maildir on disk, or live over POP3) keeping every
     /// UIDL, so clients that leave mail on the server download nothing again. Repeatable;
     /// never changes the source.
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
         Command::Deliver(args) => return deliver::run(&args),
         Command::Expire(args) => expire(&args),
         Command::Migrate(args) => migrate::run(&args),
+        Command::Fetch(args) => fetch::run(&args),
         Command::CheckConfig(common) => check_config(&common),
         Command::Bench(cmd) => bench::run(cmd),
     };

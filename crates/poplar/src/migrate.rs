@@ -11,7 +11,7 @@
 //! client that keeps mail on the server see as new afterwards? It must be 0.
 
 use anyhow::{Context, Result, bail, ensure};
-use pop3_fetch::{Dialer, TlsMode};
+use pop3_fetch::{Dialer, ServerUrl};
 use pop3_store::MaildirStore;
 use pop3_store::maildir::migrate::{
     DOVECOT_DEFAULT_FORMAT, ImportMessage, SourceMessage, UidlScheme, read_source,
@@ -33,78 +33,21 @@ pub(crate) enum Source {
     /// A Maildir on disk.
     Maildir(PathBuf),
     /// A live server.
-    Pop3 {
-        tls: TlsMode,
-        user: String,
-        host: String,
-        port: u16,
-    },
+    Pop3(ServerUrl),
 }
 
 impl std::str::FromStr for Source {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        if let Some(path) = text.strip_prefix("maildir:") {
-            return Ok(Source::Maildir(PathBuf::from(path)));
-        }
-        let (tls, rest, default_port) = if let Some(rest) = text.strip_prefix("pop3s://") {
-            (TlsMode::Implicit, rest, 995)
-        } else if let Some(rest) = text.strip_prefix("pop3://") {
-            (TlsMode::Starttls, rest, 110)
-        } else {
-            return Err(format!(
+        match text.strip_prefix("maildir:") {
+            Some(path) => Ok(Source::Maildir(PathBuf::from(path))),
+            None if text.contains("://") => text.parse().map(Source::Pop3),
+            None => Err(format!(
                 "{text:?}: give maildir:PATH, pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS)"
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (user, hostport) = rest.rsplit_once('@').ok_or_else(|| {
-            format!("{text:?}: the URL needs the old server's user name, USER@HOST")
-        })?;
-        let user = percent_decode(user)?;
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
-                h,
-                p.parse()
-                    .map_err(|_| format!("{text:?}: invalid port {p:?}"))?,
-            ),
-            _ => (hostport, default_port),
-        };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if host.is_empty() || user.is_empty() {
-            return Err(format!("{text:?}: empty user or host"));
-        }
-        Ok(Source::Pop3 {
-            tls,
-            user,
-            host,
-            port,
-        })
-    }
-}
-
-/// `%40` and friends in the user part of a URL (user names with `@` are common).
-fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad %-escape in {text:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+            )),
         }
     }
-    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8"))
 }
 
 /// How the on-disk source computes UIDLs.
@@ -182,7 +125,7 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let tally = match &args.source {
         Source::Maildir(dir) => from_maildir(&store, &to, dir, args)?,
-        Source::Pop3 { .. } => {
+        Source::Pop3(_) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -320,12 +263,12 @@ async fn from_server(
     args: &MigrateArgs,
     max_size: u64,
 ) -> Result<Tally> {
-    let Source::Pop3 {
+    let Source::Pop3(ServerUrl {
         tls,
         user,
         host,
         port,
-    } = &args.source
+    }) = &args.source
     else {
         unreachable!("called for POP3 sources only")
     };
@@ -451,26 +394,10 @@ mod tests {
             "maildir:/var/mail/a/Maildir".parse::<Source>().unwrap(),
             Source::Maildir("/var/mail/a/Maildir".into())
         );
-        assert_eq!(
-            "pop3s://alice%40example.org@mail.example.org"
-                .parse::<Source>()
-                .unwrap(),
-            Source::Pop3 {
-                tls: TlsMode::Implicit,
-                user: "alice@example.org".into(),
-                host: "mail.example.org".into(),
-                port: 995
-            }
-        );
-        assert_eq!(
-            "pop3://bob@127.0.0.1:1110/".parse::<Source>().unwrap(),
-            Source::Pop3 {
-                tls: TlsMode::Starttls,
-                user: "bob".into(),
-                host: "127.0.0.1".into(),
-                port: 1110
-            }
-        );
+        assert!(matches!(
+            "pop3s://alice%40example.org@mail.example.org".parse::<Source>(),
+            Ok(Source::Pop3(u)) if u.user == "alice@example.org"
+        ));
         for bad in [
             "imap://x@y",
             "pop3s://host",

@@ -13,52 +13,12 @@
 
 mod common;
 
-use common::{BIN, Client, Server, ServerBuilder};
+use common::{BIN, Client, Rng, Server, ServerBuilder, crash_trials as trials};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn trials() -> usize {
-    std::env::var("POPLAR_CRASH_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
-}
-
-/// A small deterministic generator, so a failing run can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(scenario: &str) -> Rng {
-        let seed: u64 = std::env::var("POPLAR_CRASH_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .subsec_nanos()
-                    .into()
-            });
-        eprintln!("{scenario}: POPLAR_CRASH_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A duration in `[0, max)`.
-    fn below(&mut self, max: Duration) -> Duration {
-        let micros = u64::try_from(max.as_micros()).unwrap().max(1);
-        Duration::from_micros(self.next() % micros)
-    }
-}
 
 /// alice's Maildir under a data directory.
 fn maildir(data: &Path) -> PathBuf {

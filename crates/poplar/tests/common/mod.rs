@@ -699,3 +699,45 @@ pub fn smtp_reply(r: &mut impl BufRead) -> String {
         }
     }
 }
+
+/// Trials per crash scenario: `POPLAR_CRASH_TRIALS`, default 10 (the fast subset the README's
+/// test command runs).
+pub fn crash_trials() -> usize {
+    std::env::var("POPLAR_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+/// A small deterministic generator, so a failing run can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(scenario: &str) -> Rng {
+        let seed: u64 = std::env::var("POPLAR_CRASH_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .subsec_nanos()
+                    .into()
+            });
+        eprintln!("{scenario}: POPLAR_CRASH_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A duration in `[0, max)`.
+    pub fn below(&mut self, max: Duration) -> Duration {
+        let micros = u64::try_from(max.as_micros()).unwrap().max(1);
+        Duration::from_micros(self.next() % micros)
+    }
+}

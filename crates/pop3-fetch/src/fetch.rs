@@ -1,0 +1,446 @@
+//! One run for one account: log in, find what is new, deliver it exactly once, delete what the
+//! policy says, QUIT.
+//!
+//! The order is what makes a kill at any instant harmless: a message is delivered and fsynced,
+//! then recorded in the journal, and only then may it be marked with DELE; deletions take effect
+//! only with QUIT (RFC 1939). Killed before the journal record, the next run finds the intent
+//! and asks the destination; killed before QUIT, the server still has every message and the
+//! journal says which were delivered (they are deleted then).
+
+use crate::FetchError;
+use crate::conn::{Conn, Dialer};
+use crate::dest::{Destination, MessageWriter};
+use crate::journal::Journal;
+use pop3_proto::Expire;
+use pop3_proto::client::ServerCapabilities;
+use std::collections::HashSet;
+
+/// How to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// The strongest mechanism the server offers (see [`choose_mechanism`]).
+    Auto,
+    /// This mechanism (`USER`, `APOP`, `PLAIN`, `LOGIN`, `CRAM-MD5`, `SCRAM-SHA-1`,
+    /// `SCRAM-SHA-256`).
+    Named(String),
+}
+
+/// An account to fetch from.
+#[derive(Clone)]
+pub struct Account {
+    /// Where and how to connect.
+    pub dialer: Dialer,
+    /// The user name at the server.
+    pub user: String,
+    /// The password (or token).
+    pub password: String,
+    /// How to log in.
+    pub auth: Auth,
+    /// The connection is encrypted (TLS or STLS): plaintext logins are acceptable.
+    pub encrypted: bool,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("addr", &self.dialer.addr)
+            .field("user", &self.user)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to fetch and what to leave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Leave messages on the server (tracked by UIDL) instead of deleting them once delivered.
+    pub keep: bool,
+    /// With `keep`: delete from the server messages first delivered this many days ago.
+    pub delete_after_days: Option<u32>,
+    /// Skip messages larger than this many octets (they stay on the server).
+    pub max_size: Option<u64>,
+    /// Fetch at most this many messages per run.
+    pub max_messages: Option<usize>,
+    /// Fetch at most this many octets per run (a message that would exceed it waits).
+    pub max_bytes: Option<u64>,
+    /// Go on although the server seems to have changed every UIDL (see [`detect_uidl_reset`]).
+    pub accept_uidl_reset: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages on the server.
+    pub listed: usize,
+    /// Messages delivered in this run.
+    pub fetched: usize,
+    /// Their octets.
+    pub octets: u64,
+    /// Messages deleted from the server by this run's QUIT.
+    pub deleted: usize,
+    /// Messages skipped for their size.
+    pub too_large: usize,
+    /// New messages left for a later run by `max_messages`/`max_bytes`.
+    pub deferred: usize,
+    /// Deliveries of an interrupted run found complete (recorded now) or absent (fetched again).
+    pub recovered: usize,
+    /// The server's retention policy, as advertised after login.
+    pub expire: Option<Expire>,
+    /// The server's minimum time between logins, in seconds.
+    pub login_delay: Option<u32>,
+    /// Warnings for the user (policy conflicts).
+    pub warnings: Vec<String>,
+}
+
+/// Progress while fetching: called after each delivered message with (messages, octets) done
+/// so far and the totals planned.
+pub type ProgressFn<'a> = dyn FnMut(usize, u64, usize, u64) + Send + 'a;
+
+/// Messages per batch: one journal fsync before and one after each batch.
+const BATCH: usize = 64;
+
+/// The strongest login a server offers, on this connection: SCRAM-SHA-256, SCRAM-SHA-1,
+/// CRAM-MD5 and APOP never reveal the password; PLAIN, LOGIN and USER only under TLS.
+pub fn choose_mechanism(
+    caps: &ServerCapabilities,
+    greeting: &str,
+    encrypted: bool,
+) -> Result<String, FetchError> {
+    for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5"] {
+        if caps.sasl.iter().any(|s| s == m) {
+            return Ok(m.to_owned());
+        }
+    }
+    if apop_timestamp(greeting).is_some() {
+        return Ok("APOP".to_owned());
+    }
+    if !encrypted {
+        return Err(FetchError::Unsupported(
+            "the server offers no login that protects the password, and the connection is not encrypted; use TLS".into(),
+        ));
+    }
+    if caps.sasl.iter().any(|s| s == "PLAIN") {
+        return Ok("PLAIN".to_owned());
+    }
+    Ok("USER".to_owned())
+}
+
+/// The `<...>` timestamp of a greeting, which APOP needs.
+fn apop_timestamp(greeting: &str) -> Option<&str> {
+    let start = greeting.find('<')?;
+    let end = greeting[start..].find('>')? + start;
+    Some(&greeting[start..=end])
+}
+
+/// RFC 1939 suggests nothing, but a server that answers UIDL with mostly unknown ids where the
+/// journal knew many is far more likely to have been migrated without keeping UIDLs than to have
+/// received as much new mail as it lost old: fetching would download everything again. True
+/// when at least 10 known UIDLs exist, fewer than half of them are still listed, and the unknown
+/// ones number at least half of the known.
+pub fn detect_uidl_reset(known: usize, still_listed: usize, unknown: usize) -> bool {
+    known >= 10 && still_listed * 2 < known && unknown * 2 >= known
+}
+
+/// Runs one fetch for `account` into `dest`, recording deliveries in `journal`; `now` is the
+/// current Unix time (passed in, so retention can be tested).
+pub async fn fetch(
+    account: &Account,
+    policy: &Policy,
+    journal: &mut Journal,
+    dest: &mut dyn Destination,
+    now: u64,
+    progress: &mut ProgressFn<'_>,
+) -> Result<Summary, FetchError> {
+    let mut summary = Summary::default();
+    let (mut conn, greeting) = account.dialer.connect().await?;
+    let caps = conn.capabilities().await?;
+    let mechanism = match &account.auth {
+        Auth::Auto => choose_mechanism(&caps, &greeting, account.encrypted)?,
+        Auth::Named(m) => m.to_ascii_uppercase(),
+    };
+    if !account.encrypted && matches!(mechanism.as_str(), "USER" | "PLAIN" | "LOGIN") {
+        return Err(FetchError::Unsupported(format!(
+            "{mechanism} would send the password in clear over an unencrypted connection"
+        )));
+    }
+    let ts = apop_timestamp(&greeting).unwrap_or("");
+    let reply = conn
+        .login(&mechanism, &account.user, &account.password, ts)
+        .await?;
+    match pop3_proto::client::Status::parse(reply.as_bytes()) {
+        Some(s) if s.ok => {}
+        other => {
+            return Err(FetchError::Refused {
+                command: format!("login as {} ({mechanism})", account.user),
+                status: other.unwrap_or(pop3_proto::client::Status {
+                    ok: false,
+                    code: None,
+                    text: reply,
+                }),
+            });
+        }
+    }
+    // RFC 2449: after login, CAPA states the user's own EXPIRE and LOGIN-DELAY.
+    let after = conn.capabilities().await?;
+    summary.expire = after.expire.or(caps.expire).map(|(e, _)| e);
+    summary.login_delay = after.login_delay.or(caps.login_delay).map(|(d, _)| d);
+    if policy.keep && summary.expire == Some(Expire::Days(0)) {
+        summary.warnings.push(
+            "the server says EXPIRE 0: it removes every message retrieved, so keep has no effect"
+                .into(),
+        );
+    }
+    let listing = list(&mut conn).await?;
+    summary.listed = listing.len();
+
+    recover(journal, dest, &mut summary, now)?;
+
+    let known = journal.len();
+    let still = listing
+        .iter()
+        .filter(|m| journal.delivered(&m.uidl).is_some())
+        .count();
+    let unknown = listing.len() - still;
+    if !policy.accept_uidl_reset && detect_uidl_reset(known, still, unknown) {
+        let _ = conn.command("QUIT").await;
+        return Err(FetchError::Unsupported(format!(
+            "the server lists {unknown} unknown messages and only {still} of the {known} already fetched: it has probably changed every UIDL (a server migration). Fetching would download them all again. If that is really wanted, run with --accept-uidl-reset"
+        )));
+    }
+
+    // Plan.
+    let mut todo = Vec::new();
+    let (mut planned_octets, mut deferred) = (0u64, 0usize);
+    for m in &listing {
+        if journal.delivered(&m.uidl).is_some() {
+            continue;
+        }
+        if policy.max_size.is_some_and(|max| m.size > max) {
+            summary.too_large += 1;
+            continue;
+        }
+        let over_count = policy.max_messages.is_some_and(|max| todo.len() >= max);
+        let over_bytes = policy
+            .max_bytes
+            .is_some_and(|max| planned_octets + m.size > max && !todo.is_empty());
+        if over_count || over_bytes {
+            deferred += 1;
+            continue;
+        }
+        planned_octets += m.size;
+        todo.push(m.clone());
+    }
+    summary.deferred = deferred;
+
+    // Deliver, batch by batch.
+    let pipelining = caps.pipelining || after.pipelining;
+    for batch in todo.chunks(BATCH) {
+        let tokens: Vec<(String, String)> = batch
+            .iter()
+            .map(|m| (m.uidl.clone(), dest.token()))
+            .collect();
+        journal.begin(&tokens)?;
+        if pipelining {
+            let retrs: Vec<String> = batch.iter().map(|m| format!("RETR {}", m.number)).collect();
+            conn.send_all(&retrs).await?;
+        }
+        for (m, (_, token)) in batch.iter().zip(&tokens) {
+            let status = if pipelining {
+                conn.status().await?
+            } else {
+                conn.command(&format!("RETR {}", m.number)).await?
+            };
+            if !status.ok {
+                return Err(FetchError::Refused {
+                    command: format!("RETR {}", m.number),
+                    status,
+                });
+            }
+            let writer = dest.open(token)?;
+            let octets = receive(&mut conn, writer).await?;
+            summary.fetched += 1;
+            summary.octets += octets;
+            progress(summary.fetched, summary.octets, todo.len(), planned_octets);
+        }
+        dest.sync()?;
+        journal.done(batch.iter().map(|m| m.uidl.as_str()), now)?;
+    }
+
+    // Delete what was delivered (now or before) and is due.
+    let due: Vec<&Listed> = listing
+        .iter()
+        .filter(|m| {
+            journal.delivered(&m.uidl).is_some_and(|first| {
+                !policy.keep
+                    || policy
+                        .delete_after_days
+                        .is_some_and(|days| now.saturating_sub(first) >= u64::from(days) * 86_400)
+            })
+        })
+        .collect();
+    if !due.is_empty() {
+        let deles: Vec<String> = due.iter().map(|m| format!("DELE {}", m.number)).collect();
+        if pipelining {
+            conn.send_all(&deles).await?;
+            for d in &deles {
+                expect_ok(conn.status().await?, d)?;
+            }
+        } else {
+            for d in &deles {
+                expect_ok(conn.command(d).await?, d)?;
+            }
+        }
+    }
+    // QUIT commits the deletions (RFC 1939 UPDATE state).
+    expect_ok(conn.command("QUIT").await?, "QUIT")?;
+    summary.deleted = due.len();
+    let gone: HashSet<&str> = due.iter().map(|m| m.uidl.as_str()).collect();
+    let listed: HashSet<&str> = listing.iter().map(|m| m.uidl.as_str()).collect();
+    journal.compact(|u| listed.contains(u) && !gone.contains(u))?;
+    Ok(summary)
+}
+
+fn expect_ok(status: pop3_proto::client::Status, command: &str) -> Result<(), FetchError> {
+    if status.ok {
+        Ok(())
+    } else {
+        Err(FetchError::Refused {
+            command: command.split(' ').next().unwrap_or("").to_owned(),
+            status,
+        })
+    }
+}
+
+/// A message in the server's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    number: u32,
+    uidl: String,
+    size: u64,
+}
+
+/// UIDL and LIST, joined by message number.
+async fn list(conn: &mut Conn) -> Result<Vec<Listed>, FetchError> {
+    let uidl = conn.command("UIDL").await?;
+    if !uidl.ok {
+        return Err(FetchError::Unsupported(format!(
+            "the server does not support UIDL ({uidl}); without it messages cannot be told apart between runs"
+        )));
+    }
+    let uidls = conn.lines().await?;
+    conn.cmd("LIST").await?;
+    let sizes: std::collections::HashMap<u32, u64> = conn
+        .lines()
+        .await?
+        .iter()
+        .filter_map(|l| {
+            let (n, s) = l.split_once(' ')?;
+            Some((n.parse().ok()?, s.trim().parse().ok()?))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(uidls.len());
+    for line in uidls {
+        let Some((n, uidl)) = line.split_once(' ') else {
+            return Err(FetchError::Protocol(format!("bad UIDL line {line:?}")));
+        };
+        let number: u32 = n
+            .parse()
+            .map_err(|_| FetchError::Protocol(format!("bad UIDL line {line:?}")))?;
+        let uidl = uidl.trim();
+        if uidl.is_empty() || uidl.contains(char::is_whitespace) {
+            return Err(FetchError::Protocol(format!("bad UIDL line {line:?}")));
+        }
+        out.push(Listed {
+            number,
+            uidl: uidl.to_owned(),
+            size: sizes.get(&number).copied().unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// Settles the intents of an interrupted run: deliveries the destination holds are recorded,
+/// the others forgotten (their messages are fetched again, once).
+fn recover(
+    journal: &mut Journal,
+    dest: &mut dyn Destination,
+    summary: &mut Summary,
+    now: u64,
+) -> Result<(), FetchError> {
+    let pending = journal.pending();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let tokens: Vec<String> = pending.iter().map(|(_, t)| t.clone()).collect();
+    let held = dest.holds(&tokens)?;
+    for (uidl, token) in &pending {
+        if held.contains(token) {
+            journal.done([uidl.as_str()], now)?;
+        } else {
+            journal.abandon(uidl)?;
+        }
+        summary.recovered += 1;
+    }
+    Ok(())
+}
+
+/// Streams a RETR body into `writer`; returns its octets.
+async fn receive(conn: &mut Conn, mut writer: Box<dyn MessageWriter>) -> Result<u64, FetchError> {
+    let mut failed: Option<std::io::Error> = None;
+    let received = conn
+        .body_into(u64::MAX, |chunk| {
+            if failed.is_none()
+                && let Err(e) = writer.write(chunk)
+            {
+                failed = Some(e);
+            }
+        })
+        .await;
+    match (received, failed) {
+        (Ok(octets), None) => {
+            writer.finish()?;
+            Ok(octets)
+        }
+        (Err(e), _) => {
+            writer.discard();
+            Err(e)
+        }
+        (Ok(_), Some(e)) => {
+            writer.discard();
+            Err(FetchError::io("storing a message")(e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uidl_reset_needs_many_known_and_mostly_gone() {
+        assert!(!detect_uidl_reset(5, 0, 5));
+        assert!(detect_uidl_reset(100, 3, 100));
+        assert!(!detect_uidl_reset(100, 60, 100));
+        assert!(
+            !detect_uidl_reset(100, 10, 20),
+            "mail was deleted elsewhere, little arrived"
+        );
+    }
+
+    #[test]
+    fn mechanisms_protect_the_password_without_tls() {
+        let caps = ServerCapabilities::parse(["SASL PLAIN CRAM-MD5 SCRAM-SHA-1"]);
+        assert_eq!(choose_mechanism(&caps, "", false).unwrap(), "SCRAM-SHA-1");
+        let plain = ServerCapabilities::parse(["SASL PLAIN", "USER"]);
+        assert_eq!(choose_mechanism(&plain, "", true).unwrap(), "PLAIN");
+        assert!(choose_mechanism(&plain, "", false).is_err());
+        assert_eq!(
+            choose_mechanism(&plain, "POP3 ready <1.2@host>", false).unwrap(),
+            "APOP"
+        );
+        assert_eq!(
+            choose_mechanism(&ServerCapabilities::default(), "", true).unwrap(),
+            "USER"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! `pop3s://USER@HOST[:PORT]` and `pop3://USER@HOST[:PORT]`: how scripts name an account.
+//!
+//! `pop3s` is implicit TLS (RFC 8314, port 995); `pop3` is port 110 with STLS required (RFC
+//! 2595), as in curl and RFC 2384. The user part may be percent-encoded (`alice%40example.org`).
+
+use crate::TlsMode;
+use std::fmt;
+
+/// A server and user, from a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// Implicit TLS or STLS.
+    pub tls: TlsMode,
+    /// The user name, decoded.
+    pub user: String,
+    /// The host name or address (what the certificate must name).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::str::FromStr for ServerUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (tls, rest, default_port) = if let Some(rest) = text.strip_prefix("pop3s://") {
+            (TlsMode::Implicit, rest, 995)
+        } else if let Some(rest) = text.strip_prefix("pop3://") {
+            (TlsMode::Starttls, rest, 110)
+        } else {
+            return Err(format!(
+                "{text:?}: give pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS)"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (user, hostport) = rest
+            .rsplit_once('@')
+            .ok_or_else(|| format!("{text:?}: the URL needs the user name, USER@HOST"))?;
+        let user = percent_decode(user)?;
+        let (host, port) = match hostport.rsplit_once(':') {
+            // An IPv6 address in brackets contains colons of its own.
+            Some((h, p)) if !p.contains(']') => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("{text:?}: invalid port {p:?}"))?,
+            ),
+            _ => (hostport, default_port),
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() || user.is_empty() {
+            return Err(format!("{text:?}: empty user or host"));
+        }
+        Ok(ServerUrl {
+            tls,
+            user,
+            host,
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls == TlsMode::Implicit {
+            "pop3s"
+        } else {
+            "pop3"
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "{scheme}://{}@{host}:{}", self.user, self.port)
+    }
+}
+
+/// `%40` and friends.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in {text:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{text:?} is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u: ServerUrl = "pop3s://alice%40example.org@mail.example.org"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            u,
+            ServerUrl {
+                tls: TlsMode::Implicit,
+                user: "alice@example.org".into(),
+                host: "mail.example.org".into(),
+                port: 995
+            }
+        );
+        let u: ServerUrl = "pop3://bob@[::1]:1110/".parse().unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (TlsMode::Starttls, "::1", 1110)
+        );
+        assert_eq!(u.to_string(), "pop3://bob@[::1]:1110");
+        let u: ServerUrl = "pop3://bob@[::1]".parse().unwrap();
+        assert_eq!(u.port, 110);
+        for bad in [
+            "imap://x@y",
+            "pop3s://host",
+            "pop3s://u@h:port",
+            "pop3s://%zz@h",
+        ] {
+            assert!(bad.parse::<ServerUrl>().is_err(), "{bad}");
+        }
+    }
+}
