@@ -303,3 +303,90 @@ fn killed_at_any_moment_nothing_is_lost_or_duplicated() {
         "no trial was killed mid-run: the timing is off"
     );
 }
+
+#[test]
+fn from_dovecot_with_every_transport_and_mechanism() {
+    use common::dovecot::{Dovecot, certificate};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    assert!(
+        Command::new("chmod")
+            .arg("755")
+            .arg(root)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let maildir = root.join("mail/_default_/alice/Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let messages = corpus();
+    for (i, (_, m)) in messages.iter().enumerate() {
+        std::fs::write(
+            maildir.join(format!("new/{}.M{i}P1.old", 1_700_000_000 + i)),
+            m,
+        )
+        .unwrap();
+    }
+    assert!(
+        Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(root.join("mail"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (cert, key) = certificate(root);
+    let dovecot = Dovecot::start_with_tls(
+        root,
+        &root.join("mail"),
+        "auth_mechanisms = plain login cram-md5 scram-sha-256 apop\n",
+        Some((&cert, &key)),
+    );
+    let plain = format!("pop3://alice@localhost:{}", dovecot.port);
+    let pop3s = format!("pop3s://alice@localhost:{}", dovecot.pop3s_port.unwrap());
+    let cases: [(&str, &[&str]); 7] = [
+        (&plain, &["--allow-insecure", "--auth", "CRAM-MD5"]),
+        (&plain, &["--allow-insecure", "--auth", "SCRAM-SHA-256"]),
+        (&plain, &["--allow-insecure", "--auth", "APOP"]),
+        (&plain, &["--allow-insecure"]),
+        (&plain, &["--auth", "USER"]),
+        (&plain, &["--auth", "PLAIN"]),
+        (&pop3s, &[]),
+    ];
+    let want: BTreeMap<Vec<u8>, usize> = messages.iter().map(|(_, m)| (canonical(m), 1)).collect();
+    for (i, (url, flags)) in cases.iter().enumerate() {
+        let case = root.join(format!("case{i}"));
+        let mut args = vec!["--keep"];
+        args.extend_from_slice(flags);
+        let out = fetch(url, &case.join("Mail"), &case.join("j"), &cert, &args);
+        let n = messages.len();
+        assert!(
+            out.contains(&format!("{n} new of {n}")),
+            "{url} {flags:?}: {out}"
+        );
+        // Dovecot sends each stored message in the same canonical CRLF form as Poplar.
+        assert_eq!(stored(&case.join("Mail")), want, "{url} {flags:?}");
+        let again = fetch(url, &case.join("Mail"), &case.join("j"), &cert, &args);
+        assert!(again.contains(&format!("0 new of {n}")), "{again}");
+    }
+    // Plain POP3 without STLS refuses to send a password in clear.
+    let case = root.join("clear");
+    let out = run(
+        fetch_cmd(
+            &plain,
+            &case.join("Mail"),
+            &case.join("j"),
+            &cert,
+            &["--allow-insecure", "--auth", "USER"],
+        ),
+        "pw",
+    );
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in clear"),
+        "{out:?}"
+    );
+    drop(dovecot);
+}

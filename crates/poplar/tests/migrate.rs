@@ -76,27 +76,7 @@ impl World {
 
     /// A self-signed certificate for `localhost`, for Dovecot and then Poplar.
     fn certificate(&self) -> (PathBuf, PathBuf) {
-        let (cert, key) = (self.path().join("cert.pem"), self.path().join("key.pem"));
-        run(tool("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args([
-                "-subj",
-                "/CN=localhost",
-                "-addext",
-                "subjectAltName=DNS:localhost",
-            ])
-            // An end-entity certificate: rustls refuses a CA certificate as a server's.
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .args(["-addext", "extendedKeyUsage=serverAuth"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null()));
-        run(Command::new("chmod").arg("644").arg(&key));
-        (cert, key)
+        common::dovecot::certificate(self.path())
     }
 }
 

@@ -107,3 +107,33 @@ pub fn uidls(addr: std::net::SocketAddr, user: &str, password: &str) -> Vec<Stri
         .map(|l| l.split(' ').nth(1).unwrap().to_owned())
         .collect()
 }
+
+/// A self-signed end-entity certificate for `localhost` made by openssl in `dir`, readable by
+/// Dovecot's unprivileged processes: (certificate, key).
+pub fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = tool("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        // An end-entity certificate: rustls refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl req");
+    let status = Command::new("chmod").arg("644").arg(&key).status().unwrap();
+    assert!(status.success());
+    (cert, key)
+}
