@@ -8,10 +8,11 @@
 use crate::FetchError;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A place messages are delivered to.
@@ -32,18 +33,29 @@ pub trait Destination: Send {
 pub trait MessageWriter: Send {
     /// Appends octets of the message.
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
-    /// Completes the message; it is in place (and fsynced) when this returns.
+    /// Completes the message; it is in place, durably, after the next [`Destination::sync`].
     fn finish(self: Box<Self>) -> Result<(), FetchError>;
     /// Abandons the message, leaving nothing behind.
     fn discard(self: Box<Self>);
 }
 
-/// A Maildir: each message written to `tmp/`, fsynced, renamed into `new/`; `new/` is fsynced
-/// by [`Destination::sync`] once per batch.
+/// A Maildir: each message is written to `tmp/`; [`Destination::sync`] then fsyncs the batch's
+/// files (on several threads, so the disk takes the flushes together), renames them into `new/`
+/// and fsyncs `new/`. A message is thus in `new/` only once its contents are on disk.
 #[derive(Debug)]
 pub struct Maildir {
     dir: PathBuf,
     host: String,
+    /// Messages written to `tmp/` and waiting for [`Destination::sync`].
+    written: Arc<Mutex<Vec<Written>>>,
+}
+
+/// A message in `tmp/`, complete but not yet durable or visible.
+#[derive(Debug)]
+struct Written {
+    file: File,
+    tmp: PathBuf,
+    target: PathBuf,
 }
 
 /// Tokens unique within this process.
@@ -65,6 +77,7 @@ impl Maildir {
         Ok(Maildir {
             dir: dir.to_owned(),
             host,
+            written: Arc::default(),
         })
     }
 }
@@ -93,19 +106,35 @@ impl Destination for Maildir {
             .open(&tmp)
             .map_err(FetchError::io(format!("cannot create {}", tmp.display())))?;
         Ok(Box::new(MaildirWriter {
-            file,
+            file: BufWriter::with_capacity(WRITE_BUFFER, file),
             tmp,
             new: self.dir.join("new"),
             token: token.to_owned(),
             size: 0,
+            written: Arc::clone(&self.written),
         }))
     }
 
     fn sync(&mut self) -> Result<(), FetchError> {
-        let new = self.dir.join("new");
-        File::open(&new)
-            .and_then(|d| d.sync_all())
-            .map_err(FetchError::io(format!("cannot sync {}", new.display())))
+        let batch = std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
+        let result = sync_files(&batch).and_then(|()| {
+            for w in &batch {
+                fs::rename(&w.tmp, &w.target).map_err(FetchError::io(format!(
+                    "cannot store {}",
+                    w.target.display()
+                )))?;
+            }
+            let new = self.dir.join("new");
+            File::open(&new)
+                .and_then(|d| d.sync_all())
+                .map_err(FetchError::io(format!("cannot sync {}", new.display())))
+        });
+        if result.is_err() {
+            for w in &batch {
+                let _ = fs::remove_file(&w.tmp);
+            }
+        }
+        result
     }
 
     fn holds(&self, tokens: &[String]) -> Result<HashSet<String>, FetchError> {
@@ -133,12 +162,39 @@ impl Destination for Maildir {
     }
 }
 
+/// The un-stuffer hands over a message line by line; writes go out in pieces this large.
+const WRITE_BUFFER: usize = 256 * 1024;
+
 struct MaildirWriter {
-    file: File,
+    file: BufWriter<File>,
     tmp: PathBuf,
     new: PathBuf,
     token: String,
     size: u64,
+    written: Arc<Mutex<Vec<Written>>>,
+}
+
+/// fsyncs the files of a batch, on up to 8 threads.
+fn sync_files(batch: &[Written]) -> Result<(), FetchError> {
+    let per_thread = batch.len().div_ceil(8).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = batch
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk.iter().try_for_each(|w| {
+                        w.file
+                            .sync_all()
+                            .map_err(FetchError::io(format!("cannot sync {}", w.tmp.display())))
+                    })
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(FetchError::Protocol("a sync thread panicked".into())))
+        })
+    })
 }
 
 impl MessageWriter for MaildirWriter {
@@ -149,15 +205,24 @@ impl MessageWriter for MaildirWriter {
 
     fn finish(self: Box<Self>) -> Result<(), FetchError> {
         let target = self.new.join(format!("{},S={}", self.token, self.size));
-        let done = self
-            .file
-            .sync_all()
-            .and_then(|()| fs::rename(&self.tmp, &target));
-        if let Err(e) = done {
-            let _ = fs::remove_file(&self.tmp);
-            return Err(FetchError::io(format!("cannot store {}", target.display()))(e));
+        match self.file.into_inner() {
+            Ok(file) => {
+                let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+                written.push(Written {
+                    file,
+                    tmp: self.tmp,
+                    target,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                Err(FetchError::io(format!(
+                    "cannot write {}",
+                    self.tmp.display()
+                ))(e.into_error()))
+            }
         }
-        Ok(())
     }
 
     fn discard(self: Box<Self>) {
