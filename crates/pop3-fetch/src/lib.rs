@@ -15,6 +15,7 @@ pub mod dest;
 mod error;
 pub mod fetch;
 pub mod journal;
+pub mod mbox;
 pub mod url;
 
 pub use conn::{Conn, Dialer, TlsMode};

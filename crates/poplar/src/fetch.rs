@@ -8,6 +8,7 @@
 use anyhow::{Context, Result};
 use pop3_fetch::dest::{Destination, Maildir};
 use pop3_fetch::journal::Journal;
+use pop3_fetch::mbox::Mbox;
 use pop3_fetch::{Account, Auth, Dialer, FetchError, Policy, ServerUrl, TlsMode};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -24,15 +25,18 @@ const EX_CONFIG: u8 = 78;
 pub(crate) enum Target {
     /// A Maildir (created if missing).
     Maildir(PathBuf),
+    /// An mbox file in the mboxrd format (created if missing).
+    Mbox(PathBuf),
 }
 
 impl std::str::FromStr for Target {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        match text.strip_prefix("maildir:") {
-            Some(path) if !path.is_empty() => Ok(Target::Maildir(PathBuf::from(path))),
-            _ => Err(format!("{text:?}: give maildir:PATH")),
+        match text.split_once(':') {
+            Some(("maildir", path)) if !path.is_empty() => Ok(Target::Maildir(path.into())),
+            Some(("mbox", path)) if !path.is_empty() => Ok(Target::Mbox(path.into())),
+            _ => Err(format!("{text:?}: give maildir:PATH or mbox:PATH")),
         }
     }
 }
@@ -42,7 +46,7 @@ impl std::str::FromStr for Target {
 pub(crate) struct FetchArgs {
     /// pop3s://USER@HOST[:PORT] (TLS) or pop3://USER@HOST[:PORT] (STLS).
     url: ServerUrl,
-    /// Where to deliver: maildir:PATH.
+    /// Where to deliver: maildir:PATH or mbox:PATH (mboxrd, dot-lock and fcntl locking).
     #[arg(long, value_name = "DEST")]
     to: Target,
     /// Leave messages on the server (tracked by UIDL); without it, each message is deleted
@@ -136,8 +140,10 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
             None => default_journal(url)?,
         };
         let mut journal = Journal::open(&journal_path)?;
-        let Target::Maildir(dir) = &args.to;
-        let mut dest = Maildir::open(dir)?;
+        let mut dest: Box<dyn Destination> = match &args.to {
+            Target::Maildir(dir) => Box::new(Maildir::open(dir)?),
+            Target::Mbox(path) => Box::new(Mbox::open(path)?),
+        };
         let now = args.now.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -164,7 +170,7 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
             &account,
             &policy,
             &mut journal,
-            &mut dest,
+            dest.as_mut(),
             now,
             &mut progress,
         )
