@@ -47,6 +47,11 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io_at(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        Self::io(context)
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| FetchError::Io { context, source }

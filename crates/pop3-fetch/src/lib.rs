@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod conn;
 pub mod dest;
 mod error;

@@ -1,15 +1,15 @@
-//! `poplar fetch URL --to maildir:PATH`: download an account's mail, exactly once.
+//! `poplar fetch URL --to maildir:PATH`, or `poplar fetch [ACCOUNT...]` for the accounts of
+//! `~/.config/poplar/fetch.toml`: download mail, exactly once, accounts in parallel.
 //!
-//! The command line is the stable form scripts drive; the work is `pop3_fetch::fetch`. Exit codes
+//! The URL form is the stable one scripts drive; the work is `pop3_fetch::fetch`. Exit codes
 //! follow sysexits(3): 0 done, 75 try again later (network, `[IN-USE]`, `[LOGIN-DELAY]`, another
 //! run busy with the account), 77 login refused, 69 the server lacks something needed, 76 the
 //! server broke the protocol, 78 a local setting is wrong.
 
 use anyhow::{Context, Result};
-use pop3_fetch::dest::{Destination, Maildir};
+use pop3_fetch::config::{AccountConfig, Target, TlsSetting};
 use pop3_fetch::journal::Journal;
-use pop3_fetch::mbox::Mbox;
-use pop3_fetch::{Account, Auth, Dialer, FetchError, Policy, ServerUrl, TlsMode};
+use pop3_fetch::{Account, Auth, Dialer, FetchError, ServerUrl, TlsMode};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,35 +20,18 @@ const EX_TEMPFAIL: u8 = 75;
 const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
 
-/// Where fetched mail goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// A Maildir (created if missing).
-    Maildir(PathBuf),
-    /// An mbox file in the mboxrd format (created if missing).
-    Mbox(PathBuf),
-}
-
-impl std::str::FromStr for Target {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.split_once(':') {
-            Some(("maildir", path)) if !path.is_empty() => Ok(Target::Maildir(path.into())),
-            Some(("mbox", path)) if !path.is_empty() => Ok(Target::Mbox(path.into())),
-            _ => Err(format!("{text:?}: give maildir:PATH or mbox:PATH")),
-        }
-    }
-}
-
 /// The command line of `poplar fetch`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct FetchArgs {
-    /// pop3s://USER@HOST[:PORT] (TLS) or pop3://USER@HOST[:PORT] (STLS).
-    url: ServerUrl,
+    /// pop3s://USER@HOST[:PORT] (TLS) or pop3://USER@HOST[:PORT] (STLS) with --to; or names of
+    /// accounts in the configuration file (default: all of them).
+    targets: Vec<String>,
+    /// The accounts file; default ~/.config/poplar/fetch.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Where to deliver: maildir:PATH or mbox:PATH (mboxrd, dot-lock and fcntl locking).
     #[arg(long, value_name = "DEST")]
-    to: Target,
+    to: Option<Target>,
     /// Leave messages on the server (tracked by UIDL); without it, each message is deleted
     /// from the server once it is safely delivered.
     #[arg(long)]
@@ -94,8 +77,75 @@ fn parse_size(text: &str) -> Result<u64, String> {
     pop3_server::config::parse_size(text).ok_or_else(|| format!("invalid size {text:?}"))
 }
 
+/// An account ready to run: its settings and its password.
+struct Job {
+    config: AccountConfig,
+    password: String,
+}
+
 pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
-    let url = &args.url;
+    let jobs = match args.targets.first() {
+        Some(first) if first.contains("://") => vec![one_shot(args, first)?],
+        _ => from_config(args)?,
+    };
+    let now = args.now.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Accounts run in parallel; each holds its own journal's lock.
+    let progress_bar = jobs.len() == 1 && std::io::stderr().is_terminal();
+    let results = runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            set.spawn(async move {
+                let label = job.config.label();
+                (i, label, fetch_one(job, now, progress_bar).await)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = set.join_next().await {
+            results.push(done);
+        }
+        results
+    });
+    let mut results: Vec<_> = results
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .context("an account's run stopped unexpectedly")?;
+    results.sort_by_key(|(i, _, _)| *i);
+    let mut code = 0u8;
+    let mut out = std::io::stdout().lock();
+    for (_, label, result) in results {
+        match result {
+            Ok((s, dest)) => {
+                for w in &s.warnings {
+                    eprintln!("poplar fetch: {label}: warning: {w}");
+                }
+                writeln!(out, "{}", summary_line(&label, &s, &dest))?;
+            }
+            Err(e) => {
+                let (c, hint) = exit_code(&e);
+                eprintln!("poplar fetch: {label}: {e} ({hint})");
+                if code == 0 {
+                    code = c;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// `poplar fetch URL --to DEST ...`: one account from the command line.
+fn one_shot(args: &FetchArgs, url: &str) -> Result<Job> {
+    let url: ServerUrl = url.parse().map_err(anyhow::Error::msg)?;
+    let to = args
+        .to
+        .clone()
+        .context("say where the mail goes: --to maildir:PATH or --to mbox:PATH")?;
     let password = if args.password_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
@@ -105,142 +155,168 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
             .context("no password: give it on a terminal or with --password-stdin")?
     };
     let tls = match (url.tls, args.allow_insecure) {
-        (TlsMode::Starttls, true) => TlsMode::None,
-        (mode, _) => mode,
+        (TlsMode::Starttls, true) => TlsSetting::None,
+        (TlsMode::Starttls, false) => TlsSetting::Starttls,
+        _ => TlsSetting::Implicit,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result: Result<(pop3_fetch::Summary, String), FetchError> = runtime.block_on(async {
-        let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| FetchError::Io {
-                context: format!("cannot resolve {}", url.host),
-                source: e,
-            })?
-            .next()
-            .ok_or_else(|| FetchError::Unsupported(format!("{} has no address", url.host)))?;
-        let account = Account {
-            dialer: Dialer::new(addr, tls, args.ca_file.as_deref(), &url.host)?,
-            user: url.user.clone(),
-            password,
-            auth: args.auth.clone().map_or(Auth::Auto, Auth::Named),
-            encrypted: tls != TlsMode::None,
-        };
-        let policy = Policy {
-            keep: args.keep,
-            delete_after_days: args.delete_after_days,
-            max_size: args.max_size,
-            max_messages: args.max_messages,
-            max_bytes: args.max_bytes,
-            accept_uidl_reset: args.accept_uidl_reset,
-        };
-        let journal_path = match &args.journal {
-            Some(p) => p.clone(),
-            None => default_journal(url)?,
-        };
-        let mut journal = Journal::open(&journal_path)?;
-        let mut dest: Box<dyn Destination> = match &args.to {
-            Target::Maildir(dir) => Box::new(Maildir::open(dir)?),
-            Target::Mbox(path) => Box::new(Mbox::open(path)?),
-        };
-        let now = args.now.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        });
-        let tty = std::io::stderr().is_terminal();
-        let mut progress = |done: usize, octets: u64, total: usize, total_octets: u64| {
-            if tty {
-                let width = 30;
-                let filled = (done * width).checked_div(total).unwrap_or(width);
-                eprint!(
-                    "\r[{}{}] {done}/{total} messages, {:.1}/{:.1} MB ",
-                    "#".repeat(filled),
-                    " ".repeat(width - filled),
-                    octets as f64 / 1e6,
-                    total_octets as f64 / 1e6
-                );
-                if done == total {
-                    eprintln!();
-                }
-            }
-        };
-        let summary = pop3_fetch::fetch(
-            &account,
-            &policy,
-            &mut journal,
-            dest.as_mut(),
-            now,
-            &mut progress,
-        )
-        .await?;
-        Ok((summary, dest.describe()))
-    });
-    match result {
-        Ok((s, dest)) => {
-            for w in &s.warnings {
-                eprintln!("poplar fetch: warning: {w}");
-            }
-            let mut line = format!(
-                "{url}: {} new of {} ({:.1} MB) into {dest}, {} deleted on the server",
-                s.fetched,
-                s.listed,
-                s.octets as f64 / 1e6,
-                s.deleted
-            );
-            if s.too_large > 0 {
-                line.push_str(&format!(", {} too large left there", s.too_large));
-            }
-            if s.deferred > 0 {
-                line.push_str(&format!(", {} left for the next run", s.deferred));
-            }
-            if s.recovered > 0 {
-                line.push_str(&format!(
-                    ", {} deliveries of an interrupted run settled",
-                    s.recovered
-                ));
-            }
-            if let Some(delay) = s.login_delay.filter(|&d| d > 0) {
-                line.push_str(&format!("; the server allows the next login in {delay} s"));
-            }
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}")?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            let (code, hint) = match &e {
-                FetchError::Refused { status, .. } if status.code.as_deref() == Some("AUTH") => {
-                    (EX_NOPERM, "check the user name and password")
-                }
-                e if e.is_temporary() => (EX_TEMPFAIL, "try again later"),
-                FetchError::Refused { command, .. } if command.starts_with("login") => {
-                    (EX_NOPERM, "check the user name, password and --auth")
-                }
-                FetchError::Refused { .. } | FetchError::Unsupported(_) => {
-                    (EX_UNAVAILABLE, "nothing was changed on the server")
-                }
-                FetchError::Protocol(_) => (EX_PROTOCOL, "nothing was deleted on the server"),
-                _ => (EX_CONFIG, "check the files and options named"),
-            };
-            eprintln!("poplar fetch: {url}: {e} ({hint})");
-            Ok(ExitCode::from(code))
-        }
-    }
+    let config = AccountConfig {
+        name: Some(url.to_string()),
+        host: url.host.clone(),
+        port: Some(url.port),
+        tls,
+        allow_insecure: args.allow_insecure,
+        user: url.user.clone(),
+        password: None,
+        password_command: None,
+        auth: args.auth.clone(),
+        ca_file: args.ca_file.clone(),
+        to,
+        keep: args.keep,
+        delete_after_days: args.delete_after_days,
+        max_size: args.max_size,
+        max_messages: args.max_messages,
+        max_bytes: args.max_bytes,
+        accept_uidl_reset: args.accept_uidl_reset,
+        journal: args.journal.clone(),
+    };
+    Ok(Job { config, password })
 }
 
-/// `~/.local/state/poplar/fetch/USER@HOST:PORT.journal` (or under `$XDG_STATE_HOME`).
-fn default_journal(url: &ServerUrl) -> Result<PathBuf, FetchError> {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .ok_or_else(|| FetchError::File {
-            path: PathBuf::from("~"),
-            why: "neither XDG_STATE_HOME nor HOME is set; give --journal".into(),
-        })?;
-    let name: String = format!("{}@{}:{}", url.user, url.host, url.port)
-        .chars()
-        .map(|c| if c == '/' || c.is_control() { '_' } else { c })
-        .collect();
-    Ok(base.join("poplar/fetch").join(format!("{name}.journal")))
+/// The accounts of the configuration file, those named or all; passwords resolved (prompting
+/// on a terminal for those that have none) before any account starts.
+fn from_config(args: &FetchArgs) -> Result<Vec<Job>> {
+    let path = match &args.config {
+        Some(p) => p.clone(),
+        None => std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .context("neither XDG_CONFIG_HOME nor HOME is set; give --config")?
+            .join("poplar/fetch.toml"),
+    };
+    let config = pop3_fetch::config::load(&path).with_context(|| {
+        "give a URL (poplar fetch pop3s://USER@HOST --to maildir:PATH) or write the accounts file; see docs/fetch.md".to_owned()
+    })?;
+    let mut jobs = Vec::new();
+    for account in config.account {
+        let label = account.label();
+        if !args.targets.is_empty() && !args.targets.contains(&label) {
+            continue;
+        }
+        let password = match account.password()? {
+            Some(p) => p,
+            None => rpassword::prompt_password(format!("Password for {label}: ")).with_context(
+                || format!("no password for {label}: set password_command, use ~/.netrc or run on a terminal"),
+            )?,
+        };
+        jobs.push(Job {
+            config: account,
+            password,
+        });
+    }
+    anyhow::ensure!(
+        !jobs.is_empty(),
+        "no account to fetch in {} (names given: {:?})",
+        path.display(),
+        args.targets
+    );
+    Ok(jobs)
+}
+
+/// One account's run.
+async fn fetch_one(
+    job: Job,
+    now: u64,
+    progress_bar: bool,
+) -> Result<(pop3_fetch::Summary, String), FetchError> {
+    let c = &job.config;
+    let tls = c.tls_mode()?;
+    let addr = tokio::net::lookup_host((c.host.as_str(), c.port()))
+        .await
+        .map_err(FetchError::io_at(format!("cannot resolve {}", c.host)))?
+        .next()
+        .ok_or_else(|| FetchError::Unsupported(format!("{} has no address", c.host)))?;
+    let account = Account {
+        dialer: Dialer::new(addr, tls, c.ca_file.as_deref(), &c.host)?,
+        user: c.user.clone(),
+        password: job.password.clone(),
+        auth: c
+            .auth
+            .clone()
+            .filter(|a| !a.eq_ignore_ascii_case("auto"))
+            .map_or(Auth::Auto, Auth::Named),
+        encrypted: tls != TlsMode::None,
+    };
+    let mut journal = Journal::open(&c.journal_path()?)?;
+    let mut dest = c.to.open()?;
+    let mut progress = |done: usize, octets: u64, total: usize, total_octets: u64| {
+        if progress_bar {
+            let width = 30;
+            let filled = (done * width).checked_div(total).unwrap_or(width);
+            eprint!(
+                "\r[{}{}] {done}/{total} messages, {:.1}/{:.1} MB ",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                octets as f64 / 1e6,
+                total_octets as f64 / 1e6
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let summary = pop3_fetch::fetch(
+        &account,
+        &c.policy(),
+        &mut journal,
+        dest.as_mut(),
+        now,
+        &mut progress,
+    )
+    .await?;
+    Ok((summary, dest.describe()))
+}
+
+/// The one line a run prints per account.
+fn summary_line(label: &str, s: &pop3_fetch::Summary, dest: &str) -> String {
+    let mut line = format!(
+        "{label}: {} new of {} ({:.1} MB) into {dest}, {} deleted on the server",
+        s.fetched,
+        s.listed,
+        s.octets as f64 / 1e6,
+        s.deleted
+    );
+    if s.too_large > 0 {
+        line.push_str(&format!(", {} too large left there", s.too_large));
+    }
+    if s.deferred > 0 {
+        line.push_str(&format!(", {} left for the next run", s.deferred));
+    }
+    if s.recovered > 0 {
+        line.push_str(&format!(
+            ", {} deliveries of an interrupted run settled",
+            s.recovered
+        ));
+    }
+    if let Some(delay) = s.login_delay.filter(|&d| d > 0) {
+        line.push_str(&format!("; the server allows the next login in {delay} s"));
+    }
+    line
+}
+
+/// The sysexits code for a failure, and what to do about it.
+fn exit_code(e: &FetchError) -> (u8, &'static str) {
+    match e {
+        FetchError::Refused { status, .. } if status.code.as_deref() == Some("AUTH") => {
+            (EX_NOPERM, "check the user name and password")
+        }
+        e if e.is_temporary() => (EX_TEMPFAIL, "try again later"),
+        FetchError::Refused { command, .. } if command.starts_with("login") => {
+            (EX_NOPERM, "check the user name, password and --auth")
+        }
+        FetchError::Refused { .. } | FetchError::Unsupported(_) => {
+            (EX_UNAVAILABLE, "nothing was changed on the server")
+        }
+        FetchError::Protocol(_) => (EX_PROTOCOL, "nothing was deleted on the server"),
+        _ => (EX_CONFIG, "check the files and options named"),
+    }
 }

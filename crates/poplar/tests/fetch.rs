@@ -104,11 +104,7 @@ fn stored(maildir: &Path) -> BTreeMap<Vec<u8>, usize> {
 }
 
 fn stat(server: &common::Server, user: &str) -> usize {
-    let (mut c, _) = Client::connect(server.pop3);
-    assert!(c.login(user, "pw").starts_with("+OK"));
-    let n = c.cmd("STAT").split(' ').nth(1).unwrap().parse().unwrap();
-    c.cmd("QUIT");
-    n
+    stat_as(server, user, "pw")
 }
 
 #[test]
@@ -448,4 +444,93 @@ fn from_dovecot_with_every_transport_and_mechanism() {
         "{out:?}"
     );
     drop(dovecot);
+}
+
+#[test]
+fn accounts_from_a_config_file_consolidate_into_one_maildir() {
+    let server = ServerBuilder::new().start();
+    server.add_user("alice", "pw-a");
+    server.add_user("bob", "pw-b");
+    for i in 0..5 {
+        assert!(
+            server
+                .deliver(&["alice"], format!("Subject: a{i}\r\n\r\nx\r\n").as_bytes())
+                .success()
+        );
+        assert!(
+            server
+                .deliver(&["bob"], format!("Subject: b{i}\r\n\r\ny\r\n").as_bytes())
+                .success()
+        );
+    }
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    std::fs::write(
+        h.join(".netrc"),
+        "machine localhost login bob password pw-b\n",
+    )
+    .unwrap();
+    let config = h.join("fetch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[account]]\nname = \"a\"\nhost = \"localhost\"\nport = {port}\nuser = \"alice\"\n\
+             password_command = \"echo pw-a\"\nca_file = {cert:?}\nto = \"maildir:~/Mail\"\nkeep = true\n\
+             [[account]]\nname = \"b\"\nhost = \"localhost\"\nport = {port}\nuser = \"bob\"\n\
+             ca_file = {cert:?}\nto = \"maildir:~/Mail\"\n",
+            port = server.pop3s.port(),
+            cert = server.cert(),
+        ),
+    )
+    .unwrap();
+    let poplar = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("fetch")
+            .args(args)
+            .env("HOME", h)
+            .env("XDG_STATE_HOME", h.join("state"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = poplar(&["--config", config.to_str().unwrap()]);
+    assert!(
+        out.contains("a: 5 new of 5") && out.contains("b: 5 new of 5"),
+        "{out}"
+    );
+    assert_eq!(stored(&h.join("Mail")).len(), 10);
+    // Accounts by name; alice keeps her mail, bob's was deleted.
+    let out = poplar(&["--config", config.to_str().unwrap(), "a"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("a: 0 new of 5"), "{out}");
+    assert_eq!(
+        (
+            stat_as(&server, "alice", "pw-a"),
+            stat_as(&server, "bob", "pw-b")
+        ),
+        (5, 0)
+    );
+    // The journals live under XDG_STATE_HOME, one per account.
+    assert_eq!(
+        std::fs::read_dir(h.join("state/poplar/fetch"))
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "journal"))
+            .count(),
+        2
+    );
+}
+
+fn stat_as(server: &common::Server, user: &str, password: &str) -> usize {
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login(user, password).starts_with("+OK"));
+    let n = c.cmd("STAT").split(' ').nth(1).unwrap().parse().unwrap();
+    c.cmd("QUIT");
+    n
 }

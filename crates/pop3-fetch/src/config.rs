@@ -1,0 +1,337 @@
+//! Accounts for `poplar fetch`, from `~/.config/poplar/fetch.toml` (or `--config`).
+//!
+//! ```toml
+//! [[account]]
+//! name = "work"                     # default: user@host
+//! host = "mail.example.org"
+//! tls = "implicit"                  # implicit (995) | starttls (110) | none (needs allow_insecure)
+//! user = "alice"
+//! password_command = "pass show mail/work"   # or password = "...", or ~/.netrc, or a prompt
+//! to = "maildir:~/Maildir"          # several accounts may share one destination
+//! keep = true
+//! delete_after_days = 30
+//! ```
+//!
+//! Every key but `host`, `user` and `to` is optional; defaults are those of the command line.
+
+use crate::dest::{Destination, Maildir};
+use crate::mbox::Mbox;
+use crate::{FetchError, Policy, TlsMode};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    /// The accounts, fetched in parallel.
+    #[serde(default)]
+    pub account: Vec<AccountConfig>,
+}
+
+/// How an account's connection is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsSetting {
+    /// TLS from the first octet (port 995).
+    #[default]
+    Implicit,
+    /// STLS on port 110, required.
+    Starttls,
+    /// No TLS at all (only with `allow_insecure`).
+    None,
+}
+
+/// One account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// A name for messages and for choosing accounts on the command line.
+    pub name: Option<String>,
+    /// The server.
+    pub host: String,
+    /// The port; default 995 (implicit) or 110.
+    pub port: Option<u16>,
+    /// Implicit TLS, STLS or none.
+    #[serde(default)]
+    pub tls: TlsSetting,
+    /// Allows `tls = "none"`.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    /// The user name at the server.
+    pub user: String,
+    /// The password (better: `password_command`).
+    pub password: Option<String>,
+    /// A command whose first line of output is the password (or OAuth token).
+    pub password_command: Option<String>,
+    /// The login mechanism; default `auto`, the strongest offered.
+    pub auth: Option<String>,
+    /// The CA (or self-signed) certificate to trust; default the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The destination: `maildir:PATH` or `mbox:PATH`.
+    pub to: Target,
+    /// Leave messages on the server.
+    #[serde(default)]
+    pub keep: bool,
+    /// With `keep`, delete on the server what was first fetched this many days ago.
+    pub delete_after_days: Option<u32>,
+    /// Leave messages larger than this many octets on the server.
+    pub max_size: Option<u64>,
+    /// At most this many messages per run.
+    pub max_messages: Option<usize>,
+    /// At most this many octets per run.
+    pub max_bytes: Option<u64>,
+    /// Go on although the server appears to have changed every UIDL.
+    #[serde(default)]
+    pub accept_uidl_reset: bool,
+    /// The UIDL journal; default `~/.local/state/poplar/fetch/USER@HOST:PORT.journal`.
+    pub journal: Option<PathBuf>,
+}
+
+impl AccountConfig {
+    /// The name used in messages.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}@{}", self.user, self.host))
+    }
+
+    /// The connection's security, checked against `allow_insecure`.
+    pub fn tls_mode(&self) -> Result<TlsMode, FetchError> {
+        Ok(match self.tls {
+            TlsSetting::Implicit => TlsMode::Implicit,
+            TlsSetting::Starttls => TlsMode::Starttls,
+            TlsSetting::None if self.allow_insecure => TlsMode::None,
+            TlsSetting::None => {
+                return Err(FetchError::File {
+                    path: PathBuf::from(self.label()),
+                    why: "tls = \"none\" needs allow_insecure = true".into(),
+                });
+            }
+        })
+    }
+
+    /// The port, by default the one of the TLS mode.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsSetting::Implicit => 995,
+            _ => 110,
+        })
+    }
+
+    /// The fetch policy.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            keep: self.keep,
+            delete_after_days: self.delete_after_days,
+            max_size: self.max_size,
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            accept_uidl_reset: self.accept_uidl_reset,
+        }
+    }
+
+    /// The journal's path.
+    pub fn journal_path(&self) -> Result<PathBuf, FetchError> {
+        if let Some(p) = &self.journal {
+            return Ok(expand_home(p));
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .ok_or_else(|| FetchError::File {
+                path: PathBuf::from("~"),
+                why: "neither XDG_STATE_HOME nor HOME is set; give journal".into(),
+            })?;
+        let name: String = format!("{}@{}:{}", self.user, self.host, self.port())
+            .chars()
+            .map(|c| if c == '/' || c.is_control() { '_' } else { c })
+            .collect();
+        Ok(base.join("poplar/fetch").join(format!("{name}.journal")))
+    }
+
+    /// The password from `password_command`, `password` or `~/.netrc`, in that order; `None`
+    /// if none has it (the caller may then prompt).
+    pub fn password(&self) -> Result<Option<String>, FetchError> {
+        if let Some(command) = &self.password_command {
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-c", command])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(FetchError::io(format!(
+                    "cannot run password_command of {}",
+                    self.label()
+                )))?;
+            if !out.status.success() {
+                return Err(FetchError::File {
+                    path: PathBuf::from(self.label()),
+                    why: format!("password_command failed ({})", out.status),
+                });
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            return Ok(Some(text.lines().next().unwrap_or("").to_owned()));
+        }
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        let netrc = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".netrc"));
+        Ok(netrc
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| netrc_password(&text, &self.host, &self.user)))
+    }
+}
+
+/// A destination named in a configuration or on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `maildir:PATH`.
+    Maildir(PathBuf),
+    /// `mbox:PATH` (mboxrd).
+    Mbox(PathBuf),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("maildir", path)) if !path.is_empty() => {
+                Ok(Target::Maildir(expand_home(Path::new(path))))
+            }
+            Some(("mbox", path)) if !path.is_empty() => {
+                Ok(Target::Mbox(expand_home(Path::new(path))))
+            }
+            _ => Err(format!("{text:?}: give maildir:PATH or mbox:PATH")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Target {
+    /// Opens the destination.
+    pub fn open(&self) -> Result<Box<dyn Destination>, FetchError> {
+        Ok(match self {
+            Target::Maildir(dir) => Box::new(Maildir::open(dir)?),
+            Target::Mbox(path) => Box::new(Mbox::open(path)?),
+        })
+    }
+}
+
+/// `~/x` with the home directory.
+fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_owned(),
+    }
+}
+
+/// The password for `login` at `machine` in a `.netrc` (`machine`, `login`, `password` tokens;
+/// `default` applies to any machine).
+fn netrc_password(text: &str, machine: &str, login: &str) -> Option<String> {
+    let mut tokens = text.split_whitespace();
+    let mut current: Option<bool> = None;
+    let (mut user, mut password): (Option<&str>, Option<&str>) = (None, None);
+    let mut found = None;
+    let mut finish = |matches: Option<bool>, user: Option<&str>, password: Option<&str>| {
+        if matches == Some(true) && user.is_none_or(|u| u == login) && found.is_none() {
+            found = password.map(str::to_owned);
+        }
+    };
+    while let Some(token) = tokens.next() {
+        match token {
+            "machine" | "default" => {
+                finish(current, user, password);
+                user = None;
+                password = None;
+                current = Some(token == "default" || tokens.next() == Some(machine));
+            }
+            "login" => user = tokens.next(),
+            "password" => password = tokens.next(),
+            _ => {}
+        }
+    }
+    finish(current, user, password);
+    found
+}
+
+/// Reads the configuration file.
+pub fn load(path: &Path) -> Result<FetchConfig, FetchError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(FetchError::io(format!("cannot read {}", path.display())))?;
+    toml::from_str(&text).map_err(|e| FetchError::File {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_parse_with_defaults() {
+        let c: FetchConfig = toml::from_str(
+            r#"
+            [[account]]
+            host = "a.example"
+            user = "alice"
+            password = "pw"
+            to = "maildir:/tmp/m"
+            keep = true
+            [[account]]
+            name = "b"
+            host = "b.example"
+            tls = "none"
+            user = "bob"
+            to = "mbox:/tmp/mbox"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.account.len(), 2);
+        assert_eq!(c.account[0].port(), 995);
+        assert_eq!(c.account[0].label(), "alice@a.example");
+        assert!(c.account[0].policy().keep);
+        assert_eq!(c.account[1].port(), 110);
+        assert!(
+            c.account[1].tls_mode().is_err(),
+            "none without allow_insecure"
+        );
+        assert!(
+            toml::from_str::<FetchConfig>("[[account]]\nhost='h'\nuser='u'\nto='imap:x'").is_err()
+        );
+        assert!(
+            toml::from_str::<FetchConfig>("[[account]]\nhost='h'\nuser='u'\nto='mbox:x'\nprot=1")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn netrc_entries() {
+        let netrc = "machine a.example login alice password one\n\
+                     machine b.example login bob password two\ndefault login any password three\n";
+        assert_eq!(
+            netrc_password(netrc, "b.example", "bob").as_deref(),
+            Some("two")
+        );
+        assert_eq!(netrc_password(netrc, "a.example", "bob").as_deref(), None);
+        assert_eq!(
+            netrc_password(netrc, "c.example", "any").as_deref(),
+            Some("three")
+        );
+    }
+
+    #[test]
+    fn password_command_output() {
+        let mut a: AccountConfig =
+            toml::from_str::<FetchConfig>("[[account]]\nhost='h'\nuser='u'\nto='mbox:x'\npassword_command='printf \"s3cret\\\\nignored\"'").unwrap().account.remove(0);
+        assert_eq!(a.password().unwrap().as_deref(), Some("s3cret"));
+        a.password_command = Some("exit 3".into());
+        assert!(a.password().is_err());
+    }
+}
