@@ -68,6 +68,13 @@ pub(crate) struct FetchArgs {
     /// The UIDL journal; default: ~/.local/state/poplar/fetch/USER@HOST:PORT.journal.
     #[arg(long, value_name = "FILE")]
     journal: Option<PathBuf>,
+    /// Keep running: fetch every account, then again every --interval, never sooner than the
+    /// server's LOGIN-DELAY allows. SIGTERM or ^C stops it (safe at any moment).
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: seconds between runs of an account.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    interval: u64,
     /// Judge retention as of this Unix time instead of now (for tests and planning).
     #[arg(long, value_name = "UNIX_SECONDS", hide = true)]
     now: Option<u64>,
@@ -78,6 +85,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// An account ready to run: its settings and its password.
+#[derive(Clone)]
 struct Job {
     config: AccountConfig,
     password: String,
@@ -88,23 +96,20 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
         Some(first) if first.contains("://") => vec![one_shot(args, first)?],
         _ => from_config(args)?,
     };
-    let now = args.now.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if args.daemon {
+        runtime.block_on(daemon(jobs, std::time::Duration::from_secs(args.interval)));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = args.now.unwrap_or_else(unix_now);
     // Accounts run in parallel; each holds its own journal's lock.
     let progress_bar = jobs.len() == 1 && std::io::stderr().is_terminal();
     let results = runtime.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (i, job) in jobs.into_iter().enumerate() {
-            set.spawn(async move {
-                let label = job.config.label();
-                (i, label, fetch_one(job, now, progress_bar).await)
-            });
+            set.spawn(async move { (i, fetch_one(&job, now, progress_bar).await, job) });
         }
         let mut results = Vec::new();
         while let Some(done) = set.join_next().await {
@@ -118,25 +123,76 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
         .context("an account's run stopped unexpectedly")?;
     results.sort_by_key(|(i, _, _)| *i);
     let mut code = 0u8;
-    let mut out = std::io::stdout().lock();
-    for (_, label, result) in results {
-        match result {
-            Ok((s, dest)) => {
-                for w in &s.warnings {
-                    eprintln!("poplar fetch: {label}: warning: {w}");
-                }
-                writeln!(out, "{}", summary_line(&label, &s, &dest))?;
-            }
-            Err(e) => {
-                let (c, hint) = exit_code(&e);
-                eprintln!("poplar fetch: {label}: {e} ({hint})");
-                if code == 0 {
-                    code = c;
-                }
-            }
+    for (_, result, job) in results {
+        let c = report(&job.config.label(), &result);
+        if code == 0 {
+            code = c;
         }
     }
     Ok(ExitCode::from(code))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Prints a run's summary line (standard output) or error (standard error); returns the exit
+/// code it stands for.
+fn report(label: &str, result: &Result<(pop3_fetch::Summary, String), FetchError>) -> u8 {
+    match result {
+        Ok((s, dest)) => {
+            for w in &s.warnings {
+                eprintln!("poplar fetch: {label}: warning: {w}");
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", summary_line(label, s, dest));
+            let _ = out.flush();
+            0
+        }
+        Err(e) => {
+            let (c, hint) = exit_code(e);
+            eprintln!("poplar fetch: {label}: {e} ({hint})");
+            c
+        }
+    }
+}
+
+/// `--daemon`: each account in its own loop, fetched every `interval` and never sooner than the
+/// LOGIN-DELAY its server last advertised, until SIGTERM or SIGINT.
+async fn daemon(jobs: Vec<Job>, interval: std::time::Duration) {
+    let mut set = tokio::task::JoinSet::new();
+    for job in jobs {
+        set.spawn(async move {
+            let label = job.config.label();
+            let mut delay = std::time::Duration::ZERO;
+            loop {
+                let result = fetch_one(&job, unix_now(), false).await;
+                report(&label, &result);
+                if let Ok((s, _)) = &result {
+                    delay = std::time::Duration::from_secs(s.login_delay.unwrap_or(0).into());
+                }
+                tokio::time::sleep(interval.max(delay)).await;
+            }
+        });
+    }
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    // Stopping in the middle of a run is safe: that is what the journal is for.
+    terminate.await;
+    set.abort_all();
 }
 
 /// `poplar fetch URL --to DEST ...`: one account from the command line.
@@ -224,7 +280,7 @@ fn from_config(args: &FetchArgs) -> Result<Vec<Job>> {
 
 /// One account's run.
 async fn fetch_one(
-    job: Job,
+    job: &Job,
     now: u64,
     progress_bar: bool,
 ) -> Result<(pop3_fetch::Summary, String), FetchError> {

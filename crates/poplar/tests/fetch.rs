@@ -534,3 +534,55 @@ fn stat_as(server: &common::Server, user: &str, password: &str) -> usize {
     c.cmd("QUIT");
     n
 }
+
+#[test]
+fn the_daemon_never_polls_sooner_than_login_delay() {
+    let mut b = ServerBuilder::new();
+    b.set("pop3.login_delay", 2);
+    let server = b.start();
+    server.add_user("dora", "pw");
+    assert!(
+        server
+            .deliver(&["dora"], b"Subject: 1\r\n\r\nx\r\n")
+            .success()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("pop3s://dora@localhost:{}", server.pop3s.port());
+    let mut cmd = fetch_cmd(
+        &url,
+        &dir.path().join("Mail"),
+        &dir.path().join("j"),
+        &server.cert(),
+        &["--keep", "--daemon", "--interval", "1"],
+    );
+    let mut child = cmd.spawn().unwrap();
+    let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"pw\n");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stdout) {
+            let Ok(line) = line else { break };
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let (t1, first) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        first.contains("1 new of 1") && first.contains("next login in 2 s"),
+        "{first}"
+    );
+    assert!(
+        server
+            .deliver(&["dora"], b"Subject: 2\r\n\r\ny\r\n")
+            .success()
+    );
+    let (t2, second) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(second.contains("1 new of 2"), "{second}");
+    // --interval 1, but the server asked for 2 s between logins.
+    assert!(t2 - t1 >= Duration::from_millis(1900), "{:?}", t2 - t1);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("LOGIN-DELAY"), "polled too soon: {err}");
+}
