@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apop;
+pub mod der;
 mod error;
 mod hmac_md5;
 pub mod jwt;

@@ -200,6 +200,17 @@ impl AsyncWrite for Stream {
 /// Read buffer: large enough that a multi-megabyte RETR costs few system calls.
 const READ_BUFFER: usize = 256 * 1024;
 
+/// What TLS was negotiated, as `--serverinfo` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsDetails {
+    /// `TLSv1_3`, ...
+    pub version: String,
+    /// `TLS13_AES_256_GCM_SHA384`, ...
+    pub cipher: String,
+    /// The server's certificate chain, leaf first (DER).
+    pub certificates: Vec<Vec<u8>>,
+}
+
 /// A connection to a POP3 server, after the greeting.
 pub struct Conn {
     reader: BufReader<Stream>,
@@ -301,6 +312,28 @@ impl Conn {
     pub async fn exchange(&mut self, line: &str) -> Result<String> {
         self.send(line).await?;
         Ok(self.read_line().await?.to_owned())
+    }
+
+    /// The negotiated TLS parameters, if the connection is encrypted.
+    pub fn tls_details(&self) -> Option<TlsDetails> {
+        let Stream::Tls(tls) = self.reader.get_ref() else {
+            return None;
+        };
+        let (_, session) = tls.get_ref();
+        Some(TlsDetails {
+            version: session
+                .protocol_version()
+                .map_or_else(String::new, |v| format!("{v:?}")),
+            cipher: session
+                .negotiated_cipher_suite()
+                .map_or_else(String::new, |c| format!("{:?}", c.suite())),
+            certificates: session
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect(),
+        })
     }
 
     /// CAPA (RFC 2449); a server without it has no capabilities worth knowing.

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod dest;
 mod error;
 pub mod fetch;
+pub mod info;
 pub mod journal;
 pub mod mbox;
 pub mod url;

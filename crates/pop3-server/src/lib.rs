@@ -17,7 +17,6 @@
 mod auth;
 pub mod config;
 mod connection;
-pub mod der;
 mod error;
 pub mod expire;
 mod limits;

@@ -68,6 +68,10 @@ pub(crate) struct FetchArgs {
     /// The UIDL journal; default: ~/.local/state/poplar/fetch/USER@HOST:PORT.journal.
     #[arg(long, value_name = "FILE")]
     journal: Option<PathBuf>,
+    /// Only describe the server (greeting, TLS and certificate, logins, CAPA with EXPIRE and
+    /// LOGIN-DELAY explained) without logging in.
+    #[arg(long)]
+    serverinfo: bool,
     /// Keep running: fetch every account, then again every --interval, never sooner than the
     /// server's LOGIN-DELAY allows. SIGTERM or ^C stops it (safe at any moment).
     #[arg(long)]
@@ -92,6 +96,9 @@ struct Job {
 }
 
 pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
+    if args.serverinfo {
+        return serverinfo(args);
+    }
     let jobs = match args.targets.first() {
         Some(first) if first.contains("://") => vec![one_shot(args, first)?],
         _ => from_config(args)?,
@@ -195,6 +202,54 @@ async fn daemon(jobs: Vec<Job>, interval: std::time::Duration) {
     set.abort_all();
 }
 
+/// `--serverinfo URL|ACCOUNT...`: describe each server, log in nowhere.
+fn serverinfo(args: &FetchArgs) -> Result<ExitCode> {
+    let accounts: Vec<AccountConfig> = match args.targets.first() {
+        Some(first) if first.contains("://") => {
+            let url: ServerUrl = first.parse().map_err(anyhow::Error::msg)?;
+            vec![url_account(args, &url, Target::Mbox(PathBuf::new()))]
+        }
+        _ => {
+            let path = config_path(args)?;
+            pop3_fetch::config::load(&path)?
+                .account
+                .into_iter()
+                .filter(|a| args.targets.is_empty() || args.targets.contains(&a.label()))
+                .collect()
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut code = 0;
+    for account in accounts {
+        let result = runtime.block_on(async {
+            let tls = account.tls_mode()?;
+            let addr = tokio::net::lookup_host((account.host.as_str(), account.port()))
+                .await
+                .map_err(FetchError::io_at(format!(
+                    "cannot resolve {}",
+                    account.host
+                )))?
+                .next()
+                .ok_or_else(|| {
+                    FetchError::Unsupported(format!("{} has no address", account.host))
+                })?;
+            let dialer = Dialer::new(addr, tls, account.ca_file.as_deref(), &account.host)?;
+            pop3_fetch::info::server_info(&dialer, tls != TlsMode::None).await
+        });
+        match result {
+            Ok(text) => print!("{}:\n{text}", account.label()),
+            Err(e) => {
+                let (c, hint) = exit_code(&e);
+                eprintln!("poplar fetch: {}: {e} ({hint})", account.label());
+                code = c;
+            }
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
 /// `poplar fetch URL --to DEST ...`: one account from the command line.
 fn one_shot(args: &FetchArgs, url: &str) -> Result<Job> {
     let url: ServerUrl = url.parse().map_err(anyhow::Error::msg)?;
@@ -210,12 +265,20 @@ fn one_shot(args: &FetchArgs, url: &str) -> Result<Job> {
         rpassword::prompt_password(format!("Password for {url}: "))
             .context("no password: give it on a terminal or with --password-stdin")?
     };
+    Ok(Job {
+        config: url_account(args, &url, to),
+        password,
+    })
+}
+
+/// The account a URL and the command line's options describe.
+fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
     let tls = match (url.tls, args.allow_insecure) {
         (TlsMode::Starttls, true) => TlsSetting::None,
         (TlsMode::Starttls, false) => TlsSetting::Starttls,
         _ => TlsSetting::Implicit,
     };
-    let config = AccountConfig {
+    AccountConfig {
         name: Some(url.to_string()),
         host: url.host.clone(),
         port: Some(url.port),
@@ -234,21 +297,13 @@ fn one_shot(args: &FetchArgs, url: &str) -> Result<Job> {
         max_bytes: args.max_bytes,
         accept_uidl_reset: args.accept_uidl_reset,
         journal: args.journal.clone(),
-    };
-    Ok(Job { config, password })
+    }
 }
 
 /// The accounts of the configuration file, those named or all; passwords resolved (prompting
 /// on a terminal for those that have none) before any account starts.
 fn from_config(args: &FetchArgs) -> Result<Vec<Job>> {
-    let path = match &args.config {
-        Some(p) => p.clone(),
-        None => std::env::var_os("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-            .context("neither XDG_CONFIG_HOME nor HOME is set; give --config")?
-            .join("poplar/fetch.toml"),
-    };
+    let path = config_path(args)?;
     let config = pop3_fetch::config::load(&path).with_context(|| {
         "give a URL (poplar fetch pop3s://USER@HOST --to maildir:PATH) or write the accounts file; see docs/fetch.md".to_owned()
     })?;
@@ -276,6 +331,18 @@ fn from_config(args: &FetchArgs) -> Result<Vec<Job>> {
         args.targets
     );
     Ok(jobs)
+}
+
+/// `--config`, or `~/.config/poplar/fetch.toml`.
+fn config_path(args: &FetchArgs) -> Result<PathBuf> {
+    Ok(match &args.config {
+        Some(p) => p.clone(),
+        None => std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+            .context("neither XDG_CONFIG_HOME nor HOME is set; give --config")?
+            .join("poplar/fetch.toml"),
+    })
 }
 
 /// One account's run.

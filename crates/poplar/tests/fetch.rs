@@ -586,3 +586,37 @@ fn the_daemon_never_polls_sooner_than_login_delay() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("LOGIN-DELAY"), "polled too soon: {err}");
 }
+
+#[test]
+fn serverinfo_describes_tls_certificate_logins_and_policies() {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut b = ServerBuilder::new();
+    b.set("pop3.login_delay", 300);
+    b.set("pop3.expire", 0);
+    let server = b.start();
+    let url = format!("pop3s://nobody@localhost:{}", server.pop3s.port());
+    let out = Command::new(BIN)
+        .args(["fetch", "--serverinfo", &url, "--ca-file"])
+        .arg(server.cert())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_file(server.cert()).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let fingerprint: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    for want in [
+        "TLS:           TLSv1_3",
+        &format!("SHA-256 {}", fingerprint.join(":")),
+        "subject CN=",
+        "Logins:",
+        "EXPIRE:        0: every message retrieved is deleted",
+        "LOGIN-DELAY:   300 s",
+        "Capabilities:  TOP UIDL PIPELINING RESP-CODES",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    // Nobody logged in: the server's log has no login.
+    assert!(!server.logs().iter().any(|l| l.contains("user=nobody")));
+}

@@ -1,8 +1,9 @@
-//! Just enough DER to read three things from X.509 certificates: the signature algorithm (for
-//! `tls-server-end-point` channel binding, RFC 5929) and a client certificate's e-mail address
-//! or common name (for SASL EXTERNAL). Certificates reach this code only after webpki has
-//! verified them; the reader is still bounds-checked throughout and returns `None` on anything
-//! unexpected.
+//! Just enough DER to read a few things from X.509 certificates: the signature algorithm (for
+//! `tls-server-end-point` channel binding, RFC 5929), a client certificate's e-mail address or
+//! common name (for SASL EXTERNAL), and the names and validity a client shows about a server's
+//! certificate (`poplar fetch --serverinfo`). Certificates reach this code only after webpki has
+//! verified them (or to be shown); the reader is still bounds-checked throughout and returns
+//! `None` on anything unexpected.
 
 /// One tag-length-value element and what follows it.
 fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -94,15 +95,25 @@ pub fn end_point_hash(der: &[u8]) -> EndPointHash {
     }
 }
 
-/// The subject's attribute with this OID (a UTF8String, PrintableString or IA5String).
-fn subject_attribute<'a>(tbs: &'a [u8], oid: &[u8]) -> Option<&'a str> {
-    // version [0] (optional), serial, signature, issuer, validity, subject
+/// Field `index` of a TBSCertificate, counting from the serial number: 0 serial, 1 signature,
+/// 2 issuer, 3 validity, 4 subject.
+fn tbs_field(tbs: &[u8], index: usize) -> Option<&[u8]> {
     let mut fields = children(tbs).peekable();
+    // version [0] is optional.
     if fields.peek().is_some_and(|(tag, _)| *tag == 0xa0) {
         fields.next();
     }
-    let (_, subject) = fields.nth(4)?;
-    for (tag, rdn) in children(subject) {
+    fields.nth(index).map(|(_, value)| value)
+}
+
+/// The subject's attribute with this OID (a UTF8String, PrintableString or IA5String).
+fn subject_attribute<'a>(tbs: &'a [u8], oid: &[u8]) -> Option<&'a str> {
+    name_attribute(tbs_field(tbs, 4)?, oid)
+}
+
+/// A Name's attribute with this OID.
+fn name_attribute<'a>(name: &'a [u8], oid: &[u8]) -> Option<&'a str> {
+    for (tag, rdn) in children(name) {
         if tag != SET {
             continue;
         }
@@ -156,6 +167,59 @@ pub fn client_identity(der: &[u8], use_cn: bool) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// What a client shows about a server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// The subject's common name.
+    pub subject: Option<String>,
+    /// The issuer's common name.
+    pub issuer: Option<String>,
+    /// Valid from (`YYYY-MM-DD HH:MM:SS UTC`).
+    pub not_before: String,
+    /// Valid until.
+    pub not_after: String,
+}
+
+/// Subject, issuer and validity of a certificate.
+pub fn summary(der: &[u8]) -> Option<CertSummary> {
+    let cert = certificate(der)?;
+    let name = |index| {
+        tbs_field(cert.tbs, index)
+            .and_then(|n| name_attribute(n, OID_CN))
+            .map(str::to_owned)
+    };
+    let mut validity = children(tbs_field(cert.tbs, 3)?);
+    let mut time = || {
+        let (tag, value) = validity.next()?;
+        let text = std::str::from_utf8(value).ok()?;
+        // UTCTime YYMMDDHHMMSSZ (years 1950-2049) or GeneralizedTime YYYYMMDDHHMMSSZ.
+        let full = match tag {
+            0x17 => {
+                let yy: u32 = text.get(..2)?.parse().ok()?;
+                format!("{}{text}", if yy >= 50 { "19" } else { "20" })
+            }
+            0x18 => text.to_owned(),
+            _ => return None,
+        };
+        let d = full.get(..14)?;
+        Some(format!(
+            "{}-{}-{} {}:{}:{} UTC",
+            &d[..4],
+            &d[4..6],
+            &d[6..8],
+            &d[8..10],
+            &d[10..12],
+            &d[12..14]
+        ))
+    };
+    Some(CertSummary {
+        subject: name(4),
+        issuer: name(2),
+        not_before: time()?,
+        not_after: time()?,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -194,6 +258,12 @@ pub(crate) mod tests {
         );
         // rcgen signs with ECDSA P-256 SHA-256.
         assert_eq!(end_point_hash(&der), EndPointHash::Sha256);
+        let s = summary(&der).unwrap();
+        assert_eq!(s.subject.as_deref(), Some("Alice Example"));
+        assert_eq!(s.issuer.as_deref(), Some("Alice Example"), "self-signed");
+        // rcgen's default validity: 1975 to 4096.
+        assert_eq!(s.not_before, "1975-01-01 00:00:00 UTC");
+        assert_eq!(s.not_after, "4096-01-01 00:00:00 UTC");
     }
 
     #[test]
@@ -202,6 +272,7 @@ pub(crate) mod tests {
         for len in 0..der.len() {
             let _ = client_identity(&der[..len], false);
             let _ = end_point_hash(&der[..len]);
+            let _ = summary(&der[..len]);
         }
         let mut flipped = der.clone();
         for i in 0..flipped.len() {
