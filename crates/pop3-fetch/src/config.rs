@@ -14,7 +14,7 @@
 //!
 //! Every key but `host`, `user` and `to` is optional; defaults are those of the command line.
 
-use crate::dest::{Destination, Maildir};
+use crate::dest::{Destination, Maildir, Mda};
 use crate::mbox::Mbox;
 use crate::{FetchError, Policy, TlsMode};
 use serde::Deserialize;
@@ -188,6 +188,8 @@ pub enum Target {
     Maildir(PathBuf),
     /// `mbox:PATH` (mboxrd).
     Mbox(PathBuf),
+    /// `mda:COMMAND`: a delivery command given each message on standard input.
+    Mda(String),
 }
 
 impl std::str::FromStr for Target {
@@ -201,7 +203,10 @@ impl std::str::FromStr for Target {
             Some(("mbox", path)) if !path.is_empty() => {
                 Ok(Target::Mbox(expand_home(Path::new(path))))
             }
-            _ => Err(format!("{text:?}: give maildir:PATH or mbox:PATH")),
+            Some(("mda", command)) if !command.trim().is_empty() => Ok(Target::Mda(command.into())),
+            _ => Err(format!(
+                "{text:?}: give maildir:PATH, mbox:PATH or mda:COMMAND"
+            )),
         }
     }
 }
@@ -219,6 +224,7 @@ impl Target {
         Ok(match self {
             Target::Maildir(dir) => Box::new(Maildir::open(dir)?),
             Target::Mbox(path) => Box::new(Mbox::open(path)?),
+            Target::Mda(command) => Box::new(Mda::new(command)),
         })
     }
 }

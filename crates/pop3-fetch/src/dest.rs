@@ -264,3 +264,97 @@ mod tests {
         assert_eq!(fs::read_dir(d.path().join("Mail/tmp")).unwrap().count(), 0);
     }
 }
+
+/// A delivery command (`mda:COMMAND`, run by `/bin/sh -c`), given each message on standard input;
+/// `%F` in the command becomes the sender from the message's `Return-Path:` (shell-quoted), as
+/// in fetchmail. Exit status 0 is success; anything else fails the run (75 as temporary).
+///
+/// A command cannot be asked afterwards whether it delivered, so this destination holds no
+/// tokens: a run killed after the command succeeded but before the journal recorded it hands
+/// that message to the command again (at least once, not exactly once; docs/fetch.md).
+#[derive(Debug)]
+pub struct Mda {
+    command: String,
+}
+
+impl Mda {
+    /// A destination running `command` per message.
+    pub fn new(command: &str) -> Self {
+        Mda {
+            command: command.to_owned(),
+        }
+    }
+}
+
+impl Destination for Mda {
+    fn token(&mut self) -> String {
+        format!(
+            "mda{}.{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn open(&mut self, _token: &str) -> Result<Box<dyn MessageWriter>, FetchError> {
+        Ok(Box::new(MdaWriter {
+            command: self.command.clone(),
+            content: Vec::new(),
+        }))
+    }
+
+    fn sync(&mut self) -> Result<(), FetchError> {
+        Ok(())
+    }
+
+    fn holds(&self, _tokens: &[String]) -> Result<HashSet<String>, FetchError> {
+        Ok(HashSet::new())
+    }
+
+    fn describe(&self) -> String {
+        format!("mda:{}", self.command)
+    }
+}
+
+struct MdaWriter {
+    command: String,
+    content: Vec<u8>,
+}
+
+impl MessageWriter for MdaWriter {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.content.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), FetchError> {
+        use std::process::{Command, Stdio};
+        let sender = crate::mbox::return_path(&self.content).unwrap_or_default();
+        let quoted = format!("'{}'", sender.replace('\'', "'\\''"));
+        let command = self.command.replace("%F", &quoted);
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", &command])
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(FetchError::io(format!("cannot run {command:?}")))?;
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(&self.content));
+        let status = child
+            .wait()
+            .map_err(FetchError::io(format!("cannot run {command:?}")))?;
+        match (status.code(), written) {
+            (Some(0), Some(Ok(()))) => Ok(()),
+            (Some(75), _) => Err(FetchError::Io {
+                context: format!("{command:?} asks to try later (exit 75)"),
+                source: std::io::Error::other("temporary failure"),
+            }),
+            _ => Err(FetchError::File {
+                path: PathBuf::from(&self.command),
+                why: format!("the delivery command failed ({status})"),
+            }),
+        }
+    }
+
+    fn discard(self: Box<Self>) {}
+}

@@ -222,7 +222,7 @@ pub fn mboxrd_entry(message: &[u8], now: u64) -> Vec<u8> {
 }
 
 /// The envelope sender from a `Return-Path:` header, if the message has one.
-fn return_path(message: &[u8]) -> Option<String> {
+pub(crate) fn return_path(message: &[u8]) -> Option<String> {
     for line in message.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {

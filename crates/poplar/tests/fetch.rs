@@ -620,3 +620,64 @@ fn serverinfo_describes_tls_certificate_logins_and_policies() {
     // Nobody logged in: the server's log has no login.
     assert!(!server.logs().iter().any(|l| l.contains("user=nobody")));
 }
+
+#[test]
+fn a_delivery_command_gets_each_message_and_its_sender() {
+    let server = ServerBuilder::new().start();
+    server.add_user("erin", "pw");
+    let messages: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            format!("Return-Path: <s{i}@example.net>\r\nSubject: {i}\r\n\r\nbody {i}\r\n")
+                .into_bytes()
+        })
+        .collect();
+    for m in &messages {
+        assert!(server.deliver(&["erin"], m).success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let url = format!("pop3s://erin@localhost:{}", server.pop3s.port());
+    let fetch_to = |mda: String, journal: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["fetch", &url, "--password-stdin", "--to", &mda, "--journal"])
+            .arg(dir.path().join(journal))
+            .arg("--ca-file")
+            .arg(server.cert())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run(cmd, "pw")
+    };
+    // A command that asks to try later: exit 75, nothing deleted, nothing recorded.
+    let out = fetch_to("mda:cat > /dev/null; exit 75".into(), "j1");
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert_eq!(stat(&server, "erin"), 3);
+    let out = fetch_to(
+        format!(
+            "mda:cat > {d}/m.$$; echo %F >> {d}/senders",
+            d = out_dir.display()
+        ),
+        "j2",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stat(&server, "erin"), 0);
+    let mut got: Vec<Vec<u8>> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("m."))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, messages);
+    let mut senders: Vec<String> = std::fs::read_to_string(out_dir.join("senders"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    senders.sort();
+    assert_eq!(
+        senders,
+        ["s0@example.net", "s1@example.net", "s2@example.net"]
+    );
+}
