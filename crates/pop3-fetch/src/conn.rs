@@ -314,6 +314,21 @@ impl Conn {
         Ok(self.read_line().await?.to_owned())
     }
 
+    /// The `tls-exporter` channel binding (RFC 9266) of a TLS 1.3 connection, for the SCRAM
+    /// -PLUS mechanisms.
+    pub fn tls_exporter(&self) -> Option<Vec<u8>> {
+        let Stream::Tls(tls) = self.reader.get_ref() else {
+            return None;
+        };
+        let (_, session) = tls.get_ref();
+        if session.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        session
+            .export_keying_material(vec![0; 32], b"EXPORTER-Channel-Binding", None)
+            .ok()
+    }
+
     /// The negotiated TLS parameters, if the connection is encrypted.
     pub fn tls_details(&self) -> Option<TlsDetails> {
         let Stream::Tls(tls) = self.reader.get_ref() else {
@@ -401,13 +416,24 @@ impl Conn {
                 let response = pop3_auth::sasl::cram_md5::client_response(user, p, &challenge(&r)?);
                 self.exchange(&B64.encode(response)).await?
             }
-            "SCRAM-SHA-1" | "SCRAM-SHA-256" => {
-                let hash = if mechanism == "SCRAM-SHA-1" {
+            "SCRAM-SHA-1" | "SCRAM-SHA-256" | "SCRAM-SHA-1-PLUS" | "SCRAM-SHA-256-PLUS" => {
+                let hash = if mechanism.starts_with("SCRAM-SHA-1") {
                     ScramHash::Sha1
                 } else {
                     ScramHash::Sha256
                 };
-                let mut client = ScramClient::new(hash, user, p, None, false).map_err(sasl)?;
+                let plus = mechanism.ends_with("-PLUS");
+                let binding = if plus {
+                    let data = self.tls_exporter().ok_or_else(|| {
+                        FetchError::Unsupported(format!(
+                            "{mechanism} needs TLS 1.3 (tls-exporter channel binding)"
+                        ))
+                    })?;
+                    Some(("tls-exporter", data))
+                } else {
+                    None
+                };
+                let mut client = ScramClient::new(hash, user, p, binding, plus).map_err(sasl)?;
                 let r = self
                     .exchange(&format!(
                         "AUTH {mechanism} {}",
@@ -418,6 +444,32 @@ impl Conn {
                 let r = self.exchange(&B64.encode(last)).await?;
                 client.verify_server_final(&challenge(&r)?).map_err(sasl)?;
                 self.exchange("").await?
+            }
+            "OAUTHBEARER" | "XOAUTH2" => {
+                use pop3_auth::sasl::oauth::{Flavor, client_message};
+                let flavor = if mechanism == "OAUTHBEARER" {
+                    Flavor::OauthBearer
+                } else {
+                    Flavor::Xoauth2
+                };
+                // The password is the access token.
+                let msg = client_message(flavor, user, password);
+                let reply = self
+                    .exchange(&format!("AUTH {mechanism} {}", B64.encode(msg)))
+                    .await?;
+                match reply.strip_prefix("+ ") {
+                    // A failure comes as an error challenge first (RFC 7628 section 3.2.2):
+                    // answer with the dummy response, then read the -ERR.
+                    Some(_) => {
+                        let dummy = if flavor == Flavor::OauthBearer {
+                            "AQ=="
+                        } else {
+                            ""
+                        };
+                        self.exchange(dummy).await?
+                    }
+                    None => reply,
+                }
             }
             other => {
                 return Err(FetchError::Unsupported(format!(

@@ -99,13 +99,18 @@ pub type ProgressFn<'a> = dyn FnMut(usize, u64, usize, u64) + Send + 'a;
 /// Messages per batch: one journal fsync before and one after each batch.
 const BATCH: usize = 64;
 
-/// The strongest login a server offers, on this connection: SCRAM-SHA-256, SCRAM-SHA-1,
+/// The strongest login a server offers, on this connection: SCRAM-SHA-256-PLUS (bound to this
+/// TLS 1.3 connection, so a man in the middle cannot relay it), SCRAM-SHA-256, SCRAM-SHA-1,
 /// CRAM-MD5 and APOP never reveal the password; PLAIN, LOGIN and USER only under TLS.
 pub fn choose_mechanism(
     caps: &ServerCapabilities,
     greeting: &str,
     encrypted: bool,
+    can_bind: bool,
 ) -> Result<String, FetchError> {
+    if can_bind && caps.sasl.iter().any(|s| s == "SCRAM-SHA-256-PLUS") {
+        return Ok("SCRAM-SHA-256-PLUS".to_owned());
+    }
     for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5"] {
         if caps.sasl.iter().any(|s| s == m) {
             return Ok(m.to_owned());
@@ -155,7 +160,12 @@ pub async fn fetch(
     let (mut conn, greeting) = account.dialer.connect().await?;
     let caps = conn.capabilities().await?;
     let mechanism = match &account.auth {
-        Auth::Auto => choose_mechanism(&caps, &greeting, account.encrypted)?,
+        Auth::Auto => choose_mechanism(
+            &caps,
+            &greeting,
+            account.encrypted,
+            conn.tls_exporter().is_some(),
+        )?,
         Auth::Named(m) => m.to_ascii_uppercase(),
     };
     if !account.encrypted && matches!(mechanism.as_str(), "USER" | "PLAIN" | "LOGIN") {
@@ -430,16 +440,28 @@ mod tests {
     #[test]
     fn mechanisms_protect_the_password_without_tls() {
         let caps = ServerCapabilities::parse(["SASL PLAIN CRAM-MD5 SCRAM-SHA-1"]);
-        assert_eq!(choose_mechanism(&caps, "", false).unwrap(), "SCRAM-SHA-1");
-        let plain = ServerCapabilities::parse(["SASL PLAIN", "USER"]);
-        assert_eq!(choose_mechanism(&plain, "", true).unwrap(), "PLAIN");
-        assert!(choose_mechanism(&plain, "", false).is_err());
         assert_eq!(
-            choose_mechanism(&plain, "POP3 ready <1.2@host>", false).unwrap(),
+            choose_mechanism(&caps, "", false, false).unwrap(),
+            "SCRAM-SHA-1"
+        );
+        let plus = ServerCapabilities::parse(["SASL SCRAM-SHA-256 SCRAM-SHA-256-PLUS"]);
+        assert_eq!(
+            choose_mechanism(&plus, "", true, true).unwrap(),
+            "SCRAM-SHA-256-PLUS"
+        );
+        assert_eq!(
+            choose_mechanism(&plus, "", true, false).unwrap(),
+            "SCRAM-SHA-256"
+        );
+        let plain = ServerCapabilities::parse(["SASL PLAIN", "USER"]);
+        assert_eq!(choose_mechanism(&plain, "", true, false).unwrap(), "PLAIN");
+        assert!(choose_mechanism(&plain, "", false, false).is_err());
+        assert_eq!(
+            choose_mechanism(&plain, "POP3 ready <1.2@host>", false, false).unwrap(),
             "APOP"
         );
         assert_eq!(
-            choose_mechanism(&ServerCapabilities::default(), "", true).unwrap(),
+            choose_mechanism(&ServerCapabilities::default(), "", true, false).unwrap(),
             "USER"
         );
     }

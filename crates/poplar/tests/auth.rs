@@ -737,3 +737,54 @@ fn client_certificates_only_where_configured() {
         "the other listener must not ask for certificates"
     );
 }
+
+/// `poplar fetch` logs in with SCRAM-SHA-256-PLUS (bound to the TLS 1.3 connection) and by
+/// itself (auto, which prefers it: `choose_mechanism`'s unit test), with OAUTHBEARER and XOAUTH2
+/// with a token as the password, and exits 77 when a token is refused.
+#[test]
+fn poplar_fetch_with_channel_binding_and_tokens() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let url = |user: &str| format!("pop3s://{user}@localhost:{}", server.pop3s.port());
+    let fetch = |user: &str, password: &str, auth: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args([
+            "fetch",
+            &url(user),
+            "--keep",
+            "--password-stdin",
+            "--ca-file",
+        ])
+        .arg(server.cert())
+        .arg("--to")
+        .arg(format!("maildir:{}", dir.path().join("M").display()))
+        .arg("--journal")
+        .arg(dir.path().join("j"));
+        if let Some(a) = auth {
+            cmd.args(["--auth", a]);
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let _ = std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            format!("{password}\n").as_bytes(),
+        );
+        child.wait_with_output().unwrap()
+    };
+    let ok = |out: std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{out:?}");
+        assert!(text.contains("1 new of 1"), "{text}");
+    };
+    ok(fetch("alice", "wonderland1", Some("SCRAM-SHA-256-PLUS")));
+    ok(fetch("alice", "wonderland1", None));
+    let token = fx.token("carol@example.org", 300);
+    ok(fetch("carol@example.org", &token, Some("OAUTHBEARER")));
+    ok(fetch("carol@example.org", &token, Some("XOAUTH2")));
+    let expired = fx.token("carol@example.org", -600);
+    let out = fetch("carol@example.org", &expired, Some("OAUTHBEARER"));
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+}
