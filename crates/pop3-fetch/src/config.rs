@@ -68,6 +68,10 @@ pub struct AccountConfig {
     pub auth: Option<String>,
     /// The CA (or self-signed) certificate to trust; default the system's.
     pub ca_file: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (`AB:CD:...`) instead.
+    pub tls_fingerprint: Option<String>,
+    /// The name the certificate must carry (and SNI); default `host`.
+    pub server_name: Option<String>,
     /// The destination: `maildir:PATH` or `mbox:PATH`.
     pub to: Target,
     /// Leave messages on the server.
@@ -109,6 +113,22 @@ impl AccountConfig {
                 });
             }
         })
+    }
+
+    /// How to connect to `addr` (the resolved `host`).
+    pub fn dialer(&self, addr: std::net::SocketAddr) -> Result<crate::Dialer, FetchError> {
+        let mode = self.tls_mode()?;
+        let name = self.server_name.as_deref().unwrap_or(&self.host);
+        match &self.tls_fingerprint {
+            Some(text) => {
+                let pin = crate::conn::parse_fingerprint(text).ok_or_else(|| FetchError::File {
+                    path: PathBuf::from(self.label()),
+                    why: format!("tls_fingerprint {text:?} is not 64 hex digits (SHA-256)"),
+                })?;
+                crate::Dialer::pinned(addr, mode, pin, name)
+            }
+            None => crate::Dialer::new(addr, mode, self.ca_file.as_deref(), name),
+        }
     }
 
     /// The port, by default the one of the TLS mode.

@@ -52,16 +52,57 @@ impl Dialer {
         if mode == TlsMode::None {
             return Ok(Dialer { addr, tls: None });
         }
+        if mode == TlsMode::None {
+            return Ok(Dialer { addr, tls: None });
+        }
         let roots = match ca_file {
             Some(file) => roots_from(file, true)?,
             None => roots_from(Path::new(SYSTEM_BUNDLE), false)?,
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| FetchError::Tls(e.to_string()))?
+        let config = Self::builder()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        Self::finish(addr, mode, server_name, config)
+    }
+
+    /// A dialer that trusts exactly the server certificate whose SHA-256 fingerprint is
+    /// `fingerprint` (certificate pinning: for a self-signed certificate, or to refuse any other
+    /// certificate a CA might issue), instead of CA verification. The handshake's signatures are
+    /// still verified against that certificate.
+    pub fn pinned(
+        addr: SocketAddr,
+        mode: TlsMode,
+        fingerprint: [u8; 32],
+        server_name: &str,
+    ) -> Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinnedCertificate {
+            fingerprint,
+            provider,
+        });
+        let config = Self::builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Self::finish(addr, mode, server_name, config)
+    }
+
+    fn builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FetchError::Tls(e.to_string()))
+    }
+
+    fn finish(
+        addr: SocketAddr,
+        mode: TlsMode,
+        server_name: &str,
+        mut config: rustls::ClientConfig,
+    ) -> Result<Self> {
+        if mode == TlsMode::None {
+            return Ok(Dialer { addr, tls: None });
+        }
         config.resumption = rustls::client::Resumption::disabled();
         let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
             .map_err(|_| FetchError::Tls(format!("invalid server name {server_name:?}")))?;
@@ -71,7 +112,6 @@ impl Dialer {
         })
     }
 
-    /// Connects, secures the connection as configured and reads the greeting.
     /// Connects, secures the connection as configured and reads the greeting, which must be
     /// `+OK`; returns the connection and the greeting's text (its APOP timestamp, if any).
     pub async fn connect(&self) -> Result<(Conn, String)> {
@@ -120,6 +160,81 @@ impl Dialer {
             .await
             .map_err(handshake)?;
         Ok((Conn::new(Stream::Tls(Box::new(tls))), greeting))
+    }
+}
+
+/// Parses a SHA-256 fingerprint: 64 hex digits, colons allowed (`AB:CD:...`, as `openssl x509
+/// -fingerprint -sha256` and `--serverinfo` print it).
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Certificate pinning: the server's certificate must have this SHA-256 fingerprint.
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest as _;
+        if sha2::Sha256::digest(end_entity.as_ref()).as_slice() == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the certificate's SHA-256 fingerprint is not the pinned one".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

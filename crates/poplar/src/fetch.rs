@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 use pop3_fetch::config::{AccountConfig, Target, TlsSetting};
 use pop3_fetch::journal::Journal;
-use pop3_fetch::{Account, Auth, Dialer, FetchError, ServerUrl, TlsMode};
+use pop3_fetch::{Account, Auth, FetchError, ServerUrl, TlsMode};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +54,13 @@ pub(crate) struct FetchArgs {
     /// The CA (or self-signed) certificate to trust; default: the system's.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (as --serverinfo prints it)
+    /// instead of checking it against CAs.
+    #[arg(long, value_name = "SHA256")]
+    tls_fingerprint: Option<String>,
+    /// The name the server's certificate must carry (and TLS SNI); default: the URL's host.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
     /// The login mechanism; default: the strongest the server offers.
     #[arg(long, value_name = "MECHANISM")]
     auth: Option<String>,
@@ -235,7 +242,7 @@ fn serverinfo(args: &FetchArgs) -> Result<ExitCode> {
                 .ok_or_else(|| {
                     FetchError::Unsupported(format!("{} has no address", account.host))
                 })?;
-            let dialer = Dialer::new(addr, tls, account.ca_file.as_deref(), &account.host)?;
+            let dialer = account.dialer(addr)?;
             pop3_fetch::info::server_info(&dialer, tls != TlsMode::None).await
         });
         match result {
@@ -289,6 +296,8 @@ fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
         password_command: None,
         auth: args.auth.clone(),
         ca_file: args.ca_file.clone(),
+        tls_fingerprint: args.tls_fingerprint.clone(),
+        server_name: args.server_name.clone(),
         to,
         keep: args.keep,
         delete_after_days: args.delete_after_days,
@@ -359,7 +368,7 @@ async fn fetch_one(
         .next()
         .ok_or_else(|| FetchError::Unsupported(format!("{} has no address", c.host)))?;
     let account = Account {
-        dialer: Dialer::new(addr, tls, c.ca_file.as_deref(), &c.host)?,
+        dialer: c.dialer(addr)?,
         user: c.user.clone(),
         password: job.password.clone(),
         auth: c

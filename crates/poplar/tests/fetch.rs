@@ -681,3 +681,54 @@ fn a_delivery_command_gets_each_message_and_its_sender() {
         ["s0@example.net", "s1@example.net", "s2@example.net"]
     );
 }
+
+#[test]
+fn a_pinned_certificate_is_trusted_and_any_other_refused() {
+    use rustls_pki_types::pem::PemObject as _;
+    let server = ServerBuilder::new().start();
+    server.add_user("fred", "pw");
+    assert!(
+        server
+            .deliver(&["fred"], b"Subject: pin\r\n\r\nx\r\n")
+            .success()
+    );
+    let der = rustls_pki_types::CertificateDer::from_pem_file(server.cert()).unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der);
+    let pin: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("pop3s://fred@localhost:{}", server.pop3s.port());
+    let attempt = |fingerprint: &str, journal: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "fetch",
+            &url,
+            "--keep",
+            "--password-stdin",
+            "--tls-fingerprint",
+            fingerprint,
+        ])
+        .arg("--to")
+        .arg(format!("maildir:{}", dir.path().join("M").display()))
+        .arg("--journal")
+        .arg(dir.path().join(journal))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        run(cmd, "pw")
+    };
+    // No --ca-file: the self-signed certificate is trusted by its fingerprint alone.
+    let out = attempt(&pin.join(":"), "j1");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 new of 1"));
+    let mut wrong = pin.clone();
+    wrong[0] = if wrong[0] == "00" {
+        "01".into()
+    } else {
+        "00".into()
+    };
+    let out = attempt(&wrong.concat(), "j2");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fingerprint is not the pinned one"), "{err}");
+    assert!(!attempt("12:34", "j3").status.success());
+}
