@@ -14,7 +14,7 @@
 //!
 //! Every key but `host`, `user` and `to` is optional; defaults are those of the command line.
 
-use crate::dest::{Destination, Maildir, Mda};
+use crate::dest::{Destination, Lmtp, Maildir, Mda};
 use crate::mbox::Mbox;
 use crate::{FetchError, Policy, TlsMode};
 use serde::Deserialize;
@@ -90,6 +90,8 @@ pub struct AccountConfig {
     pub accept_uidl_reset: bool,
     /// The UIDL journal; default `~/.local/state/poplar/fetch/USER@HOST:PORT.journal`.
     pub journal: Option<PathBuf>,
+    /// With `to = "lmtp:..."`: the recipient address; default the local user name (`$USER`).
+    pub lmtp_recipient: Option<String>,
 }
 
 impl AccountConfig {
@@ -129,6 +131,14 @@ impl AccountConfig {
             }
             None => crate::Dialer::new(addr, mode, self.ca_file.as_deref(), name),
         }
+    }
+
+    /// The LMTP recipient: `lmtp_recipient`, else `$USER`.
+    pub fn recipient(&self) -> String {
+        self.lmtp_recipient
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "root".into())
     }
 
     /// The port, by default the one of the TLS mode.
@@ -210,6 +220,8 @@ pub enum Target {
     Mbox(PathBuf),
     /// `mda:COMMAND`: a delivery command given each message on standard input.
     Mda(String),
+    /// `lmtp:HOST:PORT` or `lmtp:unix:PATH`, for the account's `lmtp_recipient`.
+    Lmtp(String),
 }
 
 impl std::str::FromStr for Target {
@@ -224,8 +236,9 @@ impl std::str::FromStr for Target {
                 Ok(Target::Mbox(expand_home(Path::new(path))))
             }
             Some(("mda", command)) if !command.trim().is_empty() => Ok(Target::Mda(command.into())),
+            Some(("lmtp", addr)) if !addr.is_empty() => Ok(Target::Lmtp(addr.into())),
             _ => Err(format!(
-                "{text:?}: give maildir:PATH, mbox:PATH or mda:COMMAND"
+                "{text:?}: give maildir:PATH, mbox:PATH, mda:COMMAND or lmtp:ADDR"
             )),
         }
     }
@@ -239,12 +252,13 @@ impl<'de> Deserialize<'de> for Target {
 }
 
 impl Target {
-    /// Opens the destination.
-    pub fn open(&self) -> Result<Box<dyn Destination>, FetchError> {
+    /// Opens the destination; `recipient` is the LMTP recipient.
+    pub fn open(&self, recipient: &str) -> Result<Box<dyn Destination>, FetchError> {
         Ok(match self {
             Target::Maildir(dir) => Box::new(Maildir::open(dir)?),
             Target::Mbox(path) => Box::new(Mbox::open(path)?),
             Target::Mda(command) => Box::new(Mda::new(command)),
+            Target::Lmtp(addr) => Box::new(Lmtp::new(addr, recipient)),
         })
     }
 }

@@ -358,3 +358,172 @@ impl MessageWriter for MdaWriter {
 
     fn discard(self: Box<Self>) {}
 }
+
+/// An LMTP server (RFC 2033) on `host:port` or `unix:/path`, given each message for one
+/// recipient, e.g. a local Dovecot, Cyrus or Poplar's own LMTP listener. The message is sent as
+/// received (dot-stuffed on the wire), with `Return-Path:` as the envelope sender; a `4xx` reply
+/// is a temporary failure (exit 75), a `5xx` stops the run with the server's reply.
+///
+/// Like a delivery command, an LMTP server cannot be asked afterwards whether it has a message:
+/// at least once (docs/fetch.md).
+#[derive(Debug)]
+pub struct Lmtp {
+    addr: String,
+    recipient: String,
+}
+
+impl Lmtp {
+    /// Deliveries to `recipient` over LMTP at `addr`.
+    pub fn new(addr: &str, recipient: &str) -> Self {
+        Lmtp {
+            addr: addr.to_owned(),
+            recipient: recipient.to_owned(),
+        }
+    }
+}
+
+impl Destination for Lmtp {
+    fn token(&mut self) -> String {
+        format!(
+            "lmtp{}.{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn open(&mut self, _token: &str) -> Result<Box<dyn MessageWriter>, FetchError> {
+        Ok(Box::new(LmtpWriter {
+            addr: self.addr.clone(),
+            recipient: self.recipient.clone(),
+            content: Vec::new(),
+        }))
+    }
+
+    fn sync(&mut self) -> Result<(), FetchError> {
+        Ok(())
+    }
+
+    fn holds(&self, _tokens: &[String]) -> Result<HashSet<String>, FetchError> {
+        Ok(HashSet::new())
+    }
+
+    fn describe(&self) -> String {
+        format!("lmtp:{} for <{}>", self.addr, self.recipient)
+    }
+}
+
+struct LmtpWriter {
+    addr: String,
+    recipient: String,
+    content: Vec<u8>,
+}
+
+/// A connected LMTP client, plain or over a unix socket.
+trait Stream: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> Stream for T {}
+
+impl LmtpWriter {
+    fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        let timeout = Some(std::time::Duration::from_secs(300));
+        Ok(match self.addr.strip_prefix("unix:") {
+            Some(path) => {
+                let s = std::os::unix::net::UnixStream::connect(path)?;
+                s.set_read_timeout(timeout)?;
+                Box::new(s)
+            }
+            None => {
+                let s = std::net::TcpStream::connect(&self.addr)?;
+                s.set_read_timeout(timeout)?;
+                Box::new(s)
+            }
+        })
+    }
+
+    fn deliver(&self) -> Result<(), FetchError> {
+        use std::io::{BufRead, BufReader};
+        let io = |what: &str| FetchError::io(format!("LMTP {what} at {}", self.addr));
+        let stream = self.connect().map_err(io("connection"))?;
+        let mut reader = BufReader::new(stream);
+        let reply = |reader: &mut BufReader<Box<dyn Stream>>| -> Result<String, FetchError> {
+            let mut all = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).map_err(io("reply"))? == 0 {
+                    return Err(FetchError::Protocol(format!(
+                        "the LMTP server at {} closed the connection",
+                        self.addr
+                    )));
+                }
+                all.push_str(&line);
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(all.trim_end().to_owned());
+                }
+            }
+        };
+        let expect = |r: String, code: &str| -> Result<(), FetchError> {
+            if r.starts_with(code) {
+                return Ok(());
+            }
+            let text = format!("the LMTP server at {} said {r:?}", self.addr);
+            Err(if r.starts_with('4') {
+                FetchError::Io {
+                    context: text,
+                    source: std::io::Error::other("temporary failure"),
+                }
+            } else {
+                FetchError::Protocol(text)
+            })
+        };
+        expect(reply(&mut reader)?, "220")?;
+        let sender = crate::mbox::return_path(&self.content).unwrap_or_default();
+        let mut wire = format!(
+            "LHLO {}\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+            hostname(),
+            self.recipient
+        )
+        .into_bytes();
+        let send = |reader: &mut BufReader<Box<dyn Stream>>, bytes: &[u8]| {
+            reader.get_mut().write_all(bytes).map_err(io("write"))
+        };
+        send(&mut reader, &wire)?;
+        for code in ["250", "250", "250", "354"] {
+            expect(reply(&mut reader)?, code)?;
+        }
+        wire.clear();
+        for line in self.content.split_inclusive(|&b| b == b'\n') {
+            if line.starts_with(b".") {
+                wire.push(b'.');
+            }
+            wire.extend_from_slice(line);
+        }
+        if !wire.ends_with(b"\r\n") {
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b".\r\nQUIT\r\n");
+        send(&mut reader, &wire)?;
+        // One reply per recipient (RFC 2033): ours.
+        expect(reply(&mut reader)?, "250")
+    }
+}
+
+/// This machine's name for LHLO.
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl MessageWriter for LmtpWriter {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.content.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), FetchError> {
+        self.deliver()
+    }
+
+    fn discard(self: Box<Self>) {}
+}

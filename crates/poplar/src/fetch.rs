@@ -29,7 +29,8 @@ pub(crate) struct FetchArgs {
     /// The accounts file; default ~/.config/poplar/fetch.toml.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where to deliver: maildir:PATH or mbox:PATH (mboxrd, dot-lock and fcntl locking).
+    /// Where to deliver: maildir:PATH, mbox:PATH (mboxrd, dot-lock and fcntl locking),
+    /// mda:COMMAND (each message on its stdin, %F the sender) or lmtp:HOST:PORT|lmtp:unix:PATH.
     #[arg(long, value_name = "DEST")]
     to: Option<Target>,
     /// Leave messages on the server (tracked by UIDL); without it, each message is deleted
@@ -54,6 +55,9 @@ pub(crate) struct FetchArgs {
     /// The CA (or self-signed) certificate to trust; default: the system's.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// With --to lmtp:ADDR: the recipient address; default the local user name.
+    #[arg(long, value_name = "ADDRESS")]
+    lmtp_recipient: Option<String>,
     /// Trust exactly the certificate with this SHA-256 fingerprint (as --serverinfo prints it)
     /// instead of checking it against CAs.
     #[arg(long, value_name = "SHA256")]
@@ -306,6 +310,7 @@ fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
         max_bytes: args.max_bytes,
         accept_uidl_reset: args.accept_uidl_reset,
         journal: args.journal.clone(),
+        lmtp_recipient: args.lmtp_recipient.clone(),
     }
 }
 
@@ -379,7 +384,7 @@ async fn fetch_one(
         encrypted: tls != TlsMode::None,
     };
     let mut journal = Journal::open(&c.journal_path()?)?;
-    let mut dest = c.to.open()?;
+    let mut dest = c.to.open(&c.recipient())?;
     let mut progress = |done: usize, octets: u64, total: usize, total_octets: u64| {
         if progress_bar {
             let width = 30;

@@ -732,3 +732,49 @@ fn a_pinned_certificate_is_trusted_and_any_other_refused() {
     assert!(err.contains("fingerprint is not the pinned one"), "{err}");
     assert!(!attempt("12:34", "j3").status.success());
 }
+
+#[test]
+fn into_an_lmtp_server_byte_exact() {
+    // Poplar's own LMTP listener as the destination: alice's mail fetched into bob's maildrop.
+    let mut b = ServerBuilder::new();
+    b.lmtp();
+    let server = b.start();
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    let messages = corpus();
+    for (_, m) in &messages {
+        assert!(server.deliver(&["alice"], m).success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("pop3s://alice@localhost:{}", server.pop3s.port());
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "fetch",
+        &url,
+        "--password-stdin",
+        "--lmtp-recipient",
+        "bob@example.org",
+    ])
+    .arg("--to")
+    .arg(format!("lmtp:{}", server.lmtp_addr()))
+    .arg("--journal")
+    .arg(dir.path().join("j"))
+    .arg("--ca-file")
+    .arg(server.cert())
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = run(cmd, "pw");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stat(&server, "alice"), 0);
+    // What bob's POP3 sends is what alice's sent: the canonical form, through LMTP and back.
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("bob", "pw").starts_with("+OK"));
+    let mut got = BTreeMap::new();
+    for n in 1..=messages.len() {
+        assert!(c.cmd(&format!("RETR {n}")).starts_with("+OK"));
+        *got.entry(c.body()).or_insert(0) += 1;
+    }
+    let want: BTreeMap<Vec<u8>, usize> = messages.iter().map(|(_, m)| (canonical(m), 1)).collect();
+    assert_eq!(got, want);
+}
