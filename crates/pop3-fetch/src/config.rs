@@ -81,6 +81,12 @@ pub struct AccountConfig {
     pub delete_after_days: Option<u32>,
     /// Leave messages larger than this many octets on the server.
     pub max_size: Option<u64>,
+    /// Delete messages larger than `max_size` on the server instead, unread.
+    #[serde(default)]
+    pub delete_too_large: bool,
+    /// On the first run, fetch nothing and only remember what is there: old mail stays behind.
+    #[serde(default)]
+    pub only_new: bool,
     /// At most this many messages per run.
     pub max_messages: Option<usize>,
     /// At most this many octets per run.
@@ -155,6 +161,8 @@ impl AccountConfig {
             keep: self.keep,
             delete_after_days: self.delete_after_days,
             max_size: self.max_size,
+            delete_too_large: self.delete_too_large,
+            only_new: self.only_new,
             max_messages: self.max_messages,
             max_bytes: self.max_bytes,
             accept_uidl_reset: self.accept_uidl_reset,

@@ -57,8 +57,14 @@ pub struct Policy {
     pub keep: bool,
     /// With `keep`: delete from the server messages first delivered this many days ago.
     pub delete_after_days: Option<u32>,
-    /// Skip messages larger than this many octets (they stay on the server).
+    /// Skip messages larger than this many octets (they stay on the server, unless
+    /// `delete_too_large`).
     pub max_size: Option<u64>,
+    /// Delete from the server, without downloading, messages larger than `max_size`.
+    pub delete_too_large: bool,
+    /// On the first run for an account (an empty journal), download nothing: record what the
+    /// server holds as already fetched, so only mail arriving from now on is fetched.
+    pub only_new: bool,
     /// Fetch at most this many messages per run.
     pub max_messages: Option<usize>,
     /// Fetch at most this many octets per run (a message that would exceed it waits).
@@ -78,8 +84,10 @@ pub struct Summary {
     pub octets: u64,
     /// Messages deleted from the server by this run's QUIT.
     pub deleted: usize,
-    /// Messages skipped for their size.
+    /// Messages skipped (or deleted unread, with `delete_too_large`) for their size.
     pub too_large: usize,
+    /// Messages recorded as fetched without downloading them (`only_new`'s first run).
+    pub skipped_old: usize,
     /// New messages left for a later run by `max_messages`/`max_bytes`.
     pub deferred: usize,
     /// Deliveries of an interrupted run found complete (recorded now) or absent (fetched again).
@@ -218,8 +226,14 @@ pub async fn fetch(
         )));
     }
 
+    if policy.only_new && journal.is_empty() && journal.pending().is_empty() {
+        journal.done(listing.iter().map(|m| m.uidl.as_str()), now)?;
+        summary.skipped_old = listing.len();
+    }
+
     // Plan.
     let mut todo = Vec::new();
+    let mut oversized = Vec::new();
     let (mut planned_octets, mut deferred) = (0u64, 0usize);
     for m in &listing {
         if journal.delivered(&m.uidl).is_some() {
@@ -227,6 +241,9 @@ pub async fn fetch(
         }
         if policy.max_size.is_some_and(|max| m.size > max) {
             summary.too_large += 1;
+            if policy.delete_too_large {
+                oversized.push(m);
+            }
             continue;
         }
         let over_count = policy.max_messages.is_some_and(|max| todo.len() >= max);
@@ -276,8 +293,8 @@ pub async fn fetch(
         journal.done(batch.iter().map(|m| m.uidl.as_str()), now)?;
     }
 
-    // Delete what was delivered (now or before) and is due.
-    let due: Vec<&Listed> = listing
+    // Delete what was delivered (now or before) and is due, and what is too large if asked to.
+    let mut due: Vec<&Listed> = listing
         .iter()
         .filter(|m| {
             journal.delivered(&m.uidl).is_some_and(|first| {
@@ -288,6 +305,7 @@ pub async fn fetch(
             })
         })
         .collect();
+    due.extend(oversized);
     if !due.is_empty() {
         let deles: Vec<String> = due.iter().map(|m| format!("DELE {}", m.number)).collect();
         if pipelining {

@@ -43,6 +43,13 @@ pub(crate) struct FetchArgs {
     /// Leave messages larger than this on the server (octets, or with K, M, G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_size: Option<u64>,
+    /// Delete messages larger than --max-size on the server, unread, instead of leaving them.
+    #[arg(long, requires = "max_size")]
+    delete_too_large: bool,
+    /// On the first run for an account, fetch nothing: remember what the server holds, so only
+    /// mail arriving from now on is fetched.
+    #[arg(long)]
+    only_new: bool,
     /// Fetch at most this many messages in this run.
     #[arg(long, value_name = "N")]
     max_messages: Option<usize>,
@@ -306,6 +313,8 @@ fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
         keep: args.keep,
         delete_after_days: args.delete_after_days,
         max_size: args.max_size,
+        delete_too_large: args.delete_too_large,
+        only_new: args.only_new,
         max_messages: args.max_messages,
         max_bytes: args.max_bytes,
         accept_uidl_reset: args.accept_uidl_reset,
@@ -423,7 +432,13 @@ fn summary_line(label: &str, s: &pop3_fetch::Summary, dest: &str) -> String {
         s.deleted
     );
     if s.too_large > 0 {
-        line.push_str(&format!(", {} too large left there", s.too_large));
+        line.push_str(&format!(", {} too large", s.too_large));
+    }
+    if s.skipped_old > 0 {
+        line.push_str(&format!(
+            ", {} already there recorded as old (only new mail is fetched)",
+            s.skipped_old
+        ));
     }
     if s.deferred > 0 {
         line.push_str(&format!(", {} left for the next run", s.deferred));

@@ -778,3 +778,94 @@ fn into_an_lmtp_server_byte_exact() {
     let want: BTreeMap<Vec<u8>, usize> = messages.iter().map(|(_, m)| (canonical(m), 1)).collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn only_new_large_messages_and_a_server_that_changed_every_uidl() {
+    let server = ServerBuilder::new().start();
+    server.add_user("gina", "pw");
+    for i in 0..12 {
+        assert!(
+            server
+                .deliver(&["gina"], format!("Subject: {i}\r\n\r\nold\r\n").as_bytes())
+                .success()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cert = server.cert();
+    let url = format!("pop3s://gina@localhost:{}", server.pop3s.port());
+    let (maildir, journal) = (dir.path().join("M"), dir.path().join("j"));
+    // only_new: the first run remembers the 12 and fetches none; then only what arrives.
+    let out = fetch(&url, &maildir, &journal, &cert, &["--keep", "--only-new"]);
+    assert!(
+        out.contains("0 new of 12") && out.contains("12 already there recorded as old"),
+        "{out}"
+    );
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "b".repeat(4000));
+    assert!(server.deliver(&["gina"], big.as_bytes()).success());
+    assert!(
+        server
+            .deliver(&["gina"], b"Subject: small\r\n\r\nnew\r\n")
+            .success()
+    );
+    let out = fetch(
+        &url,
+        &maildir,
+        &journal,
+        &cert,
+        &["--keep", "--only-new", "--max-size", "1K"],
+    );
+    assert!(
+        out.contains("1 new of 14") && out.contains("1 too large"),
+        "{out}"
+    );
+    assert_eq!(stat(&server, "gina"), 14, "kept, the large one too");
+    let out = fetch(
+        &url,
+        &maildir,
+        &journal,
+        &cert,
+        &["--keep", "--max-size", "1K", "--delete-too-large"],
+    );
+    assert!(
+        out.contains("0 new of 14") && out.contains("1 deleted"),
+        "{out}"
+    );
+    assert_eq!(stat(&server, "gina"), 13);
+    assert_eq!(stored(&maildir).len(), 1);
+
+    // The server loses its index (as after a migration that did not keep UIDLs): every UIDL
+    // changes, and fetching would download all 13 again.
+    // (A new UIDVALIDITY in the index: every default UIDL contains it.)
+    let index = server
+        .data_dir()
+        .join("mail/_default_/gina/Maildir/dovecot-uidlist");
+    let text = std::fs::read_to_string(&index).unwrap();
+    let (header, rest) = text.split_once('\n').unwrap();
+    let header: Vec<String> = header
+        .split(' ')
+        .map(|f| match f.strip_prefix('V') {
+            Some(v) => format!("V{}", v.parse::<u64>().unwrap() + 1),
+            None => f.to_owned(),
+        })
+        .collect();
+    std::fs::write(&index, format!("{}\n{rest}", header.join(" "))).unwrap();
+    let out = run(
+        fetch_cmd(&url, &maildir, &journal, &cert, &["--keep"]),
+        "pw",
+    );
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("changed every UIDL") && err.contains("--accept-uidl-reset"),
+        "{err}"
+    );
+    assert_eq!(stored(&maildir).len(), 1, "nothing fetched");
+    let out = fetch(
+        &url,
+        &maildir,
+        &journal,
+        &cert,
+        &["--keep", "--accept-uidl-reset"],
+    );
+    assert!(out.contains("13 new of 13"), "{out}");
+}
