@@ -71,9 +71,8 @@ impl Maildir {
                 .create(&path)
                 .map_err(FetchError::io(format!("cannot create {}", path.display())))?;
         }
-        let host = fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().replace('/', "\\057").replace(':', "\\072"))
-            .unwrap_or_else(|_| "localhost".into());
+        // The Maildir specification's escapes for '/' and ':' in a host name.
+        let host = hostname().replace('/', "\\057").replace(':', "\\072");
         Ok(Maildir {
             dir: dir.to_owned(),
             host,
@@ -265,39 +264,33 @@ mod tests {
     }
 }
 
-/// A delivery command (`mda:COMMAND`, run by `/bin/sh -c`), given each message on standard input;
-/// `%F` in the command becomes the sender from the message's `Return-Path:` (shell-quoted), as
-/// in fetchmail. Exit status 0 is success; anything else fails the run (75 as temporary).
-///
-/// A command cannot be asked afterwards whether it delivered, so this destination holds no
-/// tokens: a run killed after the command succeeded but before the journal recorded it hands
-/// that message to the command again (at least once, not exactly once; docs/fetch.md).
+/// A destination that takes each message whole and cannot be asked afterwards whether it has
+/// it (a delivery command, an LMTP server): at least once, not exactly once, as docs/fetch.md
+/// says. This holds no tokens, so a run killed after handing a message over but before the
+/// journal recorded it hands that message over again.
+pub trait Handover: Send + Sync + Clone + 'static {
+    /// Delivers one message (as RETR sent it); `Ok` only once the receiver has accepted it.
+    fn hand_over(&self, message: &[u8]) -> Result<(), FetchError>;
+    /// For messages.
+    fn describe(&self) -> String;
+}
+
+/// A [`Handover`] as a [`Destination`].
 #[derive(Debug)]
-pub struct Mda {
-    command: String,
-}
+pub struct AtLeastOnce<H>(pub H);
 
-impl Mda {
-    /// A destination running `command` per message.
-    pub fn new(command: &str) -> Self {
-        Mda {
-            command: command.to_owned(),
-        }
-    }
-}
-
-impl Destination for Mda {
+impl<H: Handover> Destination for AtLeastOnce<H> {
     fn token(&mut self) -> String {
         format!(
-            "mda{}.{}",
+            "h{}.{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         )
     }
 
     fn open(&mut self, _token: &str) -> Result<Box<dyn MessageWriter>, FetchError> {
-        Ok(Box::new(MdaWriter {
-            command: self.command.clone(),
+        Ok(Box::new(Buffered {
+            to: self.0.clone(),
             content: Vec::new(),
         }))
     }
@@ -311,24 +304,50 @@ impl Destination for Mda {
     }
 
     fn describe(&self) -> String {
-        format!("mda:{}", self.command)
+        self.0.describe()
     }
 }
 
-struct MdaWriter {
-    command: String,
+/// A message collected whole, then handed over.
+struct Buffered<H> {
+    to: H,
     content: Vec<u8>,
 }
 
-impl MessageWriter for MdaWriter {
+impl<H: Handover> MessageWriter for Buffered<H> {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         self.content.extend_from_slice(chunk);
         Ok(())
     }
 
     fn finish(self: Box<Self>) -> Result<(), FetchError> {
+        self.to.hand_over(&self.content)
+    }
+
+    fn discard(self: Box<Self>) {}
+}
+
+/// A delivery command (`mda:COMMAND`, run by `/bin/sh -c`), given each message on standard input;
+/// `%F` in the command becomes the sender from the message's `Return-Path:` (shell-quoted), as
+/// in fetchmail. Exit status 0 is success, 75 a temporary failure, anything else stops the run.
+#[derive(Debug, Clone)]
+pub struct Mda {
+    command: String,
+}
+
+impl Mda {
+    /// A destination running `command` per message.
+    pub fn new(command: &str) -> AtLeastOnce<Self> {
+        AtLeastOnce(Mda {
+            command: command.to_owned(),
+        })
+    }
+}
+
+impl Handover for Mda {
+    fn hand_over(&self, message: &[u8]) -> Result<(), FetchError> {
         use std::process::{Command, Stdio};
-        let sender = crate::mbox::return_path(&self.content).unwrap_or_default();
+        let sender = crate::mbox::return_path(message).unwrap_or_default();
         let quoted = format!("'{}'", sender.replace('\'', "'\\''"));
         let command = self.command.replace("%F", &quoted);
         let mut child = Command::new("/bin/sh")
@@ -336,10 +355,7 @@ impl MessageWriter for MdaWriter {
             .stdin(Stdio::piped())
             .spawn()
             .map_err(FetchError::io(format!("cannot run {command:?}")))?;
-        let written = child
-            .stdin
-            .take()
-            .map(|mut stdin| stdin.write_all(&self.content));
+        let written = child.stdin.take().map(|mut stdin| stdin.write_all(message));
         let status = child
             .wait()
             .map_err(FetchError::io(format!("cannot run {command:?}")))?;
@@ -356,17 +372,16 @@ impl MessageWriter for MdaWriter {
         }
     }
 
-    fn discard(self: Box<Self>) {}
+    fn describe(&self) -> String {
+        format!("mda:{}", self.command)
+    }
 }
 
 /// An LMTP server (RFC 2033) on `host:port` or `unix:/path`, given each message for one
 /// recipient, e.g. a local Dovecot, Cyrus or Poplar's own LMTP listener. The message is sent as
 /// received (dot-stuffed on the wire), with `Return-Path:` as the envelope sender; a `4xx` reply
 /// is a temporary failure (exit 75), a `5xx` stops the run with the server's reply.
-///
-/// Like a delivery command, an LMTP server cannot be asked afterwards whether it has a message:
-/// at least once (docs/fetch.md).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Lmtp {
     addr: String,
     recipient: String,
@@ -374,55 +389,12 @@ pub struct Lmtp {
 
 impl Lmtp {
     /// Deliveries to `recipient` over LMTP at `addr`.
-    pub fn new(addr: &str, recipient: &str) -> Self {
-        Lmtp {
+    pub fn new(addr: &str, recipient: &str) -> AtLeastOnce<Self> {
+        AtLeastOnce(Lmtp {
             addr: addr.to_owned(),
             recipient: recipient.to_owned(),
-        }
+        })
     }
-}
-
-impl Destination for Lmtp {
-    fn token(&mut self) -> String {
-        format!(
-            "lmtp{}.{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-
-    fn open(&mut self, _token: &str) -> Result<Box<dyn MessageWriter>, FetchError> {
-        Ok(Box::new(LmtpWriter {
-            addr: self.addr.clone(),
-            recipient: self.recipient.clone(),
-            content: Vec::new(),
-        }))
-    }
-
-    fn sync(&mut self) -> Result<(), FetchError> {
-        Ok(())
-    }
-
-    fn holds(&self, _tokens: &[String]) -> Result<HashSet<String>, FetchError> {
-        Ok(HashSet::new())
-    }
-
-    fn describe(&self) -> String {
-        format!("lmtp:{} for <{}>", self.addr, self.recipient)
-    }
-}
-
-struct LmtpWriter {
-    addr: String,
-    recipient: String,
-    content: Vec<u8>,
-}
-
-/// A connected LMTP client, plain or over a unix socket.
-trait Stream: std::io::Read + std::io::Write {}
-impl<T: std::io::Read + std::io::Write> Stream for T {}
-
-impl LmtpWriter {
     fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
         let timeout = Some(std::time::Duration::from_secs(300));
         Ok(match self.addr.strip_prefix("unix:") {
@@ -439,7 +411,7 @@ impl LmtpWriter {
         })
     }
 
-    fn deliver(&self) -> Result<(), FetchError> {
+    fn deliver(&self, content: &[u8]) -> Result<(), FetchError> {
         use std::io::{BufRead, BufReader};
         let io = |what: &str| FetchError::io(format!("LMTP {what} at {}", self.addr));
         let stream = self.connect().map_err(io("connection"))?;
@@ -475,7 +447,7 @@ impl LmtpWriter {
             })
         };
         expect(reply(&mut reader)?, "220")?;
-        let sender = crate::mbox::return_path(&self.content).unwrap_or_default();
+        let sender = crate::mbox::return_path(content).unwrap_or_default();
         let mut wire = format!(
             "LHLO {}\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<{}>\r\nDATA\r\n",
             hostname(),
@@ -490,7 +462,7 @@ impl LmtpWriter {
             expect(reply(&mut reader)?, code)?;
         }
         wire.clear();
-        for line in self.content.split_inclusive(|&b| b == b'\n') {
+        for line in content.split_inclusive(|&b| b == b'\n') {
             if line.starts_with(b".") {
                 wire.push(b'.');
             }
@@ -506,24 +478,25 @@ impl LmtpWriter {
     }
 }
 
-/// This machine's name for LHLO.
+impl Handover for Lmtp {
+    fn hand_over(&self, message: &[u8]) -> Result<(), FetchError> {
+        self.deliver(message)
+    }
+
+    fn describe(&self) -> String {
+        format!("lmtp:{} for <{}>", self.addr, self.recipient)
+    }
+}
+
+/// A connected LMTP client, plain or over a unix socket.
+trait Stream: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> Stream for T {}
+
+/// This machine's name, for LHLO and Maildir file names.
 fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-impl MessageWriter for LmtpWriter {
-    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.content.extend_from_slice(chunk);
-        Ok(())
-    }
-
-    fn finish(self: Box<Self>) -> Result<(), FetchError> {
-        self.deliver()
-    }
-
-    fn discard(self: Box<Self>) {}
 }

@@ -242,30 +242,11 @@ pub(crate) fn return_path(message: &[u8]) -> Option<String> {
 
 /// `Fri Nov 27 12:00:00 2026` (UTC), the date format of a From line.
 fn asctime(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let index = |n: i64| usize::try_from(n).unwrap_or(0);
+    let c = pop3_proto::date::civil(secs);
+    let (h, m, s) = c.hms;
     format!(
-        "{} {} {day:2} {:02}:{:02}:{:02} {year}",
-        DAYS[index((days % 7) as i64)],
-        MONTHS[index(month - 1)],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{} {} {:2} {h:02}:{m:02}:{s:02} {}",
+        c.weekday, c.month, c.day, c.year
     )
 }
 

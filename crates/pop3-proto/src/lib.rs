@@ -19,6 +19,7 @@ pub mod canonical;
 pub mod capability;
 pub mod client;
 pub mod command;
+pub mod date;
 mod error;
 pub mod line;
 pub mod response;
