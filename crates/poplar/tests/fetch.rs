@@ -869,3 +869,119 @@ fn only_new_large_messages_and_a_server_that_changed_every_uidl() {
     );
     assert!(out.contains("13 new of 13"), "{out}");
 }
+
+/// An RFC 1939 server of the old school, as qpopper was: no CAPA, no PIPELINING, APOP only,
+/// one command answered at a time. It records the commands it received.
+fn old_server(messages: Vec<Vec<u8>>) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut store: Vec<Option<Vec<u8>>> = messages.into_iter().map(Some).collect();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut w = stream.try_clone().unwrap();
+            let mut r = BufReader::new(stream);
+            let ts = "<1896.697170952@old.example>";
+            write!(w, "+OK old POP3 server ready {ts}\r\n").unwrap();
+            let mut deleted = Vec::new();
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                let cmd = line.trim_end().to_owned();
+                line.clear();
+                seen.lock().unwrap().push(cmd.clone());
+                // More input already waiting: the client did not wait for this answer.
+                if !r.buffer().is_empty() {
+                    seen.lock().unwrap().push("(pipelined)".into());
+                }
+                let mut parts = cmd.split(' ');
+                let verb = parts.next().unwrap_or("").to_ascii_uppercase();
+                let arg = parts.next().and_then(|n| n.parse::<usize>().ok());
+                let live = |i: usize| store.get(i.wrapping_sub(1)).and_then(|m| m.as_ref());
+                let reply = match (verb.as_str(), arg) {
+                    ("APOP", _) if cmd.ends_with(&pop3_auth::apop::digest(ts, b"pw")) => {
+                        "+OK maildrop locked\r\n".to_owned()
+                    }
+                    ("UIDL", None) | ("LIST", None) => {
+                        let mut s = "+OK\r\n".to_owned();
+                        for (i, m) in store.iter().enumerate() {
+                            if let Some(m) = m {
+                                if verb == "UIDL" {
+                                    s.push_str(&format!("{} old-{}\r\n", i + 1, i + 1));
+                                } else {
+                                    s.push_str(&format!("{} {}\r\n", i + 1, m.len()));
+                                }
+                            }
+                        }
+                        s + ".\r\n"
+                    }
+                    ("RETR", Some(n)) if live(n).is_some() => {
+                        let mut s = format!("+OK {} octets\r\n", live(n).unwrap().len());
+                        for l in String::from_utf8_lossy(live(n).unwrap()).split_inclusive("\r\n") {
+                            if l.starts_with('.') {
+                                s.push('.');
+                            }
+                            s.push_str(l);
+                        }
+                        s + ".\r\n"
+                    }
+                    ("DELE", Some(n)) if live(n).is_some() => {
+                        deleted.push(n - 1);
+                        "+OK deleted\r\n".to_owned()
+                    }
+                    ("QUIT", _) => {
+                        for &i in &deleted {
+                            store[i] = None;
+                        }
+                        w.write_all(b"+OK bye\r\n").unwrap();
+                        break;
+                    }
+                    _ => "-ERR unknown command\r\n".to_owned(),
+                };
+                w.write_all(reply.as_bytes()).unwrap();
+            }
+        }
+    });
+    (port, log)
+}
+
+#[test]
+fn an_old_server_without_capa_or_pipelining_gets_one_command_at_a_time() {
+    let messages: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("Subject: {i}\r\n\r\n.dotted {i}\r\n").into_bytes())
+        .collect();
+    let (port, log) = old_server(messages.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("M");
+    let url = format!("pop3://gus@127.0.0.1:{port}");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "fetch",
+        &url,
+        "--password-stdin",
+        "--allow-insecure",
+        "--to",
+    ])
+    .arg(format!("maildir:{}", maildir.display()))
+    .arg("--journal")
+    .arg(dir.path().join("j"))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = run(cmd, "pw");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 new of 3"),
+        "{out:?}"
+    );
+    let want: BTreeMap<Vec<u8>, usize> = messages.into_iter().map(|m| (m, 1)).collect();
+    assert_eq!(stored(&maildir), want);
+    // No password in clear: APOP, found in the greeting; CAPA refused, so nothing pipelined.
+    let log = log.lock().unwrap().clone();
+    assert!(log[1].starts_with("APOP gus "), "{log:?}");
+    assert_eq!(log.iter().filter(|c| c.starts_with("RETR")).count(), 3);
+    assert_eq!(log.last().map(String::as_str), Some("QUIT"));
+    assert!(!log.iter().any(|c| c == "(pipelined)"), "{log:?}");
+}
