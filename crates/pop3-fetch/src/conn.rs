@@ -12,7 +12,9 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -342,17 +344,14 @@ impl Conn {
 
     /// Reads one line (without CRLF); fails if the connection closed.
     async fn read_line(&mut self) -> Result<&str> {
-        self.line.clear();
-        let n = self
-            .reader
-            .read_line(&mut self.line)
-            .await
-            .map_err(FetchError::io("reading from the server"))?;
-        if n == 0 {
+        let mut buf = Vec::new();
+        read_bounded_line(&mut self.reader, &mut buf).await?;
+        if buf.is_empty() {
             return Err(FetchError::Protocol(
                 "the server closed the connection".into(),
             ));
         }
+        self.line = String::from_utf8_lossy(&buf).into_owned();
         Ok(self.line.trim_end_matches(['\r', '\n']))
     }
 
@@ -616,16 +615,17 @@ impl Conn {
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut buf)
-                .await
-                .map_err(FetchError::io("reading from the server"))?;
-            if n == 0 {
+            read_bounded_line(&mut self.reader, &mut buf).await?;
+            if buf.is_empty() {
                 return Err(truncated());
             }
             if buf == b".\r\n" {
                 return Ok(lines);
+            }
+            if lines.len() >= MAX_LISTING {
+                return Err(FetchError::Protocol(format!(
+                    "a listing of more than {MAX_LISTING} lines"
+                )));
             }
             let line = buf.strip_prefix(b".").unwrap_or(&buf);
             lines.push(String::from_utf8_lossy(line).trim_end().to_owned());
@@ -674,6 +674,28 @@ impl Conn {
             }
         }
     }
+}
+
+/// The longest line accepted in a status reply or a listing. RFC 2449 caps responses at 512
+/// octets; this is far more generous, and still keeps a hostile server from exhausting memory.
+const MAX_LINE: u64 = 64 * 1024;
+/// The most lines a listing (CAPA, UIDL, LIST) may have: ten million messages.
+const MAX_LISTING: usize = 10_000_000;
+
+/// Reads one line (with its LF) into `buf`, at most [`MAX_LINE`] octets; `buf` stays empty at
+/// the end of the stream.
+async fn read_bounded_line(reader: &mut BufReader<Stream>, buf: &mut Vec<u8>) -> Result<()> {
+    (&mut *reader)
+        .take(MAX_LINE + 1)
+        .read_until(b'\n', buf)
+        .await
+        .map_err(FetchError::io("reading from the server"))?;
+    if buf.len() as u64 > MAX_LINE {
+        return Err(FetchError::Protocol(format!(
+            "the server sent a line longer than {MAX_LINE} octets"
+        )));
+    }
+    Ok(())
 }
 
 fn truncated() -> FetchError {

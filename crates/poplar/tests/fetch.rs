@@ -985,3 +985,76 @@ fn an_old_server_without_capa_or_pipelining_gets_one_command_at_a_time() {
     assert_eq!(log.last().map(String::as_str), Some("QUIT"));
     assert!(!log.iter().any(|c| c == "(pipelined)"), "{log:?}");
 }
+
+#[test]
+fn a_hostile_server_cannot_make_the_client_hoard_memory() {
+    use std::io::Write;
+    // A greeting that never ends, then a server whose message is far larger than it says.
+    for endless in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            if endless {
+                let _ = s.write_all(b"+OK ");
+                for _ in 0..1024 {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            let ts = "<1.2@hostile>";
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let _ = write!(s, "+OK hi {ts}\r\n");
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) > 0 {
+                let reply: &[u8] = match line.split(' ').next().unwrap().trim() {
+                    "APOP" => b"+OK\r\n",
+                    "UIDL" => b"+OK\r\n1 a\r\n.\r\n",
+                    "LIST" => b"+OK\r\n1 10\r\n.\r\n",
+                    "RETR" => {
+                        let _ = s.write_all(b"+OK\r\n");
+                        for _ in 0..1024 {
+                            if s.write_all(&chunk).is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    _ => b"-ERR\r\n",
+                };
+                line.clear();
+                let _ = s.write_all(reply);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "fetch",
+            &format!("pop3://u@127.0.0.1:{port}"),
+            "--password-stdin",
+        ])
+        .args(["--allow-insecure", "--to"])
+        .arg(format!("mbox:{}", dir.path().join("mbox").display()))
+        .arg("--journal")
+        .arg(dir.path().join("j"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let out = run(cmd, "pw");
+        assert_eq!(out.status.code(), Some(76), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = if endless {
+            "longer than 65536 octets"
+        } else {
+            "larger than"
+        };
+        assert!(err.contains(want), "{err}");
+        assert!(
+            !dir.path().join("mbox").exists()
+                || std::fs::read(dir.path().join("mbox")).unwrap().is_empty()
+        );
+    }
+}
