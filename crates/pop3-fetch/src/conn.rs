@@ -6,7 +6,9 @@
 //! [`Conn::body_octets`] un-stuff a multi-line body so a caller can compare its length with LIST.
 
 use crate::FetchError;
-use pop3_proto::client::{ServerCapabilities, Status, Unstuffer};
+use pop3_proto::client::{
+    ClientSession, Follows, ReplyShape, ServerCapabilities, Status, Unstuffer,
+};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -154,14 +156,22 @@ impl Dialer {
                 "the server sent data after its STLS reply".into(),
             ));
         }
-        let Stream::Plain(tcp) = c.reader.into_inner() else {
+        let Conn {
+            reader,
+            mut session,
+            ..
+        } = c;
+        let Stream::Plain(tcp) = reader.into_inner() else {
             unreachable!("STLS on a plain connection")
         };
         let tls = connector
             .connect(name.clone(), tcp)
             .await
             .map_err(handshake)?;
-        Ok((Conn::new(Stream::Tls(Box::new(tls))), greeting))
+        session.tls_established();
+        let mut conn = Conn::new(Stream::Tls(Box::new(tls)));
+        conn.session = session;
+        Ok((conn, greeting))
     }
 }
 
@@ -328,10 +338,15 @@ pub struct TlsDetails {
     pub certificates: Vec<Vec<u8>>,
 }
 
-/// A connection to a POP3 server, after the greeting.
+/// A connection to a POP3 server, after the greeting. Every command and reply goes through
+/// pop3-proto's [`ClientSession`], which knows what may be sent when and what each reply looks
+/// like; this type only moves the bytes.
 pub struct Conn {
     reader: BufReader<Stream>,
     line: String,
+    session: ClientSession,
+    /// What follows the last status line read.
+    follows: Follows,
 }
 
 impl Conn {
@@ -339,6 +354,8 @@ impl Conn {
         Conn {
             reader: BufReader::with_capacity(READ_BUFFER, stream),
             line: String::new(),
+            session: ClientSession::new(),
+            follows: Follows::Nothing,
         }
     }
 
@@ -355,11 +372,13 @@ impl Conn {
         Ok(self.line.trim_end_matches(['\r', '\n']))
     }
 
-    /// Reads a status line.
+    /// Reads the status line answering the oldest command sent (or the greeting).
     pub async fn status(&mut self) -> Result<Status> {
         let line = self.read_line().await?;
-        Status::parse(line.as_bytes())
-            .ok_or_else(|| FetchError::Protocol(format!("expected +OK or -ERR, got {line:?}")))
+        let status = Status::parse(line.as_bytes())
+            .ok_or_else(|| FetchError::Protocol(format!("expected +OK or -ERR, got {line:?}")))?;
+        self.follows = self.session.reply(&status).map_err(misuse)?;
+        Ok(status)
     }
 
     async fn greeting(&mut self) -> Result<String> {
@@ -391,29 +410,23 @@ impl Conn {
     }
 
     async fn send(&mut self, line: &str) -> Result<()> {
-        let stream = self.reader.get_mut();
-        let io = FetchError::io("writing to the server");
-        stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .map_err(io)?;
-        stream
-            .flush()
-            .await
-            .map_err(FetchError::io("writing to the server"))
+        self.send_all(&[line.to_owned()]).await
     }
 
     /// Sends several commands in one write (RFC 2449 PIPELINING); their replies are then read
     /// in order.
     pub async fn send_all(&mut self, commands: &[String]) -> Result<()> {
-        let mut text = String::new();
+        let mut wire = Vec::new();
         for c in commands {
-            text.push_str(c);
-            text.push_str("\r\n");
+            self.session.command(c, &mut wire).map_err(misuse)?;
         }
+        self.write(&wire).await
+    }
+
+    async fn write(&mut self, wire: &[u8]) -> Result<()> {
         let stream = self.reader.get_mut();
         stream
-            .write_all(text.as_bytes())
+            .write_all(wire)
             .await
             .map_err(FetchError::io("writing to the server"))?;
         stream
@@ -422,10 +435,26 @@ impl Conn {
             .map_err(FetchError::io("writing to the server"))
     }
 
-    /// Sends a line and returns the reply line, whatever it is (SASL continuations too).
+    /// Sends a command, or a SASL response while AUTH is in progress, and returns the reply
+    /// line as sent: a status line, or a `+ ` challenge.
     pub async fn exchange(&mut self, line: &str) -> Result<String> {
-        self.send(line).await?;
-        Ok(self.read_line().await?.to_owned())
+        let mut wire = Vec::new();
+        match self.session.next_reply() {
+            Some((_, ReplyShape::Sasl)) => self.session.sasl_response(line, &mut wire),
+            _ => self.session.command(line, &mut wire),
+        }
+        .map_err(misuse)?;
+        self.write(&wire).await?;
+        let reply = self.read_line().await?.to_owned();
+        if reply.starts_with("+ ") || reply == "+" {
+            self.session.challenge().map_err(misuse)?;
+        } else {
+            let status = Status::parse(reply.as_bytes()).ok_or_else(|| {
+                FetchError::Protocol(format!("expected +OK, -ERR or a challenge, got {reply:?}"))
+            })?;
+            self.follows = self.session.reply(&status).map_err(misuse)?;
+        }
+        Ok(reply)
     }
 
     /// The `tls-exporter` channel binding (RFC 9266) of a TLS 1.3 connection, for the SCRAM
@@ -611,6 +640,7 @@ impl Conn {
 
     /// Reads a short multi-line body (a listing) as lines, without their CRLF.
     pub async fn lines(&mut self) -> Result<Vec<String>> {
+        self.expect_body()?;
         let mut lines = Vec::new();
         let mut buf = Vec::new();
         loop {
@@ -648,6 +678,7 @@ impl Conn {
 
     /// Reads a multi-line body, handing its un-stuffed content to `sink`; returns its length.
     pub async fn body_into(&mut self, limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64> {
+        self.expect_body()?;
         let mut unstuffer = Unstuffer::default();
         loop {
             let buf = self
@@ -696,6 +727,23 @@ async fn read_bounded_line(reader: &mut BufReader<Stream>, buf: &mut Vec<u8>) ->
         )));
     }
     Ok(())
+}
+
+impl Conn {
+    /// A multi-line body may be read only right after the `+OK` that announces one.
+    fn expect_body(&mut self) -> Result<()> {
+        match std::mem::replace(&mut self.follows, Follows::Nothing) {
+            Follows::Body => Ok(()),
+            other => Err(FetchError::Protocol(format!(
+                "no multi-line body follows the last reply ({other:?})"
+            ))),
+        }
+    }
+}
+
+/// A command the client session refused to send, or a reply it did not expect.
+fn misuse(e: pop3_proto::client::ClientError) -> FetchError {
+    FetchError::Protocol(e.0)
 }
 
 fn truncated() -> FetchError {

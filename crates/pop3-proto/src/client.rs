@@ -1,5 +1,6 @@
-//! The client side of the protocol, without I/O: status lines, multi-line bodies and the CAPA
-//! list as a client must read them.
+//! The client side of the protocol, without I/O: the client session ([`ClientSession`]: what
+//! may be sent when, and which reply each pipelined command expects), status lines, multi-line
+//! bodies and the CAPA list as a client must read them.
 //!
 //! Why here and not in the client: these are RFC rules (a status line's indicator and RFC 2449
 //! response code, RFC 1939's dot-stuffing and terminator, RFC 2449's capability syntax) and
@@ -79,6 +80,203 @@ fn strip_indicator<'a>(line: &'a str, indicator: &str) -> Option<&'a str> {
     }
     let rest = &line[indicator.len()..];
     (rest.is_empty() || rest.starts_with(' ')).then_some(rest)
+}
+
+/// What a reply to a command looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyShape {
+    /// One status line.
+    Single,
+    /// A status line and, after `+OK`, a multi-line body (CAPA, LIST and UIDL without an
+    /// argument, RETR, TOP).
+    MultiLine,
+    /// AUTH: `+ ` challenges until a status line (RFC 5034).
+    Sasl,
+}
+
+/// What follows a status line the session has just been given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follows {
+    /// Nothing: the reply is complete.
+    Nothing,
+    /// A multi-line body, up to its `.` line.
+    Body,
+    /// STLS was accepted: discard nothing, send nothing more, start the TLS handshake now.
+    StartTls,
+    /// QUIT was answered: the session is over.
+    End,
+}
+
+/// The session's phase as the client sees it (RFC 1939 section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientPhase {
+    /// Before a successful login.
+    Authorization,
+    /// Logged in.
+    Transaction,
+    /// QUIT was sent.
+    Closing,
+}
+
+/// A misuse of the client session by its driver (a bug), or a server reply nothing was sent for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError(pub String);
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// The client half of a POP3 session, without I/O: it writes commands, remembers in order the
+/// reply each one expects (so any number may be pipelined, RFC 2449), and follows the phases.
+/// It refuses what would be a protocol error on the client's side: a line with CR or LF in it
+/// (command injection through a user name), a command longer than RFC 2449's 255 octets, a
+/// transaction command before login, anything after QUIT or after STLS until the handshake.
+#[derive(Debug)]
+pub struct ClientSession {
+    phase: ClientPhase,
+    /// Replies expected, oldest first: the command's keyword and shape.
+    expected: std::collections::VecDeque<(String, ReplyShape)>,
+    /// STLS was sent and accepted: nothing may be sent until [`Self::tls_established`].
+    tls_pending: bool,
+}
+
+impl Default for ClientSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientSession {
+    /// A session waiting for the server's greeting.
+    pub fn new() -> Self {
+        let mut expected = std::collections::VecDeque::new();
+        expected.push_back(("greeting".to_owned(), ReplyShape::Single));
+        ClientSession {
+            phase: ClientPhase::Authorization,
+            expected,
+            tls_pending: false,
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> ClientPhase {
+        self.phase
+    }
+
+    /// The reply expected next (keyword and shape), if any.
+    pub fn next_reply(&self) -> Option<(&str, ReplyShape)> {
+        self.expected.front().map(|(k, s)| (k.as_str(), *s))
+    }
+
+    /// Writes `line` (without CRLF) to `out` as a command and records the reply it expects.
+    pub fn command(&mut self, line: &str, out: &mut Vec<u8>) -> Result<(), ClientError> {
+        let keyword = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        if line.contains(['\r', '\n', '\0']) {
+            return Err(ClientError(format!(
+                "{keyword}: CR, LF or NUL inside a command would let an argument inject commands"
+            )));
+        }
+        // AUTH's initial response may be longer than a command line (RFC 5034 allows it).
+        if line.len() > 253 && keyword != "AUTH" {
+            return Err(ClientError(format!(
+                "{keyword}: longer than the 255 octets a command may have (RFC 2449)"
+            )));
+        }
+        if self.tls_pending {
+            return Err(ClientError(
+                "no command may be sent between STLS and the TLS handshake".into(),
+            ));
+        }
+        let has_arg = line.trim_end().contains(' ');
+        let shape = match keyword.as_str() {
+            "CAPA" | "RETR" | "TOP" => ReplyShape::MultiLine,
+            "LIST" | "UIDL" if !has_arg => ReplyShape::MultiLine,
+            "AUTH" if has_arg || !matches!(self.phase, ClientPhase::Authorization) => {
+                ReplyShape::Sasl
+            }
+            // A bare AUTH lists the mechanisms (a multi-line reply on most servers).
+            "AUTH" => ReplyShape::MultiLine,
+            _ => ReplyShape::Single,
+        };
+        let allowed = match self.phase {
+            ClientPhase::Closing => false,
+            ClientPhase::Authorization => matches!(
+                keyword.as_str(),
+                "USER" | "PASS" | "APOP" | "AUTH" | "STLS" | "CAPA" | "QUIT" | "UTF8"
+            ),
+            ClientPhase::Transaction => {
+                !matches!(keyword.as_str(), "USER" | "PASS" | "APOP" | "AUTH" | "STLS")
+            }
+        };
+        if !allowed {
+            return Err(ClientError(format!(
+                "{keyword} is not valid in the {:?} phase",
+                self.phase
+            )));
+        }
+        if keyword == "QUIT" {
+            self.phase = ClientPhase::Closing;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.expected.push_back((keyword, shape));
+        Ok(())
+    }
+
+    /// Writes a SASL response line (base64, or `*` to cancel) while AUTH awaits one.
+    pub fn sasl_response(&mut self, line: &str, out: &mut Vec<u8>) -> Result<(), ClientError> {
+        if self.next_reply().map(|(_, s)| s) != Some(ReplyShape::Sasl) {
+            return Err(ClientError("a SASL response without AUTH".into()));
+        }
+        if line.contains(['\r', '\n']) {
+            return Err(ClientError("CR or LF inside a SASL response".into()));
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// A `+ ` challenge arrived: it must be for an AUTH in progress.
+    pub fn challenge(&mut self) -> Result<(), ClientError> {
+        match self.next_reply() {
+            Some((_, ReplyShape::Sasl)) => Ok(()),
+            other => Err(ClientError(format!(
+                "the server sent a SASL challenge while {other:?} was expected"
+            ))),
+        }
+    }
+
+    /// The status line that answers the oldest command; says what follows it.
+    pub fn reply(&mut self, status: &Status) -> Result<Follows, ClientError> {
+        let (keyword, shape) = self
+            .expected
+            .pop_front()
+            .ok_or_else(|| ClientError(format!("a reply nothing was sent for: {status}")))?;
+        if status.ok {
+            match keyword.as_str() {
+                "PASS" | "APOP" | "AUTH" => self.phase = ClientPhase::Transaction,
+                "STLS" => {
+                    self.tls_pending = true;
+                    return Ok(Follows::StartTls);
+                }
+                _ => {}
+            }
+        }
+        Ok(match (keyword.as_str(), shape, status.ok) {
+            ("QUIT", ..) => Follows::End,
+            (_, ReplyShape::MultiLine, true) => Follows::Body,
+            _ => Follows::Nothing,
+        })
+    }
+
+    /// The TLS handshake after STLS completed: commands may be sent again.
+    pub fn tls_established(&mut self) {
+        self.tls_pending = false;
+    }
 }
 
 /// Undoes the dot-stuffing of a multi-line body as it streams by (RFC 1939 section 3) and finds
@@ -285,6 +483,75 @@ mod tests {
             );
         }
         assert_eq!(unstuff(b".\r\n", 1), (Vec::new(), 3));
+    }
+
+    #[test]
+    fn the_client_session_tracks_pipelined_replies_and_phases() {
+        let mut c = ClientSession::new();
+        let mut out = Vec::new();
+        let ok = |text: &str| Status::parse(format!("+OK {text}").as_bytes()).unwrap();
+        assert!(
+            c.command("RETR 1", &mut out).is_err(),
+            "before the greeting and login"
+        );
+        assert_eq!(c.reply(&ok("ready")).unwrap(), Follows::Nothing);
+        assert!(
+            c.command("USER a\r\nDELE 1", &mut out).is_err(),
+            "injection"
+        );
+        assert!(
+            c.command(&format!("USER {}", "u".repeat(300)), &mut out)
+                .is_err()
+        );
+        c.command("CAPA", &mut out).unwrap();
+        c.command("USER alice", &mut out).unwrap();
+        c.command("PASS secret", &mut out).unwrap();
+        assert_eq!(out, b"CAPA\r\nUSER alice\r\nPASS secret\r\n");
+        assert_eq!(c.reply(&ok("")).unwrap(), Follows::Body);
+        assert_eq!(c.reply(&ok("")).unwrap(), Follows::Nothing);
+        assert_eq!(c.phase(), ClientPhase::Authorization);
+        assert_eq!(c.reply(&ok("logged in")).unwrap(), Follows::Nothing);
+        assert_eq!(c.phase(), ClientPhase::Transaction);
+        assert!(c.command("STLS", &mut out).is_err(), "STLS after login");
+        for cmd in ["UIDL", "LIST 1", "RETR 1", "DELE 1", "QUIT"] {
+            c.command(cmd, &mut out).unwrap();
+        }
+        let err = Status::parse(b"-ERR no such message").unwrap();
+        assert_eq!(c.reply(&ok("")).unwrap(), Follows::Body);
+        assert_eq!(c.reply(&ok("1 20")).unwrap(), Follows::Nothing);
+        assert_eq!(
+            c.reply(&err).unwrap(),
+            Follows::Nothing,
+            "no body after -ERR"
+        );
+        assert_eq!(c.reply(&ok("")).unwrap(), Follows::Nothing);
+        assert_eq!(c.reply(&ok("bye")).unwrap(), Follows::End);
+        assert!(c.command("NOOP", &mut out).is_err(), "after QUIT");
+        assert!(c.reply(&ok("")).is_err(), "a reply nothing was sent for");
+    }
+
+    #[test]
+    fn stls_and_sasl() {
+        let mut c = ClientSession::new();
+        let mut out = Vec::new();
+        let ok = Status::parse(b"+OK").unwrap();
+        c.reply(&ok).unwrap();
+        c.command("STLS", &mut out).unwrap();
+        assert_eq!(c.reply(&ok).unwrap(), Follows::StartTls);
+        assert!(
+            c.command("CAPA", &mut out).is_err(),
+            "nothing before the handshake"
+        );
+        c.tls_established();
+        assert!(c.sasl_response("AAAA", &mut out).is_err(), "no AUTH yet");
+        c.command("AUTH SCRAM-SHA-256 biws", &mut out).unwrap();
+        c.challenge().unwrap();
+        c.sasl_response("Yz1iaXdz", &mut out).unwrap();
+        c.challenge().unwrap();
+        c.sasl_response("", &mut out).unwrap();
+        assert_eq!(c.reply(&ok).unwrap(), Follows::Nothing);
+        assert_eq!(c.phase(), ClientPhase::Transaction);
+        assert!(c.challenge().is_err());
     }
 
     #[test]
