@@ -928,31 +928,49 @@ fn login_delay_per_user_is_tagged_before_and_exact_after_login() {
     assert!(after.contains("\r\nLOGIN-DELAY 900\r\n"), "{after}");
 }
 
-/// The client side of this crate reads what the server side writes, in memory: a pipelined
-/// batch as `poplar fetch` sends it, parsed with `client::Status`, `ServerCapabilities` and the
-/// `Unstuffer`, gives back every message in its canonical form.
+/// The client side of this crate and the server side, run against each other in memory: the
+/// client session writes a pipelined batch as `poplar fetch` sends it and says which replies
+/// carry a body; the replies, parsed with `Status`, `ServerCapabilities` and the `Unstuffer`,
+/// give back every message in its canonical form.
 #[test]
 fn client_pieces_read_the_servers_pipelined_answers() {
-    use pop3_proto::client::{ServerCapabilities, Status, Unstuffer};
+    use pop3_proto::client::{
+        ClientPhase, ClientSession, Follows, ServerCapabilities, Status, Unstuffer,
+    };
     let messages = vec![
         b"Subject: a\r\n\r\n.dot\r\n..two\r\n.\r\nend".to_vec(),
         b"Subject: b\n\nbare\nlf\n".to_vec(),
     ];
     let mut h = Harness::new(plaintext_ok()).with_messages(messages.clone());
-    h.send(b"");
-    assert!(
-        h.send(b"USER alice\r\nPASS secret word\r\n")
-            .contains("+OK")
+    let mut client = ClientSession::new();
+    let greeting = h.send(b"");
+    assert_eq!(
+        client.reply(&Status::parse(greeting.as_bytes()).unwrap()),
+        Ok(Follows::Nothing)
     );
-    let wire = h
-        .send(b"CAPA\r\nUIDL\r\nLIST\r\nRETR 1\r\nRETR 2\r\nDELE 1\r\nQUIT\r\n")
-        .into_bytes();
+    let mut batch = Vec::new();
+    for c in ["USER alice", "PASS secret word"] {
+        client.command(c, &mut batch).unwrap();
+    }
+    let login = h.send(&batch);
+    for line in login.lines() {
+        client
+            .reply(&Status::parse(line.as_bytes()).unwrap())
+            .unwrap();
+    }
+    assert_eq!(client.phase(), ClientPhase::Transaction);
+    let mut batch = Vec::new();
+    for c in ["CAPA", "UIDL", "LIST", "RETR 1", "RETR 2", "DELE 1", "QUIT"] {
+        client.command(c, &mut batch).unwrap();
+    }
+    let wire = h.send(&batch).into_bytes();
     let mut rest = &wire[..];
-    let status = |rest: &mut &[u8]| {
+    let mut status = |rest: &mut &[u8]| {
         let end = rest.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
         let s = Status::parse(&rest[..end]).unwrap();
         *rest = &rest[end..];
-        s
+        let follows = client.reply(&s).unwrap();
+        (s.ok, follows)
     };
     let body = |rest: &mut &[u8]| {
         let mut content = Vec::new();
@@ -962,29 +980,29 @@ fn client_pieces_read_the_servers_pipelined_answers() {
         *rest = &rest[used..];
         content
     };
-    assert!(status(&mut rest).ok);
+    assert_eq!(status(&mut rest), (true, Follows::Body));
     let capa = String::from_utf8(body(&mut rest)).unwrap();
     let caps = ServerCapabilities::parse(capa.lines());
     assert!(caps.uidl && caps.pipelining && caps.top);
-    assert!(status(&mut rest).ok);
+    assert_eq!(status(&mut rest), (true, Follows::Body));
     assert_eq!(
         String::from_utf8(body(&mut rest)).unwrap(),
         "1 uid-1\r\n2 uid-2\r\n"
     );
-    assert!(status(&mut rest).ok);
+    assert_eq!(status(&mut rest), (true, Follows::Body));
     let sizes: Vec<u64> = String::from_utf8(body(&mut rest))
         .unwrap()
         .lines()
         .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
         .collect();
     for (i, m) in messages.iter().enumerate() {
-        assert!(status(&mut rest).ok);
+        assert_eq!(status(&mut rest), (true, Follows::Body));
         let got = body(&mut rest);
         assert_eq!(got.len() as u64, sizes[i], "LIST size is what RETR sends");
         assert_eq!(got.len() as u64, canonical_size(m));
     }
-    assert!(status(&mut rest).ok, "DELE");
-    assert!(status(&mut rest).ok, "QUIT");
+    assert_eq!(status(&mut rest), (true, Follows::Nothing), "DELE");
+    assert_eq!(status(&mut rest), (true, Follows::End), "QUIT");
     assert!(rest.is_empty());
     assert_eq!(h.committed, Some(vec![0]));
 }

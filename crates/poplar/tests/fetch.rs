@@ -426,6 +426,11 @@ fn from_dovecot_with_every_transport_and_mechanism() {
         let again = fetch(url, &case.join("Mail"), &case.join("j"), &cert, &args);
         assert!(again.contains(&format!("0 new of {n}")), "{again}");
     }
+    // Into an mbox (mboxrd), from Dovecot: the same messages, read back.
+    let mbox = root.join("from-dovecot.mbox");
+    let out = fetch(&pop3s, &mbox, &root.join("mbox.j"), &cert, &["--keep"]);
+    assert!(out.contains("into mbox:"), "{out}");
+    assert_eq!(stored(&mbox), want);
     // Plain POP3 without STLS refuses to send a password in clear.
     let case = root.join("clear");
     let out = run(
