@@ -130,11 +130,16 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
     }
     let now = args.now.unwrap_or_else(unix_now);
     // Accounts run in parallel; each holds its own journal's lock.
-    let progress_bar = jobs.len() == 1 && std::io::stderr().is_terminal();
+    // One bar on a terminal for all accounts together; nothing when not on a terminal.
+    let progress_bar = std::io::stderr()
+        .is_terminal()
+        .then(|| std::sync::Arc::new(ProgressBar::default()));
+    let bar_used = progress_bar.clone();
     let results = runtime.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (i, job) in jobs.into_iter().enumerate() {
-            set.spawn(async move { (i, fetch_one(&job, now, progress_bar).await, job) });
+            let bar = progress_bar.clone();
+            set.spawn(async move { (i, fetch_one(&job, now, bar.as_deref(), i).await, job) });
         }
         let mut results = Vec::new();
         while let Some(done) = set.join_next().await {
@@ -147,6 +152,9 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()
         .context("an account's run stopped unexpectedly")?;
     results.sort_by_key(|(i, _, _)| *i);
+    if let Some(bar) = bar_used {
+        bar.finish();
+    }
     let mut code = 0u8;
     for (_, result, job) in results {
         let c = report(&job.config.label(), &result);
@@ -193,7 +201,7 @@ async fn daemon(jobs: Vec<Job>, interval: std::time::Duration) {
             let label = job.config.label();
             let mut delay = std::time::Duration::ZERO;
             loop {
-                let result = fetch_one(&job, unix_now(), false).await;
+                let result = fetch_one(&job, unix_now(), None, 0).await;
                 report(&label, &result);
                 if let Ok((s, _)) = &result {
                     delay = std::time::Duration::from_secs(s.login_delay.unwrap_or(0).into());
@@ -372,7 +380,8 @@ fn config_path(args: &FetchArgs) -> Result<PathBuf> {
 async fn fetch_one(
     job: &Job,
     now: u64,
-    progress_bar: bool,
+    progress_bar: Option<&ProgressBar>,
+    slot: usize,
 ) -> Result<(pop3_fetch::Summary, String), FetchError> {
     let c = &job.config;
     let tls = c.tls_mode()?;
@@ -395,19 +404,8 @@ async fn fetch_one(
     let mut journal = Journal::open(&c.journal_path()?)?;
     let mut dest = c.to.open(&c.recipient())?;
     let mut progress = |done: usize, octets: u64, total: usize, total_octets: u64| {
-        if progress_bar {
-            let width = 30;
-            let filled = (done * width).checked_div(total).unwrap_or(width);
-            eprint!(
-                "\r[{}{}] {done}/{total} messages, {:.1}/{:.1} MB ",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                octets as f64 / 1e6,
-                total_octets as f64 / 1e6
-            );
-            if done == total {
-                eprintln!();
-            }
+        if let Some(bar) = progress_bar {
+            bar.update(slot, (done, octets, total, total_octets));
         }
     };
     let summary = pop3_fetch::fetch(
@@ -420,6 +418,52 @@ async fn fetch_one(
     )
     .await?;
     Ok((summary, dest.describe()))
+}
+
+/// The progress of every account of a run, drawn as one line on the terminal.
+#[derive(Default)]
+struct ProgressBar {
+    /// Per account slot: messages done, octets done, messages planned, octets planned.
+    slots: std::sync::Mutex<std::collections::BTreeMap<usize, (usize, u64, usize, u64)>>,
+}
+
+impl ProgressBar {
+    fn update(&self, slot: usize, state: (usize, u64, usize, u64)) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.insert(slot, state);
+        let (done, octets, total, total_octets) = slots.values().fold((0, 0, 0, 0), |a, s| {
+            (a.0 + s.0, a.1 + s.1, a.2 + s.2, a.3 + s.3)
+        });
+        let width = 30;
+        let filled = (done * width)
+            .checked_div(total)
+            .unwrap_or(width)
+            .min(width);
+        let accounts = if slots.len() > 1 {
+            format!(" ({} accounts)", slots.len())
+        } else {
+            String::new()
+        };
+        eprint!(
+            "\r[{}{}] {done}/{total} messages, {:.1}/{:.1} MB{accounts} ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            octets as f64 / 1e6,
+            total_octets as f64 / 1e6
+        );
+    }
+
+    /// Ends the bar's line, if one was drawn.
+    fn finish(&self) {
+        if !self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            eprintln!();
+        }
+    }
 }
 
 /// The one line a run prints per account.

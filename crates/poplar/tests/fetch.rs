@@ -530,6 +530,48 @@ fn accounts_from_a_config_file_consolidate_into_one_maildir() {
             .count(),
         2
     );
+    // Not on a terminal: no progress bar, only the summary lines.
+    let quiet = Command::new(BIN)
+        .args(["fetch", "--config", config.to_str().unwrap()])
+        .env("HOME", h)
+        .env("XDG_STATE_HOME", h.join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(quiet.stderr.is_empty(), "{quiet:?}");
+    // On a terminal (script(1) gives it one): one bar for both accounts together.
+    for i in 0..3 {
+        assert!(
+            server
+                .deliver(&["alice"], format!("Subject: c{i}\r\n\r\nz\r\n").as_bytes())
+                .success()
+        );
+        assert!(
+            server
+                .deliver(&["bob"], format!("Subject: d{i}\r\n\r\nw\r\n").as_bytes())
+                .success()
+        );
+    }
+    let command = format!(
+        "HOME={h} XDG_STATE_HOME={h}/state {BIN} fetch --config {c}",
+        h = h.display(),
+        c = config.display()
+    );
+    let tty = common::tool("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}");
+    assert!(
+        screen.contains("6/6 messages") && screen.contains("(2 accounts)"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("[##############################]"),
+        "{screen}"
+    );
 }
 
 fn stat_as(server: &common::Server, user: &str, password: &str) -> usize {
