@@ -65,7 +65,7 @@ fuzz_target!(|input: (u8, bool, &[u8])| {
                     }
                 }
                 Event::StartTls => session.tls_established(vec![]).unwrap(),
-                Event::Commit { deleted } => {
+                Event::Commit { deleted, .. } => {
                     assert!(deleted.iter().all(|&i| i < MESSAGES.len()));
                     session.commit_done(&mut out, Ok(())).unwrap();
                 }

@@ -180,6 +180,36 @@ pub struct CertSummary {
     pub not_after: String,
 }
 
+/// A UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) as
+/// `YYYY-MM-DD HH:MM:SS UTC`; `None` unless it is made of the digits it should be.
+fn der_time(tag: u8, value: &[u8]) -> Option<String> {
+    let digits = match tag {
+        0x17 => 12,
+        0x18 => 14,
+        _ => return None,
+    };
+    let d = value.get(..digits)?;
+    if !d.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let d = std::str::from_utf8(d).ok()?;
+    let full = if tag == 0x17 {
+        let century = if d[..2] >= *"50" { "19" } else { "20" };
+        format!("{century}{d}")
+    } else {
+        d.to_owned()
+    };
+    Some(format!(
+        "{}-{}-{} {}:{}:{} UTC",
+        &full[..4],
+        &full[4..6],
+        &full[6..8],
+        &full[8..10],
+        &full[10..12],
+        &full[12..14]
+    ))
+}
+
 /// Subject, issuer and validity of a certificate.
 pub fn summary(der: &[u8]) -> Option<CertSummary> {
     let cert = certificate(der)?;
@@ -191,26 +221,7 @@ pub fn summary(der: &[u8]) -> Option<CertSummary> {
     let mut validity = children(tbs_field(cert.tbs, 3)?);
     let mut time = || {
         let (tag, value) = validity.next()?;
-        let text = std::str::from_utf8(value).ok()?;
-        // UTCTime YYMMDDHHMMSSZ (years 1950-2049) or GeneralizedTime YYYYMMDDHHMMSSZ.
-        let full = match tag {
-            0x17 => {
-                let yy: u32 = text.get(..2)?.parse().ok()?;
-                format!("{}{text}", if yy >= 50 { "19" } else { "20" })
-            }
-            0x18 => text.to_owned(),
-            _ => return None,
-        };
-        let d = full.get(..14)?;
-        Some(format!(
-            "{}-{}-{} {}:{}:{} UTC",
-            &d[..4],
-            &d[4..6],
-            &d[6..8],
-            &d[8..10],
-            &d[10..12],
-            &d[12..14]
-        ))
+        der_time(tag, value)
     };
     Some(CertSummary {
         subject: name(4),
@@ -264,6 +275,27 @@ pub(crate) mod tests {
         // rcgen's default validity: 1975 to 4096.
         assert_eq!(s.not_before, "1975-01-01 00:00:00 UTC");
         assert_eq!(s.not_after, "4096-01-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(
+            der_time(0x17, b"991231235959Z").as_deref(),
+            Some("1999-12-31 23:59:59 UTC")
+        );
+        assert_eq!(
+            der_time(0x17, b"491231235959Z").as_deref(),
+            Some("2049-12-31 23:59:59 UTC")
+        );
+        assert_eq!(
+            der_time(0x18, b"40960101000000Z").as_deref(),
+            Some("4096-01-01 00:00:00 UTC")
+        );
+        // Found by the certificate fuzz target: a multi-octet character where digits belong
+        // made the formatter slice inside it.
+        assert_eq!(der_time(0x18, "4096\u{2cb}0101000000Z".as_bytes()), None);
+        assert_eq!(der_time(0x18, b"4096"), None);
+        assert_eq!(der_time(0x04, b"40960101000000Z"), None);
     }
 
     #[test]
