@@ -41,6 +41,9 @@ pub struct UserEntry {
     pub password: Option<Secret<String>>,
     /// Further forms of the password (`x-poplar-secret=` extra fields).
     pub extra: Vec<Secret<String>>,
+    /// Dovecot quota rules from extra fields (`userdb_quota_rule=*:storage=1G`, `quota_rule=`,
+    /// `userdb_quota_rule2=`, ...), as written; the server interprets them.
+    pub quota_rules: Vec<String>,
 }
 
 impl UserEntry {
@@ -143,7 +146,9 @@ impl UserDb {
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            let mut fields = line.split(':');
+            // The eighth field, the extra fields, is the rest of the line: it may hold ':' itself
+            // (`userdb_quota_rule=*:storage=1G`).
+            let mut fields = line.splitn(8, ':');
             let (Some(name), Some(password)) = (fields.next(), fields.next()) else {
                 warnings.push(Warning {
                     line: line_no,
@@ -188,7 +193,16 @@ impl UserDb {
                 });
                 continue;
             }
+            let quota_rules = extra_field
+                .split_whitespace()
+                .filter_map(|f| {
+                    let (key, value) = f.split_once('=')?;
+                    let key = key.strip_prefix("userdb_").unwrap_or(key);
+                    key.starts_with("quota_rule").then(|| value.to_owned())
+                })
+                .collect();
             let entry = UserEntry {
+                quota_rules,
                 password: (!password.is_empty()).then(|| Secret::new(password.to_owned())),
                 extra: secrets
                     .iter()
@@ -584,6 +598,18 @@ carol:{MD5-CRYPT}$1$okxCKmmv$ymiFldsJQi0R7vVSvn7J.0
 alice:{PLAIN}again
 ../evil:{PLAIN}x
 ";
+
+    #[test]
+    fn dovecot_quota_rules_are_kept_with_their_colons() {
+        let (db, warnings) = UserDb::parse(
+            "bob:{PLAIN}x:1000:1000::/home/bob::userdb_quota_rule=*:storage=1G userdb_quota_rule2=Trash:ignore quota_rule=*:messages=10\n",
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            db.get("bob").unwrap().quota_rules,
+            ["*:storage=1G", "Trash:ignore", "*:messages=10"]
+        );
+    }
 
     #[test]
     fn parses_dovecot_lines_and_skips_bad_ones() {

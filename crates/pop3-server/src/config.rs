@@ -113,7 +113,52 @@ impl QuotaConfig {
                 })
                 .collect(),
             permanent: self.permanent,
+            users: None,
         }
+    }
+}
+
+/// The quota a user's Dovecot quota rules give (`*:storage=1G`, `*:bytes=...`, `*:messages=N`,
+/// several per rule or in several rules), `None` if they set none. Rules for other mailboxes
+/// than `*` and relative ones (`+10%`) are ignored: a maildrop is one mailbox here.
+pub fn dovecot_quota(rules: &[String]) -> Option<pop3_store::Quota> {
+    let mut quota: Option<pop3_store::Quota> = None;
+    for rule in rules {
+        let Some(("*", settings)) = rule.split_once(':') else {
+            continue;
+        };
+        for setting in settings.split(':') {
+            let Some((key, value)) = setting.split_once('=') else {
+                continue;
+            };
+            let limit = |n: u64| (n > 0).then_some(n);
+            let q = quota.get_or_insert_with(pop3_store::Quota::default);
+            match key.to_ascii_lowercase().as_str() {
+                "storage" | "bytes" => {
+                    if let Some(n) = parse_size(value) {
+                        q.storage = limit(n);
+                    }
+                }
+                "messages" => {
+                    if let Ok(n) = value.parse() {
+                        q.messages = limit(n);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    quota
+}
+
+/// Quotas from the users file's Dovecot quota rules, re-read when the file changes.
+#[derive(Debug)]
+struct UsersFileQuotas(pop3_auth::UserDbFile);
+
+impl pop3_store::QuotaSource for UsersFileQuotas {
+    fn quota(&self, user: &str) -> Option<pop3_store::Quota> {
+        let (db, _) = self.0.current().ok()?;
+        dovecot_quota(&db.get(user)?.quota_rules)
     }
 }
 
@@ -628,7 +673,12 @@ impl Config {
                 max_message_size: self.limits.max_message_size,
                 max_snapshot_messages: self.limits.max_snapshot_messages,
             })
-            .with_quotas(self.quota.rules())
+            .with_quotas(pop3_store::QuotaRules {
+                users: Some(std::sync::Arc::new(UsersFileQuotas(
+                    pop3_auth::UserDbFile::new(self.users_file()),
+                ))),
+                ..self.quota.rules()
+            })
     }
 
     /// Certificate and key paths, and whether they are the generated self-signed pair.
@@ -1018,6 +1068,30 @@ fn expire<'de, D: Deserializer<'de>>(d: D) -> Result<pop3_proto::Expire, D::Erro
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dovecot_quota_rules() {
+        let rules =
+            |r: &[&str]| dovecot_quota(&r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(rules(&[]), None);
+        assert_eq!(rules(&["Trash:ignore"]), None);
+        assert_eq!(
+            rules(&["*:storage=1G", "*:messages=1000"]),
+            Some(pop3_store::Quota {
+                storage: Some(1 << 30),
+                messages: Some(1000)
+            })
+        );
+        assert_eq!(
+            rules(&["*:bytes=512M:messages=0"]),
+            Some(pop3_store::Quota {
+                storage: Some(512 << 20),
+                messages: None
+            })
+        );
+        // A rule of 0 lifts the limit for that user.
+        assert_eq!(rules(&["*:storage=0"]), Some(pop3_store::Quota::default()));
+    }
 
     #[test]
     fn delivery_headers_drop_control_characters() {

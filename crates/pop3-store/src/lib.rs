@@ -49,7 +49,7 @@ impl Quota {
 
 /// Who gets which [`Quota`]: a default, overrides per user or per domain, and whether a full
 /// maildrop refuses mail for good (the sender gets a bounce) or for now (the MTA retries).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct QuotaRules {
     /// Every user's quota unless overridden.
     pub default: Quota,
@@ -57,13 +57,24 @@ pub struct QuotaRules {
     pub overrides: std::collections::BTreeMap<String, Quota>,
     /// A full maildrop refuses delivery permanently rather than temporarily.
     pub permanent: bool,
+    /// Quotas kept with the users themselves (a passwd-file's `userdb_quota_rule`), consulted
+    /// first, at each delivery, so that edits to the users file apply at once.
+    pub users: Option<std::sync::Arc<dyn QuotaSource>>,
+}
+
+/// A per-user quota kept outside the configuration.
+pub trait QuotaSource: Send + Sync + std::fmt::Debug {
+    /// `user`'s own quota, if it has one.
+    fn quota(&self, user: &str) -> Option<Quota>;
 }
 
 impl QuotaRules {
-    /// `user`'s quota.
+    /// `user`'s quota: its own (from [`QuotaRules::users`]), else the configuration's.
     pub fn quota_for(&self, user: &str) -> Quota {
-        per_user(&self.overrides, user)
-            .copied()
+        self.users
+            .as_ref()
+            .and_then(|source| source.quota(user))
+            .or_else(|| per_user(&self.overrides, user).copied())
             .unwrap_or(self.default)
     }
 }

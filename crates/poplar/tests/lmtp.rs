@@ -336,3 +336,44 @@ fn a_full_maildrop_refuses_mail_temporarily_or_permanently_until_room_is_made() 
     assert!(alice.starts_with("250 2.1.5"), "{alice}");
     assert!(bob.starts_with("452 4.2.2"), "{bob}");
 }
+
+#[test]
+fn quota_rules_in_the_users_file_apply_at_once() {
+    let (server, addr) = lmtp_server(&[]);
+    server.add_user("ivy", "pw");
+    let users = server.data_dir().join("users");
+    let text = std::fs::read_to_string(&users).unwrap();
+    let with_rule: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("ivy:") {
+                format!("{l}::::::userdb_quota_rule=*:messages=1\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&users, &with_rule).unwrap();
+    let deliver = |n: u32| {
+        let (mut w, mut r, _) = connect(&addr);
+        w.write_all(
+            format!(
+                "LHLO x\r\nMAIL FROM:<s@example.net>\r\nRCPT TO:<ivy@example.org>\r\nDATA\r\nSubject: {n}\r\n\r\nx\r\n.\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        for _ in 0..4 {
+            reply(&mut r);
+        }
+        reply(&mut r)
+    };
+    assert!(deliver(1).starts_with("250 2.1.5"));
+    assert!(
+        deliver(2).starts_with("452 4.2.2"),
+        "Dovecot's quota rule in the users file"
+    );
+    // The rule removed: the users file is re-read, the next delivery fits.
+    std::fs::write(&users, text).unwrap();
+    assert!(deliver(3).starts_with("250 2.1.5"));
+}
