@@ -368,12 +368,16 @@ impl Directory for UserDirectory<'_> {
 }
 
 /// A users file that is re-read whenever it changes on disk, so `poplar user add` takes effect
-/// on a running server without a restart.
-#[derive(Debug)]
+/// on a running server without a restart. Clones share one parsed copy (authentication and
+/// the quota rules read the same file).
+#[derive(Debug, Clone)]
 pub struct UserDbFile {
     path: PathBuf,
-    state: Mutex<Option<(FileStamp, Arc<UserDb>)>>,
+    state: Arc<Mutex<Option<Loaded>>>,
 }
+
+/// The database as last read, and the file's stamp then.
+type Loaded = (FileStamp, Arc<UserDb>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -387,7 +391,7 @@ impl UserDbFile {
     pub fn new(path: PathBuf) -> Self {
         Self {
             path,
-            state: Mutex::new(None),
+            state: Arc::new(Mutex::new(None)),
         }
     }
 

@@ -343,6 +343,7 @@ pub struct TlsDetails {
 /// like; this type only moves the bytes.
 pub struct Conn {
     reader: BufReader<Stream>,
+    line_buf: Vec<u8>,
     line: String,
     session: ClientSession,
     /// What follows the last status line read.
@@ -353,6 +354,7 @@ impl Conn {
     fn new(stream: Stream) -> Self {
         Conn {
             reader: BufReader::with_capacity(READ_BUFFER, stream),
+            line_buf: Vec::new(),
             line: String::new(),
             session: ClientSession::new(),
             follows: Follows::Nothing,
@@ -361,14 +363,17 @@ impl Conn {
 
     /// Reads one line (without CRLF); fails if the connection closed.
     async fn read_line(&mut self) -> Result<&str> {
-        let mut buf = Vec::new();
-        read_bounded_line(&mut self.reader, &mut buf).await?;
-        if buf.is_empty() {
+        // One buffer for every line of the connection: a status line per command is the hot
+        // path of the load generator.
+        self.line_buf.clear();
+        read_bounded_line(&mut self.reader, &mut self.line_buf).await?;
+        if self.line_buf.is_empty() {
             return Err(FetchError::Protocol(
                 "the server closed the connection".into(),
             ));
         }
-        self.line = String::from_utf8_lossy(&buf).into_owned();
+        self.line.clear();
+        self.line.push_str(&String::from_utf8_lossy(&self.line_buf));
         Ok(self.line.trim_end_matches(['\r', '\n']))
     }
 
@@ -382,13 +387,8 @@ impl Conn {
     }
 
     async fn greeting(&mut self) -> Result<String> {
-        match self.status().await? {
-            s if s.ok => Ok(s.text),
-            s => Err(FetchError::Refused {
-                command: "greeting".into(),
-                status: s,
-            }),
-        }
+        let status = self.status().await?;
+        Ok(require_ok(status, "greeting")?.text)
     }
 
     /// Sends a command and reads its status line, whatever it is.
@@ -399,14 +399,9 @@ impl Conn {
 
     /// Sends a command and requires `+OK`.
     pub async fn cmd(&mut self, command: &str) -> Result<Status> {
-        match self.command(command).await? {
-            s if s.ok => Ok(s),
-            s => Err(FetchError::Refused {
-                // Only the keyword: arguments may be secret (PASS, AUTH data).
-                command: command.split(' ').next().unwrap_or("").to_owned(),
-                status: s,
-            }),
-        }
+        let status = self.command(command).await?;
+        // Only the keyword in the error: arguments may be secret (PASS, AUTH data).
+        require_ok(status, command.split(' ').next().unwrap_or(""))
     }
 
     async fn send(&mut self, line: &str) -> Result<()> {
@@ -624,18 +619,24 @@ impl Conn {
 
     /// USER/PASS; fails unless both are accepted.
     pub async fn user_pass(&mut self, user: &str, password: &str) -> Result<()> {
-        let reply = self.login("USER", user, password, "").await?;
-        match Status::parse(reply.as_bytes()) {
-            Some(s) if s.ok => Ok(()),
-            other => Err(FetchError::Refused {
-                command: format!("login as {user}"),
-                status: other.unwrap_or(Status {
-                    ok: false,
-                    code: None,
-                    text: reply,
-                }),
-            }),
-        }
+        self.log_in("USER", user, password, "").await
+    }
+
+    /// Logs in with a mechanism ([`Conn::login`]) and requires the final `+OK`.
+    pub async fn log_in(
+        &mut self,
+        mechanism: &str,
+        user: &str,
+        password: &str,
+        greeting: &str,
+    ) -> Result<()> {
+        let reply = self.login(mechanism, user, password, greeting).await?;
+        let status = Status::parse(reply.as_bytes()).unwrap_or(Status {
+            ok: false,
+            code: None,
+            text: reply,
+        });
+        require_ok(status, &format!("login as {user} ({mechanism})")).map(drop)
     }
 
     /// Reads a short multi-line body (a listing) as lines, without their CRLF.
@@ -738,6 +739,19 @@ impl Conn {
                 "no multi-line body follows the last reply ({other:?})"
             ))),
         }
+    }
+}
+
+/// `status` if it is `+OK`, else the refusal of `what` (a command keyword, or what was being
+/// done).
+pub fn require_ok(status: Status, what: &str) -> Result<Status> {
+    if status.ok {
+        Ok(status)
+    } else {
+        Err(FetchError::Refused {
+            command: what.to_owned(),
+            status,
+        })
     }
 }
 

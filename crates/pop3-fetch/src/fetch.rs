@@ -8,7 +8,7 @@
 //! journal says which were delivered (they are deleted then).
 
 use crate::FetchError;
-use crate::conn::{Conn, Dialer};
+use crate::conn::{Conn, Dialer, require_ok};
 use crate::dest::{Destination, MessageWriter};
 use crate::journal::Journal;
 use pop3_proto::Expire;
@@ -154,17 +154,10 @@ pub fn detect_uidl_reset(known: usize, still_listed: usize, unknown: usize) -> b
     known >= 10 && still_listed * 2 < known && unknown * 2 >= known
 }
 
-/// Runs one fetch for `account` into `dest`, recording deliveries in `journal`; `now` is the
-/// current Unix time (passed in, so retention can be tested).
-pub async fn fetch(
-    account: &Account,
-    policy: &Policy,
-    journal: &mut Journal,
-    dest: &mut dyn Destination,
-    now: u64,
-    progress: &mut ProgressFn<'_>,
-) -> Result<Summary, FetchError> {
-    let mut summary = Summary::default();
+/// Connects, logs in with the mechanism `account.auth` says (the strongest offered for
+/// [`Auth::Auto`]), and returns the connection with the capabilities the server listed before
+/// login. A plaintext password is never sent over an unencrypted connection.
+pub async fn log_in(account: &Account) -> Result<(Conn, ServerCapabilities), FetchError> {
     let (mut conn, greeting) = account.dialer.connect().await?;
     let caps = conn.capabilities().await?;
     let mechanism = match &account.auth {
@@ -182,22 +175,23 @@ pub async fn fetch(
         )));
     }
     let ts = apop_timestamp(&greeting).unwrap_or("");
-    let reply = conn
-        .login(&mechanism, &account.user, &account.password, ts)
+    conn.log_in(&mechanism, &account.user, &account.password, ts)
         .await?;
-    match pop3_proto::client::Status::parse(reply.as_bytes()) {
-        Some(s) if s.ok => {}
-        other => {
-            return Err(FetchError::Refused {
-                command: format!("login as {} ({mechanism})", account.user),
-                status: other.unwrap_or(pop3_proto::client::Status {
-                    ok: false,
-                    code: None,
-                    text: reply,
-                }),
-            });
-        }
-    }
+    Ok((conn, caps))
+}
+
+/// Runs one fetch for `account` into `dest`, recording deliveries in `journal`; `now` is the
+/// current Unix time (passed in, so retention can be tested).
+pub async fn fetch(
+    account: &Account,
+    policy: &Policy,
+    journal: &mut Journal,
+    dest: &mut dyn Destination,
+    now: u64,
+    progress: &mut ProgressFn<'_>,
+) -> Result<Summary, FetchError> {
+    let mut summary = Summary::default();
+    let (mut conn, caps) = log_in(account).await?;
     // RFC 2449: after login, CAPA states the user's own EXPIRE and LOGIN-DELAY.
     let after = conn.capabilities().await?;
     summary.expire = after.expire.or(caps.expire).map(|(e, _)| e);
@@ -311,16 +305,16 @@ pub async fn fetch(
         if pipelining {
             conn.send_all(&deles).await?;
             for d in &deles {
-                expect_ok(conn.status().await?, d)?;
+                require_ok(conn.status().await?, d)?;
             }
         } else {
             for d in &deles {
-                expect_ok(conn.command(d).await?, d)?;
+                require_ok(conn.command(d).await?, d)?;
             }
         }
     }
     // QUIT commits the deletions (RFC 1939 UPDATE state).
-    expect_ok(conn.command("QUIT").await?, "QUIT")?;
+    require_ok(conn.command("QUIT").await?, "QUIT")?;
     summary.deleted = due.len();
     let gone: HashSet<&str> = due.iter().map(|m| m.uidl.as_str()).collect();
     let listed: HashSet<&str> = listing.iter().map(|m| m.uidl.as_str()).collect();
@@ -328,27 +322,19 @@ pub async fn fetch(
     Ok(summary)
 }
 
-fn expect_ok(status: pop3_proto::client::Status, command: &str) -> Result<(), FetchError> {
-    if status.ok {
-        Ok(())
-    } else {
-        Err(FetchError::Refused {
-            command: command.split(' ').next().unwrap_or("").to_owned(),
-            status,
-        })
-    }
-}
-
 /// A message in the server's listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Listed {
-    number: u32,
-    uidl: String,
-    size: u64,
+pub struct Listed {
+    /// Its message number in this session.
+    pub number: u32,
+    /// Its UIDL.
+    pub uidl: String,
+    /// Its size as LIST gives it.
+    pub size: u64,
 }
 
-/// UIDL and LIST, joined by message number.
-async fn list(conn: &mut Conn) -> Result<Vec<Listed>, FetchError> {
+/// UIDL and LIST, joined by message number; a server without UIDL is refused.
+pub async fn list(conn: &mut Conn) -> Result<Vec<Listed>, FetchError> {
     let uidl = conn.command("UIDL").await?;
     if !uidl.ok {
         return Err(FetchError::Unsupported(format!(

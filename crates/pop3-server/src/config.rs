@@ -668,15 +668,22 @@ impl Config {
 
     /// The Maildir store under [`Config::mail_root`], with the configured limits and quotas.
     pub fn maildir_store(&self) -> pop3_store::MaildirStore {
+        self.maildir_store_with_users(&pop3_auth::UserDbFile::new(self.users_file()))
+    }
+
+    /// The same, reading per-user quota rules through `users` (shared with the server's
+    /// authentication, so the users file is parsed and held once).
+    pub fn maildir_store_with_users(
+        &self,
+        users: &pop3_auth::UserDbFile,
+    ) -> pop3_store::MaildirStore {
         pop3_store::MaildirStore::new(self.mail_root(), self.hostname())
             .with_limits(pop3_store::StoreLimits {
                 max_message_size: self.limits.max_message_size,
                 max_snapshot_messages: self.limits.max_snapshot_messages,
             })
             .with_quotas(pop3_store::QuotaRules {
-                users: Some(std::sync::Arc::new(UsersFileQuotas(
-                    pop3_auth::UserDbFile::new(self.users_file()),
-                ))),
+                users: Some(std::sync::Arc::new(UsersFileQuotas(users.clone()))),
                 ..self.quota.rules()
             })
     }

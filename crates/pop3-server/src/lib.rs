@@ -223,6 +223,16 @@ impl<S: MailStore> Server<S> {
     /// Validates the configuration, loads TLS material (generating the self-signed default if
     /// needed), opens the user database and binds every listener.
     pub async fn bind(config: &Config, store: S) -> Result<Self, ServerError> {
+        Self::bind_with_users(config, store, UserDbFile::new(config.users_file())).await
+    }
+
+    /// [`Server::bind`] with the users file already open (shared with the store, see
+    /// [`Config::maildir_store_with_users`]).
+    pub async fn bind_with_users(
+        config: &Config,
+        store: S,
+        users: UserDbFile,
+    ) -> Result<Self, ServerError> {
         let errors: Vec<String> = config
             .problems(false)
             .into_iter()
@@ -233,7 +243,6 @@ impl<S: MailStore> Server<S> {
             return Err(ServerError::Config(errors.join(" ")));
         }
         let tls = load_tls(config)?.map(|setup| Arc::new(RwLock::new(Arc::new(setup))));
-        let users = UserDbFile::new(config.users_file());
         let (db, warnings) = users.current()?;
         for w in warnings {
             tracing::warn!(file = %users.path().display(), line = w.line, "users file: {}", w.reason);

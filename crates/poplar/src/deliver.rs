@@ -26,7 +26,9 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     if let Err(e) = crate::privileges::become_configured_user(&config, false) {
         return fail(EX_TEMPFAIL, format!("{e:#}"));
     }
-    let users = match pop3_auth::UserDb::load(&config.users_file()) {
+    // Parsed once, for the recipients' existence and their quota rules.
+    let users_file = pop3_auth::UserDbFile::new(config.users_file());
+    let users = match users_file.current() {
         Ok((db, _)) => db,
         Err(e) => return fail(EX_TEMPFAIL, e.to_string()),
     };
@@ -34,7 +36,7 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     if let Some(unknown) = names.iter().find(|n| users.get(n).is_none()) {
         return fail(EX_NOUSER, format!("unknown user {unknown:?}"));
     }
-    let store = config.maildir_store();
+    let store = config.maildir_store_with_users(&users_file);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let result = if config.delivery.return_path || config.delivery.delivered_to {
         with_headers(&config, &store, args.from.as_deref(), &refs)

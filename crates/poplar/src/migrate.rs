@@ -284,47 +284,31 @@ async fn from_server(
         .with_context(|| format!("cannot resolve {host}"))?
         .next()
         .with_context(|| format!("{host} has no address"))?;
-    let dialer = Dialer::new(addr, *tls, args.ca_file.as_deref(), host)?;
-    let (mut conn, greeting) = dialer.connect().await?;
-    let mechanism = best_mechanism(&mut conn).await?;
-    let reply = conn.login(&mechanism, user, password, &greeting).await?;
-    ensure!(
-        reply.starts_with("+OK"),
-        "login to {host} as {user} ({mechanism}) failed: {reply}"
-    );
-    let uidls = match conn.command("UIDL").await? {
-        r if r.ok => conn.lines().await?,
-        r => bail!(
-            "{host} does not support UIDL ({r}): without it, nothing identifies messages to clients, so there is nothing to preserve"
-        ),
+    let account = pop3_fetch::Account {
+        dialer: Dialer::new(addr, *tls, args.ca_file.as_deref(), host)?,
+        user: user.clone(),
+        password: password.to_owned(),
+        auth: pop3_fetch::Auth::Auto,
+        encrypted: *tls != pop3_fetch::TlsMode::None,
     };
-    conn.cmd("LIST").await?;
-    let sizes: HashMap<String, u64> = conn
-        .lines()
-        .await?
-        .into_iter()
-        .filter_map(|l| {
-            let (n, size) = l.split_once(' ')?;
-            Some((n.to_owned(), size.trim().parse().ok()?))
-        })
-        .collect();
+    let (mut conn, _) = pop3_fetch::fetch::log_in(&account).await?;
+    // A server without UIDL is refused: without it nothing identifies messages to clients, so
+    // there is nothing to preserve.
+    let listing = pop3_fetch::fetch::list(&mut conn).await?;
     let target = target_listing(store, to)?;
     let served: std::collections::HashSet<&String> = target.values().collect();
     let mut tally = Tally::default();
     let mut todo = Vec::new();
-    for line in &uidls {
-        let Some((n, uidl)) = line.split_once(' ') else {
-            continue;
-        };
+    for m in listing {
         tally.source += 1;
-        if !valid_uidl(uidl) {
+        if !valid_uidl(&m.uidl) {
             tally.again += 1;
-        } else if served.contains(&uidl.to_owned()) {
+        } else if served.contains(&m.uidl) {
             tally.present += 1;
         } else {
             tally.to_import += 1;
-            tally.octets += sizes.get(n).copied().unwrap_or(0);
-            todo.push((n.to_owned(), uidl.to_owned()));
+            tally.octets += m.size;
+            todo.push(m);
         }
     }
     if args.dry_run {
@@ -336,12 +320,17 @@ async fn from_server(
     let mut batch = Vec::new();
     let mut body = Vec::new();
     let host_name = pop3_store::maildir::filename::sanitize_host(store.host());
-    for (i, (n, uidl)) in todo.iter().enumerate() {
-        conn.cmd(&format!("RETR {n}")).await?;
+    for (i, m) in todo.iter().enumerate() {
+        conn.cmd(&format!("RETR {}", m.number)).await?;
         body.clear();
         conn.body(&mut body, max_size).await?;
-        if sizes.get(n) != Some(&(body.len() as u64)) {
-            tracing::warn!(uidl, listed = ?sizes.get(n), received = body.len(), "size differs from LIST");
+        if m.size != body.len() as u64 {
+            tracing::warn!(
+                uidl = m.uidl,
+                listed = m.size,
+                received = body.len(),
+                "size differs from LIST"
+            );
             tally.size_mismatches += 1;
         }
         let mut random = [0u8; 4];
@@ -361,7 +350,7 @@ async fn from_server(
             take: true,
             name,
             in_cur: false,
-            uidl: Some(uidl.clone()),
+            uidl: Some(m.uidl.clone()),
         });
         if batch.len() == BATCH || i + 1 == todo.len() {
             store.import_blocking(to, &batch)?;
@@ -370,18 +359,6 @@ async fn from_server(
     }
     conn.cmd("QUIT").await?;
     Ok(tally)
-}
-
-/// The strongest login the server offers: SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5, then PLAIN,
-/// then USER/PASS (the connection is already under TLS).
-async fn best_mechanism(conn: &mut pop3_fetch::Conn) -> Result<String> {
-    let sasl = conn.capabilities().await?.sasl;
-    for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "PLAIN"] {
-        if sasl.iter().any(|s| s == m) {
-            return Ok(m.to_owned());
-        }
-    }
-    Ok("USER".to_owned())
 }
 
 #[cfg(test)]

@@ -24,8 +24,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = config.maildir_store();
-        let server = Server::bind(&config, store.clone()).await?;
+        // One users file, parsed once, for logins and per-user quota rules.
+        let users = pop3_auth::UserDbFile::new(config.users_file());
+        let store = config.maildir_store_with_users(&users);
+        let server = Server::bind_with_users(&config, store.clone(), users).await?;
         // Ports are bound and the TLS key is loaded: root is no longer needed.
         privileges::become_configured_user(&config, true)?;
         for (kind, addr) in server.local_addrs() {
