@@ -13,26 +13,34 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// `poplar fetch` with the password on stdin; returns the finished process's output.
-/// `maildir` is a Maildir, or an mbox file when its name ends in `.mbox`.
-fn fetch_cmd(url: &str, maildir: &Path, journal: &Path, cert: &Path, extra: &[&str]) -> Command {
+/// `poplar fetch URL --to DEST --journal JOURNAL EXTRA...`, the password to come on stdin.
+fn fetch_to(url: &str, to: &str, journal: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
+    cmd.args(["fetch", url, "--password-stdin", "--to", to])
+        .arg("--journal")
+        .arg(journal)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// [`fetch_to`] into `maildir` (a Maildir, or an mbox file when its name ends in `.mbox`),
+/// trusting `cert`.
+fn fetch_cmd(url: &str, maildir: &Path, journal: &Path, cert: &Path, extra: &[&str]) -> Command {
     let kind = if maildir.extension().is_some_and(|e| e == "mbox") {
         "mbox"
     } else {
         "maildir"
     };
-    cmd.args(["fetch", url, "--password-stdin"])
-        .arg("--to")
-        .arg(format!("{kind}:{}", maildir.display()))
-        .arg("--journal")
-        .arg(journal)
-        .arg("--ca-file")
-        .arg(cert)
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = fetch_to(
+        url,
+        &format!("{kind}:{}", maildir.display()),
+        journal,
+        extra,
+    );
+    cmd.arg("--ca-file").arg(cert);
     cmd
 }
 
@@ -685,22 +693,21 @@ fn a_delivery_command_gets_each_message_and_its_sender() {
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let url = format!("pop3s://erin@localhost:{}", server.pop3s.port());
-    let fetch_to = |mda: String, journal: &str| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["fetch", &url, "--password-stdin", "--to", &mda, "--journal"])
-            .arg(dir.path().join(journal))
-            .arg("--ca-file")
-            .arg(server.cert())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    let via = |mda: String, journal: &str| {
+        let cert = server.cert();
+        let cmd = fetch_to(
+            &url,
+            &mda,
+            &dir.path().join(journal),
+            &["--ca-file", cert.to_str().unwrap()],
+        );
         run(cmd, "pw")
     };
     // A command that asks to try later: exit 75, nothing deleted, nothing recorded.
-    let out = fetch_to("mda:cat > /dev/null; exit 75".into(), "j1");
+    let out = via("mda:cat > /dev/null; exit 75".into(), "j1");
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert_eq!(stat(&server, "erin"), 3);
-    let out = fetch_to(
+    let out = via(
         format!(
             "mda:cat > {d}/m.$$; echo %F >> {d}/senders",
             d = out_dir.display()
@@ -745,22 +752,13 @@ fn a_pinned_certificate_is_trusted_and_any_other_refused() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("pop3s://fred@localhost:{}", server.pop3s.port());
     let attempt = |fingerprint: &str, journal: &str| {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "fetch",
+        let to = format!("maildir:{}", dir.path().join("M").display());
+        let cmd = fetch_to(
             &url,
-            "--keep",
-            "--password-stdin",
-            "--tls-fingerprint",
-            fingerprint,
-        ])
-        .arg("--to")
-        .arg(format!("maildir:{}", dir.path().join("M").display()))
-        .arg("--journal")
-        .arg(dir.path().join(journal))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+            &to,
+            &dir.path().join(journal),
+            &["--keep", "--tls-fingerprint", fingerprint],
+        );
         run(cmd, "pw")
     };
     // No --ca-file: the self-signed certificate is trusted by its fingerprint alone.
@@ -794,23 +792,18 @@ fn into_an_lmtp_server_byte_exact() {
     }
     let dir = tempfile::tempdir().unwrap();
     let url = format!("pop3s://alice@localhost:{}", server.pop3s.port());
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "fetch",
+    let cert = server.cert();
+    let cmd = fetch_to(
         &url,
-        "--password-stdin",
-        "--lmtp-recipient",
-        "bob@example.org",
-    ])
-    .arg("--to")
-    .arg(format!("lmtp:{}", server.lmtp_addr()))
-    .arg("--journal")
-    .arg(dir.path().join("j"))
-    .arg("--ca-file")
-    .arg(server.cert())
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+        &format!("lmtp:{}", server.lmtp_addr()),
+        &dir.path().join("j"),
+        &[
+            "--lmtp-recipient",
+            "bob@example.org",
+            "--ca-file",
+            cert.to_str().unwrap(),
+        ],
+    );
     let out = run(cmd, "pw");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stat(&server, "alice"), 0);
@@ -1003,20 +996,12 @@ fn an_old_server_without_capa_or_pipelining_gets_one_command_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let maildir = dir.path().join("M");
     let url = format!("pop3://gus@127.0.0.1:{port}");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "fetch",
+    let cmd = fetch_to(
         &url,
-        "--password-stdin",
-        "--allow-insecure",
-        "--to",
-    ])
-    .arg(format!("maildir:{}", maildir.display()))
-    .arg("--journal")
-    .arg(dir.path().join("j"))
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+        &format!("maildir:{}", maildir.display()),
+        &dir.path().join("j"),
+        &["--allow-insecure"],
+    );
     let out = run(cmd, "pw");
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -1077,19 +1062,12 @@ fn a_hostile_server_cannot_make_the_client_hoard_memory() {
             }
         });
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "fetch",
+        let cmd = fetch_to(
             &format!("pop3://u@127.0.0.1:{port}"),
-            "--password-stdin",
-        ])
-        .args(["--allow-insecure", "--to"])
-        .arg(format!("mbox:{}", dir.path().join("mbox").display()))
-        .arg("--journal")
-        .arg(dir.path().join("j"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+            &format!("mbox:{}", dir.path().join("mbox").display()),
+            &dir.path().join("j"),
+            &["--allow-insecure"],
+        );
         let out = run(cmd, "pw");
         assert_eq!(out.status.code(), Some(76), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
