@@ -6,6 +6,9 @@
 set -euo pipefail
 times=${1:-50}
 wrong=${2:-50}
+[ -f bench/auth.sh ] || { echo "run from the repository root"; exit 1; }
+. scripts/lib/packages.sh
+ensure_packages dovecot-core
 cargo build --release --quiet
 P=$PWD/target/release/poplar
 work=$(mktemp -d /tmp/poplar-auth-bench.XXXXXX)

@@ -24,11 +24,8 @@ huge=${HUGE:-100000}
 repo=$PWD
 [ -f bench/compare.sh ] || { echo "run from the repository root"; exit 1; }
 
-if ! command -v dovecot >/dev/null || ! [ -x /usr/lib/dovecot/pop3 ]; then
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        dovecot-core dovecot-pop3d openssl
-fi
+. scripts/lib/packages.sh
+ensure_packages dovecot-core dovecot-pop3d openssl python3
 cargo build --release --quiet
 P=$repo/target/release/poplar
 

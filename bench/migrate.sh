@@ -10,6 +10,8 @@ set -euo pipefail
 n=${1:-10000}
 repo=$PWD
 [ -f bench/migrate.sh ] || { echo "run from the repository root"; exit 1; }
+. scripts/lib/packages.sh
+ensure_packages dovecot-core dovecot-pop3d openssl python3
 cargo build --release --quiet
 P=$repo/target/release/poplar
 work=$(mktemp -d /tmp/poplar-migrate.XXXXXX)

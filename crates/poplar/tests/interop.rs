@@ -1,5 +1,5 @@
 //! Interoperability with real clients from Debian packages: python3 poplib and curl.
-//! `.ci/run` installs them; these tests fail (not skip) when a client is missing.
+//! `scripts/test` (the README's test command) installs them; these tests fail (not skip) when a client is missing.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 

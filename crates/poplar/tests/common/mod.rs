@@ -190,7 +190,7 @@ pub fn tool(name: &str) -> Command {
         .unwrap();
     assert!(
         found.status.success(),
-        "{name} is not installed; run .ci/run or install it"
+        "{name} is not installed; run scripts/test as root, or install it"
     );
     Command::new(name)
 }
