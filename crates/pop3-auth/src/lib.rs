@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apop;
-pub mod der;
+pub mod cert;
 mod error;
 mod hmac_md5;
 pub mod jwt;

@@ -13,12 +13,29 @@
 //! ```
 //!
 //! Every key but `host`, `user` and `to` is optional; defaults are those of the command line.
+//! Sizes take the command line's forms (`10M`, `512K`, octets), timeouts seconds or `30s`,
+//! `3m`.
 
+use crate::conn::Timeouts;
 use crate::dest::{Destination, Lmtp, Maildir, Mda};
 use crate::mbox::Mbox;
+use crate::trust::Trust;
 use crate::{FetchError, Policy, TlsMode};
+use poplar_util::units::{optional_duration, optional_size};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A password or token from the accounts file: never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
 
 /// The configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -61,7 +78,7 @@ pub struct AccountConfig {
     /// The user name at the server.
     pub user: String,
     /// The password (better: `password_command`).
-    pub password: Option<String>,
+    pub password: Option<Password>,
     /// A command whose first line of output is the password (or OAuth token).
     pub password_command: Option<String>,
     /// The login mechanism; default `auto`, the strongest offered.
@@ -79,7 +96,8 @@ pub struct AccountConfig {
     pub keep: bool,
     /// With `keep`, delete on the server what was first fetched this many days ago.
     pub delete_after_days: Option<u32>,
-    /// Leave messages larger than this many octets on the server.
+    /// Leave messages larger than this on the server (octets, or `10M`).
+    #[serde(default, deserialize_with = "optional_size")]
     pub max_size: Option<u64>,
     /// Delete messages larger than `max_size` on the server instead, unread.
     #[serde(default)]
@@ -89,7 +107,8 @@ pub struct AccountConfig {
     pub only_new: bool,
     /// At most this many messages per run.
     pub max_messages: Option<usize>,
-    /// At most this many octets per run.
+    /// At most this many octets per run (or `100M`).
+    #[serde(default, deserialize_with = "optional_size")]
     pub max_bytes: Option<u64>,
     /// Go on although the server appears to have changed every UIDL.
     #[serde(default)]
@@ -98,6 +117,15 @@ pub struct AccountConfig {
     pub journal: Option<PathBuf>,
     /// With `to = "lmtp:..."`: the recipient address; default the local user name (`$USER`).
     pub lmtp_recipient: Option<String>,
+    /// How long to wait for the TCP connection; default 10 s.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// How long to wait for the TLS handshake and the greeting; default 30 s.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub greeting_timeout: Option<Duration>,
+    /// How long to wait for each later reply; default 180 s.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
 }
 
 impl AccountConfig {
@@ -123,20 +151,47 @@ impl AccountConfig {
         })
     }
 
+    /// Where trust in the server's certificate comes from: `tls_fingerprint`, else
+    /// `ca_file`, else the system's CAs.
+    pub fn trust(&self) -> Result<Trust, FetchError> {
+        let ca_file = self.ca_file.as_deref().map(expand_home);
+        Trust::from_settings(self.tls_fingerprint.as_deref(), ca_file.as_deref()).map_err(|e| {
+            FetchError::File {
+                path: PathBuf::from(self.label()),
+                why: e.to_string(),
+            }
+        })
+    }
+
+    /// The timeouts, defaults filled in.
+    pub fn timeouts(&self) -> Timeouts {
+        let d = Timeouts::default();
+        Timeouts {
+            connect: self.connect_timeout.unwrap_or(d.connect),
+            greeting: self.greeting_timeout.unwrap_or(d.greeting),
+            reply: self.timeout.unwrap_or(d.reply),
+        }
+    }
+
     /// How to connect to `addr` (the resolved `host`).
     pub fn dialer(&self, addr: std::net::SocketAddr) -> Result<crate::Dialer, FetchError> {
-        let mode = self.tls_mode()?;
         let name = self.server_name.as_deref().unwrap_or(&self.host);
-        match &self.tls_fingerprint {
-            Some(text) => {
-                let pin = crate::conn::parse_fingerprint(text).ok_or_else(|| FetchError::File {
-                    path: PathBuf::from(self.label()),
-                    why: format!("tls_fingerprint {text:?} is not 64 hex digits (SHA-256)"),
-                })?;
-                crate::Dialer::pinned(addr, mode, pin, name)
-            }
-            None => crate::Dialer::new(addr, mode, self.ca_file.as_deref(), name),
-        }
+        Ok(
+            crate::Dialer::new(addr, self.tls_mode()?, &self.trust()?, name)?
+                .with_timeouts(self.timeouts()),
+        )
+    }
+
+    /// A dialer for `--serverinfo`: the certificate is judged and shown, not enforced.
+    pub fn inspecting_dialer(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<crate::Dialer, FetchError> {
+        let name = self.server_name.as_deref().unwrap_or(&self.host);
+        Ok(
+            crate::Dialer::inspecting(addr, self.tls_mode()?, &self.trust()?, name)?
+                .with_timeouts(self.timeouts()),
+        )
     }
 
     /// The LMTP recipient: `lmtp_recipient`, else `$USER`.
@@ -210,7 +265,7 @@ impl AccountConfig {
             return Ok(Some(text.lines().next().unwrap_or("").to_owned()));
         }
         if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
+            return Ok(Some(p.0.clone()));
         }
         let netrc = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".netrc"));
         Ok(netrc

@@ -6,14 +6,15 @@
 //! [`Conn::body_octets`] un-stuff a multi-line body so a caller can compare its length with LIST.
 
 use crate::FetchError;
+use crate::trust::{ServerTrust, Trust, Verdict};
 use pop3_proto::client::{
     ClientSession, Follows, ReplyShape, ServerCapabilities, Status, Unstuffer,
 };
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
 };
@@ -34,120 +35,139 @@ pub enum TlsMode {
     Starttls,
 }
 
+/// How long the client waits for each step before giving up with an error that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The TCP connection (default 10 s: a reachable server answers in milliseconds; a host
+    /// that is down or behind a firewall that drops packets would otherwise hold the client
+    /// for the operating system's two minutes).
+    pub connect: Duration,
+    /// The TLS handshake and the greeting (default 30 s). A plain connection to a TLS port,
+    /// or the reverse, waits here: both sides wait for the other to speak first.
+    pub greeting: Duration,
+    /// Every later reply, and each read inside a message (default 180 s, mpop's timeout: a
+    /// server may take a while to open a large maildrop).
+    pub reply: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            greeting: Duration::from_secs(30),
+            reply: Duration::from_secs(180),
+        }
+    }
+}
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct Dialer {
     /// The server's address.
     pub addr: SocketAddr,
     tls: Option<(TlsMode, TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    trust: Option<Arc<ServerTrust>>,
+    timeouts: Timeouts,
 }
 
 impl Dialer {
-    /// A dialer for `addr`; with TLS, the server's certificate is verified for the name
-    /// `server_name` against the CA certificates in `ca_file`, or the system's (Debian's
-    /// ca-certificates bundle) without one. Every connection makes a full handshake (no session
-    /// resumption), as a new client would.
-    pub fn new(
-        addr: SocketAddr,
-        mode: TlsMode,
-        ca_file: Option<&Path>,
-        server_name: &str,
-    ) -> Result<Self> {
-        if mode == TlsMode::None {
-            return Ok(Dialer { addr, tls: None });
-        }
-        if mode == TlsMode::None {
-            return Ok(Dialer { addr, tls: None });
-        }
-        let roots = match ca_file {
-            Some(file) => roots_from(file, true)?,
-            None => roots_from(Path::new(SYSTEM_BUNDLE), false)?,
-        };
-        let config = Self::builder()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Self::finish(addr, mode, server_name, config)
+    /// A dialer for `addr`; with TLS, the server's certificate must be trusted as `trust` says
+    /// and carry the name `server_name` (also sent as SNI). Every connection makes a full
+    /// handshake (no session resumption), as a new client would.
+    pub fn new(addr: SocketAddr, mode: TlsMode, trust: &Trust, server_name: &str) -> Result<Self> {
+        Self::build(addr, mode, trust, server_name, false)
     }
 
-    /// A dialer that trusts exactly the server certificate whose SHA-256 fingerprint is
-    /// `fingerprint` (certificate pinning: for a self-signed certificate, or to refuse any other
-    /// certificate a CA might issue), instead of CA verification. The handshake's signatures are
-    /// still verified against that certificate.
-    pub fn pinned(
+    /// A dialer for `--serverinfo`: any certificate is accepted, and whether it would have
+    /// been trusted, and why not, is kept for [`Dialer::verdict`].
+    pub fn inspecting(
         addr: SocketAddr,
         mode: TlsMode,
-        fingerprint: [u8; 32],
+        trust: &Trust,
         server_name: &str,
     ) -> Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(PinnedCertificate {
-            fingerprint,
-            provider,
-        });
-        let config = Self::builder()?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        Self::finish(addr, mode, server_name, config)
+        Self::build(addr, mode, trust, server_name, true)
     }
 
-    fn builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {
+    fn build(
+        addr: SocketAddr,
+        mode: TlsMode,
+        trust: &Trust,
+        server_name: &str,
+        record_only: bool,
+    ) -> Result<Self> {
+        if mode == TlsMode::None {
+            return Ok(Dialer {
+                addr,
+                tls: None,
+                trust: None,
+                timeouts: Timeouts::default(),
+            });
+        }
+        let verifier = Arc::new(ServerTrust::new(trust, record_only)?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| FetchError::Tls(e.to_string()))
-    }
-
-    fn finish(
-        addr: SocketAddr,
-        mode: TlsMode,
-        server_name: &str,
-        mut config: rustls::ClientConfig,
-    ) -> Result<Self> {
-        if mode == TlsMode::None {
-            return Ok(Dialer { addr, tls: None });
-        }
+            .map_err(|e| FetchError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(&verifier) as _)
+            .with_no_client_auth();
         config.resumption = rustls::client::Resumption::disabled();
         let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
             .map_err(|_| FetchError::Tls(format!("invalid server name {server_name:?}")))?;
         Ok(Dialer {
             addr,
             tls: Some((mode, TlsConnector::from(Arc::new(config)), name)),
+            trust: Some(verifier),
+            timeouts: Timeouts::default(),
         })
+    }
+
+    /// The same dialer with other timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// For a dialer made by [`Dialer::inspecting`]: whether the certificate of the last
+    /// connection would have been trusted (and why), or why not.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.trust.as_ref().and_then(|t| t.recorded())
     }
 
     /// Connects, secures the connection as configured and reads the greeting, which must be
     /// `+OK`; returns the connection and the greeting's text (its APOP timestamp, if any).
     pub async fn connect(&self) -> Result<(Conn, String)> {
-        let tcp = TcpStream::connect(self.addr)
-            .await
-            .map_err(FetchError::io(format!("cannot connect to {}", self.addr)))?;
+        let t = self.timeouts;
+        let addr = self.addr;
+        let tcp = within(
+            t.connect,
+            TcpStream::connect(addr),
+            format!("connecting to {addr}"),
+            "the host is down, or a firewall drops the connection; check the host name and port",
+        )
+        .await?
+        .map_err(FetchError::io(format!("cannot connect to {addr}")))?;
         tcp.set_nodelay(true)
             .map_err(FetchError::io("setting TCP_NODELAY"))?;
-        let handshake =
-            |e: std::io::Error| FetchError::Tls(format!("handshake with {}: {e}", self.addr));
         let Some((mode, connector, name)) = &self.tls else {
-            let mut c = Conn::new(Stream::Plain(tcp));
-            let greeting = c.greeting().await?;
+            let mut c = Conn::new(Stream::Plain(tcp), t.reply);
+            let greeting = c.greeting_within(t.greeting, addr, PLAIN_SILENCE).await?;
             return Ok((c, greeting));
         };
         if *mode == TlsMode::Implicit {
-            let tls = connector
-                .connect(name.clone(), tcp)
-                .await
-                .map_err(handshake)?;
-            let mut c = Conn::new(Stream::Tls(Box::new(tls)));
-            let greeting = c.greeting().await?;
+            let tls = self.handshake(connector, name, tcp).await?;
+            let mut c = Conn::new(Stream::Tls(Box::new(tls)), t.reply);
+            let greeting = c.greeting_within(t.greeting, addr, TLS_SILENCE).await?;
             return Ok((c, greeting));
         }
-        let mut c = Conn::new(Stream::Plain(tcp));
-        let greeting = c.greeting().await?;
+        let mut c = Conn::new(Stream::Plain(tcp), t.reply);
+        let greeting = c.greeting_within(t.greeting, addr, PLAIN_SILENCE).await?;
         match c.command("STLS").await? {
             s if s.ok => {}
             s => {
                 return Err(FetchError::Unsupported(format!(
-                    "{} refuses STLS ({s}); without TLS the password would travel in clear",
-                    self.addr
+                    "{addr} refuses STLS ({s}); without TLS the password would travel in clear"
                 )));
             }
         }
@@ -164,118 +184,67 @@ impl Dialer {
         let Stream::Plain(tcp) = reader.into_inner() else {
             unreachable!("STLS on a plain connection")
         };
-        let tls = connector
-            .connect(name.clone(), tcp)
-            .await
-            .map_err(handshake)?;
+        let tls = self.handshake(connector, name, tcp).await?;
         session.tls_established();
-        let mut conn = Conn::new(Stream::Tls(Box::new(tls)));
+        let mut conn = Conn::new(Stream::Tls(Box::new(tls)), t.reply);
         conn.session = session;
         Ok((conn, greeting))
     }
-}
 
-/// Parses a SHA-256 fingerprint: 64 hex digits, colons allowed (`AB:CD:...`, as `openssl x509
-/// -fingerprint -sha256` and `--serverinfo` print it).
-pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
-    let hex: String = text.chars().filter(|c| *c != ':').collect();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Certificate pinning: the server's certificate must have this SHA-256 fingerprint.
-#[derive(Debug)]
-struct PinnedCertificate {
-    fingerprint: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
+    async fn handshake(
         &self,
-        end_entity: &rustls_pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use sha2::Digest as _;
-        if sha2::Sha256::digest(end_entity.as_ref()).as_slice() == self.fingerprint {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the certificate's SHA-256 fingerprint is not the pinned one".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
+        connector: &TlsConnector,
+        name: &rustls_pki_types::ServerName<'static>,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>> {
+        let addr = self.addr;
+        within(
+            self.timeouts.greeting,
+            connector.connect(name.clone(), tcp),
+            format!("TLS handshake with {addr}"),
+            "if this port speaks plain POP3 (usually 110), use pop3:// or tls = \"starttls\"",
         )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        .await?
+        .map_err(|e| {
+            if let Some(why) = crate::trust::distrust_of(&e) {
+                return FetchError::Certificate {
+                    server: format!("{} ({addr})", name.to_str()),
+                    why: why.clone(),
+                };
+            }
+            let text = e.to_string();
+            if text.contains("InvalidContentType") || text.contains("corrupt message") {
+                FetchError::Tls(format!(
+                    "handshake with {addr}: the server answered in plain text; this port speaks \
+                     plain POP3 (usually 110): use pop3:// or tls = \"starttls\""
+                ))
+            } else {
+                FetchError::Tls(format!("handshake with {addr}: {text}"))
+            }
+        })
     }
 }
 
-/// Debian's (and most Linux distributions') bundle of trusted CA certificates.
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// What a silent plain connection usually means.
+const PLAIN_SILENCE: &str = "a POP3S port (usually 995) waits for TLS first: use pop3s:// or \
+                             tls = \"implicit\"";
+/// What silence after a TLS handshake usually means.
+const TLS_SILENCE: &str = "the server accepted TLS but sent no greeting; it may be overloaded";
 
-/// Trusted CA certificates from a PEM file. A file given explicitly must be entirely usable;
-/// the system bundle may hold certificates rustls cannot parse, which are skipped.
-fn roots_from(path: &Path, strict: bool) -> Result<rustls::RootCertStore> {
-    use rustls_pki_types::pem::PemObject as _;
-    let bad = |why: String| FetchError::File {
-        path: path.to_owned(),
-        why,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(format!("cannot read CA certificates: {e}")))?;
-    if strict {
-        for cert in certs {
-            let cert = cert.map_err(|e| bad(e.to_string()))?;
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        }
-    } else {
-        roots.add_parsable_certificates(certs.filter_map(std::result::Result::ok));
-    }
-    if roots.is_empty() {
-        return Err(bad("no CA certificate in the file".into()));
-    }
-    Ok(roots)
+/// Runs `step`, failing with [`FetchError::Timeout`] after `limit`.
+async fn within<T>(
+    limit: Duration,
+    step: impl std::future::Future<Output = T>,
+    what: String,
+    hint: &'static str,
+) -> Result<T> {
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| FetchError::Timeout {
+            step: what,
+            after: limit,
+            hint,
+        })
 }
 
 /// A TCP connection, with or without TLS.
@@ -348,16 +317,19 @@ pub struct Conn {
     session: ClientSession,
     /// What follows the last status line read.
     follows: Follows,
+    /// How long to wait for each reply, or each read inside a multi-line one.
+    reply_timeout: Duration,
 }
 
 impl Conn {
-    fn new(stream: Stream) -> Self {
+    fn new(stream: Stream, reply_timeout: Duration) -> Self {
         Conn {
             reader: BufReader::with_capacity(READ_BUFFER, stream),
             line_buf: Vec::new(),
             line: String::new(),
             session: ClientSession::new(),
             follows: Follows::Nothing,
+            reply_timeout,
         }
     }
 
@@ -366,7 +338,13 @@ impl Conn {
         // One buffer for every line of the connection: a status line per command is the hot
         // path of the load generator.
         self.line_buf.clear();
-        read_bounded_line(&mut self.reader, &mut self.line_buf).await?;
+        within(
+            self.reply_timeout,
+            read_bounded_line(&mut self.reader, &mut self.line_buf),
+            "waiting for the server's reply".into(),
+            REPLY_SILENCE,
+        )
+        .await??;
         if self.line_buf.is_empty() {
             return Err(FetchError::Protocol(
                 "the server closed the connection".into(),
@@ -386,9 +364,23 @@ impl Conn {
         Ok(status)
     }
 
-    async fn greeting(&mut self) -> Result<String> {
-        let status = self.status().await?;
-        Ok(require_ok(status, "greeting")?.text)
+    /// Reads the greeting within `limit` (instead of the reply timeout).
+    async fn greeting_within(
+        &mut self,
+        limit: Duration,
+        addr: SocketAddr,
+        hint: &'static str,
+    ) -> Result<String> {
+        let reply_timeout = std::mem::replace(&mut self.reply_timeout, Duration::MAX);
+        let status = within(
+            limit,
+            self.status(),
+            format!("waiting for the greeting of {addr}"),
+            hint,
+        )
+        .await;
+        self.reply_timeout = reply_timeout;
+        Ok(require_ok(status??, "greeting")?.text)
     }
 
     /// Sends a command and reads its status line, whatever it is.
@@ -646,7 +638,13 @@ impl Conn {
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            read_bounded_line(&mut self.reader, &mut buf).await?;
+            within(
+                self.reply_timeout,
+                read_bounded_line(&mut self.reader, &mut buf),
+                "reading a listing from the server".into(),
+                REPLY_SILENCE,
+            )
+            .await??;
             if buf.is_empty() {
                 return Err(truncated());
             }
@@ -681,12 +679,16 @@ impl Conn {
     pub async fn body_into(&mut self, limit: u64, mut sink: impl FnMut(&[u8])) -> Result<u64> {
         self.expect_body()?;
         let mut unstuffer = Unstuffer::default();
+        let limit_per_read = self.reply_timeout;
         loop {
-            let buf = self
-                .reader
-                .fill_buf()
-                .await
-                .map_err(FetchError::io("reading from the server"))?;
+            let buf = within(
+                limit_per_read,
+                self.reader.fill_buf(),
+                "reading a message from the server".into(),
+                REPLY_SILENCE,
+            )
+            .await?
+            .map_err(FetchError::io("reading from the server"))?;
             if buf.is_empty() {
                 return Err(truncated());
             }
@@ -707,6 +709,9 @@ impl Conn {
         }
     }
 }
+
+/// What a reply that does not come usually means.
+const REPLY_SILENCE: &str = "the server or the network stalled; try again later";
 
 /// The longest line accepted in a status reply or a listing. RFC 2449 caps responses at 512
 /// octets; this is far more generous, and still keeps a hostile server from exhausting memory.

@@ -36,6 +36,25 @@ pub enum FetchError {
     /// Another run holds this account's lock.
     #[error("another poplar fetch is fetching this account (it holds {0})")]
     Busy(PathBuf),
+    /// A step took longer than its timeout: the server (or the network) is silent.
+    #[error("{step}: nothing within {} s ({hint})", after.as_secs())]
+    Timeout {
+        /// What was being waited for.
+        step: String,
+        /// The timeout.
+        after: std::time::Duration,
+        /// What it usually means.
+        hint: &'static str,
+    },
+    /// The server's certificate is not trusted (the server, or something in between, is at
+    /// fault; or the trust settings are).
+    #[error("the certificate of {server} is not trusted: {why}")]
+    Certificate {
+        /// The name checked and the address.
+        server: String,
+        /// Why, and what to do.
+        why: crate::trust::Distrust,
+    },
     /// A local file (certificate bundle) could not be used.
     #[error("{path}: {why}")]
     File {
@@ -61,7 +80,7 @@ impl FetchError {
     /// `[IN-USE]`, `[LOGIN-DELAY]` or `[SYS/TEMP]`.
     pub fn is_temporary(&self) -> bool {
         match self {
-            FetchError::Io { .. } | FetchError::Busy(_) => true,
+            FetchError::Io { .. } | FetchError::Busy(_) | FetchError::Timeout { .. } => true,
             FetchError::Refused { status, .. } => status.is_temporary(),
             _ => false,
         }

@@ -110,21 +110,24 @@ const BATCH: usize = 64;
 /// The strongest login a server offers, on this connection: SCRAM-SHA-256-PLUS (bound to this
 /// TLS 1.3 connection, so a man in the middle cannot relay it), SCRAM-SHA-256, SCRAM-SHA-1,
 /// CRAM-MD5 and APOP never reveal the password; PLAIN, LOGIN and USER only under TLS.
+/// Mechanisms in `tried` are passed over.
 pub fn choose_mechanism(
     caps: &ServerCapabilities,
     greeting: &str,
     encrypted: bool,
     can_bind: bool,
+    tried: &[String],
 ) -> Result<String, FetchError> {
-    if can_bind && caps.sasl.iter().any(|s| s == "SCRAM-SHA-256-PLUS") {
+    let offered = |m: &str| caps.sasl.iter().any(|s| s == m) && !tried.iter().any(|t| t == m);
+    if can_bind && offered("SCRAM-SHA-256-PLUS") {
         return Ok("SCRAM-SHA-256-PLUS".to_owned());
     }
     for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5"] {
-        if caps.sasl.iter().any(|s| s == m) {
+        if offered(m) {
             return Ok(m.to_owned());
         }
     }
-    if apop_timestamp(greeting).is_some() {
+    if apop_timestamp(greeting).is_some() && !tried.iter().any(|t| t == "APOP") {
         return Ok("APOP".to_owned());
     }
     if !encrypted {
@@ -132,10 +135,22 @@ pub fn choose_mechanism(
             "the server offers no login that protects the password, and the connection is not encrypted; use TLS".into(),
         ));
     }
-    if caps.sasl.iter().any(|s| s == "PLAIN") {
+    if offered("PLAIN") {
         return Ok("PLAIN".to_owned());
     }
+    if tried.iter().any(|t| t == "USER") {
+        return Err(FetchError::Unsupported(
+            "no other login mechanism is left to try".into(),
+        ));
+    }
     Ok("USER".to_owned())
+}
+
+/// Whether a mechanism answers a challenge with a proof made from a stored form of the
+/// password (SCRAM, CRAM-MD5, APOP): a server may offer it while holding no such form for
+/// this user, and then refuses a right password.
+fn challenge_response(mechanism: &str) -> bool {
+    mechanism.starts_with("SCRAM-") || mechanism == "CRAM-MD5" || mechanism == "APOP"
 }
 
 /// The `<...>` timestamp of a greeting, which APOP needs.
@@ -154,30 +169,75 @@ pub fn detect_uidl_reset(known: usize, still_listed: usize, unknown: usize) -> b
     known >= 10 && still_listed * 2 < known && unknown * 2 >= known
 }
 
+/// A logged-in connection.
+pub struct LoggedIn {
+    /// The connection, in the TRANSACTION state.
+    pub conn: Conn,
+    /// The capabilities the server listed before login.
+    pub caps: ServerCapabilities,
+    /// The mechanism that succeeded.
+    pub mechanism: String,
+    /// What the user should know about the login (a fallback to another mechanism).
+    pub notes: Vec<String>,
+}
+
 /// Connects, logs in with the mechanism `account.auth` says (the strongest offered for
 /// [`Auth::Auto`]), and returns the connection with the capabilities the server listed before
 /// login. A plaintext password is never sent over an unencrypted connection.
-pub async fn log_in(account: &Account) -> Result<(Conn, ServerCapabilities), FetchError> {
+///
+/// With [`Auth::Auto`], an `[AUTH]` refusal (or a refusal without a response code) of a
+/// challenge-response mechanism is tried once more with the next mechanism this connection
+/// offers: servers advertise SCRAM or CRAM-MD5 when some of their users can use them, and
+/// such a refusal may only mean this user has no stored form for it. The fallback is reported
+/// in [`LoggedIn::notes`].
+pub async fn log_in(account: &Account) -> Result<LoggedIn, FetchError> {
     let (mut conn, greeting) = account.dialer.connect().await?;
     let caps = conn.capabilities().await?;
-    let mechanism = match &account.auth {
-        Auth::Auto => choose_mechanism(
-            &caps,
-            &greeting,
-            account.encrypted,
-            conn.tls_exporter().is_some(),
-        )?,
-        Auth::Named(m) => m.to_ascii_uppercase(),
+    let can_bind = conn.tls_exporter().is_some();
+    let choose = |tried: &[String]| match &account.auth {
+        Auth::Auto => choose_mechanism(&caps, &greeting, account.encrypted, can_bind, tried),
+        Auth::Named(m) => Ok(m.to_ascii_uppercase()),
     };
-    if !account.encrypted && matches!(mechanism.as_str(), "USER" | "PLAIN" | "LOGIN") {
-        return Err(FetchError::Unsupported(format!(
-            "{mechanism} would send the password in clear over an unencrypted connection"
-        )));
-    }
+    let mut mechanism = choose(&[])?;
+    let mut notes = Vec::new();
     let ts = apop_timestamp(&greeting).unwrap_or("");
-    conn.log_in(&mechanism, &account.user, &account.password, ts)
-        .await?;
-    Ok((conn, caps))
+    loop {
+        if !account.encrypted && matches!(mechanism.as_str(), "USER" | "PLAIN" | "LOGIN") {
+            return Err(FetchError::Unsupported(format!(
+                "{mechanism} would send the password in clear over an unencrypted connection"
+            )));
+        }
+        match conn
+            .log_in(&mechanism, &account.user, &account.password, ts)
+            .await
+        {
+            Ok(()) => {
+                return Ok(LoggedIn {
+                    conn,
+                    caps,
+                    mechanism,
+                    notes,
+                });
+            }
+            Err(FetchError::Refused { command, status })
+                if account.auth == Auth::Auto
+                    && notes.is_empty()
+                    && challenge_response(&mechanism)
+                    && matches!(status.code.as_deref(), None | Some("AUTH")) =>
+            {
+                let Ok(next) = choose(std::slice::from_ref(&mechanism)) else {
+                    return Err(FetchError::Refused { command, status });
+                };
+                notes.push(format!(
+                    "the server refused {mechanism} ({status}); logged in with {next} instead. \
+                     It offers {mechanism} but may hold no {mechanism} secret for this user: \
+                     ask its administrator, or set --auth {next} (auth = \"{next}\")"
+                ));
+                mechanism = next;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Runs one fetch for `account` into `dest`, recording deliveries in `journal`; `now` is the
@@ -191,7 +251,13 @@ pub async fn fetch(
     progress: &mut ProgressFn<'_>,
 ) -> Result<Summary, FetchError> {
     let mut summary = Summary::default();
-    let (mut conn, caps) = log_in(account).await?;
+    let LoggedIn {
+        mut conn,
+        caps,
+        notes,
+        ..
+    } = log_in(account).await?;
+    summary.warnings.extend(notes);
     // RFC 2449: after login, CAPA states the user's own EXPIRE and LOGIN-DELAY.
     let after = conn.capabilities().await?;
     summary.expire = after.expire.or(caps.expire).map(|(e, _)| e);
@@ -457,28 +523,64 @@ mod tests {
     fn mechanisms_protect_the_password_without_tls() {
         let caps = ServerCapabilities::parse(["SASL PLAIN CRAM-MD5 SCRAM-SHA-1"]);
         assert_eq!(
-            choose_mechanism(&caps, "", false, false).unwrap(),
+            choose_mechanism(&caps, "", false, false, &[]).unwrap(),
             "SCRAM-SHA-1"
         );
         let plus = ServerCapabilities::parse(["SASL SCRAM-SHA-256 SCRAM-SHA-256-PLUS"]);
         assert_eq!(
-            choose_mechanism(&plus, "", true, true).unwrap(),
+            choose_mechanism(&plus, "", true, true, &[]).unwrap(),
             "SCRAM-SHA-256-PLUS"
         );
         assert_eq!(
-            choose_mechanism(&plus, "", true, false).unwrap(),
+            choose_mechanism(&plus, "", true, false, &[]).unwrap(),
             "SCRAM-SHA-256"
         );
         let plain = ServerCapabilities::parse(["SASL PLAIN", "USER"]);
-        assert_eq!(choose_mechanism(&plain, "", true, false).unwrap(), "PLAIN");
-        assert!(choose_mechanism(&plain, "", false, false).is_err());
         assert_eq!(
-            choose_mechanism(&plain, "POP3 ready <1.2@host>", false, false).unwrap(),
+            choose_mechanism(&plain, "", true, false, &[]).unwrap(),
+            "PLAIN"
+        );
+        assert!(choose_mechanism(&plain, "", false, false, &[]).is_err());
+        assert_eq!(
+            choose_mechanism(&plain, "POP3 ready <1.2@host>", false, false, &[]).unwrap(),
             "APOP"
         );
         assert_eq!(
-            choose_mechanism(&ServerCapabilities::default(), "", true, false).unwrap(),
+            choose_mechanism(&ServerCapabilities::default(), "", true, false, &[]).unwrap(),
             "USER"
         );
+    }
+
+    #[test]
+    fn a_refused_mechanism_is_passed_over_once() {
+        let caps = ServerCapabilities::parse(["SASL PLAIN CRAM-MD5 SCRAM-SHA-256", "USER"]);
+        let tried = ["SCRAM-SHA-256".to_owned()];
+        assert_eq!(
+            choose_mechanism(&caps, "", true, false, &tried).unwrap(),
+            "CRAM-MD5"
+        );
+        let tried = ["CRAM-MD5".to_owned()];
+        let only_cram = ServerCapabilities::parse(["SASL CRAM-MD5", "USER"]);
+        assert_eq!(
+            choose_mechanism(&only_cram, "", true, false, &tried).unwrap(),
+            "USER"
+        );
+        assert!(
+            choose_mechanism(&only_cram, "", false, false, &tried).is_err(),
+            "no plaintext fallback without TLS"
+        );
+        let apop = ["APOP".to_owned()];
+        assert!(
+            choose_mechanism(
+                &ServerCapabilities::default(),
+                "hi <1@h>",
+                false,
+                false,
+                &apop
+            )
+            .is_err()
+        );
+        assert!(challenge_response("SCRAM-SHA-1-PLUS") && challenge_response("APOP"));
+        assert!(!challenge_response("PLAIN") && !challenge_response("USER"));
     }
 }

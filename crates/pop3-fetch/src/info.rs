@@ -1,17 +1,19 @@
 //! `poplar fetch --serverinfo`: what a server offers, before trusting it with an account.
 //!
-//! Connects as a fetch would (same TLS checks), reads the greeting and CAPA without logging in,
-//! and describes them in words: TLS version and cipher, the certificate's names, validity and
-//! SHA-256 fingerprint, the login mechanisms and which of them would protect a password on this
-//! connection, and what EXPIRE and LOGIN-DELAY mean for a client that keeps mail on the server.
+//! Connects as a fetch would, reads the greeting and CAPA without logging in, and describes
+//! them in words: TLS version and cipher, the certificate's names, validity and SHA-256
+//! fingerprint, whether a fetch would trust it (and if not, why and what to do), the login
+//! mechanisms and which of them would protect a password on this connection, and what EXPIRE
+//! and LOGIN-DELAY mean for a client that keeps mail on the server. It is made for the moment
+//! a certificate is not trusted yet, so the certificate is judged but never refused here.
 
 use crate::FetchError;
 use crate::conn::Dialer;
 use pop3_proto::Expire;
-use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
-/// Connects, reads the greeting and CAPA, sends QUIT and returns the description.
+/// Connects with a dialer made by [`Dialer::inspecting`], reads the greeting and CAPA, sends
+/// QUIT and returns the description.
 pub async fn server_info(dialer: &Dialer, encrypted: bool) -> Result<String, FetchError> {
     let (mut conn, greeting) = dialer.connect().await?;
     let caps = conn.capabilities().await?;
@@ -24,27 +26,44 @@ pub async fn server_info(dialer: &Dialer, encrypted: bool) -> Result<String, Fet
         Some(t) => {
             let _ = writeln!(out, "TLS:           {}, {}", t.version, t.cipher);
             if let Some(leaf) = t.certificates.first() {
-                let summary = pop3_auth::der::summary(leaf);
-                let name = |n: Option<String>| n.unwrap_or_else(|| "(no common name)".into());
-                if let Some(s) = summary {
+                if let Some(s) = pop3_auth::cert::summary(leaf) {
+                    let name = |n: Option<String>| n.unwrap_or_else(|| "(no common name)".into());
                     let _ = writeln!(out, "Certificate:   subject CN={}", name(s.subject));
-                    let _ = writeln!(out, "               issuer CN={}", name(s.issuer));
+                    if !s.names.is_empty() {
+                        let _ = writeln!(out, "               names {}", s.names.join(", "));
+                    }
+                    let issuer = if s.self_issued {
+                        "itself (self-signed)".to_owned()
+                    } else {
+                        format!("CN={}", name(s.issuer))
+                    };
+                    let _ = writeln!(out, "               issued by {issuer}");
                     let _ = writeln!(
                         out,
                         "               valid {} to {}",
-                        s.not_before, s.not_after
+                        pop3_auth::cert::format_time(s.not_before),
+                        pop3_auth::cert::format_time(s.not_after)
                     );
                 }
-                let fingerprint: Vec<String> = Sha256::digest(leaf)
-                    .iter()
-                    .map(|b| format!("{b:02X}"))
-                    .collect();
-                let _ = writeln!(out, "               SHA-256 {}", fingerprint.join(":"));
                 let _ = writeln!(
                     out,
-                    "               chain of {} certificate(s), verified",
+                    "               SHA-256 {}",
+                    crate::trust::fingerprint(leaf)
+                );
+                let _ = writeln!(
+                    out,
+                    "               chain of {} certificate(s)",
                     t.certificates.len()
                 );
+                match dialer.verdict() {
+                    Some(Ok(why)) => {
+                        let _ = writeln!(out, "Trusted:       yes: {why}");
+                    }
+                    Some(Err(why)) => {
+                        let _ = writeln!(out, "Trusted:       NO: {why}");
+                    }
+                    None => {}
+                }
             }
         }
         None => {

@@ -18,9 +18,11 @@ pub mod fetch;
 pub mod info;
 pub mod journal;
 pub mod mbox;
+pub mod trust;
 pub mod url;
 
-pub use conn::{Conn, Dialer, TlsMode};
+pub use conn::{Conn, Dialer, Timeouts, TlsMode};
 pub use error::FetchError;
 pub use fetch::{Account, Auth, Policy, Summary, fetch};
+pub use trust::Trust;
 pub use url::ServerUrl;

@@ -1,7 +1,9 @@
 //! `pop3s://USER@HOST[:PORT]` and `pop3://USER@HOST[:PORT]`: how scripts name an account.
 //!
 //! `pop3s` is implicit TLS (RFC 8314, port 995); `pop3` is port 110 with STLS required (RFC
-//! 2595), as in curl and RFC 2384. The user part may be percent-encoded (`alice%40example.org`).
+//! 2595), as in curl and RFC 2384. The user part may be percent-encoded (`alice%40example.org`);
+//! it may be left out where no login happens (`--serverinfo`), and [`ServerUrl::require_user`]
+//! checks it where one does.
 
 use crate::TlsMode;
 use std::fmt;
@@ -11,7 +13,7 @@ use std::fmt;
 pub struct ServerUrl {
     /// Implicit TLS or STLS.
     pub tls: TlsMode,
-    /// The user name, decoded.
+    /// The user name, decoded; empty when the URL has none.
     pub user: String,
     /// The host name or address (what the certificate must name).
     pub host: String,
@@ -33,9 +35,7 @@ impl std::str::FromStr for ServerUrl {
             ));
         };
         let rest = rest.trim_end_matches('/');
-        let (user, hostport) = rest
-            .rsplit_once('@')
-            .ok_or_else(|| format!("{text:?}: the URL needs the user name, USER@HOST"))?;
+        let (user, hostport) = rest.rsplit_once('@').unwrap_or(("", rest));
         let user = percent_decode(user)?;
         let (host, port) = match hostport.rsplit_once(':') {
             // An IPv6 address in brackets contains colons of its own.
@@ -50,8 +50,8 @@ impl std::str::FromStr for ServerUrl {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        if host.is_empty() || user.is_empty() {
-            return Err(format!("{text:?}: empty user or host"));
+        if host.is_empty() {
+            return Err(format!("{text:?}: no host"));
         }
         Ok(ServerUrl {
             tls,
@@ -74,7 +74,29 @@ impl fmt::Display for ServerUrl {
         } else {
             self.host.clone()
         };
-        write!(f, "{scheme}://{}@{host}:{}", self.user, self.port)
+        if self.user.is_empty() {
+            write!(f, "{scheme}://{host}:{}", self.port)
+        } else {
+            write!(f, "{scheme}://{}@{host}:{}", self.user, self.port)
+        }
+    }
+}
+
+impl ServerUrl {
+    /// Fails unless the URL names a user, as a login needs.
+    pub fn require_user(&self) -> Result<&str, String> {
+        if self.user.is_empty() {
+            Err(format!(
+                "{self}: the URL needs the user name, {}://USER@HOST",
+                if self.tls == TlsMode::Implicit {
+                    "pop3s"
+                } else {
+                    "pop3"
+                }
+            ))
+        } else {
+            Ok(&self.user)
+        }
     }
 }
 
@@ -125,9 +147,13 @@ mod tests {
         assert_eq!(u.to_string(), "pop3://bob@[::1]:1110");
         let u: ServerUrl = "pop3://bob@[::1]".parse().unwrap();
         assert_eq!(u.port, 110);
+        let u: ServerUrl = "pop3s://mail.example.org:1995".parse().unwrap();
+        assert_eq!((u.user.as_str(), u.port), ("", 1995));
+        assert_eq!(u.to_string(), "pop3s://mail.example.org:1995");
+        assert!(u.require_user().is_err());
         for bad in [
             "imap://x@y",
-            "pop3s://host",
+            "pop3s://u@",
             "pop3s://u@h:port",
             "pop3s://%zz@h",
         ] {

@@ -987,75 +987,8 @@ pub fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Splits `"64M"` or `"2 s"` into the leading decimal number and the trimmed unit after it.
-fn number_and_unit(text: &str) -> Option<(u64, &str)> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    Some((number.parse().ok()?, unit.trim()))
-}
-
-/// Parses `"2s"`, `"500ms"`, `"10m"`, `"1h"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let (n, unit) = number_and_unit(text)?;
-    let secs = match unit {
-        "ms" => return Some(Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
-}
-
-/// Parses a size: octets, or a number with a K, M or G suffix (powers of 1024).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let (n, unit) = number_and_unit(text)?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        _ => return None,
-    };
-    n.checked_mul(1 << shift)
-}
-
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Octets(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Octets(n) => Ok(n),
-        Raw::Text(t) => parse_size(&t).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid size {t:?}: use octets or a number with K, M or G, e.g. \"64M\""
-            ))
-        }),
-    }
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(n) => Ok(Duration::from_secs(n)),
-        Raw::Text(t) => parse_duration(&t).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid duration {t:?}: use a number with ms, s, m or h, e.g. \"2s\" or \"10m\""
-            ))
-        }),
-    }
-}
+use poplar_util::units::{duration, size};
+pub use poplar_util::units::{parse_duration, parse_size};
 
 fn expire<'de, D: Deserializer<'de>>(d: D) -> Result<pop3_proto::Expire, D::Error> {
     #[derive(Deserialize)]
@@ -1250,23 +1183,5 @@ mod tests {
                 .any(|m| m.contains("penalty_cap must be at least")),
             "{text:?}"
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_size("64M"), Some(64 << 20));
-        assert_eq!(parse_size("512k"), Some(512 << 10));
-        assert_eq!(parse_size("1000"), Some(1000));
-        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
-        assert_eq!(parse_size("99999999999G"), None);
-        assert_eq!(parse_size("5T"), None);
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        for bad in ["", "s", "1d", "-1s", "1.5s", "99999999999999999999h"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
     }
 }

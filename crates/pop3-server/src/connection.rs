@@ -167,7 +167,7 @@ impl<S: MailStore> Connection<S> {
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(|cert| {
-                    pop3_auth::der::client_identity(cert, self.shared.settings.client_identity_cn)
+                    pop3_auth::cert::client_identity(cert, self.shared.settings.client_identity_cn)
                 }),
         };
         Ok(tls)

@@ -103,9 +103,9 @@ pub fn server_config(
 }
 
 fn end_point_data(cert: &CertificateDer<'_>) -> Vec<u8> {
-    use pop3_auth::der::EndPointHash;
+    use pop3_auth::cert::EndPointHash;
     use ring::digest;
-    let algorithm = match pop3_auth::der::end_point_hash(cert) {
+    let algorithm = match pop3_auth::cert::end_point_hash(cert) {
         EndPointHash::Sha256 => &digest::SHA256,
         EndPointHash::Sha384 => &digest::SHA384,
         EndPointHash::Sha512 => &digest::SHA512,

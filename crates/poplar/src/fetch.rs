@@ -59,19 +59,11 @@ pub(crate) struct FetchArgs {
     /// Read the password from the first line of standard input (else it is asked for).
     #[arg(long)]
     password_stdin: bool,
-    /// The CA (or self-signed) certificate to trust; default: the system's.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// With --to lmtp:ADDR: the recipient address; default the local user name.
     #[arg(long, value_name = "ADDRESS")]
     lmtp_recipient: Option<String>,
-    /// Trust exactly the certificate with this SHA-256 fingerprint (as --serverinfo prints it)
-    /// instead of checking it against CAs.
-    #[arg(long, value_name = "SHA256")]
-    tls_fingerprint: Option<String>,
-    /// The name the server's certificate must carry (and TLS SNI); default: the URL's host.
-    #[arg(long, value_name = "NAME")]
-    server_name: Option<String>,
     /// The login mechanism; default: the strongest the server offers.
     #[arg(long, value_name = "MECHANISM")]
     auth: Option<String>,
@@ -97,13 +89,52 @@ pub(crate) struct FetchArgs {
     /// With --daemon: seconds between runs of an account.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     interval: u64,
+    /// Seconds to wait for the TCP connection (default 10; also `30s`, `2m`).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    connect_timeout: Option<std::time::Duration>,
+    /// Seconds to wait for the TLS handshake and the greeting (default 30).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    greeting_timeout: Option<std::time::Duration>,
+    /// Seconds to wait for each later reply (default 180, as mpop).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    timeout: Option<std::time::Duration>,
     /// Judge retention as of this Unix time instead of now (for tests and planning).
     #[arg(long, value_name = "UNIX_SECONDS", hide = true)]
     now: Option<u64>,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    pop3_server::config::parse_size(text).ok_or_else(|| format!("invalid size {text:?}"))
+    poplar_util::units::parse_size(text).ok_or_else(|| format!("invalid size {text:?}"))
+}
+
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    poplar_util::units::parse_duration(text).ok_or_else(|| format!("invalid duration {text:?}"))
+}
+
+/// How a client trusts a server's certificate: `poplar fetch` and `poplar migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct TrustArgs {
+    /// The CA certificate, or the server's own (self-signed) certificate, to trust; default:
+    /// the system's CAs.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (as --serverinfo prints it)
+    /// instead of checking it against CAs.
+    #[arg(long, value_name = "SHA256")]
+    pub(crate) tls_fingerprint: Option<String>,
+    /// The name the server's certificate must carry (and TLS SNI); default: the URL's host.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) server_name: Option<String>,
+}
+
+impl TrustArgs {
+    /// The trust these options give.
+    pub(crate) fn trust(&self) -> Result<pop3_fetch::Trust> {
+        Ok(pop3_fetch::Trust::from_settings(
+            self.tls_fingerprint.as_deref(),
+            self.ca_file.as_deref(),
+        )?)
+    }
 }
 
 /// An account ready to run: its settings and its password.
@@ -261,7 +292,7 @@ fn serverinfo(args: &FetchArgs) -> Result<ExitCode> {
                 .ok_or_else(|| {
                     FetchError::Unsupported(format!("{} has no address", account.host))
                 })?;
-            let dialer = account.dialer(addr)?;
+            let dialer = account.inspecting_dialer(addr)?;
             pop3_fetch::info::server_info(&dialer, tls != TlsMode::None).await
         });
         match result {
@@ -279,6 +310,7 @@ fn serverinfo(args: &FetchArgs) -> Result<ExitCode> {
 /// `poplar fetch URL --to DEST ...`: one account from the command line.
 fn one_shot(args: &FetchArgs, url: &str) -> Result<Job> {
     let url: ServerUrl = url.parse().map_err(anyhow::Error::msg)?;
+    url.require_user().map_err(anyhow::Error::msg)?;
     let to = args
         .to
         .clone()
@@ -314,9 +346,9 @@ fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
         password: None,
         password_command: None,
         auth: args.auth.clone(),
-        ca_file: args.ca_file.clone(),
-        tls_fingerprint: args.tls_fingerprint.clone(),
-        server_name: args.server_name.clone(),
+        ca_file: args.trust.ca_file.clone(),
+        tls_fingerprint: args.trust.tls_fingerprint.clone(),
+        server_name: args.trust.server_name.clone(),
         to,
         keep: args.keep,
         delete_after_days: args.delete_after_days,
@@ -328,6 +360,9 @@ fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
         accept_uidl_reset: args.accept_uidl_reset,
         journal: args.journal.clone(),
         lmtp_recipient: args.lmtp_recipient.clone(),
+        connect_timeout: args.connect_timeout,
+        greeting_timeout: args.greeting_timeout,
+        timeout: args.timeout,
     }
 }
 
@@ -513,6 +548,7 @@ fn exit_code(e: &FetchError) -> (u8, &'static str) {
             (EX_UNAVAILABLE, "nothing was changed on the server")
         }
         FetchError::Protocol(_) => (EX_PROTOCOL, "nothing was deleted on the server"),
+        FetchError::Certificate { .. } => (EX_CONFIG, "nothing was sent to the server"),
         _ => (EX_CONFIG, "check the files and options named"),
     }
 }

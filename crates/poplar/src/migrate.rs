@@ -42,7 +42,11 @@ impl std::str::FromStr for Source {
     fn from_str(text: &str) -> Result<Self, String> {
         match text.strip_prefix("maildir:") {
             Some(path) => Ok(Source::Maildir(PathBuf::from(path))),
-            None if text.contains("://") => text.parse().map(Source::Pop3),
+            None if text.contains("://") => {
+                let url: ServerUrl = text.parse()?;
+                url.require_user()?;
+                Ok(Source::Pop3(url))
+            }
             None => Err(format!(
                 "{text:?}: give maildir:PATH, pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS)"
             )),
@@ -80,9 +84,8 @@ pub(crate) struct MigrateArgs {
     /// Read the old server's password from the first line of standard input.
     #[arg(long)]
     password_stdin: bool,
-    /// The CA (or self-signed) certificate the old server presents; default: the system's.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    trust: crate::fetch::TrustArgs,
     /// Change nothing; report per maildrop what would be imported and how many messages
     /// clients would download again after the switch (which must be 0).
     #[arg(long)]
@@ -284,14 +287,20 @@ async fn from_server(
         .with_context(|| format!("cannot resolve {host}"))?
         .next()
         .with_context(|| format!("{host} has no address"))?;
+    let trust = args.trust.trust()?;
+    let name = args.trust.server_name.as_deref().unwrap_or(host);
     let account = pop3_fetch::Account {
-        dialer: Dialer::new(addr, *tls, args.ca_file.as_deref(), host)?,
+        dialer: Dialer::new(addr, *tls, &trust, name)?,
         user: user.clone(),
         password: password.to_owned(),
         auth: pop3_fetch::Auth::Auto,
         encrypted: *tls != pop3_fetch::TlsMode::None,
     };
-    let (mut conn, _) = pop3_fetch::fetch::log_in(&account).await?;
+    let logged_in = pop3_fetch::fetch::log_in(&account).await?;
+    for note in &logged_in.notes {
+        eprintln!("poplar migrate: warning: {note}");
+    }
+    let mut conn = logged_in.conn;
     // A server without UIDL is refused: without it nothing identifies messages to clients, so
     // there is nothing to preserve.
     let listing = pop3_fetch::fetch::list(&mut conn).await?;

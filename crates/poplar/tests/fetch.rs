@@ -241,10 +241,11 @@ fn delete_after_days_with_a_controlled_clock_and_clear_errors() {
     let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(&bogus, key.cert.pem()).unwrap();
     let out = run(fetch_cmd(&url, &maildir, &journal, &bogus, &[]), "pw");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("TLS"),
-        "{out:?}"
+        err.contains("is not trusted") && err.contains("--ca-file"),
+        "{err}"
     );
     assert_eq!(stat(&server, "bob"), 1);
 }
@@ -774,7 +775,10 @@ fn a_pinned_certificate_is_trusted_and_any_other_refused() {
     let out = attempt(&wrong.concat(), "j2");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fingerprint is not the pinned one"), "{err}");
+    assert!(
+        err.contains(&format!("fingerprint is {}, not the pinned", pin.join(":"))),
+        "{err}"
+    );
     assert!(!attempt("12:34", "j3").status.success());
 }
 
@@ -1082,4 +1086,96 @@ fn a_hostile_server_cannot_make_the_client_hoard_memory() {
                 || std::fs::read(dir.path().join("mbox")).unwrap().is_empty()
         );
     }
+}
+
+#[test]
+fn every_step_has_a_timeout_that_names_it() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let to = format!("maildir:{}", dir.path().join("M").display());
+    let timed = |url: &str, extra: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = run(fetch_to(url, &to, &dir.path().join("j"), extra), "pw");
+        (out, started.elapsed())
+    };
+
+    // A plain connection to a POP3S port: both sides wait for the other to speak first.
+    let server = ServerBuilder::new().start();
+    let (out, took) = timed(
+        &format!("pop3://u@{}", server.pop3s),
+        &["--greeting-timeout", "1", "--allow-insecure"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("waiting for the greeting") && err.contains("use pop3s://"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // TLS to a plain POP3 port: refused at once, with the reason.
+    let (out, _) = timed(
+        &format!("pop3s://u@{}", server.pop3),
+        &["--ca-file", server.cert().to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("answered in plain text") && err.contains("use pop3://"),
+        "{err}"
+    );
+
+    // A server that greets and then says nothing more.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.write_all(b"+OK hi <1.2@silent>\r\n");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(30));
+                drop(s);
+            });
+        }
+    });
+    let (out, took) = timed(
+        &format!("pop3://u@127.0.0.1:{port}"),
+        &["--timeout", "1", "--allow-insecure"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("waiting for the server's reply: nothing within 1 s"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // A host that does not answer the connection at all: a listener whose queue is full drops
+    // further SYNs, as a firewall would.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let full = socket.local_addr().unwrap().as_socket().unwrap();
+    let _queued: Vec<_> = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&full, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    let (out, took) = timed(
+        &format!("pop3://u@{full}"),
+        &["--connect-timeout", "1", "--allow-insecure"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!("connecting to {full}: nothing within 1 s")),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }

@@ -90,12 +90,8 @@ impl ServerArgs {
             TlsArg::Implicit => TlsMode::Implicit,
             TlsArg::Starttls => TlsMode::Starttls,
         };
-        Ok(Dialer::new(
-            self.server,
-            mode,
-            self.ca_file.as_deref(),
-            &self.server_name,
-        )?)
+        let trust = pop3_fetch::Trust::from_settings(None, self.ca_file.as_deref())?;
+        Ok(Dialer::new(self.server, mode, &trust, &self.server_name)?)
     }
 
     /// The name of a load in the results, e.g. `session tls`.
