@@ -48,6 +48,7 @@ fuzz_target!(|input: (u8, bool, &[u8])| {
                         session.auth_failed(&mut out, AuthFailure::Protocol).unwrap();
                     }
                 }
+                Event::SaslAbandoned => session.sasl_abandoned(&mut out).unwrap(),
                 Event::OpenMaildrop { user } => {
                     let metas = MESSAGES
                         .iter()

@@ -208,6 +208,38 @@ impl<'a> Stored<'a> {
         )
     }
 
+    /// What checking a password against this form costs, as a key: the scheme and its cost
+    /// parameters (Argon2's memory, passes and lanes, bcrypt's cost, crypt's rounds, PBKDF2's
+    /// iterations), without salt or hash. Two forms with the same key take the same time to
+    /// check, which is what a decoy for an unknown user must match.
+    pub fn cost_class(&self) -> String {
+        let fields: Vec<&str> = self.data.split('$').collect();
+        let params = match self.scheme {
+            // $argon2id$v=19$m=19456,t=2,p=1$salt$hash
+            Scheme::Argon2id | Scheme::Argon2i => fields.get(1..4).map(|f| f.join("$")),
+            // $2y$10$saltandhash
+            Scheme::BlfCrypt => fields.get(1..3).map(|f| f.join("$")),
+            // $6$rounds=N$salt$hash or $6$salt$hash (5000 rounds)
+            Scheme::Sha512Crypt | Scheme::Sha256Crypt | Scheme::Crypt => {
+                let id = fields.get(1).copied().unwrap_or("");
+                match fields.get(2) {
+                    Some(r) if r.starts_with("rounds=") => Some(format!("{id}${r}")),
+                    _ if id.starts_with('2') => fields.get(1..3).map(|f| f.join("$")),
+                    _ => Some(id.to_owned()),
+                }
+            }
+            // $1$salt$rounds$hex
+            Scheme::Pbkdf2 => fields.get(3).map(|r| (*r).to_owned()),
+            // iterations,salt,StoredKey,ServerKey
+            Scheme::Scram(_) => self.data.split(',').next().map(str::to_owned),
+            Scheme::Plain | Scheme::Salted(_) | Scheme::Unsalted(_) | Scheme::CramMd5 => None,
+        };
+        match params {
+            Some(p) => format!("{} {p}", self.name.to_ascii_uppercase()),
+            None => self.name.to_ascii_uppercase(),
+        }
+    }
+
     /// Checks a password.
     pub fn verify(&self, password: &[u8]) -> Result<bool, AuthError> {
         match self.scheme {

@@ -61,18 +61,57 @@ impl UserEntry {
     }
 }
 
-/// Which challenge-response mechanisms at least one user's stored data allows (what CAPA may
-/// offer; PLAIN, LOGIN and USER work for every supported scheme).
+/// How many users can complete each challenge-response mechanism with what is stored for
+/// them (PLAIN, LOGIN and USER work for every supported scheme). CAPA offers such a mechanism
+/// automatically only when every user can: clients that pick the strongest mechanism offered
+/// would otherwise fail for the others.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MechanismSupport {
-    /// APOP (a plaintext-equivalent secret).
-    pub apop: bool,
-    /// CRAM-MD5.
-    pub cram_md5: bool,
-    /// SCRAM-SHA-1.
-    pub scram_sha1: bool,
-    /// SCRAM-SHA-256.
-    pub scram_sha256: bool,
+    /// Users with at least one password form.
+    pub users: usize,
+    /// Users with a plaintext-equivalent secret (APOP).
+    pub apop: usize,
+    /// Users with a CRAM-MD5 secret.
+    pub cram_md5: usize,
+    /// Users with a SCRAM-SHA-1 secret.
+    pub scram_sha1: usize,
+    /// Users with a SCRAM-SHA-256 secret.
+    pub scram_sha256: usize,
+}
+
+impl MechanismSupport {
+    /// The users who can use a mechanism of this kind.
+    pub fn count(&self, kind: SecretKind) -> usize {
+        match kind {
+            SecretKind::Apop => self.apop,
+            SecretKind::CramMd5 => self.cram_md5,
+            SecretKind::Scram(ScramHash::Sha1) => self.scram_sha1,
+            SecretKind::Scram(ScramHash::Sha256) => self.scram_sha256,
+        }
+    }
+
+    /// Every user with a password can use it (and there is at least one).
+    pub fn everyone(&self, kind: SecretKind) -> bool {
+        self.users > 0 && self.count(kind) == self.users
+    }
+
+    /// At least one user can use it.
+    pub fn someone(&self, kind: SecretKind) -> bool {
+        self.count(kind) > 0
+    }
+}
+
+/// What the password given for a name that is not a user (or has no password) is checked
+/// against, so that the check costs what a real user's costs and the answer's timing does not
+/// tell the two apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoy<'a> {
+    /// Checked when no user has a password (a hash of a random password).
+    pub fallback: &'a str,
+    /// A server secret that picks, per name, which kind of stored password the name imitates:
+    /// the same name always costs the same, across restarts, and over many names the costs
+    /// are spread as the real users' are.
+    pub key: &'a [u8],
 }
 
 /// A parsed users file.
@@ -80,6 +119,9 @@ pub struct MechanismSupport {
 pub struct UserDb {
     users: HashMap<String, UserEntry>,
     support: MechanismSupport,
+    /// One real stored form per cost class of the users' primary forms, with the number of
+    /// users in that class (see [`Decoy`]).
+    decoys: Vec<(String, usize)>,
 }
 
 /// A line that was skipped while parsing.
@@ -212,17 +254,77 @@ impl UserDb {
             };
             users.insert(name, entry);
         }
+        let with_password = || users.values().filter(|u| u.secrets().next().is_some());
+        let count = |kind| with_password().filter(|u| u.serves(kind)).count();
         let support = MechanismSupport {
-            apop: users.values().any(|u| u.serves(SecretKind::Apop)),
-            cram_md5: users.values().any(|u| u.serves(SecretKind::CramMd5)),
-            scram_sha1: users
-                .values()
-                .any(|u| u.serves(SecretKind::Scram(ScramHash::Sha1))),
-            scram_sha256: users
-                .values()
-                .any(|u| u.serves(SecretKind::Scram(ScramHash::Sha256))),
+            users: with_password().count(),
+            apop: count(SecretKind::Apop),
+            cram_md5: count(SecretKind::CramMd5),
+            scram_sha1: count(SecretKind::Scram(ScramHash::Sha1)),
+            scram_sha256: count(SecretKind::Scram(ScramHash::Sha256)),
         };
-        (Self { users, support }, warnings)
+        let mut classes: std::collections::BTreeMap<String, (String, usize)> = Default::default();
+        for user in with_password() {
+            let Some(primary) = user.secrets().find(|s| scheme::is_supported(s)) else {
+                continue;
+            };
+            let Ok(form) = Stored::parse(primary) else {
+                continue;
+            };
+            classes
+                .entry(form.cost_class())
+                .or_insert_with(|| (primary.to_owned(), 0))
+                .1 += 1;
+        }
+        let decoys = classes.into_values().collect();
+        (
+            Self {
+                users,
+                support,
+                decoys,
+            },
+            warnings,
+        )
+    }
+
+    /// The users with a password who cannot use a mechanism of this kind, sorted (what
+    /// `check-config` lists when such a mechanism is offered anyway).
+    pub fn lacking(&self, kind: SecretKind) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .users
+            .iter()
+            .filter(|(_, u)| u.secrets().next().is_some() && !u.serves(kind))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The stored form an unknown `name`'s password is checked against (see [`Decoy`]).
+    pub fn decoy_for<'a>(&'a self, name: &str, decoy: &Decoy<'a>) -> &'a str {
+        use hmac::{Hmac, Mac};
+        let total: usize = self.decoys.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return decoy.fallback;
+        }
+        let Ok(mac) = Hmac::<sha2::Sha256>::new_from_slice(decoy.key) else {
+            return decoy.fallback;
+        };
+        let digest = mac
+            .chain_update(b"decoy\0")
+            .chain_update(normalize_name(name).as_bytes())
+            .finalize()
+            .into_bytes();
+        let mut pick = [0u8; 8];
+        pick.copy_from_slice(&digest[..8]);
+        let mut left = u64::from_le_bytes(pick) % total as u64;
+        for (stored, n) in &self.decoys {
+            if left < *n as u64 {
+                return stored;
+            }
+            left -= *n as u64;
+        }
+        decoy.fallback
     }
 
     /// Reads and parses a users file. A missing file is an empty database.
@@ -258,16 +360,21 @@ impl UserDb {
     }
 
     /// Checks a password against the user's stored forms, the primary one first. For an
-    /// unknown user (or one without a password) the `decoy` hash is verified instead, so both
-    /// cases take the same time as a wrong password.
-    pub fn verify(&self, name: &str, password: &[u8], decoy: &str) -> Result<Verdict, AuthError> {
+    /// unknown user (or one without a password) a decoy form is checked instead and its result
+    /// thrown away ([`UserDb::decoy_for`]), so both cases take the time of a wrong password.
+    pub fn verify(
+        &self,
+        name: &str,
+        password: &[u8],
+        decoy: &Decoy<'_>,
+    ) -> Result<Verdict, AuthError> {
         let key = normalize_name(name);
         let Some(user) = self
             .users
             .get(&key)
             .filter(|u| u.secrets().next().is_some())
         else {
-            let _ = scheme::verify(decoy, password);
+            let _ = scheme::verify(self.decoy_for(&key, decoy), password);
             return Ok(Verdict::Invalid);
         };
         let mut first_error = None;
@@ -283,19 +390,24 @@ impl UserDb {
         first_error.map_or(Ok(Verdict::Invalid), Err)
     }
 
-    /// Whether [`verify`](Self::verify) for this user takes microseconds: the user exists and
-    /// every stored form uses a fast scheme (see [`Stored::is_fast`]). Such checks need not
-    /// wait for a hashing thread.
-    pub fn verifies_fast(&self, name: &str) -> bool {
-        self.users.get(&normalize_name(name)).is_some_and(|u| {
-            let mut forms = u.secrets().peekable();
-            forms.peek().is_some() && forms.all(|s| Stored::parse(s).is_ok_and(|f| f.is_fast()))
-        })
+    /// Whether [`verify`](Self::verify) for this name takes microseconds: every stored form
+    /// uses a fast scheme (see [`Stored::is_fast`]); for a name that is not a user, its decoy
+    /// does. Such checks need not wait for a hashing thread.
+    pub fn verifies_fast(&self, name: &str, decoy: &Decoy<'_>) -> bool {
+        let fast = |s: &str| Stored::parse(s).is_ok_and(|f| f.is_fast());
+        match self
+            .users
+            .get(&normalize_name(name))
+            .filter(|u| u.secrets().next().is_some())
+        {
+            Some(u) => u.secrets().all(fast),
+            None => fast(self.decoy_for(name, decoy)),
+        }
     }
 
-    /// A view for SASL mechanisms, with the decoy hash used for unknown users and the master
+    /// A view for SASL mechanisms, with the decoy used for unknown users and the master
     /// users (who may act as any other user).
-    pub fn directory<'a>(&'a self, decoy: &'a str, masters: &'a [String]) -> UserDirectory<'a> {
+    pub fn directory<'a>(&'a self, decoy: Decoy<'a>, masters: &'a [String]) -> UserDirectory<'a> {
         UserDirectory {
             db: self,
             decoy,
@@ -331,7 +443,7 @@ impl UserDb {
 #[derive(Debug, Clone, Copy)]
 pub struct UserDirectory<'a> {
     db: &'a UserDb,
-    decoy: &'a str,
+    decoy: Decoy<'a>,
     masters: &'a [String],
 }
 
@@ -354,7 +466,7 @@ impl Directory for UserDirectory<'_> {
     }
 
     fn check_password(&self, user: &str, password: &[u8]) -> Result<Verdict, AuthError> {
-        self.db.verify(user, password, self.decoy)
+        self.db.verify(user, password, &self.decoy)
     }
 
     fn exists(&self, user: &str) -> bool {
@@ -631,10 +743,16 @@ alice:{PLAIN}again
         assert!(warnings[1].reason.contains("MD5-CRYPT"));
     }
 
+    const KEY: &[u8] = b"a server secret of some length...";
+
     #[test]
     fn verify_does_not_distinguish_unknown_users() {
         let (db, _) = UserDb::parse(FILE);
-        let decoy = scheme::decoy_hash().unwrap();
+        let fallback = scheme::decoy_hash().unwrap();
+        let decoy = Decoy {
+            fallback: &fallback,
+            key: KEY,
+        };
         assert_eq!(
             db.verify("Alice", b"wonderland", &decoy).unwrap(),
             Verdict::Valid("alice".into())
@@ -657,14 +775,116 @@ alice:{PLAIN}again
             "p:{PLAIN}pw\ns:{SSHA256}c29tZWhhc2hzb21lc2FsdHNvbWVoYXNoc29tZXNhbHQxMjM0\n\
              a:{ARGON2ID}$argon2id$x\nmixed:{PLAIN}pw::::::x-poplar-secret={ARGON2ID}$argon2id$x\n",
         );
-        assert!(db.verifies_fast("p"));
-        assert!(db.verifies_fast("S"));
-        assert!(!db.verifies_fast("a"));
-        assert!(!db.verifies_fast("mixed"));
-        assert!(
-            !db.verifies_fast("nobody"),
-            "unknown users take the decoy's time"
+        let decoy = Decoy {
+            fallback: "{ARGON2ID}$argon2id$fallback",
+            key: KEY,
+        };
+        assert!(db.verifies_fast("p", &decoy));
+        assert!(db.verifies_fast("S", &decoy));
+        assert!(!db.verifies_fast("a", &decoy));
+        assert!(!db.verifies_fast("mixed", &decoy));
+        // A name that is no user takes its decoy's path: slow among slow users, fast among
+        // fast ones.
+        let (slow, _) = UserDb::parse(
+            "a:{ARGON2ID}$argon2id$x
+b:{ARGON2ID}$argon2id$y
+",
         );
+        assert!(!slow.verifies_fast("nobody", &decoy));
+        let (fast, _) = UserDb::parse(
+            "p:{PLAIN}pw
+q:{PLAIN}qw
+",
+        );
+        assert!(fast.verifies_fast("nobody", &decoy));
+        assert!(
+            !UserDb::default().verifies_fast("nobody", &decoy),
+            "the fallback"
+        );
+    }
+
+    #[test]
+    fn decoys_imitate_the_users_cost_classes_in_proportion() {
+        // Three Argon2 users with Poplar's parameters, one with Dovecot's, and six imported
+        // SHA512-CRYPT users: unknown names must spread over those classes as the users do,
+        // each name always to the same one.
+        let mut file = String::new();
+        for i in 0..3 {
+            let form = scheme::hash("ARGON2ID", format!("pw{i}").as_bytes()).unwrap();
+            file.push_str(&format!("argon{i}:{form}\n"));
+        }
+        file.push_str("dovecot:{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHQ$aGFzaA\n");
+        for i in 0..6 {
+            let form = scheme::hash("SHA512-CRYPT", format!("pw{i}").as_bytes()).unwrap();
+            file.push_str(&format!("imported{i}:{form}\n"));
+        }
+        let (db, warnings) = UserDb::parse(&file);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let decoy = Decoy {
+            fallback: "{PLAIN}x",
+            key: KEY,
+        };
+        let class = |stored: &str| Stored::parse(stored).unwrap().cost_class();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for i in 0..10_000 {
+            let name = format!("nobody{i}");
+            let chosen = db.decoy_for(&name, &decoy);
+            assert_eq!(
+                chosen,
+                db.decoy_for(&name.to_uppercase(), &decoy),
+                "stable per name"
+            );
+            *seen.entry(class(chosen)).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        let share = |prefix: &str, m: &str| {
+            seen.iter()
+                .filter(|(c, _)| c.starts_with(prefix) && c.contains(m))
+                .map(|(_, n)| *n)
+                .sum::<usize>()
+        };
+        // Expected 3000, 1000 and 6000 of 10 000.
+        assert!(
+            (2700..3300).contains(&share("ARGON2ID", "m=19456")),
+            "{seen:?}"
+        );
+        assert!(
+            (800..1200).contains(&share("ARGON2ID", "m=65536")),
+            "{seen:?}"
+        );
+        assert!(
+            (5600..6400).contains(&share("SHA512-CRYPT", "")),
+            "{seen:?}"
+        );
+        let other = Decoy {
+            fallback: "{PLAIN}x",
+            key: b"another server's secret........",
+        };
+        let differs = (0..100)
+            .filter(|i| {
+                let n = format!("nobody{i}");
+                class(db.decoy_for(&n, &decoy)) != class(db.decoy_for(&n, &other))
+            })
+            .count();
+        assert!(differs > 10, "the choice depends on the server's secret");
+    }
+
+    #[test]
+    fn mechanism_support_counts_users_with_a_password() {
+        let (db, _) = UserDb::parse(
+            "a:{ARGON2ID}$argon2id$x::::::x-poplar-secret={SCRAM-SHA-256}4096,c2FsdA==,a2V5,a2V5\n\
+             p:{PLAIN}pw\nh:{SHA512-CRYPT}$6$salt$hash\nnopass:\n",
+        );
+        let s = db.support();
+        assert_eq!(s.users, 3, "nopass cannot log in at all and does not count");
+        assert_eq!(s.count(SecretKind::Scram(ScramHash::Sha256)), 2);
+        assert_eq!(s.count(SecretKind::CramMd5), 1);
+        assert!(!s.everyone(SecretKind::CramMd5) && s.someone(SecretKind::CramMd5));
+        assert_eq!(db.lacking(SecretKind::Scram(ScramHash::Sha256)), ["h"]);
+        assert_eq!(db.lacking(SecretKind::Apop), ["a", "h"]);
+        let (all, _) = UserDb::parse("p:{PLAIN}pw\nq:{PLAIN}qw\n");
+        assert!(all.support().everyone(SecretKind::Scram(ScramHash::Sha1)));
+        assert!(!UserDb::default().support().everyone(SecretKind::Apop));
     }
 
     #[test]
@@ -777,7 +997,11 @@ alice:{PLAIN}again
         assert!(bob.ends_with(" quota=1G"), "{bob}");
         let (db, warnings) = UserDb::parse(&text);
         assert!(warnings.is_empty(), "{warnings:?}");
-        let decoy = scheme::decoy_hash().unwrap();
+        let fallback = scheme::decoy_hash().unwrap();
+        let decoy = Decoy {
+            fallback: &fallback,
+            key: KEY,
+        };
         for user in ["alice", "bob"] {
             assert_eq!(
                 db.verify(user, b"pw", &decoy).unwrap(),
@@ -790,8 +1014,16 @@ alice:{PLAIN}again
             assert!(!u.serves(SecretKind::Scram(ScramHash::Sha1)) && !u.serves(SecretKind::Apop));
         }
         let support = db.support();
-        assert!(support.cram_md5 && support.scram_sha256 && !support.scram_sha1 && !support.apop);
-        let dir = db.directory(&decoy, &[]);
+        assert_eq!(
+            (
+                support.cram_md5,
+                support.scram_sha256,
+                support.scram_sha1,
+                support.apop
+            ),
+            (2, 2, 0, 0)
+        );
+        let dir = db.directory(decoy, &[]);
         assert!(matches!(
             dir.secret("alice", SecretKind::Scram(ScramHash::Sha256)),
             Some(MechanismSecret::Scram(_))
@@ -805,10 +1037,11 @@ alice:{PLAIN}again
         assert_eq!(
             db.support(),
             MechanismSupport {
-                apop: true,
-                cram_md5: true,
-                scram_sha1: true,
-                scram_sha256: true
+                users: 1,
+                apop: 1,
+                cram_md5: 1,
+                scram_sha1: 1,
+                scram_sha256: 1
             }
         );
     }

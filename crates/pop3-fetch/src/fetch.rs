@@ -146,6 +146,25 @@ pub fn choose_mechanism(
     Ok("USER".to_owned())
 }
 
+/// The one mechanism tried after `refused` (a challenge-response mechanism) was refused: on an
+/// encrypted connection PLAIN or USER, which every stored password scheme can check; on a
+/// plain one the next challenge-response mechanism that needs another stored secret (a -PLUS
+/// variant and its plain twin use the same one).
+fn fallback(
+    caps: &ServerCapabilities,
+    greeting: &str,
+    encrypted: bool,
+    refused: &str,
+) -> Result<String, FetchError> {
+    if encrypted {
+        let plain = caps.sasl.iter().any(|s| s == "PLAIN");
+        return Ok(if plain { "PLAIN" } else { "USER" }.to_owned());
+    }
+    let family = refused.trim_end_matches("-PLUS");
+    let tried = [family.to_owned(), format!("{family}-PLUS")];
+    choose_mechanism(caps, greeting, false, false, &tried)
+}
+
 /// Whether a mechanism answers a challenge with a proof made from a stored form of the
 /// password (SCRAM, CRAM-MD5, APOP): a server may offer it while holding no such form for
 /// this user, and then refuses a right password.
@@ -225,7 +244,7 @@ pub async fn log_in(account: &Account) -> Result<LoggedIn, FetchError> {
                     && challenge_response(&mechanism)
                     && matches!(status.code.as_deref(), None | Some("AUTH")) =>
             {
-                let Ok(next) = choose(std::slice::from_ref(&mechanism)) else {
+                let Ok(next) = fallback(&caps, &greeting, account.encrypted, &mechanism) else {
                     return Err(FetchError::Refused { command, status });
                 };
                 notes.push(format!(
@@ -581,6 +600,22 @@ mod tests {
             .is_err()
         );
         assert!(challenge_response("SCRAM-SHA-1-PLUS") && challenge_response("APOP"));
+        let all = ServerCapabilities::parse([
+            "SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5",
+        ]);
+        assert_eq!(
+            fallback(&all, "", false, "SCRAM-SHA-256-PLUS").unwrap(),
+            "SCRAM-SHA-1"
+        );
+        assert_eq!(
+            fallback(&all, "", true, "SCRAM-SHA-256-PLUS").unwrap(),
+            "USER"
+        );
+        let plain = ServerCapabilities::parse(["SASL SCRAM-SHA-256 PLAIN"]);
+        assert_eq!(
+            fallback(&plain, "", true, "SCRAM-SHA-256").unwrap(),
+            "PLAIN"
+        );
         assert!(!challenge_response("PLAIN") && !challenge_response("USER"));
     }
 }

@@ -129,6 +129,11 @@ pub enum Event {
     },
     /// The client's decoded response to the last challenge; answer as for `SaslStart`.
     SaslResponse(Secret<Vec<u8>>),
+    /// The client abandoned the SASL exchange (`*`, RFC 5034) or answered with invalid base64:
+    /// a failed attempt like any other (an abandoned exchange may already have shown the
+    /// client something, such as a SCRAM salt). Apply the failure's penalty, then call
+    /// [`ServerSession::sasl_abandoned`].
+    SaslAbandoned,
     /// Lock and snapshot the user's maildrop, then call [`ServerSession::maildrop_opened`] or
     /// [`ServerSession::maildrop_failed`].
     OpenMaildrop {
@@ -236,6 +241,8 @@ pub enum EndReason {
     Shutdown,
     /// Closed before login to make room at the connection limit.
     Evicted,
+    /// Closed instead of answering a login attempt: its address has failed too often.
+    TooManyFailures,
 }
 
 #[derive(Debug)]
@@ -356,6 +363,8 @@ pub struct ServerSession {
     user_login_delay: Option<u32>,
     user_expire: Option<Expire>,
     stats: SessionStats,
+    /// What to answer once the driver has dealt with an abandoned SASL exchange.
+    abandoned: Option<&'static str>,
 }
 
 impl ServerSession {
@@ -372,6 +381,7 @@ impl ServerSession {
             utf8: false,
             greeted: false,
             user: None,
+            abandoned: None,
             user_login_delay: None,
             user_expire: None,
             stats: SessionStats::default(),
@@ -485,7 +495,7 @@ impl ServerSession {
             };
             self.stats.commands += 1;
             let event = match parsed {
-                Ok(Input::Sasl(response)) => self.on_sasl_response(out, response),
+                Ok(Input::Sasl(response)) => self.on_sasl_response(response),
                 Ok(Input::Command(cmd)) if self.is_logged_in() => self.on_transaction(out, cmd),
                 Ok(Input::Command(cmd)) => self.on_authorization(out, cmd),
                 Err(LineError::TooLong) => {
@@ -691,21 +701,16 @@ impl ServerSession {
 
     fn on_sasl_response(
         &mut self,
-        out: &mut Vec<u8>,
         response: Result<Secret<Vec<u8>>, SaslLineError>,
     ) -> Option<Event> {
+        self.pending = Pending::Auth;
         let text = match response {
-            Ok(data) => {
-                self.pending = Pending::Auth;
-                return Some(Event::SaslResponse(data));
-            }
+            Ok(data) => return Some(Event::SaslResponse(data)),
             Err(SaslLineError::Cancelled) => "Authentication cancelled",
             Err(SaslLineError::Invalid) => "Invalid base64 in the SASL response",
         };
-        self.phase = Phase::Authorization;
-        self.stats.auth_failures += 1;
-        err(out, None, text);
-        None
+        self.abandoned = Some(text);
+        Some(Event::SaslAbandoned)
     }
 
     fn on_transaction(&mut self, out: &mut Vec<u8>, cmd: Command) -> Option<Event> {
@@ -845,6 +850,32 @@ impl ServerSession {
                 "Too many connections for this user; close some and try again",
             ),
         }
+        Ok(())
+    }
+
+    /// Answers `SaslAbandoned`: `-ERR` saying why, back in AUTHORIZATION.
+    pub fn sasl_abandoned(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.expect("sasl_abandoned", self.pending == Pending::Auth)?;
+        let text = self.abandoned.take().unwrap_or("Authentication cancelled");
+        self.pending = Pending::None;
+        self.phase = Phase::Authorization;
+        self.stats.auth_failures += 1;
+        err(out, None, text);
+        Ok(())
+    }
+
+    /// Answers a login attempt (any pending authentication) by closing the session with
+    /// `-ERR [SYS/TEMP]`: the address has failed so often that the attempt's turn is too far
+    /// away. Says nothing about the credentials. Only valid before login.
+    pub fn refuse_attempt(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.expect("refuse_attempt", !self.is_logged_in())?;
+        self.abandoned = None;
+        self.stats.auth_failures += 1;
+        self.close_temporarily(
+            out,
+            "Too many failed logins from your address; try again later",
+            EndReason::TooManyFailures,
+        );
         Ok(())
     }
 

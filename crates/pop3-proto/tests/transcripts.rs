@@ -101,6 +101,7 @@ impl Harness {
                     }
                 }
                 Event::SaslResponse(data) => self.plain(&mut out, data.expose()),
+                Event::SaslAbandoned => self.session.sasl_abandoned(&mut out).unwrap(),
                 Event::OpenMaildrop { user } => {
                     if self.locked {
                         self.session

@@ -12,6 +12,8 @@ use pop3_auth::sasl::oauth::{Flavor, OauthServer};
 use pop3_auth::sasl::plain::PlainServer;
 use pop3_auth::sasl::scram::{ScramHash, ScramServer};
 use pop3_auth::sasl::{ChannelBinding, Failure, FailureKind, ServerMechanism, Step};
+use pop3_auth::scheme::SecretKind;
+use pop3_auth::userdb::Decoy;
 use pop3_auth::{UserDb, UserDbFile, Verdict, scheme};
 use pop3_proto::{Mechanism, Secret};
 use std::collections::{BTreeMap, HashMap};
@@ -40,7 +42,9 @@ pub(crate) struct Authenticator {
     pub(crate) penalties: Penalties,
     oauth: Option<Arc<JwtVerifier>>,
     salt_key: Arc<[u8]>,
-    allowed: Vec<String>,
+    /// Mechanisms the configuration lists explicitly (offered when some user can use them);
+    /// `None`: automatic (challenge-response ones only when every user can).
+    listed: Option<Vec<String>>,
     masters: Arc<[String]>,
     login_delay: u32,
     login_delay_overrides: BTreeMap<String, u32>,
@@ -73,11 +77,10 @@ impl Authenticator {
             ),
             oauth: oauth.map(Arc::new),
             salt_key: salt_key.into(),
-            allowed: auth
+            listed: auth
                 .mechanisms
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect(),
+                .as_ref()
+                .map(|l| l.iter().map(|m| m.to_ascii_uppercase()).collect()),
             masters: auth
                 .master_users
                 .iter()
@@ -109,6 +112,12 @@ impl Authenticator {
 
     /// The mechanisms a connection offers: allowed by the configuration and able to work with
     /// the stored passwords, the TLS state, the channel binding and the client certificate.
+    /// A challenge-response mechanism (CRAM-MD5, SCRAM) needs a stored form per user: by
+    /// default it is offered only when every user has one, because clients that pick the
+    /// strongest mechanism offered (mpop, Thunderbird, `poplar fetch`) would otherwise fail
+    /// for the others; a mechanism the configuration lists explicitly is offered when at least
+    /// one user has one (`check-config` names the others). Recomputed from the current users
+    /// file, so a change to it shows at the next connection.
     pub(crate) fn mechanisms(&self, conn: &ConnInfo) -> Vec<Mechanism> {
         let support = self.database().map(|db| db.support()).unwrap_or_default();
         let binding = conn.tls
@@ -116,17 +125,25 @@ impl Authenticator {
                 .binding
                 .as_ref()
                 .is_some_and(ChannelBinding::is_available);
+        let usable = |kind| match &self.listed {
+            None => support.everyone(kind),
+            Some(_) => support.someone(kind),
+        };
         MECHANISMS
             .iter()
-            .filter(|m| self.allowed.iter().any(|a| a == *m))
+            .filter(|m| {
+                self.listed
+                    .as_ref()
+                    .is_none_or(|l| l.iter().any(|a| a == *m))
+            })
             .filter_map(|&name| {
                 let works = match name {
                     "PLAIN" | "LOGIN" => true,
-                    "CRAM-MD5" => support.cram_md5,
-                    "SCRAM-SHA-1" => support.scram_sha1,
-                    "SCRAM-SHA-256" => support.scram_sha256,
-                    "SCRAM-SHA-1-PLUS" => support.scram_sha1 && binding,
-                    "SCRAM-SHA-256-PLUS" => support.scram_sha256 && binding,
+                    "CRAM-MD5" => usable(SecretKind::CramMd5),
+                    "SCRAM-SHA-1" => usable(SecretKind::Scram(ScramHash::Sha1)),
+                    "SCRAM-SHA-256" => usable(SecretKind::Scram(ScramHash::Sha256)),
+                    "SCRAM-SHA-1-PLUS" => usable(SecretKind::Scram(ScramHash::Sha1)) && binding,
+                    "SCRAM-SHA-256-PLUS" => usable(SecretKind::Scram(ScramHash::Sha256)) && binding,
                     "OAUTHBEARER" | "XOAUTH2" => self.oauth.is_some(),
                     "EXTERNAL" => conn.tls && conn.client_identity.is_some(),
                     _ => false,
@@ -142,6 +159,14 @@ impl Authenticator {
                 })
             })
             .collect()
+    }
+
+    /// What unknown names' passwords are checked against (see [`Decoy`]).
+    fn decoy(&self) -> Decoy<'_> {
+        Decoy {
+            fallback: &self.decoy,
+            key: &self.salt_key,
+        }
     }
 
     /// A fresh `<pid.counter.clock@host>`: APOP timestamps and CRAM-MD5 challenges. Letters,
@@ -216,12 +241,17 @@ impl Authenticator {
             return (None, Step::Failure(temporary()));
         };
         let decoy = Arc::clone(&self.decoy);
+        let key = Arc::clone(&self.salt_key);
         let masters = Arc::clone(&self.masters);
         let ran = self
             .hashing
             .run(move || {
+                let decoy = Decoy {
+                    fallback: &decoy,
+                    key: &key,
+                };
                 let step = mechanism.step(
-                    &db.directory(&decoy, &masters),
+                    &db.directory(decoy, &masters),
                     input.as_ref().map(|s| s.expose().as_slice()),
                 );
                 (mechanism, step)
@@ -241,30 +271,42 @@ impl Authenticator {
         let Some(db) = self.database() else {
             return Step::Failure(temporary());
         };
-        let decoy = Arc::clone(&self.decoy);
         let name = user.clone();
         // A fast scheme is checked right here: handing it to a hashing thread and back would
         // cost more than the check.
-        let verdict = if db.verifies_fast(&user) {
-            Ok(db.verify(&name, password.expose(), &decoy))
+        let verdict = if db.verifies_fast(&user, &self.decoy()) {
+            Ok(db.verify(&name, password.expose(), &self.decoy()))
         } else {
+            let decoy = Arc::clone(&self.decoy);
+            let key = Arc::clone(&self.salt_key);
+            let db = Arc::clone(&db);
             self.hashing
-                .run(move || db.verify(&name, password.expose(), &decoy))
+                .run(move || {
+                    let decoy = Decoy {
+                        fallback: &decoy,
+                        key: &key,
+                    };
+                    db.verify(&name, password.expose(), &decoy)
+                })
                 .await
         };
         match verdict {
             Ok(Ok(Verdict::Valid(u))) => Step::Success { user: u },
             Ok(Ok(Verdict::Invalid)) => Step::Failure(Failure {
                 kind: FailureKind::InvalidCredentials,
+                reason: if db.get(&user).is_some() {
+                    "wrong password".into()
+                } else {
+                    "unknown user".into()
+                },
                 user: Some(user),
-                reason: "wrong password or unknown user",
             }),
             Ok(Err(e)) => {
                 tracing::error!(user = ?user, error = %e, "cannot check the password; fix this user's entry in the users file");
                 Step::Failure(Failure {
                     kind: FailureKind::Temporary,
                     user: Some(user),
-                    reason: "password cannot be checked",
+                    reason: "password cannot be checked".into(),
                 })
             }
             Err(()) => Step::Failure(temporary()),
@@ -281,7 +323,15 @@ impl Authenticator {
             Verdict::Invalid => Step::Failure(Failure {
                 kind: FailureKind::InvalidCredentials,
                 user: Some(user.to_owned()),
-                reason: "wrong APOP digest, unknown user or no plaintext-equivalent secret",
+                reason: match db.get(user) {
+                    None => "unknown user".into(),
+                    Some(u) if u.serves(SecretKind::Apop) => "wrong APOP digest".into(),
+                    Some(_) => format!(
+                        "no APOP secret (a {{PLAIN}} password) stored for {}",
+                        pop3_auth::userdb::normalize_name(user)
+                    )
+                    .into(),
+                },
             }),
         }
     }
@@ -301,9 +351,8 @@ impl Authenticator {
         last.get(user).is_none_or(|t| t.elapsed() >= delay)
     }
 
-    /// Remembers a successful login (for LOGIN-DELAY) and clears the account's penalty.
+    /// Remembers a successful login (for LOGIN-DELAY).
     pub(crate) fn record_login(&self, user: &str) {
-        self.penalties.success(user);
         if self.login_delay == 0 && self.login_delay_overrides.is_empty() {
             return;
         }
@@ -328,11 +377,7 @@ impl Authenticator {
 }
 
 fn temporary() -> Failure {
-    Failure {
-        kind: FailureKind::Temporary,
-        user: None,
-        reason: "server error",
-    }
+    Failure::temporary()
 }
 
 /// A few dedicated threads, one per core, that check password hashes and run SASL steps.
@@ -390,11 +435,22 @@ impl HashPool {
 
 /// The log line fail2ban-style tools match: address, user and mechanism, never a secret. The
 /// user name is attacker-controlled, so it is logged escaped.
-pub(crate) fn log_failure(peer: IpAddr, user: &str, mechanism: &str, why: &str, delay: Duration) {
-    tracing::warn!(
-        "authentication failed: peer={peer} user={user:?} mechanism={mechanism} reason={why:?} delay_ms={}",
-        delay.as_millis()
-    );
+pub(crate) fn log_failure(
+    peer: IpAddr,
+    user: &str,
+    mechanism: &str,
+    why: &str,
+    answer: crate::penalty::Answer,
+) {
+    match answer {
+        crate::penalty::Answer::After(delay) => tracing::warn!(
+            "authentication failed: peer={peer} user={user:?} mechanism={mechanism} reason={why:?} delay_ms={}",
+            delay.as_millis()
+        ),
+        crate::penalty::Answer::Close => tracing::warn!(
+            "authentication failed: peer={peer} user={user:?} mechanism={mechanism} reason={why:?} closed unanswered (too many failed logins from this address)"
+        ),
+    }
 }
 
 /// A fresh decoy hash (computed once at startup, on a blocking thread).

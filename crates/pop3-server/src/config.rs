@@ -375,11 +375,14 @@ pub struct AuthConfig {
     /// form (`{PLAIN}`), and MD5 offers no protection a modern client needs; enable only for
     /// legacy clients that cannot use TLS.
     pub apop: bool,
-    /// SASL mechanisms that may be offered. Default: all Poplar implements; each is offered
-    /// only where it can work (CRAM-MD5 and SCRAM only if some user's stored password allows
-    /// them, -PLUS only over TLS, OAuth only with `[auth.oauth]`, EXTERNAL only with a client
-    /// certificate, plaintext ones only where plaintext logins are allowed).
-    pub mechanisms: Vec<String>,
+    /// SASL mechanisms that may be offered. Default (unset): every mechanism Poplar
+    /// implements, each offered only where it can work: CRAM-MD5 and SCRAM only when *every*
+    /// user's stored password allows them (clients that pick the strongest mechanism offered
+    /// would fail for the others), -PLUS only over TLS, OAuth only with `[auth.oauth]`,
+    /// EXTERNAL only with a client certificate, plaintext ones only where plaintext logins are
+    /// allowed. A list offers only those listed, challenge-response ones as soon as one user
+    /// can use them; `check-config` then names the users who cannot.
+    pub mechanisms: Option<Vec<String>>,
     /// Failed logins make the next failures from the same address (IPv6: the same /48) and for
     /// the same account wait longer: `failure_delay` doubling up to this cap. Default 15 s:
     /// a guesser gets a handful of tries a minute per account, a user who mistyped waits
@@ -445,7 +448,7 @@ impl Default for AuthConfig {
                 .collect(),
             failure_delay: Duration::from_secs(2),
             apop: false,
-            mechanisms: MECHANISMS.iter().map(|m| (*m).to_owned()).collect(),
+            mechanisms: None,
             penalty_cap: Duration::from_secs(15),
             penalty_reset_after: Duration::from_secs(600),
             trusted_networks: Vec::new(),
@@ -813,7 +816,7 @@ impl Config {
         if self.limits.max_sasl_line < 255 {
             error("limits.max_sasl_line must be at least 255 octets (the RFC 2449 command line length).".into());
         }
-        for m in &self.auth.mechanisms {
+        for m in self.auth.mechanisms.iter().flatten() {
             if !MECHANISMS.contains(&m.to_ascii_uppercase().as_str()) {
                 error(format!(
                     "auth.mechanisms lists {m:?}, which Poplar does not implement; choose from {}.",

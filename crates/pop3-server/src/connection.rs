@@ -12,6 +12,7 @@
 //! drives again.
 
 use crate::auth::{self, ConnInfo};
+use crate::penalty::{Answer, Outcome};
 use crate::{Kind, Shared};
 use pop3_auth::sasl::{FailureKind, ServerMechanism, Step};
 use pop3_proto::{
@@ -61,6 +62,9 @@ pub(crate) struct Connection<S: MailStore> {
     /// Until login: this connection's place among the unauthenticated ones, which the accept
     /// loop may close to make room at the connection limit.
     waiting: Option<crate::limits::WaitingTicket>,
+    /// Commands the session had received when the connection last took its place in that
+    /// queue (each complete command moves it to the end).
+    commands_seen: u32,
 }
 
 /// Resolves when the connection is told to make room; never if it has logged in.
@@ -99,6 +103,7 @@ pub(crate) async fn handle<S: MailStore>(
         user_slot: None,
         login_deadline,
         waiting: Some(waiting),
+        commands_seen: 0,
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -183,6 +188,13 @@ impl<S: MailStore> Connection<S> {
             match event {
                 Event::NeedInput => {
                     self.flush(&mut io).await?;
+                    let commands = self.session.stats().commands;
+                    if commands != self.commands_seen
+                        && let Some(ticket) = self.waiting.as_mut()
+                    {
+                        self.commands_seen = commands;
+                        ticket.touch();
+                    }
                     // Waiting for the client: keep an idle connection small after a large
                     // response.
                     self.out.shrink_to(READ_BUFFER);
@@ -259,6 +271,7 @@ impl<S: MailStore> Connection<S> {
                     }
                 }
                 Event::SaslResponse(data) => self.sasl_step(Some(data)).await?,
+                Event::SaslAbandoned => self.sasl_abandoned().await?,
                 Event::OpenMaildrop { user } => self.open_maildrop(user).await?,
                 Event::SendMessage(request) => self.send_message(&mut io, request).await?,
                 Event::StartTls => {
@@ -311,14 +324,74 @@ impl<S: MailStore> Connection<S> {
         self.user_slot.is_some()
     }
 
-    /// Answers the session with the outcome of a step: a challenge, a login, or a failure
-    /// after its penalty delay.
+    /// A SASL exchange the client abandoned (`*`, or invalid base64) is a failed attempt: it
+    /// pays the failure's penalty before the session says so.
+    async fn sasl_abandoned(&mut self) -> io::Result<()> {
+        let (user, name) = match self.sasl.take() {
+            Some((mechanism, name)) => (
+                mechanism
+                    .claimed_user()
+                    .map(pop3_auth::userdb::normalize_name),
+                name,
+            ),
+            None => (None, String::new()),
+        };
+        let ip = self.peer.ip();
+        let answer = self.shared.auth.penalties.conclude(
+            ip,
+            user.as_deref(),
+            Outcome::Failure { fingerprint: None },
+            Instant::now(),
+        );
+        auth::log_failure(
+            ip,
+            user.as_deref().unwrap_or(""),
+            &name,
+            "the client abandoned the exchange",
+            answer,
+        );
+        if self.hold(answer).await? {
+            self.session.sasl_abandoned(&mut self.out).map_err(misuse)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until an attempt may be answered: `true` then; `false` if the connection was
+    /// closed instead (the attempt refused, evicted to make room, or the server shutting
+    /// down), the session told so.
+    async fn hold(&mut self, answer: Answer) -> io::Result<bool> {
+        let delay = match answer {
+            Answer::After(delay) => delay,
+            Answer::Close => {
+                self.session.refuse_attempt(&mut self.out).map_err(misuse)?;
+                return Ok(false);
+            }
+        };
+        if delay.is_zero() {
+            return Ok(true);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(true),
+            () = evicted(&self.waiting) => {
+                self.session.evicted(&mut self.out).map_err(misuse)?;
+                Ok(false)
+            }
+            _ = self.shutdown.changed() => {
+                self.session.shutting_down(&mut self.out);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Answers the session with the outcome of a step: a challenge, a login, or a failure,
+    /// each in its turn (see `penalty`).
     async fn conclude(
         &mut self,
         mechanism: &str,
         step: Step,
         fingerprint: Option<u64>,
     ) -> io::Result<()> {
+        let ip = self.peer.ip();
         let failure = match step {
             Step::Challenge(challenge) => {
                 return self
@@ -328,11 +401,23 @@ impl<S: MailStore> Connection<S> {
             }
             Step::Success { user } => {
                 self.sasl = None;
+                let answer = self.shared.auth.penalties.conclude(
+                    ip,
+                    Some(&user),
+                    Outcome::Success,
+                    Instant::now(),
+                );
+                if answer == Answer::Close {
+                    tracing::info!(user = ?user, peer = %ip, "login attempt closed unanswered: too many failed logins from this address");
+                }
+                if !self.hold(answer).await? {
+                    return Ok(());
+                }
                 if !self.shared.auth.login_allowed(&user) {
-                    tracing::info!(user = ?user, peer = %self.peer.ip(), "login refused: LOGIN-DELAY not yet passed");
+                    tracing::info!(user = ?user, peer = %ip, "login refused: LOGIN-DELAY not yet passed");
                     AuthFailure::LoginDelay
                 } else if !self.take_user_slot(&user) {
-                    tracing::info!(user = ?user, peer = %self.peer.ip(), "login refused: too many connections for this user");
+                    tracing::info!(user = ?user, peer = %ip, "login refused: too many connections for this user");
                     AuthFailure::TooManyConnections
                 } else {
                     return self.session.auth_succeeded(user).map_err(misuse);
@@ -343,21 +428,23 @@ impl<S: MailStore> Connection<S> {
                 match f.kind {
                     FailureKind::Temporary => AuthFailure::Temporary,
                     kind => {
-                        let ip = self.peer.ip();
                         let user = f.user.as_deref().map(pop3_auth::userdb::normalize_name);
-                        let delay =
-                            self.shared
-                                .auth
-                                .penalties
-                                .failure(ip, user.as_deref(), fingerprint);
+                        let answer = self.shared.auth.penalties.conclude(
+                            ip,
+                            user.as_deref(),
+                            Outcome::Failure { fingerprint },
+                            Instant::now(),
+                        );
                         auth::log_failure(
                             ip,
                             f.user.as_deref().unwrap_or(""),
                             mechanism,
-                            f.reason,
-                            delay,
+                            &f.reason,
+                            answer,
                         );
-                        tokio::time::sleep(delay).await;
+                        if !self.hold(answer).await? {
+                            return Ok(());
+                        }
                         if kind == FailureKind::InvalidCredentials {
                             AuthFailure::InvalidCredentials
                         } else {
@@ -510,6 +597,7 @@ impl<S: MailStore> Connection<S> {
             (EndReason::Timeout, _) => "timeout",
             (EndReason::Shutdown, _) => "shutdown",
             (EndReason::Evicted, _) => "evicted to make room",
+            (EndReason::TooManyFailures, _) => "closed: too many failed logins",
             (EndReason::TooManyBadCommands, _) => "too many bad commands",
             (EndReason::Open, Some(_)) => "error",
             (EndReason::Open, None) => "disconnected",

@@ -90,7 +90,7 @@ struct Shared<S: MailStore> {
     capabilities: Arc<Capabilities>,
     settings: Settings,
     connections: Arc<Semaphore>,
-    per_ip: Arc<limits::Slots<IpAddr>>,
+    per_ip: Arc<limits::Slots<IpNet>>,
     per_user: Arc<limits::Slots<String>>,
     refusals: limits::RefusalLog,
     waiting: Arc<limits::Waiting>,
@@ -543,45 +543,47 @@ async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
         };
         let _ = stream.set_nodelay(true);
         let ip = peer.ip().to_canonical();
-        let Some(slot) = shared.per_ip.try_take(ip) else {
-            refuse(
-                &shared.refusals,
-                stream,
-                kind,
-                "Too many connections from your address; try again shortly",
-            );
-            continue;
-        };
         let peer = SocketAddr::new(ip, peer.port());
-        if let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() {
-            // Queued here, not in the task, so the queue is in arrival order.
-            let waiting = shared.waiting.enter();
-            let shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
-                drop((slot, permit));
-            });
-        } else if shared.waiting.evict_oldest() {
-            // At the limit: the longest-waiting unauthenticated connection makes room, and this
-            // one takes its permit as soon as it is released.
-            let waiting = shared.waiting.enter();
-            let shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let connections = Arc::clone(&shared.connections);
-                match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
-                    Ok(Ok(permit)) => {
-                        connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
-                        drop((slot, permit));
-                    }
-                    _ => refuse(&shared.refusals, stream, kind, AT_LIMIT),
-                }
-            });
-        } else {
+        let net = limits::client_net(ip);
+        // At the per-address limit the longest-waiting unauthenticated connection from the
+        // same address makes room, as at the global limit: many real clients share an address
+        // (NAT), and connections that never log in must not lock them out.
+        let (slot, evicted_for_address) = match shared.per_ip.try_take(net) {
+            Some(slot) => (slot, false),
+            None if shared.waiting.evict_oldest_from(net) => (shared.per_ip.take_over(net), true),
+            None => {
+                refuse(&shared.refusals, stream, kind, AT_ADDRESS_LIMIT);
+                continue;
+            }
+        };
+        let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
+        // An eviction for the address also frees a global permit; otherwise, at the global
+        // limit, the longest-waiting unauthenticated connection of all makes room.
+        if permit.is_none() && !evicted_for_address && !shared.waiting.evict_oldest() {
             refuse(&shared.refusals, stream, kind, AT_LIMIT);
+            continue;
         }
+        // Queued here, not in the task, so the queue is in arrival order.
+        let waiting = shared.waiting.enter(net);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let permit = match permit {
+                Some(permit) => permit,
+                None => {
+                    let connections = Arc::clone(&shared.connections);
+                    match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                        Ok(Ok(permit)) => permit,
+                        _ => return refuse(&shared.refusals, stream, kind, AT_LIMIT),
+                    }
+                }
+            };
+            connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
+            drop((slot, permit));
+        });
     }
 }
 
+const AT_ADDRESS_LIMIT: &str = "Too many connections from your address; try again shortly";
 const AT_LIMIT: &str = "Server is at its connection limit; try again shortly";
 
 /// How long a newcomer waits for the permit of the connection it evicted.

@@ -24,7 +24,9 @@ pub(crate) fn ensure_demo_user(config: &Config) -> Result<Option<String>> {
     store
         .deliver_blocking(&["demo"], &mut message.as_bytes())
         .context("cannot deliver the welcome message")?;
-    println!("Created user \"demo\" with password {password} (shown only this once).");
+    say(format_args!(
+        "Created user \"demo\" with password {password} (shown only this once)."
+    ));
     Ok(Some(password))
 }
 
@@ -35,7 +37,18 @@ pub(crate) fn print_hint(password: &str, pop3: std::net::SocketAddr) {
     } else {
         pop3.ip().to_string()
     };
-    println!("Try: curl pop3://demo:{password}@{host}:{}/1", pop3.port());
+    say(format_args!(
+        "Try: curl pop3://demo:{password}@{host}:{}/1",
+        pop3.port()
+    ));
+}
+
+/// A line for the person who started the server. Whoever reads standard output may have gone
+/// (`poplar serve | head -1`, a closed terminal): the server must not stop for that.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 fn random_password() -> Result<String> {

@@ -84,12 +84,14 @@ impl Fixtures {
     }
 }
 
-/// A server with APOP, OAuth and client certificates enabled, and users:
+/// A server with APOP, OAuth and client certificates enabled, every mechanism listed
+/// explicitly (so each is offered although not every user can use it), and users:
 /// alice (ARGON2ID + SCRAM-SHA-256 + SCRAM-SHA-1 + CRAM-MD5), mrose ({PLAIN}, for APOP),
 /// carol@example.org (ARGON2ID only; logs in by certificate or token).
 fn auth_server(fx: &Fixtures) -> Server {
     let mut b = ServerBuilder::new();
     b.set("auth.apop", true);
+    list_every_mechanism(&mut b);
     b.set(
         "auth.oauth.jwks_file",
         fx.path("jwks.json").to_str().unwrap(),
@@ -117,6 +119,27 @@ fn auth_server(fx: &Fixtures) -> Server {
         );
     }
     server
+}
+
+/// Lists every mechanism in `auth.mechanisms`, as an administrator who wants each offered
+/// although not every user can use it.
+fn list_every_mechanism(b: &mut ServerBuilder) {
+    let all = [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-1",
+        "CRAM-MD5",
+        "EXTERNAL",
+        "OAUTHBEARER",
+        "XOAUTH2",
+        "PLAIN",
+        "LOGIN",
+    ];
+    b.set(
+        "auth.mechanisms",
+        toml::Value::Array(all.map(toml::Value::from).to_vec()),
+    );
 }
 
 fn add_user(server: &Server, name: &str, password: &str, schemes: &str) {
@@ -560,7 +583,9 @@ fn doveadm_users_file_logs_in_unchanged() {
         "PLAIN",
         "CLEAR",
     ];
-    let server = ServerBuilder::new().start();
+    let mut b = ServerBuilder::new();
+    list_every_mechanism(&mut b);
+    let server = b.start();
     let mut users = String::new();
     for scheme in schemes {
         let out = tool("doveadm")
@@ -648,6 +673,7 @@ fn master_users_may_act_as_others_and_nobody_else_may() {
         "auth.master_users",
         toml::Value::Array(vec!["support".into()]),
     );
+    list_every_mechanism(&mut b);
     let server = b.start();
     add_user(&server, "support", "master-pw", "ARGON2ID,SCRAM-SHA-256");
     add_user(&server, "alice", "alice-pw", "ARGON2ID,SCRAM-SHA-256");
@@ -787,4 +813,224 @@ fn poplar_fetch_with_channel_binding_and_tokens() {
     let expired = fx.token("carol@example.org", -600);
     let out = fetch("carol@example.org", &expired, Some("OAUTHBEARER"));
     assert_eq!(out.status.code(), Some(77), "{out:?}");
+}
+
+/// mpop with `auth on` (the strongest mechanism the server offers), for `user`, over STLS or
+/// implicit TLS on `port`: whether it succeeded, and what it said.
+fn mpop_auto(
+    dir: &Path,
+    cert: &Path,
+    port: u16,
+    implicit: bool,
+    user: &str,
+    pw: &str,
+) -> (bool, String) {
+    let tag = format!("{}-{port}", user.replace('@', "_"));
+    let maildir = dir.join(format!("Maildir-{tag}"));
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let rc = dir.join(format!("mpoprc-{tag}"));
+    std::fs::write(
+        &rc,
+        format!(
+            "account test\nhost localhost\nport {port}\ntls on\ntls_starttls {}\n\
+             tls_trust_file {}\nuser {user}\npassword {pw}\nauth on\nkeep on\n\
+             uidls_file {}/uidls-{tag}\ndelivery maildir {}\n",
+            if implicit { "off" } else { "on" },
+            cert.display(),
+            dir.display(),
+            maildir.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&rc).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&rc, perms).unwrap();
+    let out = tool("mpop")
+        .args(["-C", rc.to_str().unwrap(), "test"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The README's own setup: `poplar serve` on its embedded defaults, the demo user, a user added
+/// with the default scheme and one added with `--schemes ARGON2ID,SCRAM-SHA-256,CRAM-MD5`.
+/// Clients that pick the strongest mechanism offered (mpop's `auth on`, curl) must log every one
+/// of them in, over STLS and POP3S: CAPA offers SCRAM and CRAM-MD5 only once every user can use
+/// them, and says so as soon as the users file changes.
+#[test]
+fn automatic_mechanism_choice_works_for_every_user_of_a_mixed_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped());
+    let mut running = common::spawn_server(cmd, true);
+    let (pop3, pop3s) = (running.pop3, running.pop3s.unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(running.child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let demo_pw = first
+        .split("password ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let user = |args: &[&str], pw: &str| {
+        let mut c = Command::new(common::BIN);
+        c.arg("user")
+            .args(args)
+            .arg("--password-stdin")
+            .current_dir(dir.path());
+        assert!(
+            run_with_stdin(c, format!("{pw}\n").as_bytes()).success(),
+            "{args:?}"
+        );
+    };
+    user(&["add", "alice@example.org"], "alice-pw");
+    user(
+        &["add", "bob", "--schemes", "ARGON2ID,SCRAM-SHA-256,CRAM-MD5"],
+        "bob-pw",
+    );
+    let sasl = || {
+        let (mut c, _) = Client::connect(pop3);
+        assert!(c.cmd("CAPA").starts_with("+OK"));
+        let capa = String::from_utf8(c.body()).unwrap();
+        capa.lines()
+            .find_map(|l| l.strip_prefix("SASL "))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        sasl(),
+        "PLAIN LOGIN",
+        "only some users have SCRAM and CRAM-MD5 forms"
+    );
+    let cert = dir.path().join("poplar-data/tls/cert.pem");
+    let users = [
+        ("demo", demo_pw.as_str()),
+        ("alice@example.org", "alice-pw"),
+        ("bob", "bob-pw"),
+    ];
+    for (name, pw) in users {
+        for (port, implicit) in [(pop3.port(), false), (pop3s.port(), true)] {
+            let (ok, text) = mpop_auto(dir.path(), &cert, port, implicit, name, pw);
+            assert!(ok, "mpop {name} port {port}: {text}");
+        }
+        let who = name.replace('@', "%40");
+        for url in [
+            format!("pop3://{who}:{pw}@localhost:{}/", pop3.port()),
+            format!("pop3s://{who}:{pw}@localhost:{}/", pop3s.port()),
+        ] {
+            curl(&["--ssl-reqd", "--cacert", cert.to_str().unwrap(), &url]);
+        }
+    }
+    // Once every user has the forms, the mechanisms are offered, without a restart.
+    user(
+        &[
+            "passwd",
+            "alice@example.org",
+            "--schemes",
+            "ARGON2ID,SCRAM-SHA-256,CRAM-MD5",
+        ],
+        "alice-pw",
+    );
+    user(
+        &[
+            "passwd",
+            "demo",
+            "--schemes",
+            "ARGON2ID,SCRAM-SHA-256,CRAM-MD5",
+        ],
+        &demo_pw,
+    );
+    assert_eq!(sasl(), "SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN");
+    for (name, pw) in users {
+        let (ok, text) = mpop_auto(dir.path(), &cert, pop3s.port(), true, name, pw);
+        assert!(ok, "mpop {name} with SCRAM offered: {text}");
+    }
+    let _ = running.child.kill();
+    let _ = running.child.wait();
+}
+
+/// With mechanisms listed explicitly, a user without the stored form gets the answer of a
+/// wrong password while the log names the real cause, and `poplar fetch` falls back once to a
+/// mechanism that works, saying so.
+#[test]
+fn a_missing_stored_form_is_logged_as_such_and_the_client_falls_back() {
+    let fx = Fixtures::new();
+    let server = auth_server(&fx);
+    let (mut c, _) = Client::connect(server.pop3);
+    let mut scram = pop3_auth::sasl::scram::ScramClient::new(
+        pop3_auth::sasl::scram::ScramHash::Sha256,
+        "carol@example.org",
+        b"carolpw",
+        None,
+        false,
+    )
+    .unwrap();
+    let reply = c.cmd(&format!(
+        "AUTH SCRAM-SHA-256 {}",
+        B64.encode(scram.client_first())
+    ));
+    let first = B64.decode(reply.strip_prefix("+ ").unwrap()).unwrap();
+    let reply = c.sasl(&scram.client_final(&first).unwrap());
+    assert_eq!(reply, "-ERR [AUTH] Authentication failed");
+    let line = server.wait_for_log("no SCRAM-SHA-256 secret stored for carol@example.org");
+    assert!(line.contains("mechanism=SCRAM-SHA-256"), "{line}");
+    let (mut c, _) = Client::connect(server.pop3);
+    let digest = pop3_auth::sasl::cram_md5::client_response("nobody", b"x", b"<1@h>");
+    c.cmd("AUTH CRAM-MD5");
+    assert!(c.sasl(&digest).starts_with("-ERR [AUTH]"));
+    server.wait_for_log("reason=\"unknown user\"");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args([
+            "fetch",
+            &format!(
+                "pop3s://carol%40example.org@localhost:{}",
+                server.pop3s.port()
+            ),
+        ])
+        .args([
+            "--password-stdin",
+            "--keep",
+            "--ca-file",
+            server.cert().to_str().unwrap(),
+        ])
+        .arg("--to")
+        .arg(format!("maildir:{}", dir.path().join("M").display()))
+        .arg("--journal")
+        .arg(dir.path().join("j"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"carolpw\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("1 new of 1"), "{stdout}");
+    assert!(
+        stderr.contains("the server refused SCRAM-SHA-256-PLUS")
+            && stderr.contains("logged in with PLAIN instead"),
+        "{stderr}"
+    );
 }

@@ -239,3 +239,310 @@ fn unknown_users_and_wrong_passwords_look_the_same() {
         "median wrong password {real:?}, unknown user {ghost:?}"
     );
 }
+
+/// What one guesser's connection saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Answers that say whether the guess was right (`+OK` or `-ERR [AUTH]`).
+    verdicts: u32,
+    /// Attempts closed unanswered.
+    closed: u32,
+}
+
+/// Fifty connections guessing alice's password from `sources` (cycled), each guessing again
+/// the moment it has an answer and reconnecting the moment it is closed, for `period`.
+fn guess_in_parallel(server: &common::Server, sources: &[String], period: Duration) -> Tally {
+    let deadline = Instant::now() + period;
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let addr = server.pop3;
+            let local = sources[i % sources.len()].clone();
+            std::thread::spawn(move || {
+                let mut t = Tally::default();
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let (mut c, greeting) = Client::connect_from(&local, addr);
+                    if !greeting.starts_with("+OK") {
+                        continue;
+                    }
+                    loop {
+                        if Instant::now() >= deadline {
+                            return t;
+                        }
+                        n += 1;
+                        let user = c.cmd("USER alice");
+                        if !user.starts_with("+OK") {
+                            // Closed (made room for a newcomer) before it could guess.
+                            t.closed += 1;
+                            break;
+                        }
+                        let reply = c.cmd(&format!("PASS guess-{i}-{n}"));
+                        if reply.starts_with("-ERR [AUTH]") || reply.starts_with("+OK") {
+                            t.verdicts += 1;
+                        } else {
+                            assert!(
+                                reply.starts_with("-ERR [SYS/TEMP] Too many failed logins")
+                                    || reply.contains("has not logged in")
+                                    || reply.is_empty(),
+                                "{reply}"
+                            );
+                            t.closed += 1;
+                            break;
+                        }
+                    }
+                }
+                t
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .fold(Tally::default(), |a, t| Tally {
+            verdicts: a.verdicts + t.verdicts,
+            closed: a.closed + t.closed,
+        })
+}
+
+/// However many connections carry the guesses from one address (IPv4) or one IPv6 /64, they
+/// are answered no faster than the penalty schedule: one verdict per delay, the rest closed
+/// unanswered. With 100 ms doubling to a 400 ms cap, six seconds allow about 14 at the cap
+/// plus the few while the delay grows; the old cap on each answer allowed fifty connections
+/// an answer each every 1.6 s, over 180. `POPLAR_GUESS_DEFAULTS=1` measures with the
+/// production delays (2 s doubling to 15 s) and `POPLAR_GUESS_SECONDS` sets the period
+/// (docs/security.md quotes a minute of each).
+#[test]
+fn parallel_connections_do_not_multiply_the_guessing_rate() {
+    let defaults = std::env::var_os("POPLAR_GUESS_DEFAULTS").is_some();
+    let (base, cap) = if defaults { (2000, 15_000) } else { (100, 400) };
+    let period = Duration::from_secs(
+        std::env::var("POPLAR_GUESS_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(6),
+    );
+    let bound = u32::try_from(period.as_millis() / cap).unwrap() + 6;
+    let (base, cap) = (format!("{base}ms"), format!("{cap}ms"));
+    let server = server(&[
+        ("auth.failure_delay", base.as_str().into()),
+        ("auth.penalty_cap", cap.as_str().into()),
+    ]);
+    let v4 = guess_in_parallel(&server, &["127.0.0.9".to_owned()], period);
+    eprintln!("one IPv4 address, 50 connections, {period:?}: {v4:?}");
+    assert!(v4.verdicts <= bound, "{v4:?} (at most {bound})");
+    assert!(v4.closed > 0, "{v4:?}");
+    // The owner still logs in from another address at once.
+    let (mut c, _) = Client::connect_from("127.0.0.1", server.pop3);
+    let t = Instant::now();
+    assert!(
+        c.login("alice", "right-password")
+            .starts_with("+OK Logged in")
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    c.cmd("QUIT");
+
+    let Some(_prefix) = common::LocalPrefix::add("2001:db8:64::/64") else {
+        return common::skip_root_test("routing an IPv6 /64 to loopback");
+    };
+    let mut b = ServerBuilder::new();
+    b.set("auth.failure_delay", base.as_str());
+    b.set("auth.penalty_cap", cap.as_str());
+    b.set("listen.pop3", toml::Value::Array(vec!["[::1]:0".into()]));
+    let server6 = b.start();
+    let add = server6.poplar(&["user", "add", "alice", "--password-stdin"]);
+    assert!(common::run_with_stdin(add, b"right-password\n").success());
+    // Fifty hosts of one /64: one subscriber, one schedule.
+    let hosts: Vec<String> = (1..=50).map(|i| format!("2001:db8:64::{i:x}")).collect();
+    let v6 = guess_in_parallel(&server6, &hosts, period);
+    eprintln!("one IPv6 /64, 50 connections from 50 addresses, {period:?}: {v6:?}");
+    assert!(v6.verdicts <= bound, "{v6:?} (at most {bound})");
+    // Connections are counted per /64 too: sixty idle ones from sixty addresses of the /64
+    // hold at most fifty slots, the ten oldest giving way.
+    let idle: Vec<(Client, String)> = (100..160)
+        .map(|i| Client::connect_from(&format!("2001:db8:64::{i:x}"), server6.pop3))
+        .collect();
+    let mut gave_way = 0;
+    for (mut c, greeting) in idle {
+        assert!(greeting.starts_with("+OK"), "{greeting}");
+        // A slot of the /64 held: answers NOOP; one that gave way was told so and closed.
+        c.send(b"NOOP\r\n");
+        let reply = c.try_line().unwrap_or_default();
+        gave_way += usize::from(reply.contains("has not logged in"));
+    }
+    assert_eq!(gave_way, 10);
+}
+
+/// A connection waiting out a penalty is one that has not logged in: at the connection limit it
+/// gives way to a newcomer like any other.
+#[test]
+fn connections_waiting_out_a_penalty_make_room_for_real_logins() {
+    let server = server(&[
+        ("limits.max_connections", 10.into()),
+        ("auth.failure_delay", "3s".into()),
+        ("auth.penalty_cap", "5s".into()),
+    ]);
+    let add = server.poplar(&["user", "add", "bob", "--password-stdin"]);
+    assert!(common::run_with_stdin(add, b"bobs-password\n").success());
+    // Ten guessers from ten addresses, each waiting three seconds for its answer: together
+    // they fill the server.
+    let guessers: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = server.pop3;
+            std::thread::spawn(move || {
+                let (mut c, _) = Client::connect_from(&format!("127.0.1.{}", i + 1), addr);
+                c.cmd(&format!("USER nobody{i}"));
+                c.cmd(&format!("PASS waiting-{i}"))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let (mut c, greeting) = Client::connect(server.pop3);
+        assert!(greeting.starts_with("+OK"), "{greeting}");
+        assert!(c.login("bob", "bobs-password").starts_with("+OK Logged in"));
+        c.cmd("QUIT");
+    }
+    let replies: Vec<String> = guessers.into_iter().map(|h| h.join().unwrap()).collect();
+    let evicted = replies
+        .iter()
+        .filter(|r| r.contains("has not logged in"))
+        .count();
+    assert!(evicted >= 1, "{replies:?}");
+}
+
+/// The median of `n` timings of `f`.
+fn median(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    let mut samples: Vec<Duration> = (0..n).map(|_| f()).collect();
+    samples.sort_unstable();
+    samples[n / 2]
+}
+
+/// A users file as a migrated site has it: Poplar's own ARGON2ID, SHA512-CRYPT imported from
+/// Dovecot, a {PLAIN} user, and SCRAM keys for some. Over many names, those that are no user
+/// take the time real users take, spread over the stored schemes as the users are; no one
+/// scheme's timing singles out the unknown names. SCRAM answers its first challenge in the
+/// same time for stored keys, a stored plaintext and an unknown name, and gives `Alice` and
+/// `alice` one salt.
+#[test]
+fn existing_and_unknown_names_cannot_be_told_apart_by_timing() {
+    let server = server(&[
+        (
+            "auth.trusted_networks",
+            toml::Value::Array(vec!["127.0.0.0/8".into()]),
+        ),
+        (
+            "auth.mechanisms",
+            toml::Value::Array(vec!["SCRAM-SHA-256".into(), "PLAIN".into()]),
+        ),
+    ]);
+    let sha512 = common::tool("doveadm")
+        .args(["pw", "-s", "SHA512-CRYPT", "-p", "imported-pw"])
+        .output()
+        .unwrap();
+    assert!(sha512.status.success());
+    let users = server.data_dir().join("users");
+    let mut text = std::fs::read_to_string(&users).unwrap();
+    text.push_str(&format!(
+        "imported:{}\nplain:{{PLAIN}}plain-pw\n",
+        String::from_utf8(sha512.stdout).unwrap().trim()
+    ));
+    std::fs::write(&users, text).unwrap();
+    let addr = server.pop3;
+    let wrong = |user: &str| {
+        let user = user.to_owned();
+        move || {
+            let (mut c, _) = Client::connect(addr);
+            c.cmd(&format!("USER {user}"));
+            let t = Instant::now();
+            assert!(c.cmd("PASS wrong-password").starts_with("-ERR [AUTH]"));
+            t.elapsed()
+        }
+    };
+    let classes: Vec<(&str, Duration)> = ["alice", "imported", "plain"]
+        .iter()
+        .map(|u| (*u, median(7, wrong(u))))
+        .collect();
+    eprintln!("wrong password, median per stored scheme: {classes:?}");
+    // Each unknown name behaves like one of the users, and the users' schemes are all
+    // imitated in proportion (one user each: a third of the names each).
+    let nearest = |d: Duration| {
+        classes
+            .iter()
+            .min_by(|a, b| {
+                let da = (a.1.as_secs_f64().ln() - d.as_secs_f64().ln()).abs();
+                let db = (b.1.as_secs_f64().ln() - d.as_secs_f64().ln()).abs();
+                da.total_cmp(&db)
+            })
+            .unwrap()
+    };
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for i in 0..45 {
+        let name = format!("nobody{i}");
+        let d = median(3, wrong(&name));
+        let (class, like) = nearest(d);
+        let ratio = d.as_secs_f64() / like.as_secs_f64();
+        assert!(
+            (0.4..2.5).contains(&ratio),
+            "{name}: {d:?}, nearest {class} {like:?}"
+        );
+        *counts.entry(class).or_default() += 1;
+    }
+    eprintln!("45 unknown names took the time of: {counts:?}");
+    for (class, _) in &classes {
+        let n = counts.get(class).copied().unwrap_or(0);
+        assert!((5..=30).contains(&n), "{counts:?}");
+    }
+
+    // SCRAM: the time to server-first, and the salt.
+    let add = server.poplar(&[
+        "user",
+        "add",
+        "keys",
+        "--password-stdin",
+        "--schemes",
+        "SCRAM-SHA-256",
+    ]);
+    assert!(common::run_with_stdin(add, b"keys-pw\n").success());
+    let first = |user: &str| {
+        let (mut c, _) = Client::connect(server.pop3);
+        let t = Instant::now();
+        let reply = c.cmd(&format!(
+            "AUTH SCRAM-SHA-256 {}",
+            B64.encode(format!("n,,n={user},r=clientnonce"))
+        ));
+        let elapsed = t.elapsed();
+        let msg =
+            String::from_utf8(B64.decode(reply.strip_prefix("+ ").unwrap()).unwrap()).unwrap();
+        let salt = msg
+            .split(",s=")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_owned();
+        (elapsed, salt)
+    };
+    let scram: Vec<(&str, Duration)> = ["keys", "plain", "nobody"]
+        .iter()
+        .map(|u| (*u, median(9, || first(u).0)))
+        .collect();
+    eprintln!("SCRAM-SHA-256 server-first, median: {scram:?}");
+    let (lo, hi) = scram
+        .iter()
+        .fold((Duration::MAX, Duration::ZERO), |(lo, hi), (_, d)| {
+            (lo.min(*d), hi.max(*d))
+        });
+    assert!(hi.as_secs_f64() / lo.as_secs_f64() < 2.0, "{scram:?}");
+    for user in ["plain", "nobody"] {
+        assert_eq!(first(user).1, first(&user.to_uppercase()).1, "{user}");
+    }
+    // An exchange cancelled after server-first is a failure like any other: it is penalised.
+    let (mut c, _) = Client::connect_from("127.1.0.1", server.pop3);
+    let _ = c.cmd(&format!(
+        "AUTH SCRAM-SHA-256 {}",
+        B64.encode("n,,n=nobody,r=abc")
+    ));
+    assert_eq!(c.cmd("*"), "-ERR Authentication cancelled");
+    server.wait_for_log("reason=\"the client abandoned the exchange\"");
+}

@@ -328,14 +328,20 @@ fn connection_caps_answer_clearly() {
     let mut b = ServerBuilder::new();
     b.set("limits.max_connections_per_ip", 2);
     let server = b.start();
-    let (_a, _) = Client::connect(server.pop3);
-    let (_b, _) = Client::connect(server.pop3);
+    server.add_user("alice", "wonderland");
+    server.add_user("bob", "builder");
+    // Two sessions logged in from one address: a third connection finds none that has not
+    // logged in to give way, and is refused.
+    let (mut a, _) = Client::connect(server.pop3);
+    assert!(a.login("alice", "wonderland").starts_with("+OK"));
+    let (mut b, _) = Client::connect(server.pop3);
+    assert!(b.login("bob", "builder").starts_with("+OK"));
     let (_, refused) = Client::connect(server.pop3);
     assert_eq!(
         refused,
         "-ERR [SYS/TEMP] Too many connections from your address; try again shortly"
     );
-    drop(_a);
+    drop(a);
     eventually(Duration::from_secs(2), "the slot's release", || {
         Client::connect(server.pop3)
             .1

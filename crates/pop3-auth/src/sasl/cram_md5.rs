@@ -64,15 +64,15 @@ impl ServerMechanism for CramMd5Server {
                 .as_bytes()
                 .ct_eq(digest.to_ascii_lowercase().as_bytes()),
         );
-        if context.is_some() && matches {
-            Step::Success {
+        match (context.is_some(), matches) {
+            (true, true) => Step::Success {
                 user: normalize_name(user),
-            }
-        } else {
-            Step::Failure(Failure::invalid(
+            },
+            (true, false) => Step::Failure(Failure::invalid(
                 Some(user.to_owned()),
-                "wrong CRAM-MD5 digest or unknown user",
-            ))
+                "wrong CRAM-MD5 digest",
+            )),
+            (false, _) => Step::Failure(Failure::no_secret(dir, &normalize_name(user), "CRAM-MD5")),
         }
     }
 }

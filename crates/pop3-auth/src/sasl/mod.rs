@@ -24,6 +24,7 @@ pub mod scram;
 use crate::error::AuthError;
 use crate::scheme::{MechanismSecret, SecretKind};
 use crate::userdb::Verdict;
+use std::borrow::Cow;
 
 /// What mechanisms may ask about users.
 pub trait Directory: Sync {
@@ -75,8 +76,9 @@ pub struct Failure {
     pub kind: FailureKind,
     /// The user the client tried to authenticate as, when known (for logs and penalties).
     pub user: Option<String>,
-    /// A short reason for the log (never a secret).
-    pub reason: &'static str,
+    /// A short reason for the log (never a secret), naming the real cause: the client is
+    /// answered the same whatever it is.
+    pub reason: Cow<'static, str>,
 }
 
 /// Classes of failure.
@@ -91,11 +93,11 @@ pub enum FailureKind {
 }
 
 impl Failure {
-    pub(crate) fn invalid(user: Option<String>, reason: &'static str) -> Self {
+    pub(crate) fn invalid(user: Option<String>, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
             kind: FailureKind::InvalidCredentials,
             user,
-            reason,
+            reason: reason.into(),
         }
     }
 
@@ -103,16 +105,29 @@ impl Failure {
         Self {
             kind: FailureKind::Malformed,
             user: None,
-            reason,
+            reason: reason.into(),
         }
     }
 
-    pub(crate) fn temporary() -> Self {
+    /// The server could not decide (the users file unreadable, a hashing thread gone).
+    pub fn temporary() -> Self {
         Self {
             kind: FailureKind::Temporary,
             user: None,
-            reason: "server error",
+            reason: "server error".into(),
         }
+    }
+
+    /// Why a challenge-response mechanism found no secret for `user`: unknown, or known
+    /// without a stored form this mechanism can use (CAPA offered it because other users
+    /// have one). For the log only; the client is answered as for a wrong password.
+    pub(crate) fn no_secret(dir: &dyn Directory, user: &str, mechanism: &str) -> Self {
+        let reason = if dir.exists(user) {
+            format!("no {mechanism} secret stored for {user}")
+        } else {
+            "unknown user".to_owned()
+        };
+        Self::invalid(Some(user.to_owned()), reason)
     }
 }
 
@@ -120,6 +135,12 @@ impl Failure {
 pub trait ServerMechanism: Send + std::fmt::Debug {
     /// Processes the client's next message (`None`: AUTH without an initial response).
     fn step(&mut self, dir: &dyn Directory, response: Option<&[u8]>) -> Step;
+
+    /// The user the client has named so far, if the exchange has got that far (for the
+    /// penalty of an exchange the client abandons).
+    fn claimed_user(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Channel binding data of a TLS connection (RFC 5929, RFC 9266).
@@ -158,7 +179,7 @@ pub(crate) fn password_step(dir: &dyn Directory, user: &str, password: &[u8]) ->
         Err(_) => Step::Failure(Failure {
             kind: FailureKind::Temporary,
             user: Some(user.to_owned()),
-            reason: "password cannot be checked",
+            reason: "password cannot be checked".into(),
         }),
     }
 }

@@ -3,14 +3,18 @@
 //!
 //! The server never needs the password: the stored keys (Dovecot's `{SCRAM-SHA-*}` scheme,
 //! `iterations,salt,StoredKey,ServerKey`) suffice, or they are derived from a stored plaintext.
-//! For an unknown user the server answers with a salt derived from the name and a server secret,
-//! so the exchange looks the same as for a real user until the proof fails. Names and passwords
-//! are used as UTF-8 octets without SASLprep normalisation (as Dovecot does); ASCII is
-//! unaffected.
+//! For an unknown user the server answers with a salt derived from the name (normalised as
+//! logins are, so `Alice` and `alice` get one salt, as they would for a real user) and a server
+//! secret, so the exchange looks the same as for a real user until the proof fails. Every
+//! client-first costs the server exactly one PBKDF2 whatever the user has (a real derivation
+//! from a stored plaintext, a dummy one for stored keys and unknown users), so the time to
+//! server-first says nothing about the user either. Names and passwords are used as UTF-8
+//! octets without SASLprep normalisation (as Dovecot does); ASCII is unaffected.
 
 use super::{ChannelBinding, Directory, Failure, ServerMechanism, Step, authorize};
 use crate::error::AuthError;
 use crate::scheme::{MechanismSecret, SecretKind};
+use crate::userdb::normalize_name;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
@@ -192,7 +196,9 @@ enum ServerState {
     First {
         user: String,
         authzid: Option<String>,
-        keys: Option<ScramKeys>,
+        keys: ScramKeys,
+        /// The keys are the user's own (not a stand-in for a user without them).
+        real: bool,
         gs2_header: String,
         client_first_bare: String,
         server_first: String,
@@ -251,16 +257,35 @@ impl ScramServer {
         ScramHash::Sha256.hmac(&self.salt_key, &input)[..16].to_vec()
     }
 
-    fn keys_for(&self, dir: &dyn Directory, user: &str) -> Option<ScramKeys> {
-        match dir.secret(user, SecretKind::Scram(self.hash))? {
-            MechanismSecret::Scram(keys) => Some(keys),
-            MechanismSecret::Plaintext(pw) => Some(ScramKeys::derive(
-                self.hash,
-                &pw,
-                &self.derived_salt("plain", user),
-                ITERATIONS,
-            )),
-            MechanismSecret::CramMd5(_) => None,
+    /// The keys to check the proof with, and whether they are the user's own. Exactly one
+    /// PBKDF2 of [`ITERATIONS`] runs whatever the user has, so the time this takes does not
+    /// tell stored keys, a stored plaintext and an unknown user apart.
+    fn keys_for(&self, dir: &dyn Directory, name: &str) -> (ScramKeys, bool) {
+        match dir.secret(name, SecretKind::Scram(self.hash)) {
+            Some(MechanismSecret::Scram(keys)) => {
+                let _equal_work =
+                    self.hash
+                        .salted_password(b"", &self.derived_salt("plain", name), ITERATIONS);
+                (keys, true)
+            }
+            Some(MechanismSecret::Plaintext(pw)) => (
+                ScramKeys::derive(
+                    self.hash,
+                    &pw,
+                    &self.derived_salt("plain", name),
+                    ITERATIONS,
+                ),
+                true,
+            ),
+            _ => (
+                ScramKeys::derive(
+                    self.hash,
+                    b"",
+                    &self.derived_salt("unknown", name),
+                    ITERATIONS,
+                ),
+                false,
+            ),
         }
     }
 
@@ -320,17 +345,18 @@ impl ScramServer {
             None => new_nonce().map_err(|_| Failure::temporary())?,
         };
         let nonce = format!("{client_nonce}{server_nonce}");
-        let keys = self.keys_for(dir, &user);
-        let (salt, iterations) = match &keys {
-            Some(k) => (k.salt.clone(), k.iterations),
-            None => (self.derived_salt("unknown", &user), ITERATIONS),
-        };
-        let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
+        let (keys, real) = self.keys_for(dir, &normalize_name(&user));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&keys.salt),
+            keys.iterations
+        );
         let challenge = server_first.clone().into_bytes();
         self.state = ServerState::First {
             user,
             authzid,
             keys,
+            real,
             gs2_header,
             client_first_bare: bare.to_owned(),
             server_first,
@@ -339,11 +365,12 @@ impl ScramServer {
         Ok(Step::Challenge(challenge))
     }
 
-    fn client_final(&mut self, msg: &[u8]) -> Result<Step, Failure> {
+    fn client_final(&mut self, dir: &dyn Directory, msg: &[u8]) -> Result<Step, Failure> {
         let ServerState::First {
             user,
             authzid,
             keys,
+            real,
             gs2_header,
             client_first_bare,
             server_first,
@@ -389,9 +416,6 @@ impl ScramServer {
         let proof = B64
             .decode(proof)
             .map_err(|_| Failure::malformed("bad proof encoding"))?;
-        let Some(keys) = keys else {
-            return Err(fail("unknown user"));
-        };
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let client_signature = self.hash.hmac(&keys.stored_key, auth_message.as_bytes());
         if proof.len() != client_signature.len() {
@@ -408,7 +432,15 @@ impl ScramServer {
             .ct_eq(&keys.stored_key)
             .unwrap_u8()
             == 0
+            || !real
         {
+            if !real {
+                return Err(Failure::no_secret(
+                    dir,
+                    &normalize_name(&user),
+                    self.hash.mechanism(false),
+                ));
+            }
             return Err(fail("wrong password"));
         }
         let server_signature = self.hash.hmac(&keys.server_key, auth_message.as_bytes());
@@ -425,7 +457,7 @@ impl ServerMechanism for ScramServer {
             // SCRAM is client-first: without an initial response, send an empty challenge.
             (ServerState::Start, None) => return Step::Challenge(Vec::new()),
             (ServerState::Start, Some(msg)) => self.client_first(dir, msg),
-            (ServerState::First { .. }, Some(msg)) => self.client_final(msg),
+            (ServerState::First { .. }, Some(msg)) => self.client_final(dir, msg),
             (ServerState::Final { user, authzid }, Some(b"")) => {
                 let (user, authzid) = (user.clone(), authzid.clone());
                 self.state = ServerState::Done;
@@ -434,6 +466,13 @@ impl ServerMechanism for ScramServer {
             _ => Err(Failure::malformed("unexpected SCRAM message")),
         };
         result.unwrap_or_else(Step::Failure)
+    }
+
+    fn claimed_user(&self) -> Option<&str> {
+        match &self.state {
+            ServerState::First { user, .. } | ServerState::Final { user, .. } => Some(user),
+            _ => None,
+        }
     }
 }
 

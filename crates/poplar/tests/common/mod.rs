@@ -353,8 +353,17 @@ pub fn skip_root_test(why: &str) {
 
 /// A TCP connection from a chosen local address (e.g. 127.0.0.2) to `addr`.
 pub fn tcp_from(local: &str, addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let local: std::net::IpAddr = local.parse().unwrap();
+    let domain = if local.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
+    if local.is_ipv6() {
+        // An address of a prefix routed to loopback (see `LocalPrefix`), not assigned to it.
+        socket.set_freebind_v6(true).unwrap();
+    }
     // The source port is chosen at connect time, per 4-tuple: a bind with port 0 would reserve
     // a port for this address alone and, with tens of thousands of earlier test connections
     // in TIME_WAIT, search the whole range for each one (seconds per thousand connections).
@@ -367,6 +376,31 @@ pub fn tcp_from(local: &str, addr: SocketAddr) -> TcpStream {
     socket.bind(&SocketAddr::new(local, 0).into()).unwrap();
     socket.connect(&addr.into()).unwrap();
     socket.into()
+}
+
+/// An IPv6 prefix routed to the loopback interface while it lives (`ip -6 route add local`),
+/// so that tests can connect from any of its addresses, as many hosts of one network would.
+/// Needs root (as CI has); see [`skip_root_test`].
+pub struct LocalPrefix(String);
+
+impl LocalPrefix {
+    /// Routes `prefix` (e.g. `2001:db8:64::/64`) to loopback; `None` when not permitted.
+    pub fn add(prefix: &str) -> Option<LocalPrefix> {
+        let ok = Command::new("ip")
+            .args(["-6", "route", "replace", "local", prefix, "dev", "lo"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| LocalPrefix(prefix.to_owned()))
+    }
+}
+
+impl Drop for LocalPrefix {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-6", "route", "del", "local", &self.0, "dev", "lo"])
+            .status();
+    }
 }
 
 /// A small blocking POP3 client that does not interpret much, so tests see the wire.
