@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use pop3_fetch::{Dialer, ServerUrl};
 use pop3_store::MaildirStore;
 use pop3_store::maildir::migrate::{
-    DOVECOT_DEFAULT_FORMAT, ImportMessage, SourceMessage, UidlScheme, read_source,
+    DOVECOT_DEFAULT_FORMAT, ImportMessage, Served, SourceMessage, UidlScheme, read_source,
 };
 use pop3_store::maildir::valid_uidl;
 use std::collections::HashMap;
@@ -104,6 +104,9 @@ struct Tally {
     again: usize,
     size_mismatches: usize,
     octets: u64,
+    /// Messages already in the target that serve the UIDL of a message to import: they get
+    /// new UIDLs, so clients download them once more.
+    collisions: usize,
 }
 
 pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
@@ -150,6 +153,23 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
         "{to}: {} messages at the source, {} {verb}, {} already here; {} would be downloaded again after the switch",
         tally.source, tally.to_import, tally.present, tally.again
     );
+    if tally.collisions > 0 {
+        println!(
+            "{} message(s) already here had the UIDL of a message {}: the imported message keeps it (clients know it by it) and {} a new UIDL, so a client that keeps mail on the server downloads {} once more: a duplicate, never a loss",
+            tally.collisions,
+            if args.dry_run {
+                "to import"
+            } else {
+                "imported"
+            },
+            if args.dry_run {
+                "each of them gets"
+            } else {
+                "each of them got"
+            },
+            if tally.collisions == 1 { "it" } else { "them" },
+        );
+    }
     if tally.size_mismatches > 0 {
         println!(
             "warning: {} messages arrived with another size than the old server's LIST said; they are stored as received",
@@ -171,8 +191,8 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     })
 }
 
-/// The UIDLs the target maildrop already serves, by base name and as a set.
-fn target_listing(store: &MaildirStore, user: &str) -> Result<HashMap<String, String>> {
+/// The UIDLs the target maildrop already serves, by base name, and whether each is pinned.
+fn target_listing(store: &MaildirStore, user: &str) -> Result<HashMap<String, Served>> {
     let dir = store.maildir_path(user)?;
     if !dir.exists() {
         return Ok(HashMap::new());
@@ -206,7 +226,7 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     };
     let messages = read_source(dir, &scheme)?;
     let target = target_listing(store, to)?;
-    let owners: HashMap<&String, &String> = target.iter().map(|(b, u)| (u, b)).collect();
+    let owners: HashMap<&String, &String> = target.iter().map(|(b, s)| (&s.uidl, b)).collect();
     let mut tally = Tally {
         source: messages.len(),
         ..Tally::default()
@@ -214,11 +234,14 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     let mut todo = Vec::new();
     for m in messages {
         let base = pop3_store::maildir::filename::base(&m.name).to_owned();
-        let owner = m.uidl.as_ref().and_then(|u| owners.get(u)).copied();
-        tally.again += usize::from(would_change(&m, target.get(&base), owner, &base));
-        if target.contains_key(&base) {
+        let served = target.get(&base).map(|s| &s.uidl);
+        tally.again += usize::from(would_change(&m, served));
+        if served.is_some() {
             tally.present += 1;
         } else {
+            // The same file is not here yet; another one serving its UIDL gives way.
+            let owner = m.uidl.as_ref().and_then(|u| owners.get(u));
+            tally.collisions += usize::from(owner.is_some_and(|o| **o != base));
             tally.to_import += 1;
             tally.octets += std::fs::metadata(&m.path).map_or(0, |md| md.len());
             todo.push(m);
@@ -243,20 +266,15 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     Ok(tally)
 }
 
-/// Whether a client that saw `m` (base name `base`) at the old server would see it as new at
-/// Poplar: its UIDL cannot be served (not a valid POP3 UIDL), the target serves the message under
-/// another UIDL (`target`), or another message of the target already has its UIDL (`owner`).
-fn would_change(
-    m: &SourceMessage,
-    target: Option<&String>,
-    owner: Option<&String>,
-    base: &str,
-) -> bool {
-    match (&m.uidl, target) {
+/// Whether a client that saw `m` at the old server would see it as new at Poplar: its UIDL
+/// cannot be served (not a valid POP3 UIDL), or the target already holds the same file under
+/// another UIDL (`served`). An imported message always keeps its UIDL, even where another
+/// message of the target served it (that one gets a new UIDL instead).
+fn would_change(m: &SourceMessage, served: Option<&String>) -> bool {
+    match (&m.uidl, served) {
         (Some(old), _) if !valid_uidl(old) => true,
         (Some(old), Some(current)) => old != current,
-        (Some(_), None) => owner.is_some_and(|o| o != base),
-        (None, _) => false,
+        _ => false,
     }
 }
 
@@ -305,16 +323,28 @@ async fn from_server(
     // there is nothing to preserve.
     let listing = pop3_fetch::fetch::list(&mut conn).await?;
     let target = target_listing(store, to)?;
-    let served: std::collections::HashSet<&String> = target.values().collect();
+    // A message imported by an earlier run serves its UIDL pinned; a message that arrived
+    // here otherwise and happens to serve the same UIDL is another message, which gives way.
+    let imported: std::collections::HashSet<&String> = target
+        .values()
+        .filter(|s| s.pinned)
+        .map(|s| &s.uidl)
+        .collect();
+    let native: std::collections::HashSet<&String> = target
+        .values()
+        .filter(|s| !s.pinned)
+        .map(|s| &s.uidl)
+        .collect();
     let mut tally = Tally::default();
     let mut todo = Vec::new();
     for m in listing {
         tally.source += 1;
         if !valid_uidl(&m.uidl) {
             tally.again += 1;
-        } else if served.contains(&m.uidl) {
+        } else if imported.contains(&m.uidl) {
             tally.present += 1;
         } else {
+            tally.collisions += usize::from(native.contains(&m.uidl));
             tally.to_import += 1;
             tally.octets += m.size;
             todo.push(m);

@@ -373,6 +373,9 @@ fn fetchmail_cram_md5_and_password() {
         std::fs::set_permissions(&rc, perms).unwrap();
         let out = tool("fetchmail")
             .args(["-f", rc.to_str().unwrap(), "--nosyslog", "-v"])
+            // As root fetchmail would lock /var/run's pid file; tests run in parallel.
+            .arg("--pidfile")
+            .arg(home.path().join("fetchmail.pid"))
             .env("FETCHMAILHOME", home.path())
             .output()
             .unwrap();

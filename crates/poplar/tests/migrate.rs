@@ -166,6 +166,10 @@ fn fetchmail(world: &World, reach: Reach<'_>) -> usize {
     let out = tool("fetchmail")
         .args(["-f", rc.to_str().unwrap(), "--nosyslog", "-i"])
         .arg(home.join("fetchids"))
+        // Its lock too must be this world's: as root fetchmail would take /var/run's, and
+        // tests run in parallel.
+        .arg("--pidfile")
+        .arg(home.join("fetchmail.pid"))
         .env("FETCHMAILHOME", &home)
         .output()
         .unwrap();
@@ -442,4 +446,156 @@ fn courier_and_x_uidl_maildirs_keep_their_uidls() {
     let got = uidls(server.pop3, "alice", "pw");
     assert!(got.contains(&"3f6a2b9c0000a1".to_owned()), "{got:?}");
     assert!(got.contains(&"c0ffee-42".to_owned()), "{got:?}");
+}
+
+/// Sends one message to `rcpt` over LMTP at `addr`, as Postfix would.
+fn lmtp_deliver(addr: &str, rcpt: &str, message: &str) {
+    use std::io::Write;
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(stream);
+    assert!(common::smtp_reply(&mut r).starts_with("220"));
+    for (command, want) in [
+        ("LHLO mx.test".to_owned(), "250"),
+        ("MAIL FROM:<sender@example.net>".to_owned(), "250"),
+        (format!("RCPT TO:<{rcpt}>"), "250"),
+        ("DATA".to_owned(), "354"),
+        (format!("{message}\r\n."), "250"),
+        ("QUIT".to_owned(), "221"),
+    ] {
+        write!(w, "{command}\r\n").unwrap();
+        let reply = common::smtp_reply(&mut r);
+        assert!(reply.starts_with(want), "{command}: {reply}");
+    }
+}
+
+/// The first line of each message a client stored, sorted: what it holds, not how many.
+fn subjects_in(dir: &Path) -> Vec<String> {
+    let mut subjects: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+            text.lines()
+                .find(|l| l.starts_with("Subject:"))
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+/// A target maildrop that received mail over LMTP before the migration, with an index whose
+/// UIDVALIDITY is the old server's (both created in the same second): its first messages serve
+/// the very UIDLs of the old server's first messages. The imported messages keep their UIDLs
+/// (the clients know them by them) and the LMTP messages get new ones: the clients download
+/// those once, and no message is hidden from any of them.
+#[test]
+fn a_migration_never_hides_a_message_behind_a_colliding_uidl() {
+    let world = World::new();
+    let (cert, key) = world.certificate();
+    let dovecot = Dovecot::start_with_tls(world.path(), &world.old_root(), "", Some((&cert, &key)));
+    let (port, pop3s) = (dovecot.port, dovecot.pop3s_port.unwrap());
+    let messages = corpus().len();
+    assert_eq!(mpop(&world, Reach::Plain(port)), messages);
+    assert_eq!(fetchmail(&world, Reach::Plain(port)), messages);
+    let old_uidls = uidls(([127, 0, 0, 1], port).into(), "alice", "pw");
+    let source_index =
+        std::fs::read_to_string(world.old_maildir().join("dovecot-uidlist")).unwrap();
+    let validity = source_index
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix('V'))
+        .unwrap()
+        .to_owned();
+
+    // The new server, before the migration: its index has the same UIDVALIDITY, and two
+    // messages arrive over LMTP.
+    let mut b = poplar(&world);
+    b.lmtp();
+    let target = b.data_dir().join("mail/_default_/alice/Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(target.join(sub)).unwrap();
+    }
+    std::fs::write(
+        target.join("dovecot-uidlist"),
+        format!("3 V{validity} N1 G0123456789abcdef0123456789abcdef\n"),
+    )
+    .unwrap();
+    let config = b.write_config();
+    let early = b.start();
+    for n in 1..=2 {
+        lmtp_deliver(
+            &early.lmtp_addr(),
+            "alice",
+            &format!("Subject: arrived early {n}\r\n\r\nbefore the migration"),
+        );
+    }
+    let early_uidls = uidls(early.pop3, "alice", "pw");
+    assert_eq!(
+        early_uidls[..],
+        old_uidls[..2],
+        "the collision this test is about"
+    );
+    let (_, kept) = early.stop();
+    let data_dir = kept.path().join("data");
+
+    let url = format!("pop3s://alice@localhost:{pop3s}");
+    let ca = ["--password-stdin", "--ca-file", cert.to_str().unwrap()];
+    let dry = migrate(&config, &[&[url.as_str(), "--dry-run"][..], &ca].concat());
+    assert!(
+        dry.contains(&format!(
+            "{messages} to import, 0 already here; 0 would be downloaded again"
+        )),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("2 message(s) already here had the UIDL of a message to import"),
+        "{dry}"
+    );
+    let on_disk = format!("maildir:{}", world.old_maildir().display());
+    let dry_disk = migrate(&config, &[&on_disk, "--dry-run"]);
+    assert!(
+        dry_disk.contains("2 message(s) already here had the UIDL"),
+        "{dry_disk}"
+    );
+    let done = migrate(&config, &[&[url.as_str()][..], &ca].concat());
+    assert!(done.contains(&format!("{messages} imported")), "{done}");
+    let again = migrate(&config, &[&[url.as_str()][..], &ca].concat());
+    assert!(
+        again.contains(&format!("0 imported, {messages} already here")),
+        "{again}"
+    );
+    drop(dovecot);
+    wait_port_free(port);
+
+    let mut b = ServerBuilder::new();
+    b.set("data_dir", data_dir.to_str().unwrap());
+    b.set(
+        "listen.pop3",
+        toml::Value::Array(vec![format!("127.0.0.1:{port}").into()]),
+    );
+    let server = b.start();
+    let now = uidls(server.pop3, "alice", "pw");
+    assert_eq!(now.len(), messages + 2);
+    for uidl in &old_uidls {
+        assert!(now.contains(uidl), "{uidl} was not kept: {now:?}");
+    }
+    // Each client fetches exactly the two messages it has never seen, and then holds every one.
+    assert_eq!(mpop(&world, Reach::Plain(port)), 2);
+    assert_eq!(fetchmail(&world, Reach::Plain(port)), 2);
+    for held in [
+        subjects_in(&world.path().join("mpop/Maildir/new")),
+        subjects_in(&world.path().join("fetchmail/out")),
+    ] {
+        assert_eq!(held.len(), messages + 2);
+        for n in 1..=2 {
+            assert!(
+                held.contains(&format!("Subject: arrived early {n}")),
+                "{held:?}"
+            );
+        }
+    }
 }

@@ -351,6 +351,18 @@ pub struct ImportOutcome {
     pub already_present: usize,
     /// UIDLs pinned by this run.
     pub pinned: usize,
+    /// Messages already in the maildrop that served a UIDL an imported message brings, and so
+    /// were given a new one (clients download them once more: a duplicate, never a loss).
+    pub displaced: usize,
+}
+
+/// A message of a maildrop as a migration sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The UIDL it is served under.
+    pub uidl: String,
+    /// Whether that UIDL is pinned (kept from another server) rather than made from its UID.
+    pub pinned: bool,
 }
 
 impl MaildirStore {
@@ -421,7 +433,7 @@ impl MaildirStore {
         let mut sizes = HashMap::new();
         measure_unindexed(&dir, fresh.as_ref(), &files, &mut sizes)?;
         let mut list = update_index(fresh, &files, &sizes)?;
-        outcome.pinned = pin(&mut list, &pins);
+        (outcome.pinned, outcome.displaced) = pin(&mut list, &pins);
         write_uidlist(&dir, &list)?;
         remove_pending(&dir);
         self.inner.cache.forget(&dir);
@@ -430,14 +442,32 @@ impl MaildirStore {
 }
 
 impl MaildirStore {
-    /// The UIDL `user`'s maildrop serves for each message, by base name (locking it briefly,
-    /// like a session: [`StoreError::InUse`] while one is open).
-    pub fn served_uidls_blocking(&self, user: &str) -> Result<HashMap<String, String>, StoreError> {
+    /// The UIDL `user`'s maildrop serves for each message, by base name, and whether it is
+    /// pinned (locking it briefly, like a session: [`StoreError::InUse`] while one is open).
+    pub fn served_uidls_blocking(&self, user: &str) -> Result<HashMap<String, Served>, StoreError> {
         let (drop, listing) = self.open_blocking(user)?;
+        let dir = self.maildir_path(user)?;
+        // The open brought the index up to date; the session lock keeps it so.
+        let pinned: std::collections::HashSet<String> = read_uidlist(&dir)?
+            .map(|list| {
+                list.records
+                    .into_iter()
+                    .filter(|r| r.ext(POP3_UIDL_KEY).is_some_and(valid_uidl))
+                    .map(|r| r.base)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(listing
             .into_iter()
             .enumerate()
-            .filter_map(|(i, info)| Some((drop.entry(i)?.base.clone(), info.uidl)))
+            .filter_map(|(i, info)| {
+                let base = drop.entry(i)?.base.clone();
+                let served = Served {
+                    pinned: pinned.contains(&base),
+                    uidl: info.uidl,
+                };
+                Some((base, served))
+            })
             .collect())
     }
 }
@@ -445,41 +475,58 @@ impl MaildirStore {
 /// UIDLs of an import in progress: `<base>\t<uidl>` lines, written before its messages appear.
 const PENDING: &str = "poplar-import-pending";
 
-/// Pins `pins` (base name to UIDL) on records that have no UIDL pinned yet; returns how many.
+/// Pins `pins` (base name to UIDL) on records that have no UIDL pinned yet; returns how many,
+/// and how many other records were displaced.
 ///
-/// A UIDL another message of the maildrop already serves is not pinned: two messages must never
-/// share a UIDL, and neither may change once a client may have seen it. The imported message
-/// keeps Poplar's own UIDL (a client downloads it once more), which is logged.
-fn pin(list: &mut Uidlist, pins: &HashMap<String, String>) -> usize {
+/// Two messages must never share a UIDL. When another message of the maildrop already serves
+/// a UIDL being imported (mail delivered here before the migration, whose index happens to have
+/// the old server's UIDVALIDITY), the imported message keeps it, because clients that saw it
+/// at the old server know it by that UIDL and would otherwise never download the other one:
+/// it would be hidden from them. The other message gets a fresh UIDL of Poplar's form, from a
+/// UID reserved for it, so clients download it once more: a duplicate, never a loss.
+fn pin(list: &mut Uidlist, pins: &HashMap<String, String>) -> (usize, usize) {
+    // Fresh UIDLs must not be ones being imported.
+    reserve_uids(list, pins.values().map(String::as_str));
     let validity = list.uid_validity;
-    let wanted = |rec: &super::uidlist::Record| {
-        let has = rec.ext(POP3_UIDL_KEY).is_some_and(valid_uidl);
-        (!has).then(|| pins.get(&rec.base)).flatten()
-    };
-    let mut served: std::collections::HashSet<String> = list
+    let wanted: Vec<Option<String>> = list
         .records
         .iter()
-        .filter(|r| wanted(r).is_none())
-        .map(|r| served_uidl(r, validity))
+        .map(|rec| {
+            let has = rec.ext(POP3_UIDL_KEY).is_some_and(valid_uidl);
+            (!has).then(|| pins.get(&rec.base).cloned()).flatten()
+        })
         .collect();
-    let mut pinned = 0;
-    for rec in &mut list.records {
-        let Some(uidl) = wanted(rec).cloned() else {
-            continue;
-        };
-        if served.insert(uidl.clone()) {
-            rec.set_ext(POP3_UIDL_KEY, uidl);
-            pinned += 1;
-        } else {
-            tracing::error!(
-                base = rec.base,
+    let mut owners: HashMap<String, usize> = list
+        .records
+        .iter()
+        .zip(&wanted)
+        .enumerate()
+        .filter(|(_, (_, w))| w.is_none())
+        .map(|(i, (rec, _))| (served_uidl(rec, validity), i))
+        .collect();
+    let (mut pinned, mut displaced) = (0, 0);
+    for (i, uidl) in wanted.into_iter().enumerate() {
+        let Some(uidl) = uidl else { continue };
+        if let Some(other) = owners.remove(&uidl) {
+            let fresh = format!("{:08x}{validity:08x}", list.next_uid);
+            list.next_uid = list.next_uid.saturating_add(1);
+            tracing::warn!(
                 uidl,
-                "another message of the maildrop already has this UIDL; this one keeps Poplar's own"
+                imported = list.records[i].base,
+                existing = list.records[other].base,
+                fresh,
+                "a message already here served the UIDL of a message being imported; it gets a new UIDL (clients download it once more)"
             );
+            list.records[other].set_ext(POP3_UIDL_KEY, fresh.clone());
+            owners.insert(fresh, other);
+            displaced += 1;
         }
+        list.records[i].set_ext(POP3_UIDL_KEY, uidl.clone());
+        owners.insert(uidl, i);
+        pinned += 1;
     }
     reserve_imported(list);
-    pinned
+    (pinned, displaced)
 }
 
 fn write_pending(dir: &Path, pins: &HashMap<String, String>) -> Result<(), StoreError> {
@@ -520,8 +567,8 @@ pub(super) fn apply_pending(dir: &Path, list: &mut Uidlist) {
         .filter(|(_, uidl)| valid_uidl(uidl))
         .map(|(b, u)| (b.to_owned(), u.to_owned()))
         .collect();
-    let pinned = pin(list, &pins);
-    tracing::info!(maildir = %dir.display(), pinned, "applied the UIDLs of an interrupted import");
+    let (pinned, displaced) = pin(list, &pins);
+    tracing::info!(maildir = %dir.display(), pinned, displaced, "applied the UIDLs of an interrupted import");
 }
 
 /// fsyncs these files, on a few threads at once.
@@ -656,10 +703,10 @@ mod tests {
     }
 
     #[test]
-    fn a_uidl_another_message_already_serves_is_not_pinned_twice() {
+    fn an_imported_uidl_wins_and_the_message_that_had_it_gets_a_fresh_one() {
         use super::super::uidlist::Record;
         let mut list = Uidlist::new(0x6553_f100, "g".into());
-        list.next_uid = 3;
+        list.next_uid = 4;
         let rec = |uid, base: &str| Record {
             uid,
             ext: vec![],
@@ -672,9 +719,20 @@ mod tests {
             ("imported".to_owned(), "000000016553f100".to_owned()),
             ("other".to_owned(), "unique".to_owned()),
         ]);
-        assert_eq!(pin(&mut list, &pins), 1);
-        assert_eq!(list.records[1].ext(POP3_UIDL_KEY), None);
+        assert_eq!(pin(&mut list, &pins), (2, 1));
+        assert_eq!(list.records[1].ext(POP3_UIDL_KEY), Some("000000016553f100"));
         assert_eq!(list.records[2].ext(POP3_UIDL_KEY), Some("unique"));
+        // "old" served 000000016553f100 (UID 1): it now has a UID never given out before.
+        assert_eq!(list.records[0].ext(POP3_UIDL_KEY), Some("000000046553f100"));
+        assert_eq!(list.next_uid, 5);
+        let served: std::collections::HashSet<String> = list
+            .records
+            .iter()
+            .map(|r| served_uidl(r, list.uid_validity))
+            .collect();
+        assert_eq!(served.len(), 3, "no two messages share a UIDL");
+        // Pinning again changes nothing.
+        assert_eq!(pin(&mut list, &pins), (0, 0));
     }
 
     #[test]
