@@ -62,8 +62,15 @@ struct Written {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Maildir {
-    /// The Maildir at `dir`, created (with `tmp`, `new`, `cur`) if missing.
+    /// The Maildir at `dir`, created (with `tmp`, `new`, `cur`) if missing. A `tmp`, `new` or
+    /// `cur` that is a symbolic link is refused: messages would be written where it points.
     pub fn open(dir: &Path) -> Result<Self, FetchError> {
+        pop3_store::maildir::untrusted::check_subdirectories(dir).map_err(|e| {
+            FetchError::File {
+                path: dir.to_owned(),
+                why: e.to_string(),
+            }
+        })?;
         for sub in ["tmp", "new", "cur"] {
             let path = dir.join(sub);
             fs::DirBuilder::new()
@@ -232,6 +239,21 @@ impl MessageWriter for MaildirWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_maildir_whose_subdirectory_is_a_link_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        let maildir = d.path().join("Mail");
+        fs::create_dir_all(maildir.join("cur")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, maildir.join("tmp")).unwrap();
+        let Err(e) = Maildir::open(&maildir) else {
+            panic!("a linked tmp/ was accepted");
+        };
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
 
     #[test]
     fn maildir_delivers_and_knows_what_it_holds() {

@@ -104,6 +104,8 @@ struct Tally {
     again: usize,
     size_mismatches: usize,
     octets: u64,
+    /// Source files refused: not regular files, or too large.
+    refused: Vec<(PathBuf, String)>,
     /// Messages already in the target that serve the UIDL of a message to import: they get
     /// new UIDLs, so clients download them once more.
     collisions: usize,
@@ -153,6 +155,15 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
         "{to}: {} messages at the source, {} {verb}, {} already here; {} would be downloaded again after the switch",
         tally.source, tally.to_import, tally.present, tally.again
     );
+    for (path, why) in &tally.refused {
+        println!("refused {}: {why}", path.display());
+    }
+    if !tally.refused.is_empty() {
+        println!(
+            "{} file(s) of the source were refused and not imported (see above): a Maildir holds regular files; remove or replace these if they should be mail",
+            tally.refused.len()
+        );
+    }
     if tally.collisions > 0 {
         println!(
             "{} message(s) already here had the UIDL of a message {}: the imported message keeps it (clients know it by it) and {} a new UIDL, so a client that keeps mail on the server downloads {} once more: a duplicate, never a loss",
@@ -224,16 +235,29 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
         SourceFormat::Courier => UidlScheme::Courier,
         SourceFormat::XUidl => UidlScheme::XUidl,
     };
-    let messages = read_source(dir, &scheme)?;
+    let listing = read_source(dir, &scheme)?;
+    let messages = listing.messages;
     let target = target_listing(store, to)?;
     let owners: HashMap<&String, &String> = target.iter().map(|(b, s)| (&s.uidl, b)).collect();
     let mut tally = Tally {
         source: messages.len(),
+        refused: listing
+            .refused
+            .into_iter()
+            .map(|(path, why)| (path, why.to_owned()))
+            .collect(),
         ..Tally::default()
     };
     let mut todo = Vec::new();
+    let max = store.limits().max_message_size;
     for m in messages {
         let base = pop3_store::maildir::filename::base(&m.name).to_owned();
+        let len = std::fs::symlink_metadata(&m.path).map_or(0, |md| md.len());
+        if len > max {
+            let why = format!("{len} octets, more than limits.max_message_size ({max})");
+            tally.refused.push((m.path, why));
+            continue;
+        }
         let served = target.get(&base).map(|s| &s.uidl);
         tally.again += usize::from(would_change(&m, served));
         if served.is_some() {
@@ -243,7 +267,7 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
             let owner = m.uidl.as_ref().and_then(|u| owners.get(u));
             tally.collisions += usize::from(owner.is_some_and(|o| **o != base));
             tally.to_import += 1;
-            tally.octets += std::fs::metadata(&m.path).map_or(0, |md| md.len());
+            tally.octets += len;
             todo.push(m);
         }
     }
@@ -261,7 +285,9 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
                 uidl: m.uidl.clone().filter(|u| valid_uidl(u)),
             })
             .collect();
-        store.import_blocking(to, &imports)?;
+        let outcome = store.import_blocking(to, &imports)?;
+        tally.to_import -= outcome.refused.len();
+        tally.refused.extend(outcome.refused);
     }
     Ok(tally)
 }

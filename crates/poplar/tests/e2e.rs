@@ -841,3 +841,47 @@ fn retr_marks_messages_seen_for_imap_clients_unless_configured_off() {
     assert_eq!(files_in(&off, "cur").len(), 0);
     assert_eq!(files_in(&off, "new").len(), 1);
 }
+
+/// A maildrop is read as itself: a symbolic link planted in `new/` (by anyone who can write
+/// the Maildir: a shell user, another delivery agent) is never listed or read, and a `new/`
+/// that is itself a link to another user's maildrop makes the server refuse the maildrop
+/// rather than serve the other one.
+#[test]
+fn links_planted_in_a_maildir_are_never_followed() {
+    let server = server_with_alice();
+    server.add_user("bob", "builder");
+    assert!(
+        server
+            .deliver(&["alice"], b"Subject: real\r\n\r\nreal mail\r\n")
+            .success()
+    );
+    assert!(
+        server
+            .deliver(&["bob"], b"Subject: bob's\r\n\r\nfor bob only\r\n")
+            .success()
+    );
+    let mail = server.data_dir().join("mail/_default_");
+    std::os::unix::fs::symlink(
+        server.data_dir().join("users"),
+        mail.join("alice/Maildir/new/1800000000.M1.planted"),
+    )
+    .unwrap();
+    let (mut c, _) = Client::connect(server.pop3);
+    let reply = c.login("alice", "wonderland");
+    assert!(
+        reply.starts_with("+OK Logged in, maildrop has 1 message "),
+        "{reply}"
+    );
+    assert!(c.cmd("RETR 2").starts_with("-ERR No such message"));
+    c.cmd("QUIT");
+    server.wait_for_log("skipping a symbolic link, not a message file");
+
+    let bob_new = mail.join("bob/Maildir/new");
+    let alice_new = mail.join("alice/Maildir/new");
+    std::fs::rename(&alice_new, mail.join("alice/Maildir/new.moved")).unwrap();
+    std::os::unix::fs::symlink(&bob_new, &alice_new).unwrap();
+    let (mut c, _) = Client::connect(server.pop3);
+    let reply = c.login("alice", "wonderland");
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    server.wait_for_log("is a symbolic link: refusing to use it as part of a Maildir");
+}

@@ -599,3 +599,75 @@ fn a_migration_never_hides_a_message_behind_a_colliding_uidl() {
         }
     }
 }
+
+/// Whoever owns the source Maildir cannot make a migration read other files: a link to the
+/// users file, a link to /dev/zero, a FIFO and an oversized file are each refused and
+/// reported, the real messages are imported, and nothing of the users file reaches a maildrop.
+#[test]
+fn a_hostile_source_maildir_cannot_make_the_migration_read_other_files() {
+    let world = World::new();
+    let mut b = poplar(&world);
+    b.set("limits.max_message_size", "8M");
+    let users = b.data_dir().join("users");
+    std::fs::write(&users, "alice:{PLAIN}pw\ncarol:{PLAIN}carols-secret\n").unwrap();
+    let new = world.old_maildir().join("new");
+    std::os::unix::fs::symlink(&users, new.join("1800000001.M1.evil")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", new.join("1800000002.M2.evil")).unwrap();
+    let fifo = new.join("1800000003.M3.evil");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(new.join("1800000004.M4.big"), vec![b'x'; 9 << 20]).unwrap();
+    let config = b.write_config();
+    let source = format!("maildir:{}", world.old_maildir().display());
+    let messages = corpus().len();
+    let run = |extra: &[&str]| {
+        let out = Command::new(common::BIN)
+            .arg("migrate")
+            .arg(&source)
+            .args(["--to", "carol", "--format", "x-uidl", "--config"])
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(
+        dry.contains("4 file(s) of the source were refused"),
+        "{dry}"
+    );
+    let done = run(&[]);
+    for (name, why) in [
+        ("M1.evil", "a symbolic link"),
+        ("M2.evil", "a symbolic link"),
+        ("M3.evil", "a FIFO"),
+        ("M4.big", "more than limits.max_message_size"),
+    ] {
+        assert!(
+            done.lines()
+                .any(|l| l.starts_with("refused") && l.contains(name) && l.contains(why)),
+            "{name}: {done}"
+        );
+    }
+    assert!(done.contains(&format!("{messages} imported")), "{done}");
+    let server = b.start();
+    let (mut c, _) = common::Client::connect(server.pop3);
+    assert!(
+        c.login("carol", "carols-secret")
+            .starts_with(&format!("+OK Logged in, maildrop has {messages} "))
+    );
+    for n in 1..=messages {
+        assert!(c.cmd(&format!("RETR {n}")).starts_with("+OK"));
+        let body = String::from_utf8_lossy(&c.body()).into_owned();
+        assert!(
+            !body.contains("{PLAIN}"),
+            "message {n} holds the users file"
+        );
+    }
+    c.cmd("QUIT");
+}

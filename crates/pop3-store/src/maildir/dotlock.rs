@@ -1,9 +1,12 @@
 //! The `dovecot-uidlist.lock` dot-lock that serialises writers of the index.
 //!
 //! Dovecot (and Poplar) rewrite `dovecot-uidlist` only while holding this lock, which is a file
-//! created exclusively next to it. Its content is `<pid>:<hostname>`. A lock left behind by a
-//! process that died is recognised at once when that process ran on this host and is gone;
-//! otherwise it is overridden after Dovecot's stale timeout of two minutes without a change.
+//! created exclusively next to it. Its content is `<pid>:<hostname>`, the format Dovecot reads.
+//! A lock left behind by a process that died is recognised at once when that process ran on
+//! this host and is gone, or when the process now holding its PID started after the lock was
+//! made: a PID is reused, and in a container the server is PID 1 again after every restart, so
+//! "the PID is alive" alone would keep a maildrop locked for good. Whatever the PID says, a
+//! lock unchanged for Dovecot's stale timeout of two minutes is overridden.
 
 use crate::error::StoreError;
 use std::fs::{self, OpenOptions};
@@ -84,17 +87,54 @@ impl Drop for DotLock {
 }
 
 fn is_stale(path: &Path, host: &str) -> bool {
+    let Ok(meta) = fs::metadata(path) else {
+        // Gone: the next attempt takes it.
+        return false;
+    };
+    let made = meta.modified().ok();
+    let age = made
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    if age > STALE_AFTER {
+        return true;
+    }
     if let Ok(content) = fs::read_to_string(path)
         && let Some((pid, lock_host)) = content.trim().split_once(':')
         && lock_host == host
         && let Ok(pid) = pid.parse::<u32>()
     {
-        return !Path::new(&format!("/proc/{pid}")).exists();
+        return match process_start(pid) {
+            None => true,
+            // A process younger than the lock did not make it: the PID was reused. Boot time is
+            // known to the second, hence the margin.
+            Some(started) => made.is_some_and(|m| started > m + Duration::from_secs(2)),
+        };
     }
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE_AFTER)
-        .unwrap_or(false)
+    false
+}
+
+/// When process `pid` started (`None`: there is no such process).
+fn process_start(pid: u32) -> Option<SystemTime> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, starttime, in clock ticks after boot; the fields are counted after the command
+    // name, which is in parentheses and may contain anything.
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    let ticks: u64 = after_name.split(' ').nth(19)?.parse().ok()?;
+    let hz = u64::try_from(nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??)
+        .ok()
+        .filter(|hz| *hz > 0)?;
+    let boot: u64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(boot)
+            + Duration::from_millis(ticks * 1000 / hz),
+    )
 }
 
 #[cfg(test)]
@@ -133,5 +173,39 @@ mod tests {
         // A lock from another host is respected until it is old.
         fs::write(&path, "1:otherhost").unwrap();
         assert!(DotLock::acquire(&path, "h", Duration::from_millis(50)).is_err());
+    }
+
+    fn set_age(path: &Path, age: Duration) {
+        let file = fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn a_reused_pid_or_an_old_lock_does_not_hold_a_maildrop_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dovecot-uidlist.lock");
+        // PID 1 has run since boot, long before this lock: a live holder, respected.
+        fs::write(&path, "1:h").unwrap();
+        set_age(&path, Duration::from_secs(30));
+        assert!(!is_stale(&path, "h"));
+        // The lock names a PID whose process started after the lock was made: not its holder.
+        // (A container's server is PID 1 again after every restart.)
+        let mut young = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        fs::write(&path, format!("{}:h", young.id())).unwrap();
+        set_age(&path, Duration::from_secs(30));
+        assert!(is_stale(&path, "h"));
+        DotLock::acquire(&path, "h", Duration::from_millis(50)).unwrap();
+        let _ = young.kill();
+        let _ = young.wait();
+        // Older than two minutes: stale, whoever holds the PID now.
+        fs::write(&path, "1:h").unwrap();
+        set_age(&path, Duration::from_secs(121));
+        assert!(is_stale(&path, "h"));
+        fs::write(&path, "1:otherhost").unwrap();
+        set_age(&path, Duration::from_secs(121));
+        assert!(is_stale(&path, "h"));
     }
 }

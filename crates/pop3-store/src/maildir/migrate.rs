@@ -21,7 +21,8 @@
 use super::uidlist::{POP3_UIDL_KEY, Uidlist};
 use super::{
     DotLock, MaildirStore, Sub, UIDLIST_LOCK, create_maildir, measure_unindexed, read_uidlist,
-    scan, served_uidl, session_lock, sync_dir, update_index, valid_uidl, write_uidlist,
+    scan, scan_reporting, served_uidl, session_lock, sync_dir, update_index, valid_uidl,
+    write_uidlist,
 };
 use crate::StoreError;
 use std::collections::HashMap;
@@ -59,9 +60,21 @@ pub struct SourceMessage {
     pub uidl: Option<String>,
 }
 
-/// Reads a source Maildir's messages, in the old server's order, with their UIDLs.
-pub fn read_source(dir: &Path, scheme: &UidlScheme) -> Result<Vec<SourceMessage>, StoreError> {
-    let mut files = scan(dir)?;
+/// A source Maildir as a migration reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceListing {
+    /// Its messages, in the old server's order, with their UIDLs.
+    pub messages: Vec<SourceMessage>,
+    /// Entries of `new/` and `cur/` that are not message files (symbolic links, FIFOs,
+    /// directories), and why: never read, never imported.
+    pub refused: Vec<(PathBuf, &'static str)>,
+}
+
+/// Reads a source Maildir's messages, in the old server's order, with their UIDLs. Entries
+/// that are not regular files are refused (see [`super::untrusted`]): whoever owns the source
+/// could otherwise make the migration copy any file the migrating user can read.
+pub fn read_source(dir: &Path, scheme: &UidlScheme) -> Result<SourceListing, StoreError> {
+    let (mut files, refused) = scan_reporting(dir)?;
     let message = |loc: super::Located, uidl: Option<String>| SourceMessage {
         path: dir.join(loc.sub.dir()).join(&loc.name),
         name: loc.name,
@@ -105,7 +118,15 @@ pub fn read_source(dir: &Path, scheme: &UidlScheme) -> Result<Vec<SourceMessage>
             all.sort_by_cached_key(|(b, _)| (super::filename::arrival_time(b), b.clone()));
             for (_, loc) in all {
                 let path = dir.join(loc.sub.dir()).join(&loc.name);
-                let uidl = x_uidl(&path)?;
+                // A file swapped for a link since the listing is refused when opened.
+                let uidl = match x_uidl(&path) {
+                    Err(StoreError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::InvalidData =>
+                    {
+                        continue;
+                    }
+                    other => other?,
+                };
                 out.push(message(loc, uidl));
             }
         }
@@ -114,7 +135,10 @@ pub fn read_source(dir: &Path, scheme: &UidlScheme) -> Result<Vec<SourceMessage>
     let mut rest: Vec<(String, super::Located)> = files.into_iter().collect();
     rest.sort_by_cached_key(|(b, _)| (super::filename::arrival_time(b), b.clone()));
     out.extend(rest.into_iter().map(|(_, loc)| message(loc, None)));
-    Ok(out)
+    Ok(SourceListing {
+        messages: out,
+        refused,
+    })
 }
 
 /// `courierpop3dsizelist`: a header `/<version> <next uid> <uidvalidity>`, then per message
@@ -159,7 +183,7 @@ fn parse_courier(text: &str) -> Result<Vec<(String, String)>, &'static str> {
 
 /// The `X-UIDL:` header's value, if the message has one in its header section.
 fn x_uidl(path: &Path) -> Result<Option<String>, StoreError> {
-    let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let file = super::untrusted::open_message(path, None).map_err(|e| StoreError::io(path, e))?;
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
     loop {
@@ -343,7 +367,7 @@ pub struct ImportMessage {
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportOutcome {
     /// Messages stored.
     pub imported: usize,
@@ -354,6 +378,9 @@ pub struct ImportOutcome {
     /// Messages already in the maildrop that served a UIDL an imported message brings, and so
     /// were given a new one (clients download them once more: a duplicate, never a loss).
     pub displaced: usize,
+    /// Source files not imported, and why: not a regular file (a symbolic link, a FIFO), or
+    /// larger than `limits.max_message_size`.
+    pub refused: Vec<(PathBuf, String)>,
 }
 
 /// A message of a maildrop as a migration sees it.
@@ -402,7 +429,19 @@ impl MaildirStore {
             if m.take {
                 fs::rename(&m.source, &tmp).map_err(|e| StoreError::io(&tmp, e))?;
             } else {
-                fs::copy(&m.source, &tmp).map_err(|e| StoreError::io(&m.source, e))?;
+                let max = Some(self.inner.limits.max_message_size);
+                // A leftover of an interrupted import (removing a link removes only the link).
+                let _ = fs::remove_file(&tmp);
+                match super::untrusted::copy_message(&m.source, &tmp, max) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        tracing::warn!(file = %m.source.display(), "not imported: {e}");
+                        outcome.refused.push((m.source.clone(), e.to_string()));
+                        pins.remove(base);
+                        continue;
+                    }
+                    Err(e) => return Err(StoreError::io(&m.source, e)),
+                }
             }
             let sub = if m.in_cur { Sub::Cur } else { Sub::New };
             staged.push((tmp, dir.join(sub.dir()).join(&m.name)));

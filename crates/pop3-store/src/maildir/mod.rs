@@ -29,6 +29,7 @@ pub mod migrate;
 mod quota;
 mod retention;
 pub mod uidlist;
+pub mod untrusted;
 
 use crate::error::StoreError;
 use crate::name::MailboxPath;
@@ -165,6 +166,11 @@ impl MaildirStore {
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The limits messages and snapshots are held to.
+    pub fn limits(&self) -> crate::StoreLimits {
+        self.inner.limits
     }
 
     /// The host name used in new file names.
@@ -304,7 +310,8 @@ impl MaildirStore {
             for dir in &dirs[1..] {
                 let tmp = dir.join("tmp").join(&base);
                 if fs::hard_link(&spool, &tmp).is_err() {
-                    fs::copy(&spool, &tmp).map_err(|e| StoreError::io(&tmp, e))?;
+                    untrusted::copy_message(&spool, &tmp, None)
+                        .map_err(|e| StoreError::io(&tmp, e))?;
                     File::open(&tmp)
                         .and_then(|f| f.sync_all())
                         .map_err(|e| StoreError::io(&tmp, e))?;
@@ -415,10 +422,10 @@ impl MaildirDrop {
             return Err(StoreError::MessageGone(index));
         }
         let path = self.path_of(index);
-        match File::open(&path) {
+        match untrusted::open_message(&path, None) {
             Ok(f) => Ok(f),
             Err(e) if e.kind() == ErrorKind::NotFound => match self.relocate(index)? {
-                Some(p) => File::open(&p).map_err(|e| StoreError::io(&p, e)),
+                Some(p) => untrusted::open_message(&p, None).map_err(|e| StoreError::io(&p, e)),
                 None => Err(StoreError::MessageGone(index)),
             },
             Err(e) => Err(StoreError::io(&path, e)),
@@ -738,6 +745,8 @@ pub fn valid_uidl(uidl: &str) -> bool {
 
 /// Creates `dir/{tmp,new,cur}` (mode 0700) if missing.
 fn create_maildir(dir: &Path) -> Result<(), StoreError> {
+    // A subdirectory that is a link elsewhere (another user's new/) is refused, not followed.
+    untrusted::check_subdirectories(dir).map_err(|e| StoreError::io(dir, e))?;
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
     for sub in ["tmp", "new", "cur"] {
@@ -796,9 +805,23 @@ fn clean_tmp(tmp: &Path) {
     }
 }
 
-/// Lists `new/` and `cur/`: base name to location.
+/// Lists `new/` and `cur/`: base name to location. Entries that are not regular files
+/// (symbolic links, FIFOs, directories: see [`untrusted`]) are skipped with a warning.
 fn scan(dir: &Path) -> Result<HashMap<String, Located>, StoreError> {
+    let (files, refused) = scan_reporting(dir)?;
+    for (path, why) in refused {
+        tracing::warn!(file = %path.display(), "skipping {why}");
+    }
+    Ok(files)
+}
+
+/// Entries of a Maildir that are not message files, and why.
+type Refused = Vec<(PathBuf, &'static str)>;
+
+/// [`scan`], returning the entries it skips and why instead of logging them.
+fn scan_reporting(dir: &Path) -> Result<(HashMap<String, Located>, Refused), StoreError> {
     let mut files = HashMap::new();
+    let mut refused = Vec::new();
     for sub in [Sub::New, Sub::Cur] {
         let path = dir.join(sub.dir());
         let entries = fs::read_dir(&path).map_err(|e| StoreError::io(&path, e))?;
@@ -811,13 +834,19 @@ fn scan(dir: &Path) -> Result<HashMap<String, Located>, StoreError> {
             if !is_message(&name) {
                 continue;
             }
+            // The entry's own type, not what a link points at.
+            let file_type = entry.file_type().map_err(|e| StoreError::io(&path, e))?;
+            if let Some(why) = untrusted::refusal(file_type) {
+                refused.push((entry.path(), why));
+                continue;
+            }
             let key = base(&name).to_owned();
             // The same base in new/ and cur/ happens only mid-rename by another program; either
             // copy is the same message.
             files.entry(key).or_insert(Located { sub, name });
         }
     }
-    Ok(files)
+    Ok((files, refused))
 }
 
 fn read_uidlist(dir: &Path) -> Result<Option<Uidlist>, StoreError> {
@@ -951,7 +980,7 @@ fn measure_unindexed(
 /// The canonical size of a message file: from its `,W=` hint and its last octet when it has
 /// one, otherwise by reading it.
 fn exact_size(path: &Path, base: &str) -> std::io::Result<u64> {
-    let mut file = File::open(path)?;
+    let mut file = untrusted::open_message(path, None)?;
     if let Some(virtual_size) = size_hints(base).virtual_size {
         let len = file.metadata()?.len();
         let last = if len == 0 {

@@ -135,6 +135,13 @@ pub(crate) fn rebuild(dir: &Path, quota: Quota) -> Result<Usage, StoreError> {
             let Some(name) = name.to_str().filter(|n| is_message(n)) else {
                 continue;
             };
+            // What a session would list: regular files only, not what a link points at.
+            if entry
+                .file_type()
+                .map_or(true, |t| super::untrusted::refusal(t).is_some())
+            {
+                continue;
+            }
             usage.bytes += stored_size(super::filename::base(name), &entry.path());
             usage.messages += 1;
         }
