@@ -63,6 +63,9 @@ pub enum TokenError {
     WrongAudience,
     /// The configured user claim is missing or not a string.
     NoUser,
+    /// The user claim is `email` and the token says the address is not verified
+    /// (`email_verified: false`): anyone could have registered it at the identity provider.
+    UnverifiedEmail,
 }
 
 impl JwtVerifier {
@@ -200,6 +203,9 @@ impl JwtVerifier {
         };
         if !audience_ok {
             return Err(TokenError::WrongAudience);
+        }
+        if self.user_claim == "email" && claims.get("email_verified") == Some(&Value::Bool(false)) {
+            return Err(TokenError::UnverifiedEmail);
         }
         claims
             .get(&self.user_claim)
@@ -365,6 +371,14 @@ pub(crate) mod tests {
                 now
             ),
             Err(TokenError::NoUser)
+        );
+        assert_eq!(
+            v.verify(&with(&|c| c["email_verified"] = false.into()), now),
+            Err(TokenError::UnverifiedEmail)
+        );
+        assert!(
+            v.verify(&with(&|c| c["email_verified"] = true.into()), now)
+                .is_ok()
         );
         // A token signed by another key, a tampered payload, and unsafe algorithms.
         let other = Signer::new();

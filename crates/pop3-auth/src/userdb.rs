@@ -169,6 +169,12 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
         return bad("it contains more than one '@'");
     }
     if name
+        .rsplit_once('@')
+        .is_some_and(|(_, domain)| domain.eq_ignore_ascii_case("_default_"))
+    {
+        return bad("the domain _default_ is reserved for names without a domain");
+    }
+    if name
         .split('@')
         .any(|part| part.starts_with('.') || part.ends_with('.') || part.contains(".."))
     {
@@ -934,6 +940,7 @@ q:{PLAIN}qw
             long.as_str(),
             "bob@.x",
             "-rf",
+            "alice@_default_",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }

@@ -319,6 +319,8 @@ pub struct Conn {
     follows: Follows,
     /// How long to wait for each reply, or each read inside a multi-line one.
     reply_timeout: Duration,
+    /// SCRAM may use fewer iterations than RFC 5802's minimum.
+    weak_scram: bool,
 }
 
 impl Conn {
@@ -330,7 +332,14 @@ impl Conn {
             session: ClientSession::new(),
             follows: Follows::Nothing,
             reply_timeout,
+            weak_scram: false,
         }
+    }
+
+    /// Lets SCRAM logins accept a server's iteration count below RFC 5802's minimum of 4096
+    /// (`--allow-insecure`).
+    pub fn allow_weak_scram(&mut self, allow: bool) {
+        self.weak_scram = allow;
     }
 
     /// Reads one line (without CRLF); fails if the connection closed.
@@ -564,6 +573,9 @@ impl Conn {
                     None
                 };
                 let mut client = ScramClient::new(hash, user, p, binding, plus).map_err(sasl)?;
+                if self.weak_scram {
+                    client = client.allow_few_iterations();
+                }
                 let r = self
                     .exchange(&format!(
                         "AUTH {mechanism} {}",

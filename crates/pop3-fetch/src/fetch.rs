@@ -38,6 +38,9 @@ pub struct Account {
     pub auth: Auth,
     /// The connection is encrypted (TLS or STLS): plaintext logins are acceptable.
     pub encrypted: bool,
+    /// The user accepts weaker protection (`--allow-insecure`): a SCRAM server may ask for
+    /// fewer than 4096 iterations.
+    pub allow_insecure: bool,
 }
 
 impl std::fmt::Debug for Account {
@@ -211,6 +214,7 @@ pub struct LoggedIn {
 /// in [`LoggedIn::notes`].
 pub async fn log_in(account: &Account) -> Result<LoggedIn, FetchError> {
     let (mut conn, greeting) = account.dialer.connect().await?;
+    conn.allow_weak_scram(account.allow_insecure);
     let caps = conn.capabilities().await?;
     let can_bind = conn.tls_exporter().is_some();
     let choose = |tried: &[String]| match &account.auth {

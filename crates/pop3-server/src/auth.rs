@@ -169,10 +169,18 @@ impl Authenticator {
         }
     }
 
-    /// A fresh `<pid.counter.clock@host>`: APOP timestamps and CRAM-MD5 challenges. Letters,
-    /// digits, dots and `@` only, so strict clients (mpop) accept it as a msg-id.
+    /// A fresh `<random.clock@host>`: APOP timestamps and CRAM-MD5 challenges. RFC 1939
+    /// suggests `<process-ID.clock@hostname>`, but a process ID and a connection count would
+    /// tell anyone who connects how busy the server is and when it restarted; 64 random bits
+    /// are as unique and say nothing. Letters, digits, dots and `@` only, so strict clients
+    /// (mpop) accept it as a msg-id.
     pub(crate) fn unique_msg_id(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut random = [0u8; 8];
+        if getrandom::fill(&mut random).is_err() {
+            // Never the same twice even so.
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            random = (n ^ 0x9e37_79b9_7f4a_7c15).to_le_bytes();
+        }
         let clock = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -182,7 +190,7 @@ impl Authenticator {
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
             .collect();
-        format!("<{}.{n}.{clock}@{host}>", std::process::id())
+        format!("<{:016x}.{clock}@{host}>", u64::from_le_bytes(random))
     }
 
     /// Creates the server side of a mechanism for this connection.

@@ -25,6 +25,14 @@ impl MailboxPath {
     /// Splits and validates a user name.
     pub fn parse(user: &str) -> Result<Self, StoreError> {
         let (local, domain) = match user.rsplit_once('@') {
+            // The internal domain is not a domain a name may give: `alice@_default_` would
+            // otherwise be a second name for `alice`'s maildrop.
+            Some((_, d)) if d.eq_ignore_ascii_case(DEFAULT_DOMAIN) => {
+                return Err(StoreError::InvalidMailbox(
+                    user.to_owned(),
+                    "the domain _default_ is reserved for names without a domain",
+                ));
+            }
             Some((l, d)) => (l, d.to_ascii_lowercase()),
             None => (user, DEFAULT_DOMAIN.to_owned()),
         };
@@ -65,6 +73,14 @@ fn check_component(user: &str, part: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_internal_domain_is_reserved() {
+        for name in ["alice@_default_", "alice@_DEFAULT_"] {
+            assert!(MailboxPath::parse(name).is_err(), "{name}");
+        }
+        assert!(MailboxPath::parse("alice@default").is_ok());
+    }
 
     #[test]
     fn layout() {

@@ -435,6 +435,7 @@ async fn fetch_one(
             .filter(|a| !a.eq_ignore_ascii_case("auto"))
             .map_or(Auth::Auto, Auth::Named),
         encrypted: tls != TlsMode::None,
+        allow_insecure: c.allow_insecure,
     };
     let mut journal = Journal::open(&c.journal_path()?)?;
     let mut dest = c.to.open(&c.recipient())?;

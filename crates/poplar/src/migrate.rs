@@ -339,6 +339,7 @@ async fn from_server(
         password: password.to_owned(),
         auth: pop3_fetch::Auth::Auto,
         encrypted: *tls != pop3_fetch::TlsMode::None,
+        allow_insecure: false,
     };
     let logged_in = pop3_fetch::fetch::log_in(&account).await?;
     for note in &logged_in.notes {

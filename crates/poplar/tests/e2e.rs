@@ -885,3 +885,74 @@ fn links_planted_in_a_maildir_are_never_followed() {
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
     server.wait_for_log("is a symbolic link: refusing to use it as part of a Maildir");
 }
+
+/// `_default_` is the directory of names without a domain, not a domain a name may give:
+/// `alice@_default_` is no second name for alice's maildrop, whether added with `poplar user
+/// add` or written into the users file by hand.
+#[test]
+fn the_internal_domain_is_no_alias() {
+    let server = server_with_alice();
+    assert!(
+        server
+            .deliver(&["alice"], b"Subject: private\r\n\r\nalice's\r\n")
+            .success()
+    );
+    let add = server.poplar(&["user", "add", "alice@_default_", "--password-stdin"]);
+    assert!(!common::run_with_stdin(add, b"other\n").success());
+    let users = server.data_dir().join("users");
+    let mut text = std::fs::read_to_string(&users).unwrap();
+    text.push_str("alice@_default_:{PLAIN}other\n");
+    std::fs::write(&users, text).unwrap();
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(
+        c.login("alice@_default_", "other")
+            .starts_with("-ERR [AUTH]")
+    );
+    server.wait_for_log("the domain _default_ is reserved");
+}
+
+/// APOP timestamps and CRAM-MD5 challenges are unique and tell nothing: no process ID, no count
+/// of connections served.
+#[test]
+fn challenges_reveal_nothing_about_the_server() {
+    let mut b = ServerBuilder::new();
+    b.set("auth.apop", true);
+    b.set(
+        "auth.mechanisms",
+        toml::Value::Array(vec!["CRAM-MD5".into()]),
+    );
+    let server = b.start();
+    let add = server.poplar(&[
+        "user",
+        "add",
+        "alice",
+        "--password-stdin",
+        "--schemes",
+        "ARGON2ID,CRAM-MD5",
+    ]);
+    assert!(common::run_with_stdin(add, b"wonderland\n").success());
+    let pid = server.pid().to_string();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let (mut c, greeting) = Client::connect(server.pop3);
+        let stamp = greeting.rsplit(' ').next().unwrap().to_owned();
+        let challenge = c.cmd("AUTH CRAM-MD5");
+        let challenge = String::from_utf8(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                challenge.strip_prefix("+ ").unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for id in [&stamp, &challenge] {
+            let inner = id.strip_prefix('<').unwrap().strip_suffix(">").unwrap();
+            let (random, rest) = inner.split_once('.').unwrap();
+            assert_eq!(random.len(), 16, "{id}");
+            assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(rest.ends_with("@test.example"), "{id}");
+            assert!(!id.contains(&format!("<{pid}.")), "{id} names the process");
+            assert!(seen.insert(id.clone()), "{id} repeated");
+        }
+    }
+}

@@ -149,7 +149,9 @@ impl ServerMechanism for OauthServer {
                             ))
                         }
                     }
-                    Err(_) => Step::Failure(Failure::invalid(msg.user, "token refused")),
+                    Err(e) => {
+                        Step::Failure(Failure::invalid(msg.user, format!("token refused ({e:?})")))
+                    }
                 };
                 match outcome {
                     Step::Failure(failure) => {

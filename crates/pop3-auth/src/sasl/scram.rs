@@ -476,9 +476,21 @@ impl ServerMechanism for ScramServer {
     }
 }
 
+/// The fewest PBKDF2 iterations a client accepts unless told otherwise: RFC 5802's minimum. A
+/// server (or a man in the middle of a connection without TLS) asking for fewer would make an
+/// overheard exchange cheap to attack offline.
+pub const MIN_ITERATIONS: u32 = 4096;
+
+/// The most PBKDF2 iterations a client computes: over three times OWASP's 600 000 for
+/// PBKDF2-SHA-256, about a second; a hostile server asking for billions would hold the client
+/// for hours.
+pub const MAX_ITERATIONS: u32 = 2_000_000;
+
 /// The client side of SCRAM.
 #[derive(Debug)]
 pub struct ScramClient {
+    /// Accept fewer than [`MIN_ITERATIONS`] (the user said the risk is theirs).
+    allow_few_iterations: bool,
     hash: ScramHash,
     user: String,
     password: pop3_proto::Secret<Vec<u8>>,
@@ -528,6 +540,7 @@ impl ScramClient {
         };
         let client_first_bare = format!("n={},r={nonce}", encode_name(user));
         Self {
+            allow_few_iterations: false,
             hash,
             user: user.to_owned(),
             password: pop3_proto::Secret::new(password.to_vec()),
@@ -537,6 +550,12 @@ impl ScramClient {
             client_first_bare,
             expected_server_signature: None,
         }
+    }
+
+    /// Accepts a server's iteration count below [`MIN_ITERATIONS`].
+    pub fn allow_few_iterations(mut self) -> Self {
+        self.allow_few_iterations = true;
+        self
     }
 
     /// Asks to act as `authzid` (allowed by servers only for master users).
@@ -575,6 +594,16 @@ impl ScramClient {
             .and_then(|i| i.parse().ok())
             .filter(|&i| i > 0)
             .ok_or(bad("no iteration count"))?;
+        if iterations < MIN_ITERATIONS && !self.allow_few_iterations {
+            return Err(bad(
+                "the server asks for fewer than 4096 PBKDF2 iterations (RFC 5802's minimum), which makes an overheard exchange cheap to attack; allow it with --allow-insecure",
+            ));
+        }
+        if iterations > MAX_ITERATIONS {
+            return Err(bad(
+                "the server asks for more than 2 000 000 PBKDF2 iterations: seconds to hours of work for this client, more than any server needs",
+            ));
+        }
         let mut cbind = self.gs2_header.clone().into_bytes();
         if let Some((_, data)) = &self.binding {
             cbind.extend_from_slice(data);
@@ -621,6 +650,32 @@ impl ScramClient {
 mod tests {
     use super::*;
     use crate::sasl::tests::TestDirectory;
+
+    #[test]
+    fn the_client_bounds_the_iteration_count() {
+        let first = |i: u64| format!("r=abcdefSERVER,s=QSXCR+Q6sek8bf92,i={i}").into_bytes();
+        let client =
+            || ScramClient::with_nonce(ScramHash::Sha256, "u", b"p", None, false, "abcdef");
+        for (i, ok) in [(4095, false), (4096, true), (2_000_001, false)] {
+            let result = client().client_final(&first(i));
+            assert_eq!(result.is_ok(), ok, "i={i}: {result:?}");
+        }
+        let e = client().client_final(&first(1)).unwrap_err().to_string();
+        assert!(e.contains("--allow-insecure"), "{e}");
+        assert!(
+            client()
+                .allow_few_iterations()
+                .client_final(&first(1))
+                .is_ok()
+        );
+        assert!(
+            client()
+                .allow_few_iterations()
+                .client_final(&first(4_294_967_295))
+                .is_err(),
+            "never hours of work"
+        );
+    }
 
     #[test]
     fn rfc5802_sha1_vector() {
