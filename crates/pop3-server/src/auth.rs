@@ -472,8 +472,6 @@ pub(crate) async fn make_decoy() -> Result<String, pop3_auth::AuthError> {
 /// first start (mode 0600), so the salt shown for an unknown name is the same across restarts
 /// and does not reveal that the name is unknown.
 pub(crate) fn load_salt_key(data_dir: &std::path::Path) -> Result<Vec<u8>, crate::ServerError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("auth-secret");
     let io = |e| crate::ServerError::Io {
         path: path.clone(),
@@ -488,15 +486,8 @@ pub(crate) fn load_salt_key(data_dir: &std::path::Path) -> Result<Vec<u8>, crate
     let mut key = vec![0u8; 32];
     getrandom::fill(&mut key)
         .map_err(|e| crate::ServerError::Config(format!("random number generator: {e}")))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
+    // Written by root before it gives up privileges, in a directory the service user owns.
+    pop3_store::maildir::untrusted::replace_file(&path, &path.with_extension("tmp"), &key, 0o600)
         .map_err(io)?;
-    f.write_all(&key).and_then(|()| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(key)
 }

@@ -240,6 +240,14 @@ pub struct Listen {
     /// `"127.0.0.1:24"`. LMTP has no authentication, so only the local MTA may reach it.
     /// Default: none.
     pub lmtp: Vec<LmtpAddr>,
+    /// Permissions of a unix LMTP socket, in octal. Default `"0660"`: the owner (the service
+    /// user) and the socket's group may deliver, nobody else, since whoever can connect can
+    /// deliver mail to any user.
+    #[serde(deserialize_with = "octal_mode")]
+    pub lmtp_socket_mode: u32,
+    /// The group of a unix LMTP socket: the group the MTA runs in (`"postfix"` for Postfix's
+    /// lmtp(8)). Default: the service user's group.
+    pub lmtp_socket_group: Option<String>,
 }
 
 impl Default for Listen {
@@ -248,8 +256,32 @@ impl Default for Listen {
             pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
             pop3s: vec![SocketAddr::from(([127, 0, 0, 1], 1995))],
             lmtp: Vec::new(),
+            lmtp_socket_mode: 0o660,
+            lmtp_socket_group: None,
         }
     }
+}
+
+/// A file mode written in octal, as a string (`"0660"`) or a number read as octal digits.
+fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Number(n) => n.to_string(),
+        Raw::Text(t) => t,
+    };
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid mode {text:?}: give octal permissions such as \"0660\""
+            ))
+        })
 }
 
 /// Where LMTP is served: a TCP address or a unix socket.

@@ -306,7 +306,7 @@ impl<S: MailStore> Server<S> {
         }
         let mut lmtp_listeners = Vec::new();
         for addr in &config.listen.lmtp {
-            lmtp_listeners.push(bind_lmtp(addr)?);
+            lmtp_listeners.push(bind_lmtp(addr, config)?);
         }
         let spool_dir = config.data_dir.join("tmp");
         if !lmtp_listeners.is_empty() {
@@ -444,16 +444,20 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Binds an LMTP listener. A unix socket left by an earlier run is replaced, and the new one is
-/// made connectable by every local user (Postfix's lmtp(8) runs as `postfix`): restrict access
-/// with the permissions of the directory that holds it.
-fn bind_lmtp(addr: &config::LmtpAddr) -> Result<LmtpListener, ServerError> {
+/// Binds an LMTP listener. A unix socket left by an earlier run is replaced. The new one is
+/// created with `listen.lmtp_socket_mode` (0660: whoever can connect can deliver to any user)
+/// by setting the umask around `bind`, so there is no moment with other permissions and no
+/// `chmod` by path that a planted link could redirect; its owner and group are then changed
+/// without following links (`lchown`): the service user (when started as root) and
+/// `listen.lmtp_socket_group`, else the service user's group.
+fn bind_lmtp(addr: &config::LmtpAddr, config: &Config) -> Result<LmtpListener, ServerError> {
     match addr {
         config::LmtpAddr::Tcp(a) => listen(*a)
             .map(LmtpListener::Tcp)
             .map_err(|source| ServerError::Bind { addr: *a, source }),
         config::LmtpAddr::Unix(path) => {
-            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            use nix::sys::stat::{Mode, umask};
+            use std::os::unix::fs::FileTypeExt;
             let io = |source| ServerError::Io {
                 path: path.clone(),
                 source,
@@ -461,11 +465,55 @@ fn bind_lmtp(addr: &config::LmtpAddr) -> Result<LmtpListener, ServerError> {
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
                 std::fs::remove_file(path).map_err(io)?;
             }
-            let listener = tokio::net::UnixListener::bind(path).map_err(io)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+            let mode = config.listen.lmtp_socket_mode & 0o777;
+            let previous = umask(Mode::from_bits_truncate(!mode & 0o777));
+            let bound = tokio::net::UnixListener::bind(path);
+            umask(previous);
+            let listener = bound.map_err(io)?;
+            let (owner, group) = socket_owner(config)?;
+            if owner.is_some() || group.is_some() {
+                std::os::unix::fs::lchown(path, owner, group).map_err(io)?;
+            }
             Ok(LmtpListener::Unix(listener, path.clone()))
         }
     }
+}
+
+/// Who should own a unix LMTP socket: the service user when running as root, and the group
+/// the configuration names for it (else the service user's).
+fn socket_owner(config: &Config) -> Result<(Option<u32>, Option<u32>), ServerError> {
+    use nix::unistd::{Group, User};
+    let root = nix::unistd::geteuid().is_root();
+    let user = match (&config.user, root) {
+        (Some(name), true) => Some(
+            User::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| ServerError::Config(format!("user = {name:?}: no such user")))?,
+        ),
+        _ => None,
+    };
+    let group_name = config
+        .listen
+        .lmtp_socket_group
+        .as_ref()
+        .or(config.group.as_ref().filter(|_| root));
+    let group = match group_name {
+        Some(name) => Some(
+            Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    ServerError::Config(format!(
+                        "listen.lmtp_socket_group (or group) = {name:?}: no such group"
+                    ))
+                })?
+                .gid
+                .as_raw(),
+        ),
+        None => user.as_ref().map(|u| u.gid.as_raw()),
+    };
+    Ok((user.map(|u| u.uid.as_raw()), group))
 }
 
 async fn lmtp_accept_loop<S: MailStore>(

@@ -62,6 +62,24 @@ pub struct Transaction {
     sender: Option<String>,
     /// (address as given, user it is delivered to).
     recipients: Vec<(String, String)>,
+    /// Commands refused as unknown, malformed or out of sequence.
+    errors: u32,
+}
+
+/// Protocol errors after which the connection is closed: an MTA speaks LMTP without them, and
+/// a peer that does not (a browser tricked into posting to the LMTP port, a scanner) must not
+/// get to try line after line until one delivers something.
+const MAX_ERRORS: u32 = 5;
+
+/// `METHOD target HTTP/x.y`, the first line of an HTTP request.
+fn is_http_request(line: &str) -> bool {
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or("");
+    let version = line.rsplit(' ').next().unwrap_or("");
+    matches!(
+        method,
+        "GET" | "POST" | "PUT" | "HEAD" | "OPTIONS" | "DELETE" | "PATCH" | "CONNECT" | "TRACE"
+    ) && version.starts_with("HTTP/")
 }
 
 fn reply(code: &str, text: &str) -> Action {
@@ -89,6 +107,7 @@ impl Transaction {
             greeted: false,
             sender: None,
             recipients: Vec::new(),
+            errors: 0,
         }
     }
 
@@ -121,6 +140,29 @@ impl Transaction {
     /// Handles one command line (without CRLF). `user_of` maps a recipient address to the
     /// user whose maildrop receives it, if there is one.
     pub fn command(&mut self, line: &str, user_of: impl Fn(&str) -> Option<String>) -> Action {
+        // Cross-protocol requests: a web page can make a browser POST to this port, its body
+        // lines read as LMTP commands. An HTTP request line ends the connection at once.
+        if is_http_request(line) {
+            return Action::Close("421 4.7.0 This is an LMTP server, not HTTP; closing\r\n".into());
+        }
+        let action = self.dispatch(line, user_of);
+        if let Action::Reply(r) = &action
+            && (r.starts_with("500")
+                || r.starts_with("501")
+                || r.starts_with("502")
+                || r.starts_with("503"))
+        {
+            self.errors += 1;
+            if self.errors >= MAX_ERRORS {
+                return Action::Close(format!(
+                    "{r}421 4.7.0 Too many errors; closing connection\r\n"
+                ));
+            }
+        }
+        action
+    }
+
+    fn dispatch(&mut self, line: &str, user_of: impl Fn(&str) -> Option<String>) -> Action {
         // A control character (a CR inside the line, NUL, ...) has no place in a command, and
         // echoed in a reply or a header line it could forge another one.
         if line.chars().any(|c| c.is_control() && c != '\t') {
@@ -505,6 +547,39 @@ mod tests {
         assert_eq!(t.command("DATA", known), Action::Data);
         assert_eq!(t.recipients().len(), 2);
         assert!(text(t.command("QUIT", known)).starts_with("221 2.0.0"));
+    }
+
+    #[test]
+    fn http_and_repeated_errors_end_the_session() {
+        let mut t = Transaction::new("h", 1000);
+        for line in [
+            "POST /lmtp HTTP/1.1",
+            "GET / HTTP/1.0",
+            "CONNECT 127.0.0.1:24 HTTP/1.1",
+        ] {
+            assert!(
+                matches!(t.command(line, known), Action::Close(r) if r.starts_with("421 4.7.0")),
+                "{line}"
+            );
+        }
+        // A command that merely starts like one is a command.
+        assert!(!is_http_request("POST office"));
+        let mut t = Transaction::new("h", 1000);
+        for _ in 0..MAX_ERRORS - 1 {
+            assert!(matches!(t.command("XYZZY", known), Action::Reply(_)));
+        }
+        assert!(
+            matches!(t.command("XYZZY", known), Action::Close(r) if r.contains("421 4.7.0 Too many errors"))
+        );
+        // Unknown recipients are not errors of the protocol: an MTA sends many.
+        let mut t = Transaction::new("h", 1000);
+        t.command("LHLO x", known);
+        t.command("MAIL FROM:<a@b>", known);
+        for _ in 0..20 {
+            assert!(
+                matches!(t.command("RCPT TO:<nobody@h>", known), Action::Reply(r) if r.starts_with("550"))
+            );
+        }
     }
 
     #[test]

@@ -10,8 +10,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -142,12 +141,15 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<b
         path: path.to_owned(),
         source: e,
     };
-    if let Some(dir) = cert.parent() {
+    for dir in [cert.parent(), key.parent()].into_iter().flatten() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| io(dir, e))?;
+        // Root writes here before it gives up privileges: not through a link planted by the
+        // service user.
+        pop3_store::maildir::untrusted::check_real_dir(dir).map_err(|e| io(dir, e))?;
     }
     let generate = || -> Result<(String, String), rcgen::Error> {
         let mut params = rcgen::CertificateParams::new(names.to_vec())?;
@@ -168,17 +170,8 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<b
     // half-written key that would make every later start fail.
     let write = |path: &Path, data: &str, mode: u32| -> Result<(), ServerError> {
         let tmp = path.with_extension("pem.tmp");
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| io(&tmp, e))?;
-        f.write_all(data.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| io(path, e))
+        pop3_store::maildir::untrusted::replace_file(path, &tmp, data.as_bytes(), mode)
+            .map_err(|e| io(path, e))
     };
     write(key, &key_pem, 0o600)?;
     write(cert, &cert_pem, 0o644)?;

@@ -11,6 +11,8 @@
 //! says how to stop running as root.
 
 use anyhow::{Context, Result, bail};
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::{Gid, Group, Uid, User};
 use pop3_server::Config;
 use std::ffi::CString;
@@ -129,33 +131,80 @@ fn take_ownership(dir: &Path, uid: Uid, gid: Gid) -> Result<()> {
     chown_tree(dir, uid, gid, if whole { usize::MAX } else { 1 })
 }
 
+/// Gives `path`'s tree (to `depth` levels, and `tls/` one more) to the account and makes it
+/// private, through open descriptors: each entry is opened relative to its already opened
+/// directory with `O_NOFOLLOW`, and changed through that descriptor. Root does this in a tree
+/// the service user owns, so an entry swapped for a symbolic link between looking at it and
+/// changing it would otherwise make root change whatever the link points at.
 fn chown_tree(path: &Path, uid: Uid, gid: Gid, depth: usize) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(path)
-        .with_context(|| format!("cannot inspect {}", path.display()))?;
-    if meta.uid() != uid.as_raw() || meta.gid() != gid.as_raw() {
-        std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw()))
-            .with_context(|| format!("cannot change the owner of {}", path.display()))?;
+    let dir = nix::fcntl::open(path, NOFOLLOW | OFlag::O_DIRECTORY, Mode::empty())
+        .with_context(|| format!("cannot open the data directory {}", path.display()))?;
+    make_private(&dir, path, uid, gid)?;
+    walk(dir, path, uid, gid, depth)
+}
+
+/// Opens without following a link, without blocking on a FIFO, without leaking into children.
+const NOFOLLOW: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_CLOEXEC);
+
+fn walk(dir: std::os::fd::OwnedFd, path: &Path, uid: Uid, gid: Gid, depth: usize) -> Result<()> {
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    if depth == 0 {
+        return Ok(());
     }
-    // What others could read (made under a looser umask, or copied in) becomes private too.
-    let mode = meta.permissions().mode();
-    if !meta.file_type().is_symlink() && mode & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7700))
-            .with_context(|| format!("cannot make {} private", path.display()))?;
-    }
-    if meta.is_dir() && depth > 0 {
-        for entry in
-            std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?
-        {
-            let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
-            let child = entry.path();
-            let deeper = if depth == 1 && entry.file_name() == "tls" {
-                1
-            } else {
-                depth - 1
-            };
-            chown_tree(&child, uid, gid, deeper)?;
+    let mut dir =
+        nix::dir::Dir::from_fd(dir).with_context(|| format!("cannot list {}", path.display()))?;
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    for name in names {
+        let child_path = path.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        match nix::fcntl::openat(dir.as_fd(), name.as_c_str(), NOFOLLOW, Mode::empty()) {
+            Ok(child) => {
+                let is_dir = make_private(&child, &child_path, uid, gid)?;
+                if is_dir {
+                    let deeper = if depth == 1 && name.as_bytes() == b"tls" {
+                        1
+                    } else {
+                        depth - 1
+                    };
+                    walk(child, &child_path, uid, gid, deeper)?;
+                }
+            }
+            // A symbolic link (or a socket, which cannot be opened): its own owner changes,
+            // never what a link points at.
+            Err(_) => nix::unistd::fchownat(
+                dir.as_fd(),
+                name.as_c_str(),
+                Some(uid),
+                Some(gid),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .with_context(|| format!("cannot change the owner of {}", child_path.display()))?,
         }
     }
     Ok(())
+}
+
+/// Gives an open file to the account and takes away what others could read (made under a
+/// looser umask, or copied in); returns whether it is a directory.
+fn make_private(fd: &std::os::fd::OwnedFd, path: &Path, uid: Uid, gid: Gid) -> Result<bool> {
+    let st =
+        nix::sys::stat::fstat(fd).with_context(|| format!("cannot inspect {}", path.display()))?;
+    if st.st_uid != uid.as_raw() || st.st_gid != gid.as_raw() {
+        nix::unistd::fchown(fd, Some(uid), Some(gid))
+            .with_context(|| format!("cannot change the owner of {}", path.display()))?;
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o077 != 0 {
+        nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode & 0o7700))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    Ok(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }

@@ -125,8 +125,8 @@ fn python_smtplib_delivers_over_a_unix_socket() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(
         mode & 0o777,
-        0o666,
-        "Postfix's lmtp(8) runs as another user"
+        0o660,
+        "whoever can connect can deliver to anyone: owner and group only"
     );
     let script = format!(
         r#"
@@ -376,4 +376,45 @@ fn quota_rules_in_the_users_file_apply_at_once() {
     // The rule removed: the users file is re-read, the next delivery fits.
     std::fs::write(&users, text).unwrap();
     assert!(deliver(3).starts_with("250 2.1.5"));
+}
+
+/// A web page can make a browser POST to the LMTP port, with LMTP commands in the body. The
+/// HTTP request line ends the connection before any of them is read, and a peer that keeps
+/// sending what is not LMTP is cut off after a few errors.
+#[test]
+fn cross_protocol_requests_deliver_nothing() {
+    let (server, addr) = lmtp_server(&[]);
+    let (mut w, mut r, _) = connect(&addr);
+    let body = "LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: forged\r\n\r\nvia a browser\r\n.\r\nQUIT\r\n";
+    let _ = write!(
+        w,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = reply(&mut r);
+    assert!(reply.starts_with("421 4.7.0"), "{reply}");
+    assert!(
+        common::smtp_reply(&mut r).is_empty(),
+        "the connection stays open"
+    );
+    // Garbage without an HTTP request line: five errors, then the connection ends.
+    let (mut w, mut r, _) = connect(&addr);
+    for i in 0..5 {
+        let _ = write!(w, "Host: 127.0.0.{i}\r\n");
+    }
+    let mut all = String::new();
+    loop {
+        let line = common::smtp_reply(&mut r);
+        if line.is_empty() {
+            break;
+        }
+        all.push_str(&line);
+    }
+    assert!(all.contains("421 4.7.0 Too many errors"), "{all}");
+    // Nothing reached alice.
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(
+        c.login("alice", "wonderland")
+            .contains("maildrop has 0 messages")
+    );
 }

@@ -253,3 +253,60 @@ fn postfix_delivers_over_lmtp_bounces_unknown_users_and_retries_temporary_failur
     };
     assert_eq!(sent(postfix.log()), 2, "{}", postfix.log());
 }
+
+/// The README's own wiring: Postfix's lmtp(8), running as `postfix`, delivers over a unix
+/// socket that only the service user and the socket's group may use (mode 0660, group
+/// `postfix` by `listen.lmtp_socket_group`), while any other local user is refused.
+#[test]
+fn postfix_delivers_over_a_unix_socket_only_its_group_may_use() {
+    let run = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        run.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let socket = run.path().join("lmtp");
+    let mut b = ServerBuilder::new();
+    b.set(
+        "listen.lmtp",
+        toml::Value::Array(vec![format!("unix:{}", socket.display()).into()]),
+    );
+    b.set("listen.lmtp_socket_group", "postfix");
+    let server = b.start();
+    server.add_user("alice", "wonderland");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o660
+    );
+    let postfix_gid = nix::unistd::Group::from_name("postfix")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), postfix_gid);
+    // Another local user cannot connect.
+    let out = tool("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args([
+            "python3",
+            "-c",
+            "import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody connected to the LMTP socket");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    // Postfix can.
+    let postfix = Postfix::start(&format!("unix:{}", socket.display()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, "Subject: over the socket\r\n\r\nhello").unwrap();
+    postfix.send("alice@example.org", &file);
+    let got = eventually(Duration::from_secs(20), "delivery over the socket", || {
+        let m = messages(&server, "alice", "wonderland");
+        (!m.is_empty()).then_some(m)
+    });
+    assert!(String::from_utf8_lossy(&got[0]).contains("Subject: over the socket"));
+}

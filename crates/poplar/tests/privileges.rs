@@ -370,3 +370,76 @@ fn the_descriptor_limit_is_raised_or_its_shortage_reported() {
     let _ = short.child.kill();
     let _ = short.child.wait();
 }
+
+/// Started as root, the server works in a data directory the service user owns before it gives
+/// up root. A compromised service account may have planted links there: root must never write,
+/// chown or chmod through them (the temporary files it writes, the ownership it hands over).
+#[test]
+fn root_never_follows_links_the_service_user_planted() {
+    if !is_root() {
+        return;
+    }
+    let outside = tempfile::tempdir().unwrap();
+    let victim = |name: &str| {
+        let path = outside.path().join(name);
+        std::fs::write(&path, "root's own file").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    };
+    let (secret_victim, key_victim, chown_victim) =
+        (victim("secret"), victim("key"), victim("chown"));
+    let mut b = ServerBuilder::new();
+    b.set("user", "nobody");
+    let data = b.data_dir();
+    let config = b.write_config();
+    // A first start makes the data directory the service user's.
+    let (_, kept) = b.start().stop();
+    // What the service account then plants.
+    std::fs::remove_file(data.join("auth-secret")).unwrap();
+    std::os::unix::fs::symlink(&secret_victim, data.join("auth-secret.tmp")).unwrap();
+    std::fs::remove_file(data.join("tls/key.pem")).unwrap();
+    std::os::unix::fs::symlink(&key_victim, data.join("tls/key.pem.tmp")).unwrap();
+    std::os::unix::fs::symlink(&chown_victim, data.join("planted")).unwrap();
+    let mut cmd = Command::new(common::BIN);
+    cmd.args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null());
+    let mut running = common::spawn_server(cmd, true);
+    let _ = running.child.kill();
+    let _ = running.child.wait();
+    for path in [&secret_victim, &key_victim, &chown_victim] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "root's own file",
+            "{}",
+            path.display()
+        );
+        assert_eq!(meta.uid(), 0, "{} was given away", path.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o644,
+            "{}",
+            path.display()
+        );
+    }
+    // The secret and the key were written anew in place of the links.
+    assert_eq!(std::fs::read(data.join("auth-secret")).unwrap().len(), 32);
+    assert!(
+        std::fs::read_to_string(data.join("tls/key.pem"))
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    // A tls/ that is itself a link elsewhere is refused, and nothing is written there.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::rename(data.join("tls"), data.join("tls.old")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), data.join("tls")).unwrap();
+    let out = Command::new(common::BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a symbolic link, not a directory"), "{err}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    drop(kept);
+}

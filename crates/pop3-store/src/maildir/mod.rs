@@ -876,18 +876,7 @@ fn write_uidlist(dir: &Path, list: &Uidlist) -> Result<(), StoreError> {
 /// `path`, so a crash leaves the old or the new contents, never a mixture. `tmp` is removed on
 /// failure.
 fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let written = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(tmp, path));
-    written.map_err(|e| {
-        let _ = fs::remove_file(tmp);
-        StoreError::io(path, e)
-    })
+    untrusted::replace_file(path, tmp, bytes, 0o600).map_err(|e| StoreError::io(path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -96,6 +96,52 @@ pub fn copy_message(from: &Path, to: &Path, max: Option<u64>) -> io::Result<u64>
     }
 }
 
+/// Replaces `path` with `bytes` (file mode `mode`) by writing `tmp`, fsyncing it and renaming
+/// it over `path`, so a crash leaves the old or the new contents, never a mixture. `tmp` is
+/// created new (whatever was at that name, a link included, is removed first, never written
+/// through) and not through a symbolic link, so a process running as root cannot be made to
+/// write where a link planted by the directory's owner points. `tmp` is removed on failure.
+pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    match std::fs::remove_file(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        // rename replaces a link at `path` itself, never what it points at.
+        .and_then(|()| std::fs::rename(tmp, path));
+    written.inspect_err(|_| {
+        let _ = std::fs::remove_file(tmp);
+    })
+}
+
+/// Fails unless `dir` is a real directory, not a symbolic link to one elsewhere.
+pub fn check_real_dir(dir: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_dir() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is {}, not a directory: refusing to write through it",
+                dir.display(),
+                if meta.file_type().is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "a file"
+                }
+            ),
+        ))
+    }
+}
+
 /// Fails unless each of `dir`'s `tmp`, `new` and `cur` is a real directory, not a symbolic
 /// link to one elsewhere (through which files would be created or read there).
 pub fn check_subdirectories(dir: &Path) -> io::Result<()> {
@@ -169,5 +215,13 @@ mod tests {
         std::fs::create_dir_all(maildir.join("cur")).unwrap();
         std::os::unix::fs::symlink("/etc", maildir.join("new")).unwrap();
         assert!(check_subdirectories(&maildir).is_err());
+        // replace_file never writes through a link at its temporary name.
+        let target = d.path().join("secret");
+        std::os::unix::fs::symlink(&victim, d.path().join("secret.tmp")).unwrap();
+        replace_file(&target, &d.path().join("secret.tmp"), b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert!(check_real_dir(d.path()).is_ok());
+        assert!(check_real_dir(&d.path().join("zero")).is_err());
     }
 }
