@@ -648,6 +648,7 @@ impl Conn {
         self.expect_body()?;
         let mut lines = Vec::new();
         let mut buf = Vec::new();
+        let mut total = 0usize;
         loop {
             buf.clear();
             within(
@@ -663,9 +664,11 @@ impl Conn {
             if buf == b".\r\n" {
                 return Ok(lines);
             }
-            if lines.len() >= MAX_LISTING {
+            total += buf.len();
+            if lines.len() >= MAX_LISTING || total > MAX_LISTING_BYTES {
                 return Err(FetchError::Protocol(format!(
-                    "a listing of more than {MAX_LISTING} lines"
+                    "a listing of more than {MAX_LISTING} lines or {} MiB",
+                    MAX_LISTING_BYTES >> 20
                 )));
             }
             let line = buf.strip_prefix(b".").unwrap_or(&buf);
@@ -728,8 +731,12 @@ const REPLY_SILENCE: &str = "the server or the network stalled; try again later"
 /// The longest line accepted in a status reply or a listing. RFC 2449 caps responses at 512
 /// octets; this is far more generous, and still keeps a hostile server from exhausting memory.
 const MAX_LINE: u64 = 64 * 1024;
-/// The most lines a listing (CAPA, UIDL, LIST) may have: ten million messages.
-const MAX_LISTING: usize = 10_000_000;
+/// The most lines a listing (CAPA, UIDL, LIST) may have: a million messages (Poplar serves at
+/// most 100 000 per session by default).
+const MAX_LISTING: usize = 1_000_000;
+/// The most octets a listing may have: a million UIDLs of Poplar's or Dovecot's form fit in
+/// a third of it; with [`MAX_LISTING`] it bounds what a hostile server can make the client hold.
+const MAX_LISTING_BYTES: usize = 64 << 20;
 
 /// Reads one line (with its LF) into `buf`, at most [`MAX_LINE`] octets; `buf` stays empty at
 /// the end of the stream.

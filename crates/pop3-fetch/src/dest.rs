@@ -286,13 +286,50 @@ mod tests {
     }
 }
 
+/// A message on its way to a destination that takes it whole, kept in an anonymous temporary
+/// file (in `$TMPDIR`; the system removes it when it is closed, even if the process dies),
+/// never in memory: whatever a server sends, the client's memory does not grow with it.
+pub struct Spool {
+    file: BufWriter<File>,
+}
+
+impl Spool {
+    /// An empty spool.
+    pub fn new() -> Result<Self, FetchError> {
+        let file = tempfile::tempfile().map_err(FetchError::io(
+            "cannot create a temporary file for a message ($TMPDIR)",
+        ))?;
+        Ok(Spool {
+            file: BufWriter::with_capacity(WRITE_BUFFER, file),
+        })
+    }
+
+    /// Appends octets.
+    pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(chunk)
+    }
+
+    /// The complete message, read from its start.
+    pub fn finish(self) -> Result<File, FetchError> {
+        use std::io::Seek;
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| FetchError::io("cannot write a temporary file")(e.into_error()))?;
+        file.rewind()
+            .map_err(FetchError::io("cannot read a temporary file"))?;
+        Ok(file)
+    }
+}
+
 /// A destination that takes each message whole and cannot be asked afterwards whether it has
 /// it (a delivery command, an LMTP server): at least once, not exactly once, as docs/fetch.md
 /// says. This holds no tokens, so a run killed after handing a message over but before the
 /// journal recorded it hands that message over again.
 pub trait Handover: Send + Sync + Clone + 'static {
-    /// Delivers one message (as RETR sent it); `Ok` only once the receiver has accepted it.
-    fn hand_over(&self, message: &[u8]) -> Result<(), FetchError>;
+    /// Delivers one message (as RETR sent it, read from `message`); `Ok` only once the
+    /// receiver has accepted it.
+    fn hand_over(&self, message: &mut File) -> Result<(), FetchError>;
     /// For messages.
     fn describe(&self) -> String;
 }
@@ -311,9 +348,9 @@ impl<H: Handover> Destination for AtLeastOnce<H> {
     }
 
     fn open(&mut self, _token: &str) -> Result<Box<dyn MessageWriter>, FetchError> {
-        Ok(Box::new(Buffered {
+        Ok(Box::new(Spooled {
             to: self.0.clone(),
-            content: Vec::new(),
+            spool: Spool::new()?,
         }))
     }
 
@@ -330,20 +367,20 @@ impl<H: Handover> Destination for AtLeastOnce<H> {
     }
 }
 
-/// A message collected whole, then handed over.
-struct Buffered<H> {
+/// A message spooled whole, then handed over.
+struct Spooled<H> {
     to: H,
-    content: Vec<u8>,
+    spool: Spool,
 }
 
-impl<H: Handover> MessageWriter for Buffered<H> {
+impl<H: Handover> MessageWriter for Spooled<H> {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.content.extend_from_slice(chunk);
-        Ok(())
+        self.spool.write(chunk)
     }
 
     fn finish(self: Box<Self>) -> Result<(), FetchError> {
-        self.to.hand_over(&self.content)
+        let mut message = self.spool.finish()?;
+        self.to.hand_over(&mut message)
     }
 
     fn discard(self: Box<Self>) {}
@@ -367,9 +404,13 @@ impl Mda {
 }
 
 impl Handover for Mda {
-    fn hand_over(&self, message: &[u8]) -> Result<(), FetchError> {
+    fn hand_over(&self, message: &mut File) -> Result<(), FetchError> {
+        use std::io::Seek;
         use std::process::{Command, Stdio};
-        let sender = crate::mbox::return_path(message).unwrap_or_default();
+        let sender = crate::mbox::return_path_of(message).unwrap_or_default();
+        message
+            .rewind()
+            .map_err(FetchError::io("cannot read a temporary file"))?;
         let quoted = format!("'{}'", sender.replace('\'', "'\\''"));
         let command = self.command.replace("%F", &quoted);
         let mut child = Command::new("/bin/sh")
@@ -377,7 +418,10 @@ impl Handover for Mda {
             .stdin(Stdio::piped())
             .spawn()
             .map_err(FetchError::io(format!("cannot run {command:?}")))?;
-        let written = child.stdin.take().map(|mut stdin| stdin.write_all(message));
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| std::io::copy(message, &mut stdin).map(drop));
         let status = child
             .wait()
             .map_err(FetchError::io(format!("cannot run {command:?}")))?;
@@ -433,7 +477,7 @@ impl Lmtp {
         })
     }
 
-    fn deliver(&self, content: &[u8]) -> Result<(), FetchError> {
+    fn deliver(&self, content: &mut File) -> Result<(), FetchError> {
         use std::io::{BufRead, BufReader};
         let io = |what: &str| FetchError::io(format!("LMTP {what} at {}", self.addr));
         let stream = self.connect().map_err(io("connection"))?;
@@ -469,7 +513,14 @@ impl Lmtp {
             })
         };
         expect(reply(&mut reader)?, "220")?;
-        let sender = crate::mbox::return_path(content).unwrap_or_default();
+        let sender = {
+            use std::io::Seek;
+            let sender = crate::mbox::return_path_of(content).unwrap_or_default();
+            content
+                .rewind()
+                .map_err(FetchError::io("cannot read a temporary file"))?;
+            sender
+        };
         let mut wire = format!(
             "LHLO {}\r\nMAIL FROM:<{sender}>\r\nRCPT TO:<{}>\r\nDATA\r\n",
             hostname(),
@@ -483,17 +534,24 @@ impl Lmtp {
         for code in ["250", "250", "250", "354"] {
             expect(reply(&mut reader)?, code)?;
         }
-        wire.clear();
-        for line in content.split_inclusive(|&b| b == b'\n') {
-            if line.starts_with(b".") {
-                wire.push(b'.');
+        // Dot-stuffed and CRLF-terminated as a POP3 server sends it, chunk by chunk.
+        let mut encoder = pop3_proto::canonical::MessageEncoder::retr();
+        let mut chunk = vec![0u8; WRITE_BUFFER];
+        loop {
+            use std::io::Read;
+            let n = content
+                .read(&mut chunk)
+                .map_err(FetchError::io("cannot read a temporary file"))?;
+            if n == 0 {
+                break;
             }
-            wire.extend_from_slice(line);
+            wire.clear();
+            encoder.encode(&chunk[..n], &mut wire);
+            send(&mut reader, &wire)?;
         }
-        if !wire.ends_with(b"\r\n") {
-            wire.extend_from_slice(b"\r\n");
-        }
-        wire.extend_from_slice(b".\r\nQUIT\r\n");
+        wire.clear();
+        encoder.finish(&mut wire);
+        wire.extend_from_slice(b"QUIT\r\n");
         send(&mut reader, &wire)?;
         // One reply per recipient (RFC 2033): ours.
         expect(reply(&mut reader)?, "250")
@@ -501,7 +559,7 @@ impl Lmtp {
 }
 
 impl Handover for Lmtp {
-    fn hand_over(&self, message: &[u8]) -> Result<(), FetchError> {
+    fn hand_over(&self, message: &mut File) -> Result<(), FetchError> {
         self.deliver(message)
     }
 

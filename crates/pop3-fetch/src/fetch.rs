@@ -61,7 +61,7 @@ pub struct Policy {
     /// With `keep`: delete from the server messages first delivered this many days ago.
     pub delete_after_days: Option<u32>,
     /// Skip messages larger than this many octets (they stay on the server, unless
-    /// `delete_too_large`).
+    /// `delete_too_large`); `None` is [`DEFAULT_MAX_SIZE`].
     pub max_size: Option<u64>,
     /// Delete from the server, without downloading, messages larger than `max_size`.
     pub delete_too_large: bool,
@@ -106,6 +106,11 @@ pub struct Summary {
 /// Progress while fetching: called after each delivered message with (messages, octets) done
 /// so far and the totals planned.
 pub type ProgressFn<'a> = dyn FnMut(usize, u64, usize, u64) + Send + 'a;
+
+/// The largest message fetched unless configured otherwise (256 MiB): more than any mail
+/// system sends (Poplar's own server takes 64 MiB, most take 25 to 50), and a bound on the disk
+/// a hostile or broken server can make the client fill with one message.
+pub const DEFAULT_MAX_SIZE: u64 = 256 << 20;
 
 /// Messages per batch: one journal fsync before and one after each batch.
 const BATCH: usize = 64;
@@ -318,11 +323,12 @@ pub async fn fetch(
     let mut todo = Vec::new();
     let mut oversized = Vec::new();
     let (mut planned_octets, mut deferred) = (0u64, 0usize);
+    let max_size = policy.max_size.unwrap_or(DEFAULT_MAX_SIZE);
     for m in &listing {
         if journal.delivered(&m.uidl).is_some() {
             continue;
         }
-        if policy.max_size.is_some_and(|max| m.size > max) {
+        if m.size > max_size {
             summary.too_large += 1;
             if policy.delete_too_large {
                 oversized.push(m);
@@ -367,7 +373,7 @@ pub async fn fetch(
                 });
             }
             let writer = dest.open(token)?;
-            let octets = receive(&mut conn, writer, body_limit(m.size)).await?;
+            let octets = receive(&mut conn, writer, body_limit(m.size, max_size)).await?;
             summary.fetched += 1;
             summary.octets += octets;
             progress(summary.fetched, summary.octets, todo.len(), planned_octets);
@@ -487,12 +493,15 @@ fn recover(
     Ok(())
 }
 
-/// The most octets accepted for a message LIST announced as `listed`: twice that and a MiB.
-/// Servers miscount a little (Dovecot by two octets for a message without a final newline); one
-/// that sends far more than it announced is broken or hostile, and must not fill the disk or,
-/// for the destinations that hold a message in memory, the memory.
-fn body_limit(listed: u64) -> u64 {
-    listed.saturating_mul(2).saturating_add(1 << 20)
+/// The most octets accepted for a message LIST announced as `listed`: twice that and a MiB, and
+/// never more than `max_size`. Servers miscount a little (Dovecot by two octets for a message
+/// without a final newline); one that sends far more than it announced is broken or hostile,
+/// and must not fill the disk.
+fn body_limit(listed: u64, max_size: u64) -> u64 {
+    listed
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
+        .min(max_size)
 }
 
 /// Streams a RETR body into `writer`; returns its octets.

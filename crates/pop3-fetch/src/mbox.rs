@@ -29,8 +29,18 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// The messages of the batch being received, in order: token and content (as RETR sent it).
-type Batch = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+/// The messages of the batch being received, in order: each message's token and its mboxrd
+/// entry, ready in a temporary file, with the entry's length and hash.
+type Batch = Arc<Mutex<Vec<Entry>>>;
+
+/// One message converted to its mboxrd entry, waiting for [`Destination::sync`].
+#[derive(Debug)]
+struct Entry {
+    token: String,
+    file: File,
+    len: u64,
+    hash: u64,
+}
 
 /// An mbox file.
 #[derive(Debug)]
@@ -96,7 +106,7 @@ impl Destination for Mbox {
     fn open(&mut self, token: &str) -> Result<Box<dyn MessageWriter>, FetchError> {
         Ok(Box::new(MboxWriter {
             token: token.to_owned(),
-            content: Vec::new(),
+            spool: crate::dest::Spool::new()?,
             batch: Arc::clone(&self.batch),
         }))
     }
@@ -122,17 +132,14 @@ impl Destination for Mbox {
             cut_torn_tail(&file, &self.placements()).map_err(io("cannot repair"))?;
         }
         let mut offset = file.metadata().map_err(io("cannot read"))?.len();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut entries = Vec::with_capacity(batch.len());
         let mut side = String::new();
-        for (token, content) in &batch {
-            let entry = mboxrd_entry(content, now);
-            let end = offset + entry.len() as u64;
-            side.push_str(&format!("{token} {offset} {end} {:016x}\n", fnv(&entry)));
+        for entry in &batch {
+            let end = offset + entry.len;
+            side.push_str(&format!(
+                "{} {offset} {end} {:016x}\n",
+                entry.token, entry.hash
+            ));
             offset = end;
-            entries.push(entry);
         }
         let side_path = self.side_file();
         let mut side_file =
@@ -141,8 +148,8 @@ impl Destination for Mbox {
             .write_all(side.as_bytes())
             .and_then(|()| side_file.sync_all())
             .map_err(io("cannot write the side file of"))?;
-        for entry in &entries {
-            file.write_all(entry).map_err(io("cannot append to"))?;
+        for mut entry in batch {
+            std::io::copy(&mut entry.file, &mut file).map_err(io("cannot append to"))?;
         }
         file.sync_all().map_err(io("cannot sync"))?;
         drop(file);
@@ -178,57 +185,200 @@ impl Destination for Mbox {
 
 struct MboxWriter {
     token: String,
-    content: Vec<u8>,
+    spool: crate::dest::Spool,
     batch: Batch,
 }
 
 impl MessageWriter for MboxWriter {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.content.extend_from_slice(chunk);
-        Ok(())
+        self.spool.write(chunk)
     }
 
     fn finish(self: Box<Self>) -> Result<(), FetchError> {
+        use std::io::Seek;
+        let io = |what: &'static str| FetchError::io(what);
+        let mut message = self.spool.finish()?;
+        let sender = return_path_of(&mut message).unwrap_or_else(|| "MAILER-DAEMON".into());
+        message
+            .rewind()
+            .map_err(io("cannot read a temporary file"))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let entry = tempfile::tempfile().map_err(io("cannot create a temporary file ($TMPDIR)"))?;
+        let mut converter = Mboxrd::new(std::io::BufWriter::new(entry), &sender, now)
+            .map_err(io("cannot write a temporary file"))?;
+        std::io::copy(&mut message, &mut converter).map_err(io("cannot write a temporary file"))?;
+        let (out, len, hash) = converter
+            .finish()
+            .map_err(io("cannot write a temporary file"))?;
+        let mut file = out
+            .into_inner()
+            .map_err(|e| io("cannot write a temporary file")(e.into_error()))?;
+        file.rewind().map_err(io("cannot read a temporary file"))?;
         let mut batch = self.batch.lock().unwrap_or_else(|e| e.into_inner());
-        batch.push((self.token, self.content));
+        batch.push(Entry {
+            token: self.token,
+            file,
+            len,
+            hash,
+        });
         Ok(())
     }
 
     fn discard(self: Box<Self>) {}
 }
 
+/// Writes one message as an mboxrd entry, as it streams by: a From line, LF line ends, every
+/// line matching `>*From ` given one more `>`, a final newline if the message lacks one, and a
+/// blank line after. Its state is a count of `>` and at most five more octets, so a message of
+/// any size, lines of any length included, goes through in constant memory. Counts and hashes
+/// what it writes (see [`fnv`]).
+pub struct Mboxrd<W: Write> {
+    out: W,
+    /// At the start of a line: the `>` seen so far and up to five octets after them, not yet
+    /// written, until it is known whether the line reads `>*From `.
+    prefix: Option<(u64, Vec<u8>)>,
+    /// A CR not yet written: dropped if a LF follows.
+    cr: bool,
+    len: u64,
+    hash: u64,
+}
+
+impl<W: Write> Mboxrd<W> {
+    /// Starts an entry with the From line for `sender` at Unix time `now`.
+    pub fn new(out: W, sender: &str, now: u64) -> std::io::Result<Self> {
+        let mut m = Mboxrd {
+            out,
+            prefix: Some((0, Vec::new())),
+            cr: false,
+            len: 0,
+            hash: FNV_START,
+        };
+        m.emit(format!("From {sender} {}\n", asctime(now)).as_bytes())?;
+        Ok(m)
+    }
+
+    fn emit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.len += bytes.len() as u64;
+        self.hash = fnv_update(self.hash, bytes);
+        self.out.write_all(bytes)
+    }
+
+    /// Writes what a line start held back, quoting it if it reads `>*From `.
+    fn release_prefix(&mut self, from_line: bool) -> std::io::Result<()> {
+        if let Some((quotes, pending)) = self.prefix.take() {
+            if from_line {
+                self.emit(b">")?;
+            }
+            for _ in 0..quotes {
+                self.emit(b">")?;
+            }
+            self.emit(&pending)?;
+        }
+        Ok(())
+    }
+
+    fn end_line(&mut self) -> std::io::Result<()> {
+        self.release_prefix(false)?;
+        self.emit(b"\n")?;
+        self.prefix = Some((0, Vec::new()));
+        Ok(())
+    }
+
+    fn octet(&mut self, b: u8) -> std::io::Result<()> {
+        if std::mem::take(&mut self.cr) {
+            if b == b'\n' {
+                return self.end_line();
+            }
+            self.release_prefix(false)?;
+            self.emit(b"\r")?;
+        }
+        match b {
+            b'\n' => self.end_line(),
+            b'\r' => {
+                self.cr = true;
+                Ok(())
+            }
+            _ => match &mut self.prefix {
+                Some((quotes, pending)) if pending.is_empty() && b == b'>' => {
+                    *quotes += 1;
+                    Ok(())
+                }
+                Some((_, pending)) if b"From "[pending.len()] == b => {
+                    pending.push(b);
+                    if pending.len() == 5 {
+                        self.release_prefix(true)?;
+                    }
+                    Ok(())
+                }
+                Some(_) => {
+                    self.release_prefix(false)?;
+                    self.emit(&[b])
+                }
+                None => self.emit(&[b]),
+            },
+        }
+    }
+
+    /// Ends the entry; returns the writer, the entry's length and its hash.
+    pub fn finish(mut self) -> std::io::Result<(W, u64, u64)> {
+        // A final CR without LF ends the last line and is dropped, as a CR before a LF is.
+        let cr = std::mem::take(&mut self.cr);
+        let at_line_start = matches!(&self.prefix, Some((0, p)) if p.is_empty());
+        if cr || !at_line_start {
+            self.end_line()?;
+        }
+        self.emit(b"\n")?;
+        self.out.flush()?;
+        Ok((self.out, self.len, self.hash))
+    }
+}
+
+impl<W: Write> Write for Mboxrd<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            self.octet(b)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// A message as an mboxrd entry: From line, LF line ends, `>*From ` quoted, blank line after.
 pub fn mboxrd_entry(message: &[u8], now: u64) -> Vec<u8> {
     let sender = return_path(message).unwrap_or_else(|| "MAILER-DAEMON".into());
-    let mut out = format!("From {sender} {}\n", asctime(now)).into_bytes();
-    out.reserve(message.len() + 2);
-    let mut rest = message;
-    while !rest.is_empty() {
-        let (line, next) = match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let quotes = line.iter().take_while(|&&b| b == b'>').count();
-        if line[quotes..].starts_with(b"From ") {
-            out.push(b'>');
-        }
-        out.extend_from_slice(line);
-        out.push(b'\n');
-        rest = next;
-    }
-    out.push(b'\n');
-    out
+    let Ok(mut m) = Mboxrd::new(Vec::with_capacity(message.len() + 64), &sender, now) else {
+        return Vec::new();
+    };
+    let _ = m.write_all(message);
+    m.finish().map(|(out, _, _)| out).unwrap_or_default()
 }
 
 /// The envelope sender from a `Return-Path:` header, if the message has one.
 pub(crate) fn return_path(message: &[u8]) -> Option<String> {
-    for line in message.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
+    return_path_of(&mut &message[..])
+}
+
+/// [`return_path`] of a message read from `reader`: only its header section, and at most
+/// 1 MiB of it.
+pub(crate) fn return_path_of(reader: &mut impl Read) -> Option<String> {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(reader.take(1 << 20));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if lines.read_until(b'\n', &mut line).ok()? == 0 {
             return None;
         }
-        let text = String::from_utf8_lossy(line);
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if text.is_empty() {
+            return None;
+        }
         if let Some((name, value)) = text.split_once(':')
             && name.eq_ignore_ascii_case("Return-Path")
         {
@@ -237,7 +387,6 @@ pub(crate) fn return_path(message: &[u8]) -> Option<String> {
                 .then(|| addr.to_owned());
         }
     }
-    None
 }
 
 /// `Fri Nov 27 12:00:00 2026` (UTC), the date format of a From line.
@@ -252,7 +401,13 @@ fn asctime(secs: u64) -> String {
 
 /// FNV-1a, 64 bits: enough to tell our bytes from anyone else's in the recorded place.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+    fnv_update(FNV_START, bytes)
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv_update(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -350,6 +505,72 @@ fn owner_is_gone(lock: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition, line by line, over a whole message in memory.
+    fn reference(message: &[u8], now: u64) -> Vec<u8> {
+        let sender = return_path(message).unwrap_or_else(|| "MAILER-DAEMON".into());
+        let mut out = format!("From {sender} {}\n", asctime(now)).into_bytes();
+        let mut rest = message;
+        while !rest.is_empty() {
+            let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let quotes = line.iter().take_while(|&&b| b == b'>').count();
+            if line[quotes..].starts_with(b"From ") {
+                out.push(b'>');
+            }
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            rest = next;
+        }
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn the_streaming_converter_is_the_definition_in_any_chunks() {
+        let pieces: [&[u8]; 12] = [
+            b"From ",
+            b">",
+            b">>From x",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"Fro",
+            b"m ",
+            b"text",
+            b"Return-Path: <a@b>\r\n",
+            b".",
+            b"F",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut message = Vec::new();
+            for _ in 0..(next() % 12) {
+                message.extend_from_slice(pieces[usize::try_from(next() % 12).unwrap()]);
+            }
+            let want = reference(&message, 1_800_000_000);
+            let sender = return_path(&message).unwrap_or_else(|| "MAILER-DAEMON".into());
+            let mut m = Mboxrd::new(Vec::new(), &sender, 1_800_000_000).unwrap();
+            let mut rest = &message[..];
+            while !rest.is_empty() {
+                let n = (usize::from(next() % 4 == 0) + (next() % 3) as usize + 1).min(rest.len());
+                m.write_all(&rest[..n]).unwrap();
+                rest = &rest[n..];
+            }
+            let (got, len, hash) = m.finish().unwrap();
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&message));
+            assert_eq!((len, hash), (want.len() as u64, fnv(&want)));
+        }
+    }
 
     #[test]
     fn mboxrd_quoting_line_ends_and_the_from_line() {

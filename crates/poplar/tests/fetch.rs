@@ -1179,3 +1179,193 @@ fn every_step_has_a_timeout_that_names_it() {
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+/// Runs `cmd` (with the password on stdin) and samples its peak resident memory (`VmHWM`) until
+/// it exits: the output and the peak in KiB.
+fn run_measured(mut cmd: Command, password: &str) -> (Output, u64) {
+    let mut child = cmd.spawn().unwrap();
+    let _ = std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{password}\n").as_bytes(),
+    );
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(status) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kib);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child.wait_with_output().unwrap(), peak)
+}
+
+/// A scripted server: greets with an APOP timestamp, accepts any APOP, and answers UIDL, LIST
+/// and RETR with what `answer` writes (it gets the command and the socket).
+fn scripted_server(answer: impl Fn(&str, &mut std::net::TcpStream) + Send + Sync + 'static) -> u16 {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let answer = std::sync::Arc::clone(&answer);
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let _ = s.write_all(b"+OK hi <1.2@hostile>\r\n");
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    let cmd = line.trim_end().to_owned();
+                    line.clear();
+                    let verb = cmd.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                    match verb.as_str() {
+                        "APOP" | "DELE" => {
+                            let _ = s.write_all(b"+OK\r\n");
+                        }
+                        "QUIT" => {
+                            let _ = s.write_all(b"+OK bye\r\n");
+                            return;
+                        }
+                        "UIDL" | "LIST" | "RETR" => answer(&cmd, &mut s),
+                        _ => {
+                            let _ = s.write_all(b"-ERR no\r\n");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Writes `octets` of message body (lines of 'x'), then optionally the terminator.
+fn send_body(s: &mut std::net::TcpStream, octets: u64, terminate: bool) {
+    use std::io::Write;
+    let line = [vec![b'x'; 1022], b"\r\n".to_vec()].concat();
+    let mut sent = 0;
+    while sent < octets {
+        if s.write_all(&line).is_err() {
+            return;
+        }
+        sent += line.len() as u64;
+    }
+    if terminate {
+        let _ = s.write_all(b".\r\n");
+    }
+}
+
+/// Whatever a server sends, `poplar fetch` holds neither a message nor a listing beyond a
+/// bound in memory: messages go to a temporary file whatever the destination, a message larger
+/// than `max_size` (256 MiB by default) is never downloaded, a body larger than announced is
+/// cut off, and a listing stops at a million lines or 64 MiB. docs/security.md states the bound.
+#[test]
+fn a_hostile_server_cannot_exhaust_the_clients_memory() {
+    use std::io::Write;
+    const BOUND_KIB: u64 = 200 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let mut case = 0;
+    let mut fetch = |port: u16, to: &str| {
+        case += 1;
+        let to = match to {
+            "mbox" => format!("mbox:{}", dir.path().join(format!("mbox{case}")).display()),
+            "mda" => format!(
+                "mda:cat > {}",
+                dir.path().join(format!("mda{case}")).display()
+            ),
+            _ => format!("maildir:{}", dir.path().join(format!("M{case}")).display()),
+        };
+        let cmd = fetch_to(
+            &format!("pop3://u@127.0.0.1:{port}"),
+            &to,
+            &dir.path().join(format!("j{case}")),
+            &["--allow-insecure", "--keep"],
+        );
+        run_measured(cmd, "pw")
+    };
+    let mut peaks = Vec::new();
+
+    // A message announced as 100 GB: left on the server, never downloaded (were it asked
+    // for, the server would send a gigabyte).
+    let port = scripted_server(|cmd, s| match cmd {
+        "UIDL" => drop(s.write_all(b"+OK\r\n1 huge\r\n.\r\n")),
+        "LIST" => drop(s.write_all(b"+OK\r\n1 100000000000\r\n.\r\n")),
+        _ => {
+            let _ = s.write_all(b"+OK\r\n");
+            send_body(s, 1 << 30, false);
+        }
+    });
+    let (out, peak) = fetch(port, "mbox");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("1 too large"),
+        "{out:?}"
+    );
+    peaks.push(("LIST 1 100000000000", peak));
+
+    // A message announced as 10 octets that goes on for a gigabyte: cut off at 2 x 10 + 1 MiB.
+    let port = scripted_server(|cmd, s| match cmd {
+        "UIDL" => drop(s.write_all(b"+OK\r\n1 liar\r\n.\r\n")),
+        "LIST" => drop(s.write_all(b"+OK\r\n1 10\r\n.\r\n")),
+        _ => {
+            let _ = s.write_all(b"+OK\r\n");
+            send_body(s, 1 << 30, false);
+        }
+    });
+    for to in ["mbox", "mda"] {
+        let (out, peak) = fetch(port, to);
+        assert_eq!(out.status.code(), Some(76), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("larger than"),
+            "{out:?}"
+        );
+        peaks.push(("a 10-octet message of 1 GB", peak));
+    }
+
+    // Endless UIDL lines: the listing stops at its cap.
+    let port = scripted_server(|cmd, s| {
+        if cmd == "UIDL" {
+            let _ = s.write_all(b"+OK\r\n");
+            for n in 1u64.. {
+                let line = format!("{n} {}\r\n", "u".repeat(60));
+                if s.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = s.write_all(b"-ERR\r\n");
+    });
+    let (out, peak) = fetch(port, "maildir");
+    assert_eq!(out.status.code(), Some(76), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a listing of more than"),
+        "{out:?}"
+    );
+    peaks.push(("a UIDL flood", peak));
+
+    // A real 100 MiB message into an mbox and to a delivery command: streamed, not held.
+    let port = scripted_server(|cmd, s| match cmd {
+        "UIDL" => drop(s.write_all(b"+OK\r\n1 big\r\n.\r\n")),
+        "LIST" => drop(s.write_all(format!("+OK\r\n1 {}\r\n.\r\n", 100 << 20).as_bytes())),
+        _ => {
+            let _ = s.write_all(b"+OK\r\n");
+            send_body(s, 100 << 20, true);
+        }
+    });
+    for to in ["mbox", "mda"] {
+        let (out, peak) = fetch(port, to);
+        assert!(out.status.success(), "{out:?}");
+        peaks.push(("a 100 MiB message", peak));
+    }
+    // LF line ends in an mbox: one octet fewer for each of its 102 400 lines.
+    let mbox = std::fs::metadata(dir.path().join(format!("mbox{}", case - 1))).unwrap();
+    assert!(mbox.len() > (100 << 20) - 102_400, "{}", mbox.len());
+    eprintln!("peak RSS of poplar fetch (KiB): {peaks:?}");
+    for (what, peak) in peaks {
+        assert!(peak < BOUND_KIB, "{what}: {peak} KiB");
+    }
+}
