@@ -83,6 +83,8 @@ pub struct Summary {
     pub listed: usize,
     /// Messages delivered in this run.
     pub fetched: usize,
+    /// Listed messages that earlier runs of this account delivered (the journal knows them).
+    pub already: usize,
     /// Their octets.
     pub octets: u64,
     /// Messages deleted from the server by this run's QUIT.
@@ -307,6 +309,7 @@ pub async fn fetch(
         .filter(|m| journal.delivered(&m.uidl).is_some())
         .count();
     let unknown = listing.len() - still;
+    summary.already = still;
     if !policy.accept_uidl_reset && detect_uidl_reset(known, still, unknown) {
         let _ = conn.command("QUIT").await;
         return Err(FetchError::Unsupported(format!(

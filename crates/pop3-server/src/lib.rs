@@ -243,16 +243,9 @@ impl<S: MailStore> Server<S> {
             return Err(ServerError::Config(errors.join(" ")));
         }
         let tls = load_tls(config)?.map(|setup| Arc::new(RwLock::new(Arc::new(setup))));
-        let (db, warnings) = users.current()?;
-        for w in warnings {
-            tracing::warn!(file = %users.path().display(), line = w.line, "users file: {}", w.reason);
-        }
-        if db.is_empty() {
-            tracing::warn!(
-                file = %users.path().display(),
-                "no users: nobody can log in yet. Add one with `poplar user add NAME`"
-            );
-        }
+        // Read now so that an unreadable file stops the start; what is wrong inside it is
+        // reported by `Config::problems` (check-config, and `poplar serve` before it binds).
+        users.current()?;
         let oauth = match &config.auth.oauth {
             None => None,
             Some(o) => {

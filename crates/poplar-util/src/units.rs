@@ -2,7 +2,7 @@
 //! plain seconds), one syntax for the server's configuration, the fetch client's accounts file
 //! and every command line.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serializer};
 use std::time::Duration;
 
 /// Splits `"64M"` or `"2 s"` into the leading decimal number and the trimmed unit after it.
@@ -83,6 +83,43 @@ pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durat
     duration(d).map(Some)
 }
 
+/// A duration as [`parse_duration`] reads it: `500ms`, `2s`, `10m`, `1h` (the largest unit that
+/// divides it).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A size as [`parse_size`] reads it: `64M`, `512K`, `1G`, or octets.
+pub fn format_size(octets: u64) -> String {
+    match octets {
+        0 => "0".into(),
+        n if n.is_multiple_of(1 << 30) => format!("{}G", n >> 30),
+        n if n.is_multiple_of(1 << 20) => format!("{}M", n >> 20),
+        n if n.is_multiple_of(1 << 10) => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+/// serde: a size as text (`serialize_with = "poplar_util::units::write_size"`).
+pub fn write_size<S: Serializer>(octets: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_size(*octets))
+}
+
+/// serde: a duration as text.
+pub fn write_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +140,19 @@ mod tests {
         for bad in ["", "s", "1d", "-1s", "1.5s", "99999999999999999999h"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn formats_read_back() {
+        for d in [250, 2000, 600_000, 3_600_000, 90_000, 0] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&format_duration(d)), Some(d), "{d:?}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        for n in [0, 1000, 1 << 10, 64 << 20, 3 << 30, 1_048_577] {
+            assert_eq!(parse_size(&format_size(n)), Some(n), "{n}");
+        }
+        assert_eq!(format_size(64 << 20), "64M");
     }
 
     #[test]

@@ -148,9 +148,12 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
     if args.serverinfo {
         return serverinfo(args);
     }
+    // A wrong URL, option or accounts file is a local setting to fix: exit 78.
+    let setting =
+        |e: anyhow::Error| -> anyhow::Error { crate::ConfigProblem(crate::describe(&e)).into() };
     let jobs = match args.targets.first() {
-        Some(first) if first.contains("://") => vec![one_shot(args, first)?],
-        _ => from_config(args)?,
+        Some(first) if first.contains("://") => vec![one_shot(args, first).map_err(setting)?],
+        _ => from_config(args).map_err(setting)?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -188,7 +191,8 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
     }
     let mut code = 0u8;
     for (_, result, job) in results {
-        let c = report(&job.config.label(), &result);
+        let journal = job.config.journal_path().ok();
+        let c = report(&job.config.label(), &result, journal.as_deref());
         if code == 0 {
             code = c;
         }
@@ -204,14 +208,18 @@ fn unix_now() -> u64 {
 
 /// Prints a run's summary line (standard output) or error (standard error); returns the exit
 /// code it stands for.
-fn report(label: &str, result: &Result<(pop3_fetch::Summary, String), FetchError>) -> u8 {
+fn report(
+    label: &str,
+    result: &Result<(pop3_fetch::Summary, String), FetchError>,
+    journal: Option<&std::path::Path>,
+) -> u8 {
     match result {
         Ok((s, dest)) => {
             for w in &s.warnings {
                 eprintln!("poplar fetch: {label}: warning: {w}");
             }
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", summary_line(label, s, dest));
+            let _ = writeln!(out, "{}", summary_line(label, s, dest, journal));
             let _ = out.flush();
             0
         }
@@ -233,7 +241,7 @@ async fn daemon(jobs: Vec<Job>, interval: std::time::Duration) {
             let mut delay = std::time::Duration::ZERO;
             loop {
                 let result = fetch_one(&job, unix_now(), None, 0).await;
-                report(&label, &result);
+                report(&label, &result, job.config.journal_path().ok().as_deref());
                 if let Ok((s, _)) = &result {
                     delay = std::time::Duration::from_secs(s.login_delay.unwrap_or(0).into());
                 }
@@ -370,9 +378,15 @@ fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
 /// on a terminal for those that have none) before any account starts.
 fn from_config(args: &FetchArgs) -> Result<Vec<Job>> {
     let path = config_path(args)?;
-    let config = pop3_fetch::config::load(&path).with_context(|| {
-        "give a URL (poplar fetch pop3s://USER@HOST --to maildir:PATH) or write the accounts file; see docs/fetch.md".to_owned()
-    })?;
+    let config = match pop3_fetch::config::load(&path) {
+        Err(FetchError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!(
+                "no accounts file at {}: give a URL (poplar fetch pop3s://USER@HOST --to maildir:PATH) or write the accounts file (see docs/fetch.md)",
+                path.display()
+            )
+        }
+        other => other?,
+    };
     let mut jobs = Vec::new();
     for account in config.account {
         let label = account.label();
@@ -503,7 +517,12 @@ impl ProgressBar {
 }
 
 /// The one line a run prints per account.
-fn summary_line(label: &str, s: &pop3_fetch::Summary, dest: &str) -> String {
+fn summary_line(
+    label: &str,
+    s: &pop3_fetch::Summary,
+    dest: &str,
+    journal: Option<&std::path::Path>,
+) -> String {
     let mut line = format!(
         "{label}: {} new of {} ({:.1} MB) into {dest}, {} deleted on the server",
         s.fetched,
@@ -511,6 +530,18 @@ fn summary_line(label: &str, s: &pop3_fetch::Summary, dest: &str) -> String {
         s.octets as f64 / 1e6,
         s.deleted
     );
+    if s.already > 0 {
+        // Why so few are new: the journal is per account, like mpop's UIDL file.
+        line.push_str(&format!(
+            ", {} fetched by earlier runs of this account",
+            s.already
+        ));
+        if s.fetched == 0
+            && let Some(journal) = journal
+        {
+            line.push_str(&format!(" (recorded in {})", journal.display()));
+        }
+    }
     if s.too_large > 0 {
         line.push_str(&format!(", {} too large", s.too_large));
     }

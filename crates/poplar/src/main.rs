@@ -50,8 +50,9 @@ enum Command {
     /// UIDL, so clients that leave mail on the server download nothing again. Repeatable;
     /// never changes the source.
     Migrate(migrate::MigrateArgs),
-    /// Check a configuration and the files it names; explain any problem.
-    CheckConfig(Common),
+    /// Check a configuration and everything `serve` would use (files, certificate, accounts,
+    /// sockets), changing nothing; explain any problem. Exit 78 when `serve` would refuse.
+    CheckConfig(CheckConfigArgs),
     /// Load generator and benchmark helpers (see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -60,12 +61,59 @@ enum Command {
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 struct Common {
-    /// The configuration file (TOML). Without it the embedded defaults apply.
-    #[arg(long, value_name = "FILE")]
+    /// The configuration file (TOML). Without it: $POPLAR_CONFIG, else /etc/poplar/poplar.toml
+    /// when it exists, else the embedded defaults (data in ./poplar-data).
+    #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The data directory (overrides `data_dir` from the configuration).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+/// The system-wide configuration file, used when it exists and nothing else is named.
+const SYSTEM_CONFIG: &str = "/etc/poplar/poplar.toml";
+
+/// Where the configuration in use came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConfigSource {
+    /// A file: named with --config, by $POPLAR_CONFIG, or the system-wide one.
+    File(PathBuf, &'static str),
+    /// No file: the embedded defaults.
+    Embedded,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(path, how) => write!(f, "{} ({how})", path.display()),
+            ConfigSource::Embedded => f.write_str(
+                "the embedded defaults (no --config, no $POPLAR_CONFIG, no /etc/poplar/poplar.toml)",
+            ),
+        }
+    }
+}
+
+/// A problem with the configuration or the command line: exit 78 (EX_CONFIG), the code
+/// `check-config` uses, so scripts and service managers can tell it from a failure at run time.
+#[derive(Debug)]
+struct ConfigProblem(String);
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigProblem {}
+
+#[derive(Debug, Args)]
+struct CheckConfigArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Print the effective configuration, every default filled in (as `doveconf -n` does);
+    /// anything secret is redacted.
+    #[arg(long)]
+    dump: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,16 +199,37 @@ struct ExpireArgs {
 const EX_CONFIG: u8 = 78;
 
 impl Common {
-    /// The configuration: the file if given, else the embedded defaults; `--data-dir` wins.
+    /// Where the configuration comes from: `--config`, else `$POPLAR_CONFIG`, else
+    /// /etc/poplar/poplar.toml when it exists, else the embedded defaults.
+    fn source(&self) -> ConfigSource {
+        if let Some(path) = &self.config {
+            return ConfigSource::File(path.clone(), "--config");
+        }
+        if let Some(path) = std::env::var_os("POPLAR_CONFIG").filter(|p| !p.is_empty()) {
+            return ConfigSource::File(PathBuf::from(path), "$POPLAR_CONFIG");
+        }
+        let system = PathBuf::from(SYSTEM_CONFIG);
+        if system.exists() {
+            return ConfigSource::File(system, "the system-wide file");
+        }
+        ConfigSource::Embedded
+    }
+
+    /// The configuration (see [`Common::source`]); `--data-dir` wins. A file that cannot be
+    /// read or parsed is a [`ConfigProblem`].
     fn load(&self) -> Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read the configuration file {}", path.display())
+        let mut config = match self.source() {
+            ConfigSource::File(path, how) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigProblem(format!(
+                        "cannot read the configuration file {} ({how}): {e}",
+                        path.display()
+                    ))
                 })?;
-                Config::parse(&text).with_context(|| format!("in {}", path.display()))?
+                Config::parse(&text)
+                    .map_err(|e| ConfigProblem(format!("in {}: {e}", path.display())))?
             }
-            None => Config::default(),
+            ConfigSource::Embedded => Config::default(),
         };
         if let Some(dir) = &self.data_dir {
             config.data_dir.clone_from(dir);
@@ -170,13 +239,45 @@ impl Common {
 
     /// Whether the embedded default is in use (no configuration file).
     fn embedded(&self) -> bool {
-        self.config.is_none()
+        self.source() == ConfigSource::Embedded
+    }
+
+    /// For commands that write: says on standard error which configuration and data directory
+    /// they use, so that a command run in the wrong place or without the right file does not
+    /// silently write somewhere unexpected.
+    fn announce(&self, config: &Config) {
+        let data = &config.data_dir;
+        let shown = if data.is_relative() {
+            let relative = data.strip_prefix(".").unwrap_or(data);
+            std::env::current_dir().map_or_else(
+                |_| data.display().to_string(),
+                |cwd| cwd.join(relative).display().to_string(),
+            )
+        } else {
+            data.display().to_string()
+        };
+        let fresh = if data.exists() { "" } else { ", created now" };
+        eprintln!(
+            "poplar: configuration: {}; data directory: {shown}{fresh}",
+            self.source()
+        );
     }
 }
 
 fn main() -> ExitCode {
     privileges::private_umask();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors; a wrong option is a setting that is wrong.
+            return if e.use_stderr() {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::User(cmd) => user::run(cmd),
@@ -184,20 +285,44 @@ fn main() -> ExitCode {
         Command::Expire(args) => expire(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Fetch(args) => fetch::run(&args),
-        Command::CheckConfig(common) => check_config(&common),
+        Command::CheckConfig(args) => check_config(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("poplar: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("poplar: {}", describe(&e));
+            if e.downcast_ref::<ConfigProblem>().is_some() {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
+/// An error and its causes, each said once: a library error that already names its cause (an
+/// OS error in its own text) is not followed by that cause again.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 fn expire(args: &ExpireArgs) -> Result<ExitCode> {
     let config = args.common.load()?;
+    if !args.dry_run {
+        args.common.announce(&config);
+    }
     init_logging(config.log_level);
     privileges::become_configured_user(&config, false)?;
     let policy = config.expire_policy();
@@ -238,14 +363,30 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
     })
 }
 
-fn check_config(common: &Common) -> Result<ExitCode> {
+fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
+    let common = &args.common;
     let config = match common.load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("poplar: {e:#}");
+            eprintln!("poplar: {}", describe(&e));
             return Ok(ExitCode::from(EX_CONFIG));
         }
     };
+    if args.dump {
+        // Defaults computed at run time are shown as they would be used.
+        let mut shown = config.clone();
+        shown.hostname = Some(config.hostname());
+        shown.auth.users_file = Some(config.users_file());
+        let mut value = toml::Value::try_from(&shown).context("cannot show the configuration")?;
+        redact(&mut value);
+        println!("# the effective configuration: {}", common.source());
+        print!(
+            "{}",
+            toml::to_string_pretty(&value).context("cannot show the configuration")?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("configuration: {}", common.source());
     let problems = config.problems(true);
     let mut errors = 0;
     for p in &problems {
@@ -264,13 +405,33 @@ fn check_config(common: &Common) -> Result<ExitCode> {
     }
     let (cert, _, generated) = config.tls_files();
     println!("configuration OK");
-    println!("  data directory: {}", config.data_dir.display());
-    println!("  users file:     {}", config.users_file().display());
+    let exists = |p: &std::path::Path| {
+        if p.exists() {
+            ""
+        } else {
+            " (created on first start)"
+        }
+    };
+    println!(
+        "  data directory: {}{}",
+        config.data_dir.display(),
+        exists(&config.data_dir)
+    );
+    let users = config.users_file();
+    println!("  users file:     {}{}", users.display(), exists(&users));
     for addr in &config.listen.pop3 {
-        println!("  POP3 (STLS):    {addr}");
+        let stls = if config.tls.enabled {
+            "POP3 (STLS):"
+        } else {
+            "POP3:       "
+        };
+        println!("  {stls}    {addr}");
     }
     for addr in &config.listen.pop3s {
         println!("  POP3S:          {addr}");
+    }
+    for addr in &config.listen.lmtp {
+        println!("  LMTP:           {addr}");
     }
     if config.tls.enabled {
         let how = if generated {
@@ -280,7 +441,37 @@ fn check_config(common: &Common) -> Result<ExitCode> {
         };
         println!("  certificate:    {}{how}", cert.display());
     }
+    if let Some(user) = &config.user {
+        println!(
+            "  runs as:        {user}{}",
+            config
+                .group
+                .as_ref()
+                .map_or(String::new(), |g| format!(":{g}"))
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces values whose key names a secret (`password`, `secret`, `token`) with `<redacted>`.
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                let key = key.to_ascii_lowercase();
+                if ["password", "secret", "token"]
+                    .iter()
+                    .any(|s| key.contains(s))
+                {
+                    *v = toml::Value::String("<redacted>".into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
 }
 
 /// Creates the data directory (mode 0700) if it is missing.

@@ -113,6 +113,7 @@ struct Tally {
 
 pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     let config = args.common.load()?;
+    args.common.announce(&config);
     crate::init_logging(config.log_level);
     crate::privileges::become_configured_user(&config, false)?;
     let users = pop3_auth::UserDb::load(&config.users_file())

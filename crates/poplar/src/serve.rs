@@ -15,6 +15,28 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
         config.listen.lmtp = args.lmtp;
     }
     init_logging(config.log_level);
+    tracing::info!(
+        "configuration: {}; data directory: {}",
+        args.common.source(),
+        config.data_dir.display()
+    );
+    // Everything is checked before anything is created: a wrong setting must not leave a
+    // data directory, a certificate or a demo user behind.
+    let mut errors = Vec::new();
+    for problem in config.problems(true) {
+        match problem.severity {
+            pop3_server::config::Severity::Error => errors.push(problem.message),
+            pop3_server::config::Severity::Warning => tracing::warn!("{}", problem.message),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(crate::ConfigProblem(format!(
+            "the configuration has {} error(s), nothing was started or created:\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        ))
+        .into());
+    }
     raise_descriptor_limit(config.limits.max_connections);
     create_private_dir(&config.data_dir)?;
     let demo_password = if args.common.embedded() {
@@ -40,12 +62,15 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
         for addr in server.lmtp_addrs() {
             tracing::info!("listening for LMTP on {addr}");
         }
-        let first_pop3 = server
-            .local_addrs()
-            .into_iter()
-            .find(|(k, _)| *k == pop3_server::Kind::Pop3);
-        if let (Some(password), Some((_, addr))) = (&demo_password, first_pop3) {
-            welcome::print_hint(password, addr);
+        if let Some(password) = &demo_password {
+            welcome::deliver_welcome(&config, &server.local_addrs())?;
+            let first_pop3 = server
+                .local_addrs()
+                .into_iter()
+                .find(|(k, _)| *k == pop3_server::Kind::Pop3);
+            if let Some((_, addr)) = first_pop3 {
+                welcome::print_hint(password, addr);
+            }
         }
         let policy = config.expire_policy();
         if policy.purges() {

@@ -10,6 +10,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
     match cmd {
         UserCommand::Add(args) => {
             let config = args.common.load()?;
+            args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
             pop3_auth::userdb::validate_name(&pop3_auth::userdb::normalize_name(&args.name))?;
@@ -27,6 +28,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::Passwd(args) => {
             let config = args.common.load()?;
+            args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
             if !edit::list(&path)?.contains(&pop3_auth::userdb::normalize_name(&args.name)) {
@@ -44,6 +46,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::Del(args) => {
             let config = args.common.load()?;
+            args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
             edit::remove(&path, &args.name)?;

@@ -1,5 +1,6 @@
 //! The embedded default's first-run experience: a `demo` user with a random password (printed
-//! once) and a welcome message, so a newcomer can fetch mail with curl straight away.
+//! once) and a welcome message describing the listeners and certificate actually in use, so a
+//! newcomer can fetch mail with curl straight away.
 
 use anyhow::{Context, Result};
 use pop3_auth::{scheme, userdb::edit};
@@ -19,15 +20,23 @@ pub(crate) fn ensure_demo_user(config: &Config) -> Result<Option<String>> {
         "demo",
         &[scheme::hash_default(password.as_bytes())?],
     )?;
-    let store = config.maildir_store();
-    let message = welcome_message(config);
-    store
-        .deliver_blocking(&["demo"], &mut message.as_bytes())
-        .context("cannot deliver the welcome message")?;
     say(format_args!(
         "Created user \"demo\" with password {password} (shown only this once)."
     ));
     Ok(Some(password))
+}
+
+/// Delivers the welcome message to the demo user, describing `listening` (the addresses bound).
+pub(crate) fn deliver_welcome(
+    config: &Config,
+    listening: &[(pop3_server::Kind, std::net::SocketAddr)],
+) -> Result<()> {
+    let message = welcome_message(config, listening);
+    config
+        .maildir_store()
+        .deliver_blocking(&["demo"], &mut message.as_bytes())
+        .context("cannot deliver the welcome message")?;
+    Ok(())
 }
 
 /// Tells the newcomer how to fetch the welcome message, once the real port is known.
@@ -61,22 +70,38 @@ fn random_password() -> Result<String> {
         .collect())
 }
 
-fn welcome_message(config: &Config) -> String {
+fn welcome_message(
+    config: &Config,
+    listening: &[(pop3_server::Kind, std::net::SocketAddr)],
+) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let host = config.hostname();
-    let pop3 = config
-        .listen
-        .pop3
-        .first()
-        .map_or("127.0.0.1:1110".into(), |a| a.to_string());
-    let pop3s = config
-        .listen
-        .pop3s
-        .first()
-        .map_or("127.0.0.1:1995".into(), |a| a.to_string());
+    let mut listeners = String::new();
+    for (kind, addr) in listening {
+        let what = match kind {
+            pop3_server::Kind::Pop3 if config.tls.enabled => "POP3 with STARTTLS",
+            pop3_server::Kind::Pop3 => "POP3 (no TLS)     ",
+            pop3_server::Kind::Pop3s => "POP3 over TLS     ",
+        };
+        listeners.push_str(&format!("   {what} {addr}\r\n"));
+    }
+    let (cert, _, generated) = config.tls_files();
+    let certificate = if !config.tls.enabled {
+        "TLS is switched off (tls.enabled = false): passwords travel in clear, which\r\n\
+         Poplar allows only from auth.plaintext_networks.\r\n"
+            .to_owned()
+    } else if generated {
+        format!(
+            "The certificate is self-signed ({}, for localhost), so clients will\r\n\
+             ask you to trust it. Set tls.cert and tls.key for a real one.\r\n",
+            cert.display()
+        )
+    } else {
+        format!("The certificate is {}.\r\n", cert.display())
+    };
     format!(
         "Return-Path: <postmaster@{host}>\r\n\
          Date: {date}\r\n\
@@ -93,16 +118,14 @@ fn welcome_message(config: &Config) -> String {
          this message was delivered by Poplar to the demo maildrop, and you have just\r\n\
          retrieved it over POP3. Point any mail client at this server:\r\n\
          \r\n\
-         \u{20}  POP3 with STARTTLS  {pop3}\r\n\
-         \u{20}  POP3 over TLS       {pop3s}\r\n\
+         {listeners}\
          \r\n\
-         The certificate is self-signed (in {tls}), so clients will ask you to trust it.\r\n\
+         {certificate}\
          Add real users with `poplar user add NAME`, deliver mail with\r\n\
          `poplar deliver NAME < message`, and see docs/configuration.md for the rest.\r\n\
          \r\n\
          -- Poplar\r\n",
         date = rfc5322_date(now),
-        tls = config.data_dir.join("tls").display(),
     )
 }
 

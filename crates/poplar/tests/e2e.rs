@@ -956,3 +956,196 @@ fn challenges_reveal_nothing_about_the_server() {
         }
     }
 }
+
+/// Every file under `dir`, for checking that a command created nothing.
+fn tree(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The administrator's first hour: the configuration is found where administrators look for it,
+/// a command that writes says which one and where, `check-config` checks everything `serve`
+/// would and writes nothing, `--dump` shows every default, and `serve` refuses a wrong
+/// configuration with exit 78 before it creates anything.
+#[test]
+fn configuration_is_found_checked_and_shown_without_side_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().join("somewhere");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let poplar = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).current_dir(&cwd).env_remove("POPLAR_CONFIG");
+        if let Some(path) = env {
+            cmd.env("POPLAR_CONFIG", path);
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"pw\n");
+        child.wait_with_output().unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // Nothing named: the embedded default, and check-config creates nothing.
+    let out = poplar(&["check-config"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the embedded defaults"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("(created on first start)"),
+        "{}",
+        text(&out)
+    );
+    assert!(tree(&cwd).is_empty(), "check-config wrote {:?}", tree(&cwd));
+    // `user add` there says what it is about to do.
+    let out = poplar(&["user", "add", "alice", "--password-stdin"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the embedded defaults")
+            && said.contains(&format!(
+                "data directory: {}",
+                cwd.join("poplar-data").display()
+            ))
+            && said.contains("created now"),
+        "{said}"
+    );
+
+    // $POPLAR_CONFIG is used when --config is not given, -c is short for --config.
+    let data = dir.path().join("data");
+    let config = dir.path().join("poplar.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\nuser = \"no-such-user-here\"\n", data),
+    )
+    .unwrap();
+    let out = poplar(&["check-config"], Some(&config));
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains("$POPLAR_CONFIG"), "{}", text(&out));
+    assert!(
+        text(&out).contains("user = \"no-such-user-here\": no such user"),
+        "{}",
+        text(&out)
+    );
+    assert!(!data.exists(), "check-config created the data directory");
+    // serve refuses the same configuration before it creates anything, with exit 78.
+    let out = poplar(&["serve", "-c", config.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing was started or created"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !data.exists(),
+        "serve created the data directory of a wrong configuration"
+    );
+
+    // --dump: every default filled in, in the units administrators write.
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\n[limits]\nmax_connections = 200\n", data),
+    )
+    .unwrap();
+    let out = poplar(
+        &["check-config", "--dump", "-c", config.to_str().unwrap()],
+        None,
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{dump}");
+    for line in [
+        "max_connections = 200",
+        "max_connections_per_ip = 50",
+        "failure_delay = \"2s\"",
+        "max_message_size = \"64M\"",
+        "lmtp_socket_mode = \"0660\"",
+        "users_file = ",
+        "hostname = ",
+    ] {
+        assert!(dump.contains(line), "{line}: {dump}");
+    }
+    let reparsed: toml::Table = dump.parse().unwrap();
+    assert!(
+        reparsed.contains_key("timeouts"),
+        "the dump is a configuration file itself"
+    );
+
+    // An error names its cause once.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = poplar(
+        &["serve", "-c", config.to_str().unwrap(), "--pop3", &addr],
+        None,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(said.matches("Address already in use").count(), 1, "{said}");
+}
+
+/// The welcome message of the embedded default says where the server actually listens and
+/// which certificate it actually uses.
+#[test]
+fn the_welcome_message_describes_what_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("POPLAR_CONFIG")
+        .stdout(std::process::Stdio::piped());
+    let mut running = common::spawn_server(cmd, true);
+    let (pop3, pop3s) = (running.pop3, running.pop3s.unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(running.child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let password = first
+        .split("password ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (mut c, _) = Client::connect(pop3);
+    assert!(c.login("demo", &password).starts_with("+OK"));
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    let welcome = String::from_utf8(c.body()).unwrap();
+    let line_with = |addr: std::net::SocketAddr| {
+        welcome
+            .lines()
+            .find(|l| l.ends_with(&addr.to_string()))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(line_with(pop3).contains("POP3 with STARTTLS"), "{welcome}");
+    assert!(line_with(pop3s).contains("POP3 over TLS"), "{welcome}");
+    assert!(
+        welcome.contains("poplar-data/tls/cert.pem, for localhost"),
+        "{welcome}"
+    );
+    let _ = running.child.kill();
+    let _ = running.child.wait();
+}

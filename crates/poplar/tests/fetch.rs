@@ -139,6 +139,14 @@ fn keep_then_delete_over_pop3s_and_stls_byte_exact() {
     // Leave on server: nothing new, then exactly the new message, over STLS this time.
     let out = fetch(&stls, &maildir, &journal, &cert, &["--keep"]);
     assert!(out.contains(&format!("0 new of {n}")), "{out}");
+    // A "0 new" says why, and where the account's record is.
+    assert!(
+        out.contains(&format!(
+            "{n} fetched by earlier runs of this account (recorded in {})",
+            journal.display()
+        )),
+        "{out}"
+    );
     assert!(
         server
             .deliver(&["alice"], b"Subject: late\r\n\r\nnew\r\n")
@@ -146,6 +154,10 @@ fn keep_then_delete_over_pop3s_and_stls_byte_exact() {
     );
     let out = fetch(&stls, &maildir, &journal, &cert, &["--keep"]);
     assert!(out.contains(&format!("1 new of {}", n + 1)), "{out}");
+    assert!(
+        out.contains(&format!("{n} fetched by earlier runs")),
+        "{out}"
+    );
     assert_eq!(stat(&server, "alice"), n + 1);
     // Without --keep: nothing is fetched twice, and everything delivered is deleted.
     let out = fetch(&pop3s, &maildir, &journal, &cert, &[]);
@@ -1368,4 +1380,46 @@ fn a_hostile_server_cannot_exhaust_the_clients_memory() {
     for (what, peak) in peaks {
         assert!(peak < BOUND_KIB, "{what}: {peak} KiB");
     }
+}
+
+/// Mistakes in the command line or the accounts file are settings to fix: exit 78, with the
+/// cause said once; and no configuration structure prints a password in its debug form.
+#[test]
+fn setting_mistakes_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetch_with = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("fetch")
+            .args(args)
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = fetch_with(&["pop3s://u@localhost", "--no-such-option"]);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let out = fetch_with(&["pop3s://u@localhost"]);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to maildir:PATH"));
+    let accounts = dir.path().join("fetch.toml");
+    std::fs::write(
+        &accounts,
+        "[[account]]\nhost = \"h\"\nuser = \"u\"\npassword = \"hunter2\"\nto = \"maildir:/tmp/x\"\nmax_size = \"10M\"\nmax_bytes = \"ten\"\n",
+    )
+    .unwrap();
+    let out = fetch_with(&["--config", accounts.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid size \"ten\""), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let parsed: pop3_fetch::config::FetchConfig = toml::from_str(
+        "[[account]]\nhost = \"h\"\nuser = \"u\"\npassword = \"hunter2\"\nto = \"maildir:/tmp/x\"\nmax_size = \"10M\"\n",
+    )
+    .unwrap();
+    assert_eq!(parsed.account[0].max_size, Some(10 << 20));
+    let debug = format!("{parsed:?}");
+    assert!(
+        !debug.contains("hunter2") && debug.contains("redacted"),
+        "{debug}"
+    );
 }

@@ -14,6 +14,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
+/// A password given on the command line: its `Debug` leaves it out.
+#[derive(Clone)]
+pub(crate) struct Password(pub(crate) String);
+
+impl std::str::FromStr for Password {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Password(s.to_owned()))
+    }
+}
+
+impl std::ops::Deref for Password {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// One user's credentials.
 #[derive(Debug, Args)]
 pub(crate) struct Account {
@@ -22,7 +48,7 @@ pub(crate) struct Account {
     user: String,
     /// The password.
     #[arg(long)]
-    password: String,
+    password: Password,
 }
 
 /// Full sessions in a loop, for `session` and alongside `hold`.
@@ -36,7 +62,7 @@ pub(crate) struct SessionLoad {
     users: usize,
     /// The users' password.
     #[arg(long)]
-    password: String,
+    password: Password,
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -77,7 +103,7 @@ pub(crate) struct IdleArgs {
     connections: usize,
     /// The users' password.
     #[arg(long)]
-    password: String,
+    password: Password,
 }
 
 #[derive(Debug, Args)]
@@ -530,7 +556,7 @@ pub(crate) async fn open(args: OpenArgs) -> Result<ExitCode> {
         // Login and the first listing: a server may defer reading the maildrop until asked.
         let t = Instant::now();
         let reply = c
-            .cmd(&format!("PASS {}", args.account.password))
+            .cmd(&format!("PASS {}", &*args.account.password))
             .await?
             .to_owned();
         let login = t.elapsed();

@@ -5,14 +5,16 @@
 //! plaintext passwords only from loopback) and each one is explained in docs/configuration.md.
 //! [`Config::problems`] turns mistakes into sentences a mail administrator can act on.
 
+mod checks;
+
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where everything lives: `mail/` (maildrops), `users` (passwd-file), `tls/`.
@@ -52,13 +54,13 @@ pub struct Config {
 /// message (LMTP `452 4.2.2`, `poplar deliver` exit 75), so the MTA keeps it queued and retries
 /// while the user makes room. Usage is kept in the Maildir's `maildirsize` (Maildir++), which
 /// Dovecot's `quota = maildir` shares.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaConfig {
     /// Octets per maildrop (or with a K, M or G suffix); 0, the default, is no limit: what a
     /// user may keep is a site's decision, and the per-message limit
     /// (`limits.max_message_size`) already stops a single runaway message.
-    #[serde(deserialize_with = "size")]
+    #[serde(deserialize_with = "size", serialize_with = "write_size")]
     pub storage: u64,
     /// Messages per maildrop; 0, the default, is no limit.
     pub messages: u64,
@@ -72,7 +74,7 @@ pub struct QuotaConfig {
 }
 
 /// One user's or domain's quota.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaOverride {
     /// Octets (or K, M, G); 0 is no limit.
@@ -88,6 +90,12 @@ pub struct Size(pub u64);
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         size(d).map(Size)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_size(&self.0, s)
     }
 }
 
@@ -164,7 +172,7 @@ impl pop3_store::QuotaSource for UsersFileQuotas {
 
 /// What delivery adds to a message. By default nothing: messages are stored byte for byte as
 /// the MTA handed them over (Postfix already adds its Received: line).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Prepend `Return-Path: <sender>` (the envelope sender), as local delivery agents do.
@@ -214,7 +222,7 @@ impl Default for Config {
 }
 
 /// Log verbosity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Errors only.
@@ -228,7 +236,7 @@ pub enum LogLevel {
 }
 
 /// Where to listen.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     /// POP3 with STLS (RFC 2595). Default `127.0.0.1:1110`: loopback and an unprivileged port,
@@ -243,7 +251,7 @@ pub struct Listen {
     /// Permissions of a unix LMTP socket, in octal. Default `"0660"`: the owner (the service
     /// user) and the socket's group may deliver, nobody else, since whoever can connect can
     /// deliver mail to any user.
-    #[serde(deserialize_with = "octal_mode")]
+    #[serde(deserialize_with = "octal_mode", serialize_with = "write_mode")]
     pub lmtp_socket_mode: u32,
     /// The group of a unix LMTP socket: the group the MTA runs in (`"postfix"` for Postfix's
     /// lmtp(8)). Default: the service user's group.
@@ -260,6 +268,10 @@ impl Default for Listen {
             lmtp_socket_group: None,
         }
     }
+}
+
+fn write_mode<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
 }
 
 /// A file mode written in octal, as a string (`"0660"`) or a number read as octal digits.
@@ -318,6 +330,12 @@ impl std::fmt::Display for LmtpAddr {
     }
 }
 
+impl Serialize for LmtpAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for LmtpAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -326,7 +344,7 @@ impl<'de> Deserialize<'de> for LmtpAddr {
 }
 
 /// TLS settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// Offer TLS (STLS and the POP3S listeners). Default true: passwords should never need to
@@ -369,7 +387,7 @@ impl Default for TlsConfig {
 }
 
 /// Where a client certificate names its user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientIdentity {
     /// The e-mail subjectAltName, or the subject's emailAddress.
@@ -379,7 +397,7 @@ pub enum ClientIdentity {
 }
 
 /// A TLS protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum TlsVersion {
     /// TLS 1.2
     #[serde(rename = "1.2")]
@@ -390,7 +408,7 @@ pub enum TlsVersion {
 }
 
 /// Authentication settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The passwd-file (Dovecot format). Default `DATA/users`.
@@ -401,7 +419,7 @@ pub struct AuthConfig {
     pub plaintext_networks: Vec<IpNet>,
     /// Delay before answering a failed login. Default 2 s: slows password guessing a
     /// thousandfold while a user who mistyped barely notices.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub failure_delay: Duration,
     /// Enable APOP (RFC 1939). Default false: APOP needs passwords stored in plaintext-equivalent
     /// form (`{PLAIN}`), and MD5 offers no protection a modern client needs; enable only for
@@ -419,11 +437,11 @@ pub struct AuthConfig {
     /// the same account wait longer: `failure_delay` doubling up to this cap. Default 15 s:
     /// a guesser gets a handful of tries a minute per account, a user who mistyped waits
     /// seconds. The same wrong password retried (a misconfigured client) does not escalate.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub penalty_cap: Duration,
     /// How long without failures before an address's or account's penalty is forgotten.
     /// Default 10 minutes. A successful login clears the account's penalty at once.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub penalty_reset_after: Duration,
     /// Networks exempt from failure delays and penalties, e.g. a webmail or proxy host that
     /// logs in on users' behalf. Default: none.
@@ -438,7 +456,7 @@ pub struct AuthConfig {
 }
 
 /// Local verification of OAuth access tokens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OauthConfig {
     /// The identity provider's signing keys (a JWKS document saved from its `jwks_uri`).
@@ -491,7 +509,7 @@ impl Default for AuthConfig {
 }
 
 /// Resource limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Connections served at once; more are answered `-ERR [SYS/TEMP]` and closed. Default
@@ -518,7 +536,7 @@ pub struct Limits {
     /// Default 64 MiB: above every large provider's limit (25-50 MB after encoding), so no real
     /// message is refused, while one runaway or hostile sender cannot fill the disk with a
     /// single message. Larger messages are refused with exit code 65 (bounced).
-    #[serde(deserialize_with = "size")]
+    #[serde(deserialize_with = "size", serialize_with = "write_size")]
     pub max_message_size: u64,
     /// Messages one session lists. Default 100 000: a snapshot costs about 1 KiB of
     /// memory per message and reading it grows with the count, and no POP3 client downloads
@@ -542,32 +560,32 @@ impl Default for Limits {
 }
 
 /// Timeouts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TLS handshake. Default 30 s: generous for a phone on a bad network, short enough that
     /// half-open handshakes do not pile up.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub tls_handshake: Duration,
     /// Inactivity before login. Default 60 s: a client logs in within seconds; idle
     /// unauthenticated connections are how scanners hold resources.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub idle_before_login: Duration,
     /// The whole time from connecting to logging in, however busy the client is. Default 2
     /// minutes: a person typing at telnet or a client with a few failed attempts fits; a
     /// slowloris client that trickles one byte at a time to reset `idle_before_login` is cut
     /// off, so unauthenticated connections cannot hold slots indefinitely.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub login: Duration,
     /// Inactivity after login (RFC 1939's autologout timer). Default and minimum 10 minutes,
     /// as RFC 1939 section 3 requires.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub idle_after_login: Duration,
     /// A single write to a client that stopped reading. Default 2 minutes.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub write: Duration,
     /// On SIGTERM/SIGINT, how long to let running sessions finish before exiting. Default 10 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub shutdown_grace: Duration,
 }
 
@@ -585,14 +603,14 @@ impl Default for Timeouts {
 }
 
 /// The retention policy and login pacing advertised to clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pop3Policy {
     /// RFC 2449 EXPIRE: `"never"` (default: Poplar never removes mail on its own, so clients
     /// may leave mail on the server), `0` (messages retrieved in a session are removed at its
     /// QUIT, as if deleted) or a number of days: messages are removed that many days after a
     /// session first retrieved them. Mail never retrieved is never removed.
-    #[serde(deserialize_with = "expire")]
+    #[serde(deserialize_with = "expire", serialize_with = "write_expire")]
     pub expire: pop3_proto::Expire,
     /// EXPIRE for particular users or domains, overriding `expire`. CAPA then says
     /// `EXPIRE n USER` before login and the user's own value after.
@@ -631,6 +649,19 @@ pub struct ExpireSetting(pub pop3_proto::Expire);
 impl<'de> Deserialize<'de> for ExpireSetting {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         expire(d).map(ExpireSetting)
+    }
+}
+
+impl Serialize for ExpireSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_expire(&self.0, s)
+    }
+}
+
+fn write_expire<S: Serializer>(e: &pop3_proto::Expire, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        pop3_proto::Expire::Never => s.serialize_str("never"),
+        pop3_proto::Expire::Days(n) => s.serialize_u32(*n),
     }
 }
 
@@ -762,244 +793,6 @@ impl Config {
             user,
         )
     }
-
-    /// Checks the settings for mistakes that parsing cannot catch. `check_files` also looks at
-    /// the files the configuration names.
-    pub fn problems(&self, check_files: bool) -> Vec<Problem> {
-        let mut out = Vec::new();
-        let mut error = |m: String| {
-            out.push(Problem {
-                severity: Severity::Error,
-                message: m,
-            })
-        };
-        if self.listen.pop3.is_empty() && self.listen.pop3s.is_empty() {
-            error("[listen] has no addresses: set listen.pop3 and/or listen.pop3s.".into());
-        }
-        if self.group.is_some() && self.user.is_none() {
-            error(
-                "group is set but user is not: set user too (group alone switches nothing).".into(),
-            );
-        }
-        let mut seen = std::collections::HashSet::new();
-        for addr in self.listen.pop3.iter().chain(&self.listen.pop3s) {
-            if addr.port() != 0 && !seen.insert(addr) {
-                error(format!(
-                    "listen address {addr} appears twice; each address can serve one listener."
-                ));
-            }
-        }
-        for addr in &self.listen.lmtp {
-            if let LmtpAddr::Tcp(a) = addr
-                && !a.ip().is_loopback()
-            {
-                error(format!(
-                    "listen.lmtp {a} is not a loopback address: LMTP has no authentication, so \
-                     anyone reaching it could deliver mail. Use unix:/path or 127.0.0.1."
-                ));
-            }
-        }
-        if !self.tls.enabled && !self.listen.pop3s.is_empty() {
-            error(
-                "listen.pop3s is set but tls.enabled = false: implicit-TLS listeners need TLS. \
-                 Remove listen.pop3s or enable TLS."
-                    .into(),
-            );
-        }
-        if self.tls.cert.is_some() != self.tls.key.is_some() {
-            error("tls.cert and tls.key must be set together (or both left out for a generated self-signed certificate).".into());
-        }
-        if self.timeouts.idle_after_login < Duration::from_secs(600) {
-            error(format!(
-                "timeouts.idle_after_login is {:?}; RFC 1939 requires at least 10 minutes (\"10m\").",
-                self.timeouts.idle_after_login
-            ));
-        }
-        for (name, d) in [
-            ("timeouts.tls_handshake", self.timeouts.tls_handshake),
-            (
-                "timeouts.idle_before_login",
-                self.timeouts.idle_before_login,
-            ),
-            ("timeouts.login", self.timeouts.login),
-            ("timeouts.write", self.timeouts.write),
-        ] {
-            if d.is_zero() {
-                error(format!(
-                    "{name} is 0; a connection would be closed at once. Use e.g. \"30s\"."
-                ));
-            }
-        }
-        if self.limits.max_connections == 0
-            || self.limits.max_connections_per_ip == 0
-            || self.limits.max_connections_per_user == 0
-        {
-            error(
-                "limits.max_connections, max_connections_per_ip and max_connections_per_user must be at least 1."
-                    .into(),
-            );
-        }
-        if self.limits.max_message_size == 0 || self.limits.max_snapshot_messages == 0 {
-            error("limits.max_message_size and max_snapshot_messages must be at least 1.".into());
-        }
-        if self.limits.max_bad_commands == 0 {
-            error("limits.max_bad_commands must be at least 1.".into());
-        }
-        if self.limits.max_sasl_line < 255 {
-            error("limits.max_sasl_line must be at least 255 octets (the RFC 2449 command line length).".into());
-        }
-        for m in self.auth.mechanisms.iter().flatten() {
-            if !MECHANISMS.contains(&m.to_ascii_uppercase().as_str()) {
-                error(format!(
-                    "auth.mechanisms lists {m:?}, which Poplar does not implement; choose from {}.",
-                    MECHANISMS.join(", ")
-                ));
-            }
-        }
-        if self.auth.penalty_cap < self.auth.failure_delay {
-            error("auth.penalty_cap must be at least auth.failure_delay.".into());
-        }
-        for addr in &self.tls.client_ca_listeners {
-            if !self.listen.pop3.contains(addr) && !self.listen.pop3s.contains(addr) {
-                error(format!(
-                    "tls.client_ca_listeners names {addr}, which is not in listen.pop3 or listen.pop3s."
-                ));
-            }
-        }
-        if self.tls.client_ca.is_some() && !self.tls.enabled {
-            error("tls.client_ca is set but TLS is disabled: client certificates need TLS.".into());
-        }
-        let mut warn = |m: String| {
-            out.push(Problem {
-                severity: Severity::Warning,
-                message: m,
-            })
-        };
-        if self
-            .auth
-            .plaintext_networks
-            .iter()
-            .any(|n| n.prefix_len() == 0)
-        {
-            warn(
-                "auth.plaintext_networks contains a /0 network: passwords may be sent unencrypted \
-                 from anywhere. List only networks you control."
-                    .into(),
-            );
-        }
-        if !self.tls.enabled {
-            warn(
-                "TLS is disabled: clients outside auth.plaintext_networks cannot log in at all."
-                    .into(),
-            );
-        }
-        if self.auth.apop {
-            warn("APOP is enabled: it only works for users stored with {PLAIN} passwords.".into());
-        }
-        if self
-            .auth
-            .trusted_networks
-            .iter()
-            .any(|n| n.prefix_len() == 0)
-        {
-            warn("auth.trusted_networks contains a /0 network: nobody gets failure delays, so password guessing is not slowed.".into());
-        }
-        if check_files {
-            out.extend(self.file_problems());
-        }
-        out
-    }
-
-    fn file_problems(&self) -> Vec<Problem> {
-        let mut out = Vec::new();
-        let err = |m: String| Problem {
-            severity: Severity::Error,
-            message: m,
-        };
-        let warn = |m: String| Problem {
-            severity: Severity::Warning,
-            message: m,
-        };
-        if self.tls.enabled {
-            let (cert, key, generated) = self.tls_files();
-            if !generated {
-                for (what, path) in [("certificate", &cert), ("private key", &key)] {
-                    if let Err(e) = std::fs::File::open(path) {
-                        out.push(err(format!(
-                            "cannot read the TLS {what} {}: {e}",
-                            path.display()
-                        )));
-                    }
-                }
-                if out.is_empty()
-                    && let Err(e) =
-                        crate::tls::server_config(&cert, &key, self.tls.min_version, None)
-                {
-                    out.push(err(e.to_string()));
-                }
-            }
-        }
-        if let Some(oauth) = &self.auth.oauth {
-            match std::fs::read_to_string(&oauth.jwks_file) {
-                Ok(text) => {
-                    if let Err(e) = pop3_auth::jwt::JwtVerifier::from_jwks(
-                        &text,
-                        &oauth.issuer,
-                        &oauth.audience,
-                        &oauth.user_claim,
-                    ) {
-                        out.push(err(format!(
-                            "auth.oauth.jwks_file {}: {e}",
-                            oauth.jwks_file.display()
-                        )));
-                    }
-                }
-                Err(e) => out.push(err(format!(
-                    "cannot read auth.oauth.jwks_file {}: {e}",
-                    oauth.jwks_file.display()
-                ))),
-            }
-        }
-        if let Some(ca) = &self.tls.client_ca
-            && let Err(e) = crate::tls::client_roots(ca)
-        {
-            out.push(err(e.to_string()));
-        }
-        let users = self.users_file();
-        match pop3_auth::UserDb::load(&users) {
-            Ok((db, warnings)) => {
-                if db.is_empty() {
-                    out.push(warn(format!(
-                        "no users in {}: nobody can log in. Add one with `poplar user add NAME`.",
-                        users.display()
-                    )));
-                }
-                for w in warnings {
-                    out.push(warn(format!(
-                        "{} line {}: {}",
-                        users.display(),
-                        w.line,
-                        w.reason
-                    )));
-                }
-            }
-            Err(e) => out.push(err(e.to_string())),
-        }
-        if let Some(p) = writable_problem(&self.data_dir) {
-            out.push(err(p));
-        }
-        out
-    }
-}
-
-fn writable_problem(dir: &Path) -> Option<String> {
-    let probe = dir.join(".poplar-write-test");
-    let result = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&probe, b""))
-        .and_then(|()| std::fs::remove_file(&probe));
-    result
-        .err()
-        .map(|e| format!("data_dir {} is not writable: {e}", dir.display()))
 }
 
 /// LOGIN-DELAY lookup: the user's own override, else its domain's, else `default`.
@@ -1022,7 +815,7 @@ pub fn system_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-use poplar_util::units::{duration, size};
+use poplar_util::units::{duration, size, write_duration, write_size};
 pub use poplar_util::units::{parse_duration, parse_size};
 
 fn expire<'de, D: Deserializer<'de>>(d: D) -> Result<pop3_proto::Expire, D::Error> {
