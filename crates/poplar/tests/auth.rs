@@ -124,51 +124,22 @@ fn auth_server(fx: &Fixtures) -> Server {
 /// Lists every mechanism in `auth.mechanisms`, as an administrator who wants each offered
 /// although not every user can use it.
 fn list_every_mechanism(b: &mut ServerBuilder) {
-    let all = [
-        "SCRAM-SHA-256-PLUS",
-        "SCRAM-SHA-256",
-        "SCRAM-SHA-1-PLUS",
-        "SCRAM-SHA-1",
-        "CRAM-MD5",
-        "EXTERNAL",
-        "OAUTHBEARER",
-        "XOAUTH2",
-        "PLAIN",
-        "LOGIN",
-    ];
+    let all = pop3_server::config::MECHANISMS;
     b.set(
         "auth.mechanisms",
-        toml::Value::Array(all.map(toml::Value::from).to_vec()),
+        toml::Value::Array(all.iter().copied().map(toml::Value::from).collect()),
     );
 }
 
 fn add_user(server: &Server, name: &str, password: &str, schemes: &str) {
-    let cmd = server.poplar(&[
-        "user",
-        "add",
-        name,
-        "--password-stdin",
-        "--schemes",
-        schemes,
-    ]);
-    assert!(
-        run_with_stdin(cmd, format!("{password}\n").as_bytes()).success(),
-        "user add {name}"
-    );
+    server.add_user_with(name, password, &["--schemes", schemes]);
 }
 
 #[test]
 fn capa_offers_what_can_work() {
     let fx = Fixtures::new();
     let server = auth_server(&fx);
-    let sasl = |c: &mut Client| {
-        assert!(c.cmd("CAPA").starts_with("+OK"));
-        let capa = String::from_utf8(c.body()).unwrap();
-        capa.lines()
-            .find_map(|l| l.strip_prefix("SASL "))
-            .unwrap_or("")
-            .to_owned()
-    };
+    let sasl = Client::sasl_offered;
     let (mut c, _) = Client::connect(server.pop3);
     assert_eq!(
         sasl(&mut c),
@@ -315,29 +286,17 @@ fn mpop_each_mechanism() {
             ),
             _ => "tls off\nhost 127.0.0.1\n".to_owned(),
         };
-        std::fs::write(
+        let (ok, text) = common::mpop(
             &rc,
-            format!(
+            &format!(
                 "account test\n{tls_lines}port {}\nuser {user}\npassword {pw}\nauth {auth}\nkeep on\nuidls_file {}/uidls-{auth}-{tls}\ndelivery maildir {}\n",
                 server.pop3.port(),
                 dir.path().display(),
                 maildir.display()
             ),
-        )
-        .unwrap();
-        let mut perms = std::fs::metadata(&rc).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-        std::fs::set_permissions(&rc, perms).unwrap();
-        let out = tool("mpop")
-            .args(["-C", rc.to_str().unwrap(), "test"])
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "test",
         );
-        assert!(out.status.success(), "mpop auth {auth} ({tls}): {text}");
+        assert!(ok, "mpop auth {auth} ({tls}): {text}");
         assert!(
             text.contains("retrieving message 1 of 1"),
             "mpop auth {auth} ({tls}): {text}"
@@ -356,39 +315,18 @@ fn fetchmail_cram_md5_and_password() {
     for auth in ["cram-md5", "password"] {
         let home = tempfile::tempdir().unwrap();
         let out_file = home.path().join("fetched.eml");
-        let rc = home.path().join("fetchmailrc");
-        std::fs::write(
-            &rc,
-            format!(
+        let (code, text) = common::fetchmail(
+            home.path(),
+            &format!(
                 "poll localhost service {} protocol POP3 auth {auth} user alice password wonderland1 is root keep fetchall \
                  sslproto TLS1.2+ sslcertck sslcertfile {} mda \"/bin/cat > {}\"\n",
                 server.pop3.port(),
                 server.cert().display(),
                 out_file.display()
             ),
-        )
-        .unwrap();
-        let mut perms = std::fs::metadata(&rc).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-        std::fs::set_permissions(&rc, perms).unwrap();
-        let out = tool("fetchmail")
-            .args(["-f", rc.to_str().unwrap(), "--nosyslog", "-v"])
-            // As root fetchmail would lock /var/run's pid file; tests run in parallel.
-            .arg("--pidfile")
-            .arg(home.path().join("fetchmail.pid"))
-            .env("FETCHMAILHOME", home.path())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            &["-v".as_ref()],
         );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "fetchmail --auth {auth}: {text}"
-        );
+        assert_eq!(code, Some(0), "fetchmail --auth {auth}: {text}");
         // fetchmail adds its Received: header and hands the MDA LF line ends.
         let fetched = String::from_utf8(std::fs::read(&out_file).unwrap()).unwrap();
         assert!(fetched.starts_with("Received: from localhost"), "{fetched}");
@@ -834,9 +772,9 @@ fn mpop_auto(
         std::fs::create_dir_all(maildir.join(sub)).unwrap();
     }
     let rc = dir.join(format!("mpoprc-{tag}"));
-    std::fs::write(
+    common::mpop(
         &rc,
-        format!(
+        &format!(
             "account test\nhost localhost\nport {port}\ntls on\ntls_starttls {}\n\
              tls_trust_file {}\nuser {user}\npassword {pw}\nauth on\nkeep on\n\
              uidls_file {}/uidls-{tag}\ndelivery maildir {}\n",
@@ -845,21 +783,8 @@ fn mpop_auto(
             dir.display(),
             maildir.display()
         ),
+        "test",
     )
-    .unwrap();
-    let mut perms = std::fs::metadata(&rc).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-    std::fs::set_permissions(&rc, perms).unwrap();
-    let out = tool("mpop")
-        .args(["-C", rc.to_str().unwrap(), "test"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// The README's own setup: `poplar serve` on its embedded defaults, the demo user, a user added
@@ -870,26 +795,8 @@ fn mpop_auto(
 #[test]
 fn automatic_mechanism_choice_works_for_every_user_of_a_mixed_store() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(common::BIN);
-    cmd.args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped());
-    let mut running = common::spawn_server(cmd, true);
+    let (mut running, demo_pw) = common::serve_embedded(dir.path());
     let (pop3, pop3s) = (running.pop3, running.pop3s.unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(running.child.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let demo_pw = first
-        .split("password ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
     let user = |args: &[&str], pw: &str| {
         let mut c = Command::new(common::BIN);
         c.arg("user")
@@ -906,15 +813,7 @@ fn automatic_mechanism_choice_works_for_every_user_of_a_mixed_store() {
         &["add", "bob", "--schemes", "ARGON2ID,SCRAM-SHA-256,CRAM-MD5"],
         "bob-pw",
     );
-    let sasl = || {
-        let (mut c, _) = Client::connect(pop3);
-        assert!(c.cmd("CAPA").starts_with("+OK"));
-        let capa = String::from_utf8(c.body()).unwrap();
-        capa.lines()
-            .find_map(|l| l.strip_prefix("SASL "))
-            .unwrap_or("")
-            .to_owned()
-    };
+    let sasl = || Client::connect(pop3).0.sasl_offered();
     assert_eq!(
         sasl(),
         "PLAIN LOGIN",

@@ -24,18 +24,7 @@ fn every_load_runs_checks_and_reports() {
     let data = server.data_dir();
     let data = data.to_str().unwrap();
     for user in ["bench0", "bench1", "big"] {
-        let status = common::run_with_stdin(
-            server.poplar(&[
-                "user",
-                "add",
-                user,
-                "--password-stdin",
-                "--schemes",
-                "PLAIN",
-            ]),
-            b"benchpw\n",
-        );
-        assert!(status.success());
+        server.add_user_with(user, "benchpw", &["--schemes", "PLAIN"]);
     }
     for (user, messages, size) in [
         ("bench0", "3", "5000"),

@@ -21,15 +21,11 @@ fn server(extra: &[(&str, toml::Value)]) -> common::Server {
         b.set(k, v.clone());
     }
     let server = b.start();
-    let add = server.poplar(&[
-        "user",
-        "add",
+    server.add_user_with(
         "alice",
-        "--password-stdin",
-        "--schemes",
-        "ARGON2ID,SCRAM-SHA-256,CRAM-MD5",
-    ]);
-    assert!(common::run_with_stdin(add, b"right-password\n").success());
+        "right-password",
+        &["--schemes", "ARGON2ID,SCRAM-SHA-256,CRAM-MD5"],
+    );
     server
 }
 
@@ -494,15 +490,7 @@ fn existing_and_unknown_names_cannot_be_told_apart_by_timing() {
     }
 
     // SCRAM: the time to server-first, and the salt.
-    let add = server.poplar(&[
-        "user",
-        "add",
-        "keys",
-        "--password-stdin",
-        "--schemes",
-        "SCRAM-SHA-256",
-    ]);
-    assert!(common::run_with_stdin(add, b"keys-pw\n").success());
+    server.add_user_with("keys", "keys-pw", &["--schemes", "SCRAM-SHA-256"]);
     let first = |user: &str| {
         let (mut c, _) = Client::connect(server.pop3);
         let t = Instant::now();

@@ -531,14 +531,7 @@ fn embedded_default_serves_the_welcome_message_to_real_clients() {
     let mut stdout = std::io::BufReader::new(running.child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
-    let password = first
-        .split("password ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    let password = common::demo_password(&first);
     let mut hint = String::new();
     stdout.read_line(&mut hint).unwrap();
     if defaults_free {
@@ -922,15 +915,7 @@ fn challenges_reveal_nothing_about_the_server() {
         toml::Value::Array(vec!["CRAM-MD5".into()]),
     );
     let server = b.start();
-    let add = server.poplar(&[
-        "user",
-        "add",
-        "alice",
-        "--password-stdin",
-        "--schemes",
-        "ARGON2ID,CRAM-MD5",
-    ]);
-    assert!(common::run_with_stdin(add, b"wonderland\n").success());
+    server.add_user_with("alice", "wonderland", &["--schemes", "ARGON2ID,CRAM-MD5"]);
     let pid = server.pid().to_string();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..3 {
@@ -1108,27 +1093,8 @@ fn configuration_is_found_checked_and_shown_without_side_effects() {
 #[test]
 fn the_welcome_message_describes_what_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env_remove("POPLAR_CONFIG")
-        .stdout(std::process::Stdio::piped());
-    let mut running = common::spawn_server(cmd, true);
+    let (mut running, password) = common::serve_embedded(dir.path());
     let (pop3, pop3s) = (running.pop3, running.pop3s.unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(running.child.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let password = first
-        .split("password ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
     let (mut c, _) = Client::connect(pop3);
     assert!(c.login("demo", &password).starts_with("+OK"));
     assert!(c.cmd("RETR 1").starts_with("+OK"));

@@ -8,7 +8,7 @@
 mod common;
 
 use common::dovecot::{Dovecot, uidls};
-use common::{ServerBuilder, corpus, tool};
+use common::{ServerBuilder, corpus};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -113,28 +113,18 @@ fn mpop(world: &World, reach: Reach<'_>) -> usize {
         ),
     };
     let rc = state.join("mpoprc");
-    std::fs::write(
+    let before = std::fs::read_dir(maildir.join("new")).unwrap().count();
+    let (ok, text) = common::mpop(
         &rc,
-        format!(
+        &format!(
             "account old\n{tls}user alice\npassword pw\nauth plain\nkeep on\n\
              uidls_file {}/uidls\ndelivery maildir {}\n",
             state.display(),
             maildir.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let before = std::fs::read_dir(maildir.join("new")).unwrap().count();
-    let out = tool("mpop")
-        .args(["-C", rc.to_str().unwrap(), "old"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mpop: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "old",
     );
+    assert!(ok, "mpop: {text}");
     std::fs::read_dir(maildir.join("new")).unwrap().count() - before
 }
 
@@ -151,35 +141,19 @@ fn fetchmail(world: &World, reach: Reach<'_>) -> usize {
             format!("ssl sslcertck sslcertfile {}", cert.display()),
         ),
     };
-    let rc = home.join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
+    let before = std::fs::read_dir(&out_dir).unwrap().count();
+    let ids = home.join("fetchids");
+    let (code, text) = common::fetchmail(
+        &home,
+        &format!(
             "poll {host} service {port} protocol POP3 uidl auth password user alice password pw \
              is root keep {tls} mda \"cat > {}/m.$$\"\n",
             out_dir.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let before = std::fs::read_dir(&out_dir).unwrap().count();
-    let out = tool("fetchmail")
-        .args(["-f", rc.to_str().unwrap(), "--nosyslog", "-i"])
-        .arg(home.join("fetchids"))
-        // Its lock too must be this world's: as root fetchmail would take /var/run's, and
-        // tests run in parallel.
-        .arg("--pidfile")
-        .arg(home.join("fetchmail.pid"))
-        .env("FETCHMAILHOME", &home)
-        .output()
-        .unwrap();
-    // 0: mail delivered, 1: no mail.
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)),
-        "fetchmail: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        &["-i".as_ref(), ids.as_os_str()],
     );
+    // 0: mail delivered, 1: no mail.
+    assert!(matches!(code, Some(0 | 1)), "fetchmail: {text}");
     std::fs::read_dir(&out_dir).unwrap().count() - before
 }
 

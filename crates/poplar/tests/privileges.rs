@@ -159,17 +159,24 @@ fn root_without_a_user_warns_how_to_stop_running_as_root() {
     assert!(line.contains("user = \"poplar\""), "{line}");
 }
 
+/// Starts `serve --config CONFIG`, which must refuse to start;
+/// returns what it printed on standard error.
+fn refused_start(config: &Path) -> String {
+    let out = Command::new(common::BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    err
+}
+
 #[test]
 fn a_user_that_does_not_exist_is_refused_with_advice() {
     let mut b = ServerBuilder::new();
     b.set("user", "no-such-poplar-user");
     let config = b.write_config();
-    let out = Command::new(common::BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&config);
     assert!(err.contains("no such user"), "{err}");
     assert!(err.contains("useradd"), "{err}");
 }
@@ -433,12 +440,7 @@ fn root_never_follows_links_the_service_user_planted() {
     let elsewhere = tempfile::tempdir().unwrap();
     std::fs::rename(data.join("tls"), data.join("tls.old")).unwrap();
     std::os::unix::fs::symlink(elsewhere.path(), data.join("tls")).unwrap();
-    let out = Command::new(common::BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&config);
     assert!(err.contains("is a symbolic link, not a directory"), "{err}");
     assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     drop(kept);

@@ -167,6 +167,74 @@ pub fn spawn_server(mut cmd: Command, with_pop3s: bool) -> Running {
     }
 }
 
+/// `poplar serve` on its embedded defaults in `dir` (ephemeral loopback ports, no
+/// configuration file), with the demo user's password from its first line of output.
+pub fn serve_embedded(dir: &Path) -> (Running, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("POPLAR_CONFIG")
+        .stdout(Stdio::piped());
+    let mut running = spawn_server(cmd, true);
+    let mut first = String::new();
+    BufReader::new(running.child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let password = demo_password(&first);
+    (running, password)
+}
+
+/// The password in the line `serve` prints when it creates the demo user.
+pub fn demo_password(line: &str) -> String {
+    line.split("password ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no demo password in {line:?}"))
+        .to_owned()
+}
+
+/// Runs mpop on the account `account` of the configuration `rc` (written with `contents`,
+/// mode 0600 as mpop demands): whether it succeeded, and everything it printed.
+pub fn mpop(rc: &Path, contents: &str, account: &str) -> (bool, String) {
+    std::fs::write(rc, contents).unwrap();
+    std::fs::set_permissions(rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = tool("mpop")
+        .args(["-C", rc.to_str().unwrap(), account])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Runs fetchmail with the configuration `contents` (written to `HOME/fetchmailrc`, mode
+/// 0600), its home, lock and pid file inside `home` (as root it would otherwise take
+/// /var/run's, and tests run in parallel): its exit status, and everything it printed.
+pub fn fetchmail(home: &Path, contents: &str, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let rc = home.join("fetchmailrc");
+    std::fs::write(&rc, contents).unwrap();
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = tool("fetchmail")
+        .arg("-f")
+        .arg(&rc)
+        .arg("--nosyslog")
+        .args(args)
+        .arg("--pidfile")
+        .arg(home.join("fetchmail.pid"))
+        .env("FETCHMAILHOME", home)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 /// Retries `attempt` every 20 ms until it returns `Some`, failing after `within`.
 pub fn eventually<T>(within: Duration, what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -240,10 +308,14 @@ impl Server {
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
-        let status = run_with_stdin(
-            self.poplar(&["user", "add", name, "--password-stdin"]),
-            format!("{password}\n").as_bytes(),
-        );
+        self.add_user_with(name, password, &[]);
+    }
+
+    /// `poplar user add NAME --password-stdin` with further arguments (e.g. `--schemes`).
+    pub fn add_user_with(&self, name: &str, password: &str, more: &[&str]) {
+        let mut args = vec!["user", "add", name, "--password-stdin"];
+        args.extend_from_slice(more);
+        let status = run_with_stdin(self.poplar(&args), format!("{password}\n").as_bytes());
         assert!(status.success(), "user add {name}");
     }
 
@@ -612,6 +684,16 @@ impl Client {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// The SASL mechanisms CAPA lists now (empty when none), space-separated as sent.
+    pub fn sasl_offered(&mut self) -> String {
+        assert!(self.cmd("CAPA").starts_with("+OK"));
+        let capa = String::from_utf8(self.body()).unwrap();
+        capa.lines()
+            .find_map(|l| l.strip_prefix("SASL "))
+            .unwrap_or("")
+            .to_owned()
     }
 
     /// Reads a multi-line body and undoes the dot-stuffing; returns the bytes a client keeps
