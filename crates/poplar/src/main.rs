@@ -229,17 +229,15 @@ impl Common {
                 Config::parse(&text)
                     .map_err(|e| ConfigProblem(format!("in {}: {e}", path.display())))?
             }
-            ConfigSource::Embedded => Config::default(),
+            ConfigSource::Embedded => Config {
+                demo_user: true,
+                ..Config::default()
+            },
         };
         if let Some(dir) = &self.data_dir {
             config.data_dir.clone_from(dir);
         }
         Ok(config)
-    }
-
-    /// Whether the embedded default is in use (no configuration file).
-    fn embedded(&self) -> bool {
-        self.source() == ConfigSource::Embedded
     }
 
     /// For commands that write: says on standard error which configuration and data directory

@@ -39,7 +39,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     }
     raise_descriptor_limit(config.limits.max_connections);
     create_private_dir(&config.data_dir)?;
-    let demo_password = if args.common.embedded() {
+    let demo_password = if config.demo_user {
         welcome::ensure_demo_user(&config)?
     } else {
         None

@@ -590,6 +590,9 @@ print("ok")
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The first start says nothing the demo user contradicts a moment later.
+    let logs = running.logs.lock().unwrap().join("\n");
+    assert!(!logs.contains("nobody can log in"), "{logs}");
     let _ = running.child.kill();
     let _ = running.child.wait();
 }

@@ -218,7 +218,7 @@ impl Config {
         let users = self.users_file();
         match pop3_auth::UserDb::load(&users) {
             Ok((db, warnings)) => {
-                if db.is_empty() {
+                if db.is_empty() && !self.demo_user {
                     out.push(warn(format!(
                         "no users in {}: nobody can log in. Add one with `poplar user add NAME`.",
                         users.display()

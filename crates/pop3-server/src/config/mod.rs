@@ -48,6 +48,11 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Storage quotas, enforced when mail is delivered.
     pub quota: QuotaConfig,
+    /// Whether `serve` creates a user `demo` (and a welcome message) when the users file has
+    /// none: set by the binary for the embedded default only, never from a file, so a
+    /// configured server never invents an account.
+    #[serde(skip)]
+    pub demo_user: bool,
 }
 
 /// Storage quotas. A delivery that would take a maildrop past its quota is refused for the whole
@@ -217,6 +222,7 @@ impl Default for Config {
             pop3: Pop3Policy::default(),
             delivery: DeliveryConfig::default(),
             quota: QuotaConfig::default(),
+            demo_user: false,
         }
     }
 }
