@@ -132,15 +132,21 @@ fn parallel_guesses_queue_and_the_owner_still_logs_in() {
 
 #[test]
 fn trusted_networks_are_exempt() {
-    let server = server(&[(
-        "auth.trusted_networks",
-        toml::Value::Array(vec!["127.0.0.3/32".into()]),
-    )]);
+    // A delay no load on the test machine can be mistaken for: a trusted failure is answered
+    // as soon as the hash is checked, far sooner.
+    let server = server(&[
+        (
+            "auth.trusted_networks",
+            toml::Value::Array(vec!["127.0.0.3/32".into()]),
+        ),
+        ("auth.failure_delay", "3s".into()),
+        ("auth.penalty_cap", "3s".into()),
+    ]);
     for i in 0..5 {
         let d = fail_from(&server, "127.0.0.3", &format!("trusted-guess{i}"));
-        assert!(d < Duration::from_millis(100), "{d:?}");
+        assert!(d < Duration::from_millis(1500), "{d:?}");
     }
-    assert!(fail_from(&server, "127.0.0.4", "untrusted") >= Duration::from_millis(100));
+    assert!(fail_from(&server, "127.0.0.4", "untrusted") >= Duration::from_secs(3));
 }
 
 /// Replies for an unknown user and for a wrong password are identical in every mechanism, and
@@ -215,24 +221,16 @@ fn unknown_users_and_wrong_passwords_look_the_same() {
         "{known:?}"
     );
 
-    let time = |user: &str| {
-        let mut samples: Vec<Duration> = (0..7)
-            .map(|_| {
-                let (mut c, _) = Client::connect(server.pop3);
-                c.cmd(&format!("USER {user}"));
-                let t = Instant::now();
-                c.cmd("PASS wrong-password");
-                t.elapsed()
-            })
-            .collect();
-        samples.sort_unstable();
-        samples[3]
+    let work = |user: &str| {
+        let (mut c, _) = Client::connect(server.pop3);
+        c.cmd(&format!("USER {user}"));
+        server.cpu_while(|| c.cmd("PASS wrong-password")).1
     };
-    let (real, ghost) = (time("alice"), time("nobody"));
+    let [real, ghost] = median_of(7, [&|| work("alice"), &|| work("nobody")]);
     let ratio = real.as_secs_f64() / ghost.as_secs_f64();
     assert!(
         (0.5..2.0).contains(&ratio),
-        "median wrong password {real:?}, unknown user {ghost:?}"
+        "server CPU per wrong password {real:?}, per unknown user {ghost:?}"
     );
 }
 
@@ -243,12 +241,24 @@ struct Tally {
     verdicts: u32,
     /// Attempts closed unanswered.
     closed: u32,
+    /// When the last verdict arrived, from the start: answers to guesses sent just before the
+    /// end may come up to the horizon later, and later still on a loaded machine.
+    last_verdict: Duration,
+}
+
+impl Tally {
+    /// The most verdicts the schedule allows in the time they took: one per `cap`, plus a
+    /// few while the delay grows to it.
+    fn allowed(&self, cap: Duration) -> u32 {
+        u32::try_from(self.last_verdict.as_millis() / cap.as_millis()).unwrap() + 6
+    }
 }
 
 /// Fifty connections guessing alice's password from `sources` (cycled), each guessing again
 /// the moment it has an answer and reconnecting the moment it is closed, for `period`.
 fn guess_in_parallel(server: &common::Server, sources: &[String], period: Duration) -> Tally {
-    let deadline = Instant::now() + period;
+    let start = Instant::now();
+    let deadline = start + period;
     let threads: Vec<_> = (0..50)
         .map(|i| {
             let addr = server.pop3;
@@ -275,6 +285,7 @@ fn guess_in_parallel(server: &common::Server, sources: &[String], period: Durati
                         let reply = c.cmd(&format!("PASS guess-{i}-{n}"));
                         if reply.starts_with("-ERR [AUTH]") || reply.starts_with("+OK") {
                             t.verdicts += 1;
+                            t.last_verdict = start.elapsed();
                         } else {
                             assert!(
                                 reply.starts_with("-ERR [SYS/TEMP] Too many failed logins")
@@ -297,14 +308,16 @@ fn guess_in_parallel(server: &common::Server, sources: &[String], period: Durati
         .fold(Tally::default(), |a, t| Tally {
             verdicts: a.verdicts + t.verdicts,
             closed: a.closed + t.closed,
+            last_verdict: a.last_verdict.max(t.last_verdict),
         })
 }
 
 /// However many connections carry the guesses from one address (IPv4) or one IPv6 /64, they
 /// are answered no faster than the penalty schedule: one verdict per delay, the rest closed
-/// unanswered. With 100 ms doubling to a 400 ms cap, six seconds allow about 14 at the cap
-/// plus the few while the delay grows; the old cap on each answer allowed fifty connections
-/// an answer each every 1.6 s, over 180. `POPLAR_GUESS_DEFAULTS=1` measures with the
+/// unanswered. With 100 ms doubling to a 400 ms cap, six seconds of guessing (and the answers
+/// still queued at the end, up to four caps later) allow about 20; the bound is taken from when
+/// the last verdict actually arrived, so a loaded machine cannot fail the test. The old cap on
+/// each answer allowed fifty connections an answer each every 1.6 s, over 180. `POPLAR_GUESS_DEFAULTS=1` measures with the
 /// production delays (2 s doubling to 15 s) and `POPLAR_GUESS_SECONDS` sets the period
 /// (docs/security.md quotes a minute of each).
 #[test]
@@ -317,7 +330,7 @@ fn parallel_connections_do_not_multiply_the_guessing_rate() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(6),
     );
-    let bound = u32::try_from(period.as_millis() / cap).unwrap() + 6;
+    let cap_time = Duration::from_millis(cap);
     let (base, cap) = (format!("{base}ms"), format!("{cap}ms"));
     let server = server(&[
         ("auth.failure_delay", base.as_str().into()),
@@ -325,7 +338,7 @@ fn parallel_connections_do_not_multiply_the_guessing_rate() {
     ]);
     let v4 = guess_in_parallel(&server, &["127.0.0.9".to_owned()], period);
     eprintln!("one IPv4 address, 50 connections, {period:?}: {v4:?}");
-    assert!(v4.verdicts <= bound, "{v4:?} (at most {bound})");
+    assert!(v4.verdicts <= v4.allowed(cap_time), "{v4:?}");
     assert!(v4.closed > 0, "{v4:?}");
     // The owner still logs in from another address at once.
     let (mut c, _) = Client::connect_from("127.0.0.1", server.pop3);
@@ -351,7 +364,7 @@ fn parallel_connections_do_not_multiply_the_guessing_rate() {
     let hosts: Vec<String> = (1..=50).map(|i| format!("2001:db8:64::{i:x}")).collect();
     let v6 = guess_in_parallel(&server6, &hosts, period);
     eprintln!("one IPv6 /64, 50 connections from 50 addresses, {period:?}: {v6:?}");
-    assert!(v6.verdicts <= bound, "{v6:?} (at most {bound})");
+    assert!(v6.verdicts <= v6.allowed(cap_time), "{v6:?}");
     // Connections are counted per /64 too: sixty idle ones from sixty addresses of the /64
     // hold at most fifty slots, the ten oldest giving way.
     let idle: Vec<(Client, String)> = (100..160)
@@ -406,19 +419,27 @@ fn connections_waiting_out_a_penalty_make_room_for_real_logins() {
     assert!(evicted >= 1, "{replies:?}");
 }
 
-/// The median of `n` timings of `f`.
-fn median(n: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    let mut samples: Vec<Duration> = (0..n).map(|_| f()).collect();
-    samples.sort_unstable();
-    samples[n / 2]
+/// The median of `n` measurements of each of `fs`, taken in turn (a, b, c, a, b, c, ...).
+fn median_of<const N: usize>(n: usize, fs: [&dyn Fn() -> Duration; N]) -> [Duration; N] {
+    let mut samples: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(n));
+    for _ in 0..n {
+        for (s, f) in samples.iter_mut().zip(fs) {
+            s.push(f());
+        }
+    }
+    samples.map(|mut s| {
+        s.sort_unstable();
+        s[n / 2]
+    })
 }
 
 /// A users file as a migrated site has it: Poplar's own ARGON2ID, SHA512-CRYPT imported from
 /// Dovecot, a {PLAIN} user, and SCRAM keys for some. Over many names, those that are no user
-/// take the time real users take, spread over the stored schemes as the users are; no one
-/// scheme's timing singles out the unknown names. SCRAM answers its first challenge in the
-/// same time for stored keys, a stored plaintext and an unknown name, and gives `Alice` and
-/// `alice` one salt.
+/// cost the server the work real users cost, spread over the stored schemes as the users are;
+/// no one scheme's cost singles out the unknown names. SCRAM does the same work for its first
+/// challenge for stored keys, a stored plaintext and an unknown name, and gives `Alice` and
+/// `alice` one salt. Work is the server's CPU time: on an idle server it is what the answer's
+/// delay consists of, and unlike the delay it does not vary with the other tests' load.
 #[test]
 fn existing_and_unknown_names_cannot_be_told_apart_by_timing() {
     let server = server(&[
@@ -446,19 +467,32 @@ fn existing_and_unknown_names_cannot_be_told_apart_by_timing() {
     let addr = server.pop3;
     let wrong = |user: &str| {
         let user = user.to_owned();
+        let server = &server;
         move || {
             let (mut c, _) = Client::connect(addr);
             c.cmd(&format!("USER {user}"));
-            let t = Instant::now();
-            assert!(c.cmd("PASS wrong-password").starts_with("-ERR [AUTH]"));
-            t.elapsed()
+            let (reply, cpu) = server.cpu_while(|| c.cmd("PASS wrong-password"));
+            assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+            cpu
         }
     };
-    let classes: Vec<(&str, Duration)> = ["alice", "imported", "plain"]
-        .iter()
-        .map(|u| (*u, median(7, wrong(u))))
+    let names = ["alice", "imported", "plain"];
+    let references = || median_of(7, [&wrong(names[0]), &wrong(names[1]), &wrong(names[2])]);
+    // The unknown names, each timed with the users' schemes around it.
+    let before = references();
+    let unknown: Vec<(String, Duration)> = (0..45)
+        .map(|i| {
+            let name = format!("nobody{i}");
+            let [d] = median_of(3, [&wrong(&name)]);
+            (name, d)
+        })
         .collect();
-    eprintln!("wrong password, median per stored scheme: {classes:?}");
+    let after = references();
+    let classes: Vec<(&str, Duration)> = names
+        .into_iter()
+        .zip(before.iter().zip(after).map(|(b, a)| (*b).min(a)))
+        .collect();
+    eprintln!("wrong password, server CPU per stored scheme: {classes:?}");
     // Each unknown name behaves like one of the users, and the users' schemes are all
     // imitated in proportion (one user each: a third of the names each).
     let nearest = |d: Duration| {
@@ -472,33 +506,37 @@ fn existing_and_unknown_names_cannot_be_told_apart_by_timing() {
             .unwrap()
     };
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    for i in 0..45 {
-        let name = format!("nobody{i}");
-        let d = median(3, wrong(&name));
+    // Sub-millisecond timings on a shared two-core machine: another test's burst can stretch
+    // the samples of a name; such a name is timed again. A leak would make every name stray.
+    let mut strays = Vec::new();
+    let ratio = |d: Duration| d.as_secs_f64() / nearest(d).1.as_secs_f64();
+    for (name, mut d) in unknown {
+        if !(0.4..2.5).contains(&ratio(d)) {
+            d = median_of(7, [&wrong(&name)])[0];
+        }
         let (class, like) = nearest(d);
-        let ratio = d.as_secs_f64() / like.as_secs_f64();
-        assert!(
-            (0.4..2.5).contains(&ratio),
-            "{name}: {d:?}, nearest {class} {like:?}"
-        );
+        if !(0.4..2.5).contains(&ratio(d)) {
+            strays.push(format!("{name}: {d:?}, nearest {class} {like:?}"));
+        }
         *counts.entry(class).or_default() += 1;
     }
-    eprintln!("45 unknown names took the time of: {counts:?}");
+    eprintln!("45 unknown names cost what these users cost: {counts:?}; strays: {strays:?}");
+    assert!(strays.len() <= 4, "{strays:#?}");
     for (class, _) in &classes {
         let n = counts.get(class).copied().unwrap_or(0);
         assert!((5..=30).contains(&n), "{counts:?}");
     }
 
-    // SCRAM: the time to server-first, and the salt.
+    // SCRAM: the work to server-first, and the salt.
     server.add_user_with("keys", "keys-pw", &["--schemes", "SCRAM-SHA-256"]);
     let first = |user: &str| {
         let (mut c, _) = Client::connect(server.pop3);
-        let t = Instant::now();
-        let reply = c.cmd(&format!(
-            "AUTH SCRAM-SHA-256 {}",
-            B64.encode(format!("n,,n={user},r=clientnonce"))
-        ));
-        let elapsed = t.elapsed();
+        let (reply, elapsed) = server.cpu_while(|| {
+            c.cmd(&format!(
+                "AUTH SCRAM-SHA-256 {}",
+                B64.encode(format!("n,,n={user},r=clientnonce"))
+            ))
+        });
         let msg =
             String::from_utf8(B64.decode(reply.strip_prefix("+ ").unwrap()).unwrap()).unwrap();
         let salt = msg
@@ -511,17 +549,21 @@ fn existing_and_unknown_names_cannot_be_told_apart_by_timing() {
             .to_owned();
         (elapsed, salt)
     };
-    let scram: Vec<(&str, Duration)> = ["keys", "plain", "nobody"]
-        .iter()
-        .map(|u| (*u, median(9, || first(u).0)))
-        .collect();
-    eprintln!("SCRAM-SHA-256 server-first, median: {scram:?}");
+    let names = ["keys", "plain", "nobody"];
+    let times = median_of(
+        9,
+        [&|| first(names[0]).0, &|| first(names[1]).0, &|| {
+            first(names[2]).0
+        }],
+    );
+    let scram: Vec<(&str, Duration)> = names.into_iter().zip(times).collect();
+    eprintln!("SCRAM-SHA-256 server-first, server CPU: {scram:?}");
     let (lo, hi) = scram
         .iter()
         .fold((Duration::MAX, Duration::ZERO), |(lo, hi), (_, d)| {
             (lo.min(*d), hi.max(*d))
         });
-    assert!(hi.as_secs_f64() / lo.as_secs_f64() < 2.0, "{scram:?}");
+    assert!(hi.as_secs_f64() / lo.as_secs_f64() < 1.5, "{scram:?}");
     for user in ["plain", "nobody"] {
         assert_eq!(first(user).1, first(&user.to_uppercase()).1, "{user}");
     }

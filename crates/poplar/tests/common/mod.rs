@@ -360,6 +360,27 @@ impl Server {
         self.child.as_ref().unwrap().id()
     }
 
+    /// The CPU time the server's threads have used so far (nanosecond counters of
+    /// `/proc/PID/task/*/schedstat`). What a step costs the server, unlike how long it takes
+    /// to answer, hardly changes with the load other tests put on the machine.
+    pub fn cpu_time(&self) -> Duration {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
+        let nanos: u64 = tasks
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+                stat.split(' ').next()?.parse::<u64>().ok()
+            })
+            .sum();
+        Duration::from_nanos(nanos)
+    }
+
+    /// What `f` returns, and the server CPU time used while it ran (see [`Self::cpu_time`]).
+    pub fn cpu_while<T>(&self, f: impl FnOnce() -> T) -> (T, Duration) {
+        let before = self.cpu_time();
+        let out = f();
+        (out, self.cpu_time().saturating_sub(before))
+    }
+
     /// SIGTERM, then wait for exit. The data directory outlives the server.
     pub fn stop(mut self) -> (ExitStatus, tempfile::TempDir) {
         let dir = self.dir.take().unwrap();
