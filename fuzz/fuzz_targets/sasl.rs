@@ -10,6 +10,7 @@ use pop3_auth::sasl::oauth::{Flavor, parse};
 use pop3_auth::sasl::plain::PlainServer;
 use pop3_auth::sasl::scram::{ScramHash, ScramServer};
 use pop3_auth::sasl::{ChannelBinding, ServerMechanism, Step};
+use pop3_auth::userdb::Decoy;
 use pop3_auth::UserDb;
 use std::sync::OnceLock;
 
@@ -28,7 +29,7 @@ fn verifier() -> &'static JwtVerifier {
 
 fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
     let (which, messages) = input;
-    let dir = db().directory("{PLAIN}decoy", &[]);
+    let dir = db().directory(Decoy { fallback: "{PLAIN}decoy", key: b"k" }, &[]);
     let binding = ChannelBinding { tls_exporter: Some(vec![1; 32]), tls_server_end_point: Some(vec![2; 32]) };
     let mut mechanism: Box<dyn ServerMechanism> = match which % 7 {
         0 => Box::new(PlainServer),

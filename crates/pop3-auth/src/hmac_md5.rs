@@ -48,6 +48,7 @@ impl CramContext {
 
     /// Parses Dovecot's encoding: 64 hex digits, the outer then the inner state, each word
     /// little-endian.
+    #[cfg(feature = "server")]
     pub(crate) fn from_hex(hex: &str) -> Option<Self> {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
@@ -68,6 +69,7 @@ impl CramContext {
     }
 
     /// Dovecot's encoding (see [`from_hex`](Self::from_hex)).
+    #[cfg(feature = "server")]
     pub(crate) fn to_hex(&self) -> String {
         self.outer
             .iter()
@@ -248,6 +250,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "server")]
     #[test]
     fn dovecot_encoding() {
         // `doveadm pw -s CRAM-MD5 -p secret` (Dovecot 2.3.19.1).

@@ -12,6 +12,7 @@
 //! SCRAM needs that hash's SCRAM keys or the plaintext ([`Stored::mechanism_secret`]).
 //! Comparisons are constant-time.
 
+use crate::directory::{CramContextHandle, MechanismSecret, SecretKind};
 use crate::error::AuthError;
 use crate::hmac_md5::CramContext;
 use crate::sasl::scram::{ScramHash, ScramKeys};
@@ -106,32 +107,6 @@ pub struct Stored<'a> {
     name: &'a str,
     encoding: Option<Encoding>,
     data: &'a str,
-}
-
-/// A secret a challenge-response mechanism can work with.
-#[derive(Debug)]
-pub enum MechanismSecret {
-    /// The password itself (from PLAIN/CLEAR).
-    Plaintext(Vec<u8>),
-    /// HMAC-MD5 states for CRAM-MD5.
-    CramMd5(Box<CramContextHandle>),
-    /// SCRAM keys.
-    Scram(ScramKeys),
-}
-
-/// An opaque CRAM-MD5 key (the HMAC-MD5 states), usable only to compute the MAC.
-#[derive(Debug, Clone)]
-pub struct CramContextHandle(pub(crate) CramContext);
-
-/// The challenge-response families a stored secret can serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretKind {
-    /// APOP.
-    Apop,
-    /// CRAM-MD5.
-    CramMd5,
-    /// SCRAM with this hash.
-    Scram(ScramHash),
 }
 
 /// Splits `{SCHEME}data` into the upper-cased scheme and the data. A value without a scheme

@@ -14,10 +14,10 @@
 //! `poplar user ...` take an exclusive lock, write a temporary file (mode 0600), fsync it and
 //! rename it over the old one, so a crash never leaves a half-written users file.
 
+use crate::directory::{Directory, MechanismSecret, SecretKind, Verdict, normalize_name};
 use crate::error::AuthError;
-use crate::sasl::Directory;
 use crate::sasl::scram::ScramHash;
-use crate::scheme::{self, MechanismSecret, SecretKind, Stored};
+use crate::scheme::{self, Stored};
 use pop3_proto::Secret;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -131,20 +131,6 @@ pub struct Warning {
     pub line: usize,
     /// What is wrong with it.
     pub reason: String,
-}
-
-/// The result of checking a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The password is right; carries the canonical user name.
-    Valid(String),
-    /// Unknown user or wrong password (deliberately indistinguishable).
-    Invalid,
-}
-
-/// Normalises a login name the way Dovecot's default `%Lu` does: ASCII lower case.
-pub fn normalize_name(name: &str) -> String {
-    name.to_ascii_lowercase()
 }
 
 /// Checks that a name can be stored in a passwd-file and used as a mailbox name.

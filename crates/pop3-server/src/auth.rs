@@ -4,6 +4,7 @@
 
 use crate::config::{Config, MECHANISMS};
 use crate::penalty::Penalties;
+use pop3_auth::directory::SecretKind;
 use pop3_auth::jwt::JwtVerifier;
 use pop3_auth::sasl::cram_md5::CramMd5Server;
 use pop3_auth::sasl::external::ExternalServer;
@@ -12,7 +13,6 @@ use pop3_auth::sasl::oauth::{Flavor, OauthServer};
 use pop3_auth::sasl::plain::PlainServer;
 use pop3_auth::sasl::scram::{ScramHash, ScramServer};
 use pop3_auth::sasl::{ChannelBinding, Failure, FailureKind, ServerMechanism, Step};
-use pop3_auth::scheme::SecretKind;
 use pop3_auth::userdb::Decoy;
 use pop3_auth::{UserDb, UserDbFile, Verdict, scheme};
 use pop3_proto::{Mechanism, Secret};
@@ -84,7 +84,7 @@ impl Authenticator {
             masters: auth
                 .master_users
                 .iter()
-                .map(|m| pop3_auth::userdb::normalize_name(m))
+                .map(|m| pop3_auth::directory::normalize_name(m))
                 .collect(),
             login_delay: config.pop3.login_delay,
             login_delay_overrides: config.pop3.login_delay_overrides.clone(),
@@ -336,7 +336,7 @@ impl Authenticator {
                     Some(u) if u.serves(SecretKind::Apop) => "wrong APOP digest".into(),
                     Some(_) => format!(
                         "no APOP secret (a {{PLAIN}} password) stored for {}",
-                        pop3_auth::userdb::normalize_name(user)
+                        pop3_auth::directory::normalize_name(user)
                     )
                     .into(),
                 },

@@ -331,7 +331,7 @@ impl<S: MailStore> Connection<S> {
             Some((mechanism, name)) => (
                 mechanism
                     .claimed_user()
-                    .map(pop3_auth::userdb::normalize_name),
+                    .map(pop3_auth::directory::normalize_name),
                 name,
             ),
             None => (None, String::new()),
@@ -428,7 +428,7 @@ impl<S: MailStore> Connection<S> {
                 match f.kind {
                     FailureKind::Temporary => AuthFailure::Temporary,
                     kind => {
-                        let user = f.user.as_deref().map(pop3_auth::userdb::normalize_name);
+                        let user = f.user.as_deref().map(pop3_auth::directory::normalize_name);
                         let answer = self.shared.auth.penalties.conclude(
                             ip,
                             user.as_deref(),

@@ -12,7 +12,7 @@
 
 use crate::Shared;
 use crate::auth::Authenticator;
-use pop3_auth::userdb::normalize_name;
+use pop3_auth::directory::normalize_name;
 use pop3_store::{MailStore, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! act on: 75 makes them retry later, 67, 65 and 77 bounce.
 
 use crate::DeliverArgs;
-use pop3_auth::userdb::normalize_name;
+use pop3_auth::directory::normalize_name;
 use pop3_store::StoreError;
 use std::process::ExitCode;
 

@@ -119,7 +119,7 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     let users = pop3_auth::UserDb::load(&config.users_file())
         .map(|(db, _)| db)
         .with_context(|| format!("cannot read {}", config.users_file().display()))?;
-    let to = pop3_auth::userdb::normalize_name(&args.to);
+    let to = pop3_auth::directory::normalize_name(&args.to);
     ensure!(
         users.get(&to).is_some(),
         "{to:?} is not a Poplar user; add it first with `poplar user add {to}`"

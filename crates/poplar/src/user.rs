@@ -13,7 +13,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
-            pop3_auth::userdb::validate_name(&pop3_auth::userdb::normalize_name(&args.name))?;
+            pop3_auth::userdb::validate_name(&pop3_auth::directory::normalize_name(&args.name))?;
             pop3_store::MailboxPath::parse(&args.name)?;
             let forms = hash_forms(
                 &args.schemes,
@@ -22,7 +22,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             edit::add(&path, &args.name, &forms)?;
             println!(
                 "added user {} to {}",
-                pop3_auth::userdb::normalize_name(&args.name),
+                pop3_auth::directory::normalize_name(&args.name),
                 path.display()
             );
         }
@@ -31,7 +31,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
-            if !edit::list(&path)?.contains(&pop3_auth::userdb::normalize_name(&args.name)) {
+            if !edit::list(&path)?.contains(&pop3_auth::directory::normalize_name(&args.name)) {
                 bail!("no such user {:?} in {}", args.name, path.display());
             }
             let forms = hash_forms(
@@ -41,7 +41,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             edit::set_password(&path, &args.name, &forms)?;
             println!(
                 "password changed for {}",
-                pop3_auth::userdb::normalize_name(&args.name)
+                pop3_auth::directory::normalize_name(&args.name)
             );
         }
         UserCommand::Del(args) => {
@@ -51,7 +51,7 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             let path = config.users_file();
             edit::remove(&path, &args.name)?;
             let store = config.maildir_store();
-            let name = pop3_auth::userdb::normalize_name(&args.name);
+            let name = pop3_auth::directory::normalize_name(&args.name);
             println!("removed user {name}; the maildrop was kept");
             if let Ok(dir) = store.maildir_path(&name) {
                 println!(

@@ -3,9 +3,9 @@
 //! stored CRAM-MD5 states.
 
 use super::{Directory, Failure, ServerMechanism, Step};
+use crate::directory::normalize_name;
+use crate::directory::{MechanismSecret, SecretKind};
 use crate::hmac_md5::CramContext;
-use crate::scheme::{MechanismSecret, SecretKind};
-use crate::userdb::normalize_name;
 use subtle::ConstantTimeEq;
 
 /// The server side.

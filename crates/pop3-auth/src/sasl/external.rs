@@ -3,7 +3,7 @@
 //! "whatever the certificate says").
 
 use super::{Directory, Failure, ServerMechanism, Step, authorize};
-use crate::userdb::normalize_name;
+use crate::directory::normalize_name;
 
 /// The server side, with the user name the certificate maps to (if any).
 #[derive(Debug)]
@@ -49,8 +49,8 @@ pub fn client_message(authzid: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::MechanismSecret;
     use crate::sasl::tests::TestDirectory;
-    use crate::scheme::MechanismSecret;
 
     #[test]
     fn identity_from_the_certificate() {

@@ -39,8 +39,8 @@ pub fn client_response<'a>(prompt: &[u8], user: &'a [u8], password: &'a [u8]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::MechanismSecret;
     use crate::sasl::tests::TestDirectory;
-    use crate::scheme::MechanismSecret;
 
     #[test]
     fn exchange() {

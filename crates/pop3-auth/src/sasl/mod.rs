@@ -21,30 +21,14 @@ pub mod oauth;
 pub mod plain;
 pub mod scram;
 
-use crate::error::AuthError;
-use crate::scheme::{MechanismSecret, SecretKind};
-use crate::userdb::Verdict;
+use crate::directory::{Directory, Verdict};
 use std::borrow::Cow;
-
-/// What mechanisms may ask about users.
-pub trait Directory: Sync {
-    /// The secret `user` has for a challenge-response family, if the user exists and has one.
-    fn secret(&self, user: &str, kind: SecretKind) -> Option<MechanismSecret>;
-    /// Checks a password (slow: a password hash). Unknown users are [`Verdict::Invalid`] after
-    /// the same amount of work.
-    fn check_password(&self, user: &str, password: &[u8]) -> Result<Verdict, AuthError>;
-    /// Whether `user` exists (for identities vouched for by a token or a certificate).
-    fn exists(&self, user: &str) -> bool;
-    /// Whether the authenticated `user` may act as `authzid` (a different, existing user):
-    /// only configured master users may.
-    fn may_act_as(&self, user: &str, authzid: &str) -> bool;
-}
 
 /// The identity a successful authentication yields: `user` itself, or `authzid` when the client
 /// asked for another identity and `user` is a master user allowed to take it.
 pub(crate) fn authorize(dir: &dyn Directory, user: String, authzid: Option<&str>) -> Step {
-    let user = crate::userdb::normalize_name(&user);
-    match authzid.map(crate::userdb::normalize_name) {
+    let user = crate::directory::normalize_name(&user);
+    match authzid.map(crate::directory::normalize_name) {
         None => Step::Success { user },
         Some(a) if a.is_empty() || a == user => Step::Success { user },
         Some(a) if dir.may_act_as(&user, &a) => Step::Success { user: a },
@@ -187,6 +171,8 @@ pub(crate) fn password_step(dir: &dyn Directory, user: &str, password: &[u8]) ->
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::directory::{MechanismSecret, SecretKind};
+    use crate::error::AuthError;
     use std::collections::HashMap;
 
     /// An in-memory directory: secrets by user, passwords checked against plaintext secrets.
@@ -211,7 +197,7 @@ pub(crate) mod tests {
         fn secret(&self, user: &str, kind: SecretKind) -> Option<MechanismSecret> {
             match (self.users.get(user)?, kind) {
                 (MechanismSecret::Plaintext(p), SecretKind::CramMd5) => Some(
-                    MechanismSecret::CramMd5(Box::new(crate::scheme::CramContextHandle(
+                    MechanismSecret::CramMd5(Box::new(crate::directory::CramContextHandle(
                         crate::hmac_md5::CramContext::from_password(p),
                     ))),
                 ),

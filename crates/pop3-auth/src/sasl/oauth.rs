@@ -4,8 +4,8 @@
 //! the exchange fails (RFC 7628 section 3.2.3).
 
 use super::{Directory, Failure, ServerMechanism, Step, authorize};
+use crate::directory::normalize_name;
 use crate::jwt::JwtVerifier;
-use crate::userdb::normalize_name;
 use std::sync::Arc;
 
 /// Which message format.
@@ -171,9 +171,9 @@ impl ServerMechanism for OauthServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::MechanismSecret;
     use crate::jwt::tests::{AUDIENCE, ISSUER, Signer, claims};
     use crate::sasl::tests::TestDirectory;
-    use crate::scheme::MechanismSecret;
 
     #[test]
     fn rfc7628_message_format() {

@@ -1,8 +1,8 @@
 //! PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd` in one message.
 
 use super::{Directory, Failure, ServerMechanism, Step, authorize, password_step};
+use crate::directory::normalize_name;
 use crate::error::AuthError;
-use crate::userdb::normalize_name;
 use pop3_proto::Secret;
 
 /// The decoded PLAIN message.
@@ -86,8 +86,8 @@ pub fn client_message(authzid: &str, user: &str, password: &[u8]) -> Secret<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::MechanismSecret;
     use crate::sasl::tests::TestDirectory;
-    use crate::scheme::MechanismSecret;
 
     #[test]
     fn rfc4616_examples() {

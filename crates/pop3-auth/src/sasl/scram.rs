@@ -12,9 +12,9 @@
 //! octets without SASLprep normalisation (as Dovecot does); ASCII is unaffected.
 
 use super::{ChannelBinding, Directory, Failure, ServerMechanism, Step, authorize};
+use crate::directory::normalize_name;
+use crate::directory::{MechanismSecret, SecretKind};
 use crate::error::AuthError;
-use crate::scheme::{MechanismSecret, SecretKind};
-use crate::userdb::normalize_name;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};

@@ -325,8 +325,8 @@ impl Config {
 
     /// Challenge-response mechanisms listed in `auth.mechanisms` that some users cannot use.
     fn mechanism_problems(&self, db: &pop3_auth::UserDb) -> Vec<Problem> {
+        use pop3_auth::directory::SecretKind;
         use pop3_auth::sasl::scram::ScramHash;
-        use pop3_auth::scheme::SecretKind;
         let Some(listed) = &self.auth.mechanisms else {
             return Vec::new();
         };
