@@ -8,7 +8,7 @@ fuzz_target!(|der: &[u8]| {
     let _ = pop3_auth::cert::client_identity(der, true);
     let _ = pop3_auth::cert::end_point_hash(der);
     if let Some(s) = pop3_auth::cert::summary(der) {
-        let _ = pop3_auth::cert::format_time(s.not_before);
-        let _ = pop3_auth::cert::format_time(s.not_after);
+        let _ = poplar_util::clock::utc(s.not_before);
+        let _ = poplar_util::clock::utc(s.not_after);
     }
 });

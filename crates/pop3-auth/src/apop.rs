@@ -13,7 +13,7 @@ pub fn digest(timestamp: &str, secret: &[u8]) -> String {
     let mut md5 = Md5::new();
     md5.update(timestamp.as_bytes());
     md5.update(secret);
-    md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(md5.finalize())
 }
 
 /// Checks a client's APOP digest (hex, any case).

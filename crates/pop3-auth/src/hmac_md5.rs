@@ -49,18 +49,12 @@ impl CramContext {
     /// Parses Dovecot's encoding: 64 hex digits, the outer then the inner state, each word
     /// little-endian.
     #[cfg(feature = "server")]
-    pub(crate) fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
+    pub(crate) fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
         let mut words = [0u32; 8];
-        for (i, w) in words.iter_mut().enumerate() {
-            let mut bytes = [0u8; 4];
-            for (j, b) in bytes.iter_mut().enumerate() {
-                let at = i * 8 + j * 2;
-                *b = u8::from_str_radix(&hex[at..at + 2], 16).ok()?;
-            }
-            *w = u32::from_le_bytes(bytes);
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+            *w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         }
         Some(Self {
             outer: [words[0], words[1], words[2], words[3]],
@@ -71,12 +65,13 @@ impl CramContext {
     /// Dovecot's encoding (see [`from_hex`](Self::from_hex)).
     #[cfg(feature = "server")]
     pub(crate) fn to_hex(&self) -> String {
-        self.outer
+        let bytes: Vec<u8> = self
+            .outer
             .iter()
             .chain(&self.inner)
             .flat_map(|w| w.to_le_bytes())
-            .map(|b| format!("{b:02x}"))
-            .collect()
+            .collect();
+        hex::encode(bytes)
     }
 
     /// HMAC-MD5 of `message` under the key these states came from.

@@ -269,16 +269,7 @@ impl<'a> Stored<'a> {
     /// Decodes the data as hex or base64.
     fn decode_as(&self, encoding: Encoding) -> Option<Vec<u8>> {
         match encoding {
-            Encoding::Hex => {
-                let s = self.data;
-                if !s.len().is_multiple_of(2) {
-                    return None;
-                }
-                (0..s.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-                    .collect()
-            }
+            Encoding::Hex => hex::decode(self.data).ok(),
             Encoding::Base64 => B64.decode(self.data).ok(),
         }
     }
@@ -519,8 +510,7 @@ pub fn hash(scheme: &str, password: &[u8]) -> Result<String, AuthError> {
             let rounds = 5000;
             let mut out = [0u8; 20];
             pbkdf2::pbkdf2_hmac::<Sha1>(password, salt.as_bytes(), rounds, &mut out);
-            let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
-            format!("$1${salt}${rounds}${hex}")
+            format!("$1${salt}${rounds}${}", hex::encode(out))
         }
         "SSHA512" => {
             let salt = random::<8>()?;

@@ -41,8 +41,8 @@ pub async fn server_info(dialer: &Dialer, encrypted: bool) -> Result<String, Fet
                     let _ = writeln!(
                         out,
                         "               valid {} to {}",
-                        pop3_auth::cert::format_time(s.not_before),
-                        pop3_auth::cert::format_time(s.not_after)
+                        poplar_util::clock::utc(s.not_before),
+                        poplar_util::clock::utc(s.not_after)
                     );
                 }
                 let _ = writeln!(

@@ -15,6 +15,7 @@
 
 use crate::FetchError;
 use crate::dest::{Destination, MessageWriter};
+use poplar_util::clock::asctime;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -22,7 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long to wait for another program's dot-lock before giving up (temporary failure).
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -202,9 +203,7 @@ impl MessageWriter for MboxWriter {
         message
             .rewind()
             .map_err(io("cannot read a temporary file"))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = poplar_util::clock::unix_now();
         let entry = tempfile::tempfile().map_err(io("cannot create a temporary file ($TMPDIR)"))?;
         let mut converter = Mboxrd::new(std::io::BufWriter::new(entry), &sender, now)
             .map_err(io("cannot write a temporary file"))?;
@@ -389,16 +388,6 @@ pub(crate) fn return_path_of(reader: &mut impl Read) -> Option<String> {
     }
 }
 
-/// `Fri Nov 27 12:00:00 2026` (UTC), the date format of a From line.
-fn asctime(secs: u64) -> String {
-    let c = pop3_proto::date::civil(secs);
-    let (h, m, s) = c.hms;
-    format!(
-        "{} {} {:2} {h:02}:{m:02}:{s:02} {}",
-        c.weekday, c.month, c.day, c.year
-    )
-}
-
 /// FNV-1a, 64 bits: enough to tell our bytes from anyone else's in the recorded place.
 fn fnv(bytes: &[u8]) -> u64 {
     fnv_update(FNV_START, bytes)
@@ -580,8 +569,6 @@ mod tests {
             String::from_utf8(entry).unwrap(),
             "From a@b.example Fri Nov 27 12:00:00 2026\nReturn-Path: <a@b.example>\nSubject: x\n\n>From here\n>>From there\n>>>From x\nFrom\nlast\n\n"
         );
-        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
-        assert_eq!(asctime(951_782_400), "Tue Feb 29 00:00:00 2000");
     }
 
     #[test]

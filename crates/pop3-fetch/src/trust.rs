@@ -77,7 +77,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 fn fingerprint_text(digest: &[u8; 32]) -> String {
     digest
         .iter()
-        .map(|b| format!("{b:02X}"))
+        .map(|b| hex::encode_upper([*b]))
         .collect::<Vec<_>>()
         .join(":")
 }
@@ -85,14 +85,9 @@ fn fingerprint_text(digest: &[u8; 32]) -> String {
 /// Parses a SHA-256 fingerprint: 64 hex digits, colons allowed (`AB:CD:...`, as `openssl x509
 /// -fingerprint -sha256` and `--serverinfo` print it).
 pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
-    let hex: String = text.chars().filter(|c| *c != ':').collect();
-    if hex.len() != 64 {
-        return None;
-    }
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(digits, &mut out).ok()?;
     Some(out)
 }
 
@@ -277,7 +272,10 @@ fn describe(s: &CertSummary) -> String {
     if !s.names.is_empty() {
         parts.push(format!("names {}", s.names.join(", ")));
     }
-    parts.push(format!("valid until {}", cert::format_time(s.not_after)));
+    parts.push(format!(
+        "valid until {}",
+        poplar_util::clock::utc(s.not_after)
+    ));
     parts.join(", ")
 }
 
@@ -338,13 +336,13 @@ fn check_validity(s: &CertSummary, now: i64) -> Result<(), Distrust> {
     if now > s.not_after {
         return Err(Distrust(format!(
             "it expired on {}: the server's administrator must renew it",
-            cert::format_time(s.not_after)
+            poplar_util::clock::utc(s.not_after)
         )));
     }
     if now < s.not_before {
         return Err(Distrust(format!(
             "it is not valid before {}: check this computer's clock",
-            cert::format_time(s.not_before)
+            poplar_util::clock::utc(s.not_before)
         )));
     }
     Ok(())

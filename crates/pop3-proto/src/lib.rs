@@ -19,7 +19,6 @@ pub mod canonical;
 pub mod capability;
 pub mod client;
 pub mod command;
-pub mod date;
 mod error;
 pub mod line;
 pub mod response;

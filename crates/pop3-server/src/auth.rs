@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// What decides which mechanisms a connection can use.
 #[derive(Debug, Clone, Default)]
@@ -181,10 +181,7 @@ impl Authenticator {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
             random = (n ^ 0x9e37_79b9_7f4a_7c15).to_le_bytes();
         }
-        let clock = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let clock = poplar_util::clock::unix_now();
         let host: String = self
             .hostname
             .chars()
@@ -196,10 +193,7 @@ impl Authenticator {
     /// Creates the server side of a mechanism for this connection.
     pub(crate) fn start(&self, name: &str, conn: &ConnInfo) -> Option<Box<dyn ServerMechanism>> {
         let binding = conn.binding.clone().filter(|_| conn.tls);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = poplar_util::clock::unix_now();
         Some(match name {
             "PLAIN" => Box::new(PlainServer),
             "LOGIN" => Box::new(LoginServer::default()),

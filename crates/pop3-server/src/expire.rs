@@ -93,9 +93,7 @@ pub async fn run_periodically(store: MaildirStore, policy: ExpirePolicy) {
     loop {
         tick.tick().await;
         let (store, policy) = (store.clone(), policy.clone());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = poplar_util::clock::unix_now();
         if let Err(e) =
             tokio::task::spawn_blocking(move || purge(&store, &policy, now, false)).await
         {

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use pop3_fetch::config::{AccountConfig, Target, TlsSetting};
 use pop3_fetch::journal::Journal;
 use pop3_fetch::{Account, Auth, FetchError, ServerUrl, TlsMode};
+use poplar_util::clock::unix_now;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -198,12 +199,6 @@ pub(crate) fn run(args: &FetchArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(code))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Prints a run's summary line (standard output) or error (standard error); returns the exit

@@ -330,11 +330,7 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let now = args.as_of.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
+    let now = args.as_of.unwrap_or_else(poplar_util::clock::unix_now);
     let report = pop3_server::expire::purge(&config.maildir_store(), &policy, now, args.dry_run);
     let verb = if args.dry_run {
         "due for removal"

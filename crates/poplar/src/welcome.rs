@@ -5,7 +5,6 @@
 use anyhow::{Context, Result};
 use pop3_auth::{scheme, userdb::edit};
 use pop3_server::Config;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Creates the demo user if there are no users at all; returns its password.
 pub(crate) fn ensure_demo_user(config: &Config) -> Result<Option<String>> {
@@ -74,10 +73,7 @@ fn welcome_message(
     config: &Config,
     listening: &[(pop3_server::Kind, std::net::SocketAddr)],
 ) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = poplar_util::clock::unix_now();
     let host = config.hostname();
     let mut listeners = String::new();
     for (kind, addr) in listening {
@@ -125,33 +121,13 @@ fn welcome_message(
          `poplar deliver NAME < message`, and see docs/configuration.md for the rest.\r\n\
          \r\n\
          -- Poplar\r\n",
-        date = rfc5322_date(now),
-    )
-}
-
-/// Formats a Unix time as an RFC 5322 date in UTC.
-fn rfc5322_date(secs: u64) -> String {
-    let c = pop3_proto::date::civil(secs);
-    let (h, m, s) = c.hms;
-    format!(
-        "{}, {:02} {} {} {h:02}:{m:02}:{s:02} +0000",
-        c.weekday, c.day, c.month, c.year
+        date = poplar_util::clock::rfc5322(now),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_795_758_553),
-            "Fri, 27 Nov 2026 05:49:13 +0000"
-        );
-    }
 
     #[test]
     fn passwords_are_url_safe() {

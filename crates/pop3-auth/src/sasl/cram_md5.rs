@@ -54,11 +54,7 @@ impl ServerMechanism for CramMd5Server {
         let key = context
             .clone()
             .unwrap_or_else(|| CramContext::from_password(b"decoy"));
-        let expected: String = key
-            .mac(self.challenge.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let expected = hex::encode(key.mac(self.challenge.as_bytes()));
         let matches = bool::from(
             expected
                 .as_bytes()
@@ -80,8 +76,7 @@ impl ServerMechanism for CramMd5Server {
 /// The client response to a challenge.
 pub fn client_response(user: &str, password: &[u8], challenge: &[u8]) -> Vec<u8> {
     let mac = CramContext::from_password(password).mac(challenge);
-    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{user} {hex}").into_bytes()
+    format!("{user} {}", hex::encode(mac)).into_bytes()
 }
 
 #[cfg(test)]

@@ -260,10 +260,8 @@ impl Config {
         let Some(s) = pop3_auth::cert::summary(&leaf) else {
             return out;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let when = pop3_auth::cert::format_time;
+        let now = i64::try_from(poplar_util::clock::unix_now()).unwrap_or(i64::MAX);
+        let when = poplar_util::clock::utc;
         if now > s.not_after {
             out.push(Problem {
                 severity: Severity::Error,

@@ -38,6 +38,7 @@ use cache::{Entry, IndexCache, Indexed, Stamp};
 use dotlock::DotLock;
 use filename::{base, is_message, size_hints};
 use pop3_proto::canonical::{SizeCounter, canonical_size_from_virtual};
+use poplar_util::clock::unix_now;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -45,7 +46,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use uidlist::{EXACT_SIZE_KEY, POP3_UIDL_KEY, Record, Uidlist};
 
 const UIDLIST: &str = "dovecot-uidlist";
@@ -578,12 +579,6 @@ impl Maildrop for MaildirDrop {
 }
 
 /// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A message removed (or, in a dry run, due for removal) by a retention period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
@@ -1036,17 +1031,14 @@ fn update_index(
 }
 
 fn new_uid_validity() -> u32 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(1);
+    let secs = unix_now();
     u32::try_from(secs).unwrap_or(u32::MAX).max(1)
 }
 
 fn new_guid() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| StoreError::Internal(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 /// Copies `input` into a new file, fsyncs it, and returns (octets, virtual size); refuses
