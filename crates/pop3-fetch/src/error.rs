@@ -55,6 +55,17 @@ pub enum FetchError {
         /// Why, and what to do.
         why: crate::trust::Distrust,
     },
+    /// A destination refused a message (an LMTP server's reply, a delivery command's exit
+    /// status): `temporary` when trying again later may succeed (`4xx`, exit 75).
+    #[error("{to} said {reply}")]
+    Delivery {
+        /// Who refused.
+        to: String,
+        /// What it answered.
+        reply: String,
+        /// Whether the refusal is temporary.
+        temporary: bool,
+    },
     /// A local file (certificate bundle) could not be used.
     #[error("{path}: {why}")]
     File {
@@ -76,12 +87,13 @@ impl FetchError {
         move |source| FetchError::Io { context, source }
     }
 
-    /// Whether trying again later may succeed: a network failure, or a server that said
-    /// `[IN-USE]`, `[LOGIN-DELAY]` or `[SYS/TEMP]`.
+    /// Whether trying again later may succeed: a network failure, a server that said
+    /// `[IN-USE]`, `[LOGIN-DELAY]` or `[SYS/TEMP]`, or a temporary refusal by a destination.
     pub fn is_temporary(&self) -> bool {
         match self {
             FetchError::Io { .. } | FetchError::Busy(_) | FetchError::Timeout { .. } => true,
             FetchError::Refused { status, .. } => status.is_temporary(),
+            FetchError::Delivery { temporary, .. } => *temporary,
             _ => false,
         }
     }

@@ -17,6 +17,7 @@ mod error;
 pub mod fetch;
 pub mod info;
 pub mod journal;
+pub mod lmtp;
 pub mod mbox;
 pub mod trust;
 pub mod url;

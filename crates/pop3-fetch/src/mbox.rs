@@ -15,6 +15,8 @@
 
 use crate::FetchError;
 use crate::dest::{Destination, MessageWriter};
+use pop3_store::StoreError;
+use pop3_store::dotlock::DotLock;
 use poplar_util::clock::asctime;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -23,7 +25,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long to wait for another program's dot-lock before giving up (temporary failure).
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -118,44 +120,62 @@ impl Destination for Mbox {
             return Ok(());
         }
         let io = |what: &str| FetchError::io(format!("{what} {}", self.path.display()));
-        let lock = DotLock::acquire(&self.path)?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(io("cannot open"))?;
-        fcntl_lock(&file).map_err(io("cannot lock"))?;
-        if lock.was_stale {
-            // A run of ours died while appending: nothing was appended since. Cut a torn
-            // message off.
-            cut_torn_tail(&file, &self.placements()).map_err(io("cannot repair"))?;
+        let lock_path = PathBuf::from(format!("{}.lock", self.path.display()));
+        let lock = DotLock::acquire_pid(&lock_path, LOCK_WAIT).map_err(|e| match e {
+            StoreError::LockTimeout { path } => FetchError::Busy(path),
+            StoreError::Io { path, source } => {
+                FetchError::io(format!("cannot lock {}", path.display()))(source)
+            }
+            other => FetchError::File {
+                path: lock_path.clone(),
+                why: other.to_string(),
+            },
+        })?;
+        // A failure half-way through leaves the lock in place, as a crash would: the next
+        // run takes it over as stale and cuts off what was torn.
+        let appended = (|| {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .mode(0o600)
+                .open(&self.path)
+                .map_err(io("cannot open"))?;
+            fcntl_lock(&file).map_err(io("cannot lock"))?;
+            if lock.was_stale() {
+                // A run of ours died while appending: nothing was appended since. Cut a torn
+                // message off.
+                cut_torn_tail(&file, &self.placements()).map_err(io("cannot repair"))?;
+            }
+            let mut offset = file.metadata().map_err(io("cannot read"))?.len();
+            let mut side = String::new();
+            for entry in &batch {
+                let end = offset + entry.len;
+                side.push_str(&format!(
+                    "{} {offset} {end} {:016x}\n",
+                    entry.token, entry.hash
+                ));
+                offset = end;
+            }
+            let side_path = self.side_file();
+            let mut side_file =
+                File::create(&side_path).map_err(io("cannot write the side file of"))?;
+            side_file
+                .write_all(side.as_bytes())
+                .and_then(|()| side_file.sync_all())
+                .map_err(io("cannot write the side file of"))?;
+            for mut entry in batch {
+                std::io::copy(&mut entry.file, &mut file).map_err(io("cannot append to"))?;
+            }
+            file.sync_all().map_err(io("cannot sync"))
+        })();
+        match appended {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                lock.abandon();
+                Err(e)
+            }
         }
-        let mut offset = file.metadata().map_err(io("cannot read"))?.len();
-        let mut side = String::new();
-        for entry in &batch {
-            let end = offset + entry.len;
-            side.push_str(&format!(
-                "{} {offset} {end} {:016x}\n",
-                entry.token, entry.hash
-            ));
-            offset = end;
-        }
-        let side_path = self.side_file();
-        let mut side_file =
-            File::create(&side_path).map_err(io("cannot write the side file of"))?;
-        side_file
-            .write_all(side.as_bytes())
-            .and_then(|()| side_file.sync_all())
-            .map_err(io("cannot write the side file of"))?;
-        for mut entry in batch {
-            std::io::copy(&mut entry.file, &mut file).map_err(io("cannot append to"))?;
-        }
-        file.sync_all().map_err(io("cannot sync"))?;
-        drop(file);
-        lock.release();
-        Ok(())
     }
 
     fn holds(&self, tokens: &[String]) -> Result<HashSet<String>, FetchError> {
@@ -433,62 +453,6 @@ fn fcntl_lock(file: &File) -> std::io::Result<()> {
     fcntl(file, FcntlArg::F_SETLKW(&lock))
         .map(drop)
         .map_err(std::io::Error::from)
-}
-
-/// `<mbox>.lock`, made with link(2) from a unique file holding our pid, the way that is atomic
-/// even over NFS. A lock whose pid is no longer running is stale and taken over.
-struct DotLock {
-    path: PathBuf,
-    was_stale: bool,
-}
-
-impl DotLock {
-    fn acquire(mbox: &Path) -> Result<Self, FetchError> {
-        let path = PathBuf::from(format!("{}.lock", mbox.display()));
-        let unique = PathBuf::from(format!(
-            "{}.lock.{}.{}",
-            mbox.display(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let io = FetchError::io(format!("cannot lock {}", mbox.display()));
-        fs::write(&unique, format!("{}\n", std::process::id())).map_err(io)?;
-        let deadline = Instant::now() + LOCK_WAIT;
-        let mut was_stale = false;
-        let result = loop {
-            match fs::hard_link(&unique, &path) {
-                Ok(()) => break Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if owner_is_gone(&path) {
-                        // A dead process's lock: take it over (remove, then link again).
-                        was_stale |= fs::read_to_string(&path).is_ok();
-                        let _ = fs::remove_file(&path);
-                        continue;
-                    }
-                    if Instant::now() > deadline {
-                        break Err(FetchError::Busy(path.clone()));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => break Err(FetchError::io(format!("cannot lock {}", mbox.display()))(e)),
-            }
-        };
-        let _ = fs::remove_file(&unique);
-        result.map(|()| DotLock { path, was_stale })
-    }
-
-    fn release(self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Whether the pid in a dot-lock names no running process (an empty or unreadable lock counts
-/// as alive: another program may be writing it right now).
-fn owner_is_gone(lock: &Path) -> bool {
-    fs::read_to_string(lock)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! Small pieces several Poplar crates share that belong to no protocol, so that each has one
 //! definition: sizes and durations as administrators write them in configuration files and on
 //! command lines (`64M`, `2s`, `10m`), with the serde helpers that read them ([`units`]); the
-//! wall clock and the date formats of mail ([`clock`]).
+//! wall clock and the date formats of mail ([`clock`]); this machine's name ([`host`]).
 
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod host;
 pub mod units;

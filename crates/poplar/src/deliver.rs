@@ -39,7 +39,10 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     let store = config.maildir_store_with_users(&users_file);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let result = if config.delivery.return_path || config.delivery.delivered_to {
-        with_headers(&config, &store, args.from.as_deref(), &refs)
+        let sender = args.from.as_deref();
+        store.deliver_each_blocking(&refs, &mut std::io::stdin().lock(), &|name, eol| {
+            config.delivery.headers(sender, name, eol)
+        })
     } else {
         store.deliver_blocking(&refs, &mut std::io::stdin().lock())
     };
@@ -57,53 +60,4 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
         ),
         Err(e) => fail(EX_TEMPFAIL, e.to_string()),
     }
-}
-
-/// Delivery with per-recipient header lines: the message is spooled under `DATA/tmp` once, then
-/// stored for each recipient behind its own headers, with the message's own line ending.
-fn with_headers(
-    config: &pop3_server::Config,
-    store: &pop3_store::MaildirStore,
-    sender: Option<&str>,
-    names: &[&str],
-) -> Result<pop3_store::maildir::Delivery, StoreError> {
-    use std::io::{BufRead, Read, Write};
-    let dir = config.data_dir.join("tmp");
-    let io = |path: &std::path::Path| {
-        let path = path.to_owned();
-        move |e| StoreError::Io { path, source: e }
-    };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let spool = dir.join(format!("deliver.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&spool).map_err(io(&spool))?;
-        let limit = config.limits.max_message_size;
-        let copied = std::io::copy(&mut std::io::stdin().lock().take(limit + 1), &mut file)
-            .map_err(io(&spool))?;
-        if copied > limit {
-            return Err(StoreError::MessageTooLarge { limit });
-        }
-        file.flush().map_err(io(&spool))?;
-        if copied == 0 {
-            return Err(StoreError::EmptyMessage);
-        }
-        let mut first = Vec::new();
-        std::io::BufReader::new(std::fs::File::open(&spool).map_err(io(&spool))?)
-            .read_until(b'\n', &mut first)
-            .map_err(io(&spool))?;
-        let eol = if first.ends_with(b"\r\n") {
-            "\r\n"
-        } else {
-            "\n"
-        };
-        let mut last = None;
-        for name in names {
-            let prefix = config.delivery.headers(sender, name, eol);
-            let body = std::fs::File::open(&spool).map_err(io(&spool))?;
-            last = Some(store.deliver_blocking(&[name], &mut prefix.as_bytes().chain(body))?);
-        }
-        last.ok_or(StoreError::EmptyMessage)
-    })();
-    let _ = std::fs::remove_file(&spool);
-    result
 }

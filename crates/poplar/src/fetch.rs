@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const EX_UNAVAILABLE: u8 = 69;
+const EX_CANTCREAT: u8 = 73;
 const EX_PROTOCOL: u8 = 76;
 const EX_TEMPFAIL: u8 = 75;
 const EX_NOPERM: u8 = 77;
@@ -575,6 +576,10 @@ fn exit_code(e: &FetchError) -> (u8, &'static str) {
             (EX_UNAVAILABLE, "nothing was changed on the server")
         }
         FetchError::Protocol(_) => (EX_PROTOCOL, "nothing was deleted on the server"),
+        FetchError::Delivery { .. } => (
+            EX_CANTCREAT,
+            "the message stays on the server; see what the destination said",
+        ),
         FetchError::Certificate { .. } => (EX_CONFIG, "nothing was sent to the server"),
         _ => (EX_CONFIG, "check the files and options named"),
     }

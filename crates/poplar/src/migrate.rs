@@ -17,8 +17,9 @@ use pop3_store::maildir::migrate::{
     DOVECOT_DEFAULT_FORMAT, ImportMessage, Served, SourceMessage, UidlScheme, read_source,
 };
 use pop3_store::maildir::valid_uidl;
+use pop3_store::maildir::writer::Writer;
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -382,11 +383,9 @@ async fn from_server(
         conn.cmd("QUIT").await?;
         return Ok(tally);
     }
-    let tmp = store.maildir_path(to)?.join("tmp");
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let writer = Writer::open(&store.maildir_path(to)?, store.host())?;
     let mut batch = Vec::new();
     let mut body = Vec::new();
-    let host_name = pop3_store::maildir::filename::sanitize_host(store.host());
     for (i, m) in todo.iter().enumerate() {
         conn.cmd(&format!("RETR {}", m.number)).await?;
         body.clear();
@@ -400,22 +399,14 @@ async fn from_server(
             );
             tally.size_mismatches += 1;
         }
-        let mut random = [0u8; 4];
-        getrandom::fill(&mut random)?;
-        let base = pop3_store::maildir::filename::unique_base(
-            &host_name,
-            i as u64,
-            u32::from_le_bytes(random),
-        );
-        let name = format!("{base},S={}", body.len());
-        let path = tmp.join(format!("migrate.{name}"));
-        let mut file = std::fs::File::create(&path)?;
-        file.write_all(&body)?;
-        drop(file);
+        let mut draft = writer.draft(&writer.unique_base(), max_size)?;
+        draft.copy_from(&mut body.as_slice())?;
+        let written = draft.finish()?;
+        // Moved into place, made durable and pinned by the import, under the session lock.
         batch.push(ImportMessage {
-            source: path,
+            source: written.path().to_owned(),
             take: true,
-            name,
+            name: written.name().to_owned(),
             in_cur: false,
             uidl: Some(m.uidl.clone()),
         });

@@ -720,6 +720,16 @@ fn a_delivery_command_gets_each_message_and_its_sender() {
     let out = via("mda:cat > /dev/null; exit 75".into(), "j1");
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert_eq!(stat(&server, "erin"), 3);
+    // A command that fails for good: exit 73 (EX_CANTCREAT), with the command named; the
+    // messages stay on the server.
+    let out = via("mda:cat > /dev/null; exit 1".into(), "j0");
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the delivery command") && err.contains("exit status: 1"),
+        "{err}"
+    );
+    assert_eq!(stat(&server, "erin"), 3);
     let out = via(
         format!(
             "mda:cat > {d}/m.$$; echo %F >> {d}/senders",

@@ -259,6 +259,9 @@ fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
         stored,
         b"Return-Path: <pipe@example.net>\nDelivered-To: alice\nSubject: lf\n\nbody\n"
     );
+    // The spool the message passed through is gone.
+    let tmp = server.data_dir().join("mail/_default_/alice/Maildir/tmp");
+    assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
 }
 
 #[test]

@@ -775,7 +775,9 @@ impl Config {
 
     /// The host name to announce.
     pub fn hostname(&self) -> String {
-        self.hostname.clone().unwrap_or_else(system_hostname)
+        self.hostname
+            .clone()
+            .unwrap_or_else(poplar_util::host::name)
     }
 
     /// Who has which retention period (`pop3.expire` and `pop3.expire_overrides`).
@@ -810,15 +812,6 @@ pub(crate) fn login_delay_for(
     pop3_store::per_user(overrides, user)
         .copied()
         .unwrap_or(default)
-}
-
-/// The system host name (Linux), or `localhost`.
-pub fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 use poplar_util::units::{duration, size, write_duration, write_size};

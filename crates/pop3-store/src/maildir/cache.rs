@@ -181,7 +181,7 @@ impl IndexCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maildir::Sub;
+    use crate::maildir::writer::Folder;
 
     fn indexed(n: usize) -> Arc<Indexed> {
         let entries = (0..n)
@@ -189,7 +189,7 @@ mod tests {
                 uid: u32::try_from(i).unwrap() + 1,
                 base: format!("m{i}"),
                 location: Located {
-                    sub: Sub::Cur,
+                    sub: Folder::Cur,
                     name: format!("m{i}:2,"),
                 },
             })

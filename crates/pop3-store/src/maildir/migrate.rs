@@ -19,10 +19,10 @@
 //! session lock, so no POP3 session can list a message before its UIDL is pinned.
 
 use super::uidlist::{POP3_UIDL_KEY, Uidlist};
+use super::writer::{self, Folder, sync_dir, sync_in_parallel};
 use super::{
-    DotLock, MaildirStore, Sub, UIDLIST_LOCK, create_maildir, measure_unindexed, read_uidlist,
-    scan, scan_reporting, served_uidl, session_lock, sync_dir, update_index, valid_uidl,
-    write_uidlist,
+    DotLock, MaildirStore, UIDLIST_LOCK, measure_unindexed, read_uidlist, scan, scan_reporting,
+    served_uidl, session_lock, update_index, valid_uidl, write_uidlist,
 };
 use crate::StoreError;
 use std::collections::HashMap;
@@ -78,7 +78,7 @@ pub fn read_source(dir: &Path, scheme: &UidlScheme) -> Result<SourceListing, Sto
     let message = |loc: super::Located, uidl: Option<String>| SourceMessage {
         path: dir.join(loc.sub.dir()).join(&loc.name),
         name: loc.name,
-        in_cur: loc.sub == Sub::Cur,
+        in_cur: loc.sub == Folder::Cur,
         uidl,
     };
     let mut out = Vec::with_capacity(files.len());
@@ -402,7 +402,7 @@ impl MaildirStore {
         messages: &[ImportMessage],
     ) -> Result<ImportOutcome, StoreError> {
         let dir = self.maildir_path(user)?;
-        create_maildir(&dir)?;
+        writer::create_dirs(&dir)?;
         let _session = session_lock(&dir)?;
         let present = scan(&dir)?;
         let mut outcome = ImportOutcome::default();
@@ -443,12 +443,16 @@ impl MaildirStore {
                     Err(e) => return Err(StoreError::io(&m.source, e)),
                 }
             }
-            let sub = if m.in_cur { Sub::Cur } else { Sub::New };
+            let sub = if m.in_cur { Folder::Cur } else { Folder::New };
             staged.push((tmp, dir.join(sub.dir()).join(&m.name)));
         }
         // Every file reaches the disk before any is renamed into place; the flushes run in
         // parallel, which lets the disk take them together instead of one round trip each.
-        sync_all_files(staged.iter().map(|(tmp, _)| tmp.as_path()))?;
+        sync_in_parallel(&staged, |(tmp, _)| {
+            File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::io(tmp, e))
+        })?;
         // The UIDLs are on disk before any message is visible, so that after a crash between
         // here and the index update whoever indexes the maildrop next pins them.
         write_pending(&dir, &pins)?;
@@ -610,32 +614,6 @@ pub(super) fn apply_pending(dir: &Path, list: &mut Uidlist) {
     tracing::info!(maildir = %dir.display(), pinned, displaced, "applied the UIDLs of an interrupted import");
 }
 
-/// fsyncs these files, on a few threads at once.
-fn sync_all_files<'a>(paths: impl Iterator<Item = &'a Path>) -> Result<(), StoreError> {
-    const THREADS: usize = 8;
-    let paths: Vec<&Path> = paths.collect();
-    let per_thread = paths.len().div_ceil(THREADS).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = paths
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    for path in chunk {
-                        File::open(path)
-                            .and_then(|f| f.sync_all())
-                            .map_err(|e| StoreError::io(*path, e))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| {
-            w.join()
-                .unwrap_or_else(|_| Err(StoreError::Internal("a sync thread panicked".into())))
-        })
-    })
-}
-
 /// Makes sure no future message gets a default UIDL equal to an imported one: an imported UIDL
 /// that reads as `<uid><uidvalidity>` in this index's UIDVALIDITY moves the next UID past it.
 fn reserve_imported(list: &mut Uidlist) {
@@ -728,7 +706,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let store = MaildirStore::new(root.path(), "host");
         let dir = store.maildir_path("alice").unwrap();
-        create_maildir(&dir).unwrap();
+        writer::create_dirs(&dir).unwrap();
         // The import died after writing its journal and renaming the message into new/.
         let pins = HashMap::from([("1700000000.M1.old".to_owned(), "UID7-1600000000".to_owned())]);
         write_pending(&dir, &pins).unwrap();

@@ -5,7 +5,7 @@
 //! directories live:
 //!
 //! - `dovecot-uidlist`: the index of UIDs and sizes (see [`uidlist`]), shared with Dovecot;
-//! - `dovecot-uidlist.lock`: the short-lived dot-lock for rewriting it (see [`dotlock`]);
+//! - `dovecot-uidlist.lock`: the short-lived dot-lock for rewriting it (see [`crate::dotlock`]);
 //! - `poplar-pop3.lock`: the POP3 session lock, an OS `flock` that belongs to the open file,
 //!   so it disappears the instant the session's process or connection dies and can never go
 //!   stale.
@@ -23,31 +23,32 @@
 //! without files, which the next open discards. The index itself is replaced by rename.
 
 mod cache;
-pub mod dotlock;
 pub mod filename;
 pub mod migrate;
 mod quota;
 mod retention;
 pub mod uidlist;
 pub mod untrusted;
+pub mod writer;
 
+use crate::dotlock::DotLock;
 use crate::error::StoreError;
 use crate::name::MailboxPath;
 use crate::{MailStore, Maildrop, MessageInfo, QuotaRules};
 use cache::{Entry, IndexCache, Indexed, Stamp};
-use dotlock::DotLock;
 use filename::{base, is_message, size_hints};
 use pop3_proto::canonical::{SizeCounter, canonical_size_from_virtual};
 use poplar_util::clock::unix_now;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use uidlist::{EXACT_SIZE_KEY, POP3_UIDL_KEY, Record, Uidlist};
+use writer::{Folder, Writer, sync_dir};
 
 const UIDLIST: &str = "dovecot-uidlist";
 const UIDLIST_LOCK: &str = "dovecot-uidlist.lock";
@@ -95,25 +96,9 @@ impl Default for StoreLimits {
     }
 }
 
-/// Where a message file is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sub {
-    New,
-    Cur,
-}
-
-impl Sub {
-    fn dir(self) -> &'static str {
-        match self {
-            Sub::New => "new",
-            Sub::Cur => "cur",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Located {
-    sub: Sub,
+    sub: Folder,
     name: String,
 }
 
@@ -193,7 +178,7 @@ impl MaildirStore {
     /// blocking thread pool).
     pub fn open_blocking(&self, user: &str) -> Result<(MaildirDrop, Vec<MessageInfo>), StoreError> {
         let dir = self.maildir_path(user)?;
-        create_maildir(&dir)?;
+        writer::create_dirs(&dir)?;
         let lock = session_lock(&dir)?;
         clean_tmp(&dir.join("tmp"));
         let stamp = Stamp::of(&dir)?;
@@ -272,65 +257,107 @@ impl MaildirStore {
     }
 
     /// Stores one message for every user in `users`: written once to the first user's `tmp/`,
-    /// fsynced, hard-linked (or copied) to the others, renamed into each `new/`, and each `new/`
-    /// fsynced before returning. The bytes are stored exactly as read.
+    /// hard-linked (or copied) to the others, made durable and renamed into each `new/` (see
+    /// [`writer`]) before returning. The bytes are stored exactly as read. A delivery that would
+    /// take any recipient past its quota is refused for all before any maildrop sees it, so a
+    /// retry cannot duplicate it for the recipients who had room.
     pub fn deliver_blocking(
         &self,
         users: &[&str],
         input: &mut dyn Read,
     ) -> Result<Delivery, StoreError> {
-        let dirs = users
+        let writers = users
             .iter()
-            .map(|u| self.maildir_path(u))
+            .map(|u| Writer::open(&self.maildir_path(u)?, &self.inner.host))
             .collect::<Result<Vec<_>, _>>()?;
-        let Some(first) = dirs.first() else {
+        let Some(first) = writers.first() else {
             return Err(StoreError::InvalidMailbox(String::new(), "no recipients"));
         };
-        for dir in &dirs {
-            create_maildir(dir)?;
+        let mut draft = first.draft(&first.unique_base(), self.inner.limits.max_message_size)?;
+        if let Err(e) = draft.copy_from(input) {
+            draft.discard();
+            return Err(e);
         }
-        let mut random = [0u8; 4];
-        getrandom::fill(&mut random).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let n = self.inner.deliveries.fetch_add(1, Ordering::Relaxed);
-        let tmp_base = filename::unique_base(&self.inner.host, n, u32::from_le_bytes(random));
-        let spool = first.join("tmp").join(&tmp_base);
-        let mut staged: Vec<PathBuf> = vec![spool.clone()];
+        if draft.is_empty() {
+            draft.discard();
+            return Err(StoreError::EmptyMessage);
+        }
+        let written = draft.finish()?;
+        let (base, size) = (written.name().to_owned(), written.size());
+        let rules = &self.inner.quotas;
+        let mut copies = Vec::with_capacity(writers.len());
         let result = (|| {
-            let (raw, virtual_size) =
-                write_new_file(&spool, input, self.inner.limits.max_message_size)?;
-            if raw == 0 {
+            for (w, user) in writers.iter().zip(users) {
+                quota::check(w.dir(), rules.quota_for(user), size, rules.permanent)?;
+            }
+            for w in &writers[1..] {
+                copies.push(w.adopt(&written)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            copies.into_iter().for_each(writer::Written::discard);
+            written.discard();
+            return Err(e);
+        }
+        for (w, message) in writers.iter().zip(std::iter::once(written).chain(copies)) {
+            w.commit(vec![message], Folder::New)?;
+            quota::record(w.dir(), i64::try_from(size).unwrap_or(i64::MAX), 1);
+        }
+        Ok(Delivery { base, size })
+    }
+
+    /// Stores one message for every user in `users`, each behind its own header lines:
+    /// `headers(user, eol)` gives them, `eol` being the message's own line ending (that of its
+    /// first line). The message is spooled once in the first user's `tmp/` (removed
+    /// afterwards; a crash leaves it to the 36-hour clean-up) and delivered to each user as by
+    /// [`MaildirStore::deliver_blocking`]. Returns the last delivery.
+    pub fn deliver_each_blocking(
+        &self,
+        users: &[&str],
+        input: &mut dyn Read,
+        headers: &dyn Fn(&str, &str) -> String,
+    ) -> Result<Delivery, StoreError> {
+        let Some(first) = users.first() else {
+            return Err(StoreError::InvalidMailbox(String::new(), "no recipients"));
+        };
+        let writer = Writer::open(&self.maildir_path(first)?, &self.inner.host)?;
+        let mut draft = writer.draft(
+            &format!("spool.{}", writer.unique_base()),
+            self.inner.limits.max_message_size,
+        )?;
+        if let Err(e) = draft.copy_from(input) {
+            draft.discard();
+            return Err(e);
+        }
+        let spool = draft.finish()?;
+        let result = (|| {
+            let path = spool.path();
+            let open = || File::open(path).map_err(|e| StoreError::io(path, e));
+            let mut first_line = Vec::new();
+            std::io::BufRead::read_until(
+                &mut std::io::BufReader::new(open()?).take(64 * 1024),
+                b'\n',
+                &mut first_line,
+            )
+            .map_err(|e| StoreError::io(path, e))?;
+            if first_line.is_empty() {
                 return Err(StoreError::EmptyMessage);
             }
-            let base = format!("{tmp_base},S={raw},W={virtual_size}");
-            // Refuse the whole delivery before it reaches any maildrop, so that a retry cannot
-            // duplicate it for the recipients who had room.
-            let rules = &self.inner.quotas;
-            for (dir, user) in dirs.iter().zip(users) {
-                quota::check(dir, rules.quota_for(user), raw, rules.permanent)?;
+            let eol = if first_line.ends_with(b"\r\n") {
+                "\r\n"
+            } else {
+                "\n"
+            };
+            let mut last = None;
+            for user in users {
+                let prefix = headers(user, eol);
+                let mut message = prefix.as_bytes().chain(open()?);
+                last = Some(self.deliver_blocking(&[user], &mut message)?);
             }
-            for dir in &dirs[1..] {
-                let tmp = dir.join("tmp").join(&base);
-                if fs::hard_link(&spool, &tmp).is_err() {
-                    untrusted::copy_message(&spool, &tmp, None)
-                        .map_err(|e| StoreError::io(&tmp, e))?;
-                    File::open(&tmp)
-                        .and_then(|f| f.sync_all())
-                        .map_err(|e| StoreError::io(&tmp, e))?;
-                }
-                staged.push(tmp);
-            }
-            for (dir, tmp) in dirs.iter().zip(&staged) {
-                let target = dir.join("new").join(&base);
-                fs::rename(tmp, &target).map_err(|e| StoreError::io(&target, e))?;
-                sync_dir(&dir.join("new"))?;
-                quota::record(dir, i64::try_from(raw).unwrap_or(i64::MAX), 1);
-            }
-            staged.clear();
-            Ok(Delivery { base, size: raw })
+            last.ok_or(StoreError::EmptyMessage)
         })();
-        for leftover in staged {
-            let _ = fs::remove_file(leftover);
-        }
+        spool.discard();
         result
     }
 }
@@ -531,7 +558,8 @@ impl Maildrop for MaildirDrop {
                 return Ok(());
             };
             let location = self.moved.get(&index).unwrap_or(&entry.location);
-            let Some(name) = filename::seen_name(&location.name, location.sub == Sub::Cur) else {
+            let Some(name) = filename::seen_name(&location.name, location.sub == Folder::Cur)
+            else {
                 return Ok(());
             };
             let from = self.path_of(index);
@@ -541,7 +569,7 @@ impl Maildrop for MaildirDrop {
                     self.moved.insert(
                         index,
                         Located {
-                            sub: Sub::Cur,
+                            sub: Folder::Cur,
                             name,
                         },
                     );
@@ -738,23 +766,6 @@ pub fn valid_uidl(uidl: &str) -> bool {
     (1..=70).contains(&uidl.len()) && uidl.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-/// Creates `dir/{tmp,new,cur}` (mode 0700) if missing.
-fn create_maildir(dir: &Path) -> Result<(), StoreError> {
-    // A subdirectory that is a link elsewhere (another user's new/) is refused, not followed.
-    untrusted::check_subdirectories(dir).map_err(|e| StoreError::io(dir, e))?;
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true).mode(0o700);
-    for sub in ["tmp", "new", "cur"] {
-        let path = dir.join(sub);
-        if !path.is_dir() {
-            builder
-                .create(&path)
-                .map_err(|e| StoreError::io(&path, e))?;
-        }
-    }
-    Ok(())
-}
-
 fn session_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(SESSION_LOCK);
     let file = OpenOptions::new()
@@ -817,7 +828,7 @@ type Refused = Vec<(PathBuf, &'static str)>;
 fn scan_reporting(dir: &Path) -> Result<(HashMap<String, Located>, Refused), StoreError> {
     let mut files = HashMap::new();
     let mut refused = Vec::new();
-    for sub in [Sub::New, Sub::Cur] {
+    for sub in [Folder::New, Folder::Cur] {
         let path = dir.join(sub.dir());
         let entries = fs::read_dir(&path).map_err(|e| StoreError::io(&path, e))?;
         for entry in entries {
@@ -872,12 +883,6 @@ fn write_uidlist(dir: &Path, list: &Uidlist) -> Result<(), StoreError> {
 /// failure.
 fn replace_file(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     untrusted::replace_file(path, tmp, bytes, 0o600).map_err(|e| StoreError::io(path, e))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, e))
 }
 
 /// Whether the index must be written: files it does not know, records without files, or
@@ -1039,35 +1044,4 @@ fn new_guid() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| StoreError::Internal(e.to_string()))?;
     Ok(hex::encode(bytes))
-}
-
-/// Copies `input` into a new file, fsyncs it, and returns (octets, virtual size); refuses
-/// input longer than `limit` octets.
-fn write_new_file(path: &Path, input: &mut dyn Read, limit: u64) -> Result<(u64, u64), StoreError> {
-    let io = |e| StoreError::io(path, e);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    let mut counter = SizeCounter::new();
-    let mut buf = vec![0u8; COPY_BUFFER];
-    let mut raw = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::io("<message input>", e)),
-        };
-        raw += n as u64;
-        if raw > limit {
-            return Err(StoreError::MessageTooLarge { limit });
-        }
-        file.write_all(&buf[..n]).map_err(io)?;
-        counter.update(&buf[..n]);
-    }
-    file.sync_all().map_err(io)?;
-    Ok((raw, counter.virtual_size()))
 }

@@ -171,58 +171,24 @@ pub(crate) struct LmtpArgs {
     json: Option<PathBuf>,
 }
 
-/// Delivers one message per transaction on one connection until `deadline`; returns each
-/// transaction's time (MAIL to the recipient's reply after DATA), every reply checked.
-async fn lmtp_connection(
+/// Delivers one message per transaction on one connection until `deadline`, through the
+/// client `poplar fetch --to lmtp:` uses; returns each transaction's time (MAIL to the
+/// recipient's reply after DATA), every reply checked.
+fn lmtp_connection(
     addr: std::net::SocketAddr,
-    recipient: String,
-    message: Arc<Vec<u8>>,
+    recipient: &str,
+    message: &[u8],
     deadline: Instant,
 ) -> Result<Vec<Duration>> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let mut io = BufReader::new(tcp);
-    let mut line = String::new();
-    // Reads one (possibly multi-line) reply and requires `code`.
-    async fn expect(
-        io: &mut BufReader<tokio::net::TcpStream>,
-        line: &mut String,
-        code: &str,
-    ) -> Result<()> {
-        loop {
-            line.clear();
-            ensure!(
-                io.read_line(line).await? > 0,
-                "the server closed the connection"
-            );
-            ensure!(
-                line.starts_with(code),
-                "expected {code}, got {}",
-                line.trim_end()
-            );
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(());
-            }
-        }
-    }
-    expect(&mut io, &mut line, "220").await?;
-    io.get_mut().write_all(b"LHLO bench\r\n").await?;
-    expect(&mut io, &mut line, "250").await?;
+    let mut client =
+        pop3_fetch::lmtp::LmtpClient::connect(&addr.to_string(), "bench", Duration::from_secs(60))?;
     let mut times = Vec::new();
     while Instant::now() < deadline {
         let t = Instant::now();
-        let envelope =
-            format!("MAIL FROM:<bench@example.net>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n");
-        io.get_mut().write_all(envelope.as_bytes()).await?;
-        expect(&mut io, &mut line, "250").await?;
-        expect(&mut io, &mut line, "250").await?;
-        expect(&mut io, &mut line, "354").await?;
-        io.get_mut().write_all(&message).await?;
-        expect(&mut io, &mut line, "250").await?;
+        client.deliver("bench@example.net", recipient, &mut &message[..])?;
         times.push(t.elapsed());
     }
-    io.get_mut().write_all(b"QUIT\r\n").await?;
+    client.quit();
     Ok(times)
 }
 
@@ -232,18 +198,17 @@ pub(crate) async fn lmtp(args: LmtpArgs) -> Result<ExitCode> {
     while message.len() + line.len() <= args.size {
         message.extend_from_slice(line);
     }
-    message.extend_from_slice(b".\r\n");
     let message = Arc::new(message);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
+    // One thread per connection: the client is blocking, like the destination it serves.
     let tasks: Vec<_> = (0..args.connections.max(1))
         .map(|_| {
-            tokio::spawn(lmtp_connection(
-                args.lmtp,
-                args.recipient.clone(),
-                Arc::clone(&message),
-                deadline,
-            ))
+            let (recipient, message) = (args.recipient.clone(), Arc::clone(&message));
+            let addr = args.lmtp;
+            tokio::task::spawn_blocking(move || {
+                lmtp_connection(addr, &recipient, &message, deadline)
+            })
         })
         .collect();
     let mut times = Vec::new();
