@@ -341,7 +341,7 @@ impl<S: MailStore> Server<S> {
                 host: config.hostname(),
                 max_size: config.limits.max_message_size,
                 spool_dir,
-                headers: config.delivery.clone(),
+                headers: config.delivery.trace(),
             },
         });
         Ok(Self {

@@ -39,7 +39,7 @@ pub(crate) struct LmtpSettings {
     /// Where DATA is spooled before delivery: `DATA/tmp`.
     pub spool_dir: PathBuf,
     /// Header lines added on delivery.
-    pub headers: crate::config::DeliveryConfig,
+    pub headers: pop3_store::delivery::TraceHeaders,
 }
 
 /// What the driver must do after a command.
@@ -391,7 +391,7 @@ where
                     let received = receive(&mut reader, &spool, session.max_size()).await;
                     for (address, user) in session.recipients() {
                         // DATA arrives with CRLF line ends (RFC 5321 section 2.3.8).
-                        let prefix = settings.headers.headers(session.sender(), address, "\r\n");
+                        let prefix = settings.headers.lines(session.sender(), address, "\r\n");
                         let result = match &received {
                             Ok(Some(0)) => Err(StoreError::EmptyMessage),
                             Ok(Some(_)) => store.deliver_file(user, prefix.as_bytes(), &spool).await,

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod delivery;
 pub mod dotlock;
 mod error;
 pub mod maildir;

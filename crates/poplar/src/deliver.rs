@@ -38,10 +38,11 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     }
     let store = config.maildir_store_with_users(&users_file);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let result = if config.delivery.return_path || config.delivery.delivered_to {
+    let trace = config.delivery.trace();
+    let result = if trace.any() {
         let sender = args.from.as_deref();
         store.deliver_each_blocking(&refs, &mut std::io::stdin().lock(), &|name, eol| {
-            config.delivery.headers(sender, name, eol)
+            trace.lines(sender, name, eol)
         })
     } else {
         store.deliver_blocking(&refs, &mut std::io::stdin().lock())

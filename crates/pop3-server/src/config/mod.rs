@@ -131,39 +131,6 @@ impl QuotaConfig {
     }
 }
 
-/// The quota a user's Dovecot quota rules give (`*:storage=1G`, `*:bytes=...`, `*:messages=N`,
-/// several per rule or in several rules), `None` if they set none. Rules for other mailboxes
-/// than `*` and relative ones (`+10%`) are ignored: a maildrop is one mailbox here.
-pub fn dovecot_quota(rules: &[String]) -> Option<pop3_store::Quota> {
-    let mut quota: Option<pop3_store::Quota> = None;
-    for rule in rules {
-        let Some(("*", settings)) = rule.split_once(':') else {
-            continue;
-        };
-        for setting in settings.split(':') {
-            let Some((key, value)) = setting.split_once('=') else {
-                continue;
-            };
-            let limit = |n: u64| (n > 0).then_some(n);
-            let q = quota.get_or_insert_with(pop3_store::Quota::default);
-            match key.to_ascii_lowercase().as_str() {
-                "storage" | "bytes" => {
-                    if let Some(n) = parse_size(value) {
-                        q.storage = limit(n);
-                    }
-                }
-                "messages" => {
-                    if let Ok(n) = value.parse() {
-                        q.messages = limit(n);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    quota
-}
-
 /// Quotas from the users file's Dovecot quota rules, re-read when the file changes.
 #[derive(Debug)]
 struct UsersFileQuotas(pop3_auth::UserDbFile);
@@ -171,7 +138,7 @@ struct UsersFileQuotas(pop3_auth::UserDbFile);
 impl pop3_store::QuotaSource for UsersFileQuotas {
     fn quota(&self, user: &str) -> Option<pop3_store::Quota> {
         let (db, _) = self.0.current().ok()?;
-        dovecot_quota(&db.get(user)?.quota_rules)
+        pop3_store::delivery::dovecot_quota(&db.get(user)?.quota_rules)
     }
 }
 
@@ -188,21 +155,12 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    /// The header lines to put before a message from `sender` to `recipient`, ending with
-    /// `eol` (the message's own line ending). Control characters in the addresses are dropped,
-    /// so an address cannot add header lines of its own.
-    pub fn headers(&self, sender: Option<&str>, recipient: &str, eol: &str) -> String {
-        let clean = |a: &str| a.chars().filter(|c| !c.is_control()).collect::<String>();
-        let mut out = String::new();
-        if self.return_path
-            && let Some(sender) = sender
-        {
-            out.push_str(&format!("Return-Path: <{}>{eol}", clean(sender)));
+    /// The header lines delivery adds.
+    pub fn trace(&self) -> pop3_store::delivery::TraceHeaders {
+        pop3_store::delivery::TraceHeaders {
+            return_path: self.return_path,
+            delivered_to: self.delivered_to,
         }
-        if self.delivered_to {
-            out.push_str(&format!("Delivered-To: {}{eol}", clean(recipient)));
-        }
-        out
     }
 }
 
@@ -815,7 +773,6 @@ pub(crate) fn login_delay_for(
 }
 
 use poplar_util::units::{duration, size, write_duration, write_size};
-pub use poplar_util::units::{parse_duration, parse_size};
 
 fn expire<'de, D: Deserializer<'de>>(d: D) -> Result<pop3_proto::Expire, D::Error> {
     #[derive(Deserialize)]
@@ -836,43 +793,6 @@ fn expire<'de, D: Deserializer<'de>>(d: D) -> Result<pop3_proto::Expire, D::Erro
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn dovecot_quota_rules() {
-        let rules =
-            |r: &[&str]| dovecot_quota(&r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
-        assert_eq!(rules(&[]), None);
-        assert_eq!(rules(&["Trash:ignore"]), None);
-        assert_eq!(
-            rules(&["*:storage=1G", "*:messages=1000"]),
-            Some(pop3_store::Quota {
-                storage: Some(1 << 30),
-                messages: Some(1000)
-            })
-        );
-        assert_eq!(
-            rules(&["*:bytes=512M:messages=0"]),
-            Some(pop3_store::Quota {
-                storage: Some(512 << 20),
-                messages: None
-            })
-        );
-        // A rule of 0 lifts the limit for that user.
-        assert_eq!(rules(&["*:storage=0"]), Some(pop3_store::Quota::default()));
-    }
-
-    #[test]
-    fn delivery_headers_drop_control_characters() {
-        let all = DeliveryConfig {
-            return_path: true,
-            delivered_to: true,
-        };
-        assert_eq!(
-            all.headers(Some("a@b\r\nBcc: x@y"), "c@d", "\n"),
-            "Return-Path: <a@bBcc: x@y>\nDelivered-To: c@d\n"
-        );
-        assert_eq!(all.headers(None, "c", "\r\n"), "Delivered-To: c\r\n");
-        assert_eq!(DeliveryConfig::default().headers(Some("a"), "c", "\n"), "");
-    }
     use super::*;
 
     #[test]
