@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accept;
 mod auth;
 pub mod config;
 mod connection;
@@ -26,6 +27,7 @@ pub mod tls;
 
 pub use config::Config;
 pub use error::ServerError;
+pub use tls::TlsReloader;
 
 use ipnet::IpNet;
 use pop3_auth::UserDbFile;
@@ -35,10 +37,8 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 
 /// The version shown in IMPLEMENTATION.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -86,7 +86,7 @@ struct Settings {
 struct Shared<S: MailStore> {
     store: S,
     auth: auth::Authenticator,
-    tls: Option<TlsSlot>,
+    tls: Option<tls::TlsSlot>,
     capabilities: Arc<Capabilities>,
     settings: Settings,
     connections: Arc<Semaphore>,
@@ -100,7 +100,7 @@ struct Shared<S: MailStore> {
 
 impl<S: MailStore> Shared<S> {
     /// The TLS material new handshakes use.
-    fn current_tls(&self) -> Option<Arc<TlsSetup>> {
+    fn current_tls(&self) -> Option<Arc<tls::TlsSetup>> {
         self.tls
             .as_ref()
             .map(|slot| Arc::clone(&slot.read().unwrap_or_else(PoisonError::into_inner)))
@@ -128,88 +128,12 @@ impl<S: MailStore> Shared<S> {
     }
 }
 
-/// The TLS acceptors and the certificate hash for channel binding.
-#[derive(Clone)]
-struct TlsSetup {
-    /// For listeners that do not ask for client certificates.
-    acceptor: TlsAcceptor,
-    /// For listeners that ask for (optional) client certificates, when `tls.client_ca` is set.
-    with_client_certs: Option<TlsAcceptor>,
-    /// `tls-server-end-point` data.
-    end_point: Vec<u8>,
-}
-
-/// Loads the certificate and key (generating the self-signed default if configured so) and
-/// builds the acceptors; `None` when TLS is disabled.
-fn load_tls(config: &Config) -> Result<Option<TlsSetup>, ServerError> {
-    if !config.tls.enabled {
-        return Ok(None);
-    }
-    let (cert, key, generated) = config.tls_files();
-    if generated {
-        let names = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ];
-        if tls::ensure_self_signed(&cert, &key, &names)? {
-            tracing::warn!(
-                cert = %cert.display(),
-                "generated a self-signed TLS certificate for localhost; clients will not \
-                 trust it. Set tls.cert and tls.key for production"
-            );
-        }
-    }
-    let plain = tls::server_config(&cert, &key, config.tls.min_version, None)?;
-    let with_client_certs = match &config.tls.client_ca {
-        Some(ca) => Some(TlsAcceptor::from(
-            tls::server_config(&cert, &key, config.tls.min_version, Some(ca))?.config,
-        )),
-        None => None,
-    };
-    Ok(Some(TlsSetup {
-        acceptor: TlsAcceptor::from(plain.config),
-        with_client_certs,
-        end_point: plain.end_point,
-    }))
-}
-
-/// The TLS material in use, replaceable while the server runs.
-type TlsSlot = Arc<RwLock<Arc<TlsSetup>>>;
-
-/// Reloads the certificate and key (on SIGHUP): new handshakes use the new ones, sessions
-/// already running keep theirs.
-pub struct TlsReloader {
-    config: Config,
-    slot: TlsSlot,
-}
-
-impl TlsReloader {
-    /// Reads the files again. On an error the previous certificate stays in use.
-    pub fn reload(&self) -> Result<(), ServerError> {
-        if let Some(setup) = load_tls(&self.config)? {
-            *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(setup);
-        }
-        Ok(())
-    }
-}
-
 /// A server with its listeners bound.
 pub struct Server<S: MailStore> {
     shared: Arc<Shared<S>>,
     listeners: Vec<Listener>,
-    lmtp_listeners: Vec<LmtpListener>,
+    lmtp_listeners: Vec<lmtp::listener::LmtpListener>,
 }
-
-/// A bound LMTP socket.
-enum LmtpListener {
-    Tcp(TcpListener),
-    Unix(tokio::net::UnixListener, std::path::PathBuf),
-}
-
-/// LMTP connections served at once: an MTA opens a handful (Postfix's default destination
-/// concurrency is 20); more means something is wrong, and they are told to come back.
-const LMTP_MAX_CONNECTIONS: usize = 100;
 
 /// A bound listening socket and how its connections are served.
 struct Listener {
@@ -242,7 +166,7 @@ impl<S: MailStore> Server<S> {
         if !errors.is_empty() {
             return Err(ServerError::Config(errors.join(" ")));
         }
-        let tls = load_tls(config)?.map(|setup| Arc::new(RwLock::new(Arc::new(setup))));
+        let tls = tls::load_tls(config)?.map(|setup| Arc::new(RwLock::new(Arc::new(setup))));
         // Read now so that an unreadable file stops the start; what is wrong inside it is
         // reported by `Config::problems` (check-config, and `poplar serve` before it binds).
         users.current()?;
@@ -286,7 +210,8 @@ impl<S: MailStore> Server<S> {
             (Kind::Pop3s, &config.listen.pop3s),
         ] {
             for &addr in addrs {
-                let listener = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+                let listener =
+                    accept::listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
                 let wanted = &config.tls.client_ca_listeners;
                 let client_certs =
                     config.tls.client_ca.is_some() && (wanted.is_empty() || wanted.contains(&addr));
@@ -299,7 +224,7 @@ impl<S: MailStore> Server<S> {
         }
         let mut lmtp_listeners = Vec::new();
         for addr in &config.listen.lmtp {
-            lmtp_listeners.push(bind_lmtp(addr, config)?);
+            lmtp_listeners.push(lmtp::listener::bind_lmtp(addr, config)?);
         }
         let spool_dir = config.data_dir.join("tmp");
         if !lmtp_listeners.is_empty() {
@@ -356,8 +281,10 @@ impl<S: MailStore> Server<S> {
         self.lmtp_listeners
             .iter()
             .filter_map(|l| match l {
-                LmtpListener::Tcp(t) => t.local_addr().ok().map(|a| a.to_string()),
-                LmtpListener::Unix(_, path) => Some(format!("unix:{}", path.display())),
+                lmtp::listener::LmtpListener::Tcp(t) => t.local_addr().ok().map(|a| a.to_string()),
+                lmtp::listener::LmtpListener::Unix(_, path) => {
+                    Some(format!("unix:{}", path.display()))
+                }
             })
             .collect()
     }
@@ -388,11 +315,14 @@ impl<S: MailStore> Server<S> {
         } = self;
         let mut accept_tasks = Vec::new();
         for listener in listeners {
-            accept_tasks.push(tokio::spawn(accept_loop(Arc::clone(&shared), listener)));
+            accept_tasks.push(tokio::spawn(accept::accept_loop(
+                Arc::clone(&shared),
+                listener,
+            )));
         }
-        let lmtp_slots = Arc::new(Semaphore::new(LMTP_MAX_CONNECTIONS));
+        let lmtp_slots = Arc::new(Semaphore::new(lmtp::listener::LMTP_MAX_CONNECTIONS));
         for listener in lmtp_listeners {
-            accept_tasks.push(tokio::spawn(lmtp_accept_loop(
+            accept_tasks.push(tokio::spawn(lmtp::listener::lmtp_accept_loop(
                 Arc::clone(&shared),
                 listener,
                 Arc::clone(&lmtp_slots),
@@ -418,227 +348,4 @@ impl<S: MailStore> Server<S> {
             );
         }
     }
-}
-
-/// Connections the kernel may queue before `accept` (capped by `net.core.somaxconn`). The
-/// usual default of 128 drops SYNs, and so costs clients a one-second retransmission, as soon
-/// as a burst of connections arrives faster than one accept loop iteration.
-const LISTEN_BACKLOG: u32 = 1024;
-
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // A restarted server must not wait for the old connections' TIME_WAIT to pass.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// Binds an LMTP listener. A unix socket left by an earlier run is replaced. The new one is
-/// created with `listen.lmtp_socket_mode` (0660: whoever can connect can deliver to any user)
-/// by setting the umask around `bind`, so there is no moment with other permissions and no
-/// `chmod` by path that a planted link could redirect; its owner and group are then changed
-/// without following links (`lchown`): the service user (when started as root) and
-/// `listen.lmtp_socket_group`, else the service user's group.
-fn bind_lmtp(addr: &config::LmtpAddr, config: &Config) -> Result<LmtpListener, ServerError> {
-    match addr {
-        config::LmtpAddr::Tcp(a) => listen(*a)
-            .map(LmtpListener::Tcp)
-            .map_err(|source| ServerError::Bind { addr: *a, source }),
-        config::LmtpAddr::Unix(path) => {
-            use nix::sys::stat::{Mode, umask};
-            use std::os::unix::fs::FileTypeExt;
-            let io = |source| ServerError::Io {
-                path: path.clone(),
-                source,
-            };
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(path).map_err(io)?;
-            }
-            let mode = config.listen.lmtp_socket_mode & 0o777;
-            let previous = umask(Mode::from_bits_truncate(!mode & 0o777));
-            let bound = tokio::net::UnixListener::bind(path);
-            umask(previous);
-            let listener = bound.map_err(io)?;
-            let (owner, group) = socket_owner(config)?;
-            if owner.is_some() || group.is_some() {
-                std::os::unix::fs::lchown(path, owner, group).map_err(io)?;
-            }
-            Ok(LmtpListener::Unix(listener, path.clone()))
-        }
-    }
-}
-
-/// Who should own a unix LMTP socket: the service user when running as root, and the group
-/// the configuration names for it (else the service user's).
-fn socket_owner(config: &Config) -> Result<(Option<u32>, Option<u32>), ServerError> {
-    use nix::unistd::{Group, User};
-    let root = nix::unistd::geteuid().is_root();
-    let user = match (&config.user, root) {
-        (Some(name), true) => Some(
-            User::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| ServerError::Config(format!("user = {name:?}: no such user")))?,
-        ),
-        _ => None,
-    };
-    let group_name = config
-        .listen
-        .lmtp_socket_group
-        .as_ref()
-        .or(config.group.as_ref().filter(|_| root));
-    let group = match group_name {
-        Some(name) => Some(
-            Group::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| {
-                    ServerError::Config(format!(
-                        "listen.lmtp_socket_group (or group) = {name:?}: no such group"
-                    ))
-                })?
-                .gid
-                .as_raw(),
-        ),
-        None => user.as_ref().map(|u| u.gid.as_raw()),
-    };
-    Ok((user.map(|u| u.uid.as_raw()), group))
-}
-
-async fn lmtp_accept_loop<S: MailStore>(
-    shared: Arc<Shared<S>>,
-    listener: LmtpListener,
-    slots: Arc<Semaphore>,
-) {
-    loop {
-        let accepted = match &listener {
-            LmtpListener::Tcp(l) => l.accept().await.map(|(s, peer)| {
-                let _ = s.set_nodelay(true);
-                (LmtpStream::Tcp(s), peer.to_string())
-            }),
-            LmtpListener::Unix(l, path) => l
-                .accept()
-                .await
-                .map(|(s, _)| (LmtpStream::Unix(s), format!("unix:{}", path.display()))),
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "LMTP accept failed; retrying in 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            const BUSY: &[u8] = b"421 4.3.2 Too many LMTP connections; try again later\r\n";
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = match stream {
-                    LmtpStream::Tcp(mut s) => s.write_all(BUSY).await,
-                    LmtpStream::Unix(mut s) => s.write_all(BUSY).await,
-                };
-            });
-            continue;
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            match stream {
-                LmtpStream::Tcp(s) => lmtp::serve(shared, s, peer).await,
-                LmtpStream::Unix(s) => lmtp::serve(shared, s, peer).await,
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// An accepted LMTP connection.
-enum LmtpStream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
-    let Listener {
-        kind,
-        client_certs,
-        socket: listener,
-    } = listener;
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff = Duration::from_millis(5);
-                accepted
-            }
-            Err(e) => {
-                // Typically EMFILE: out of file descriptors. Wait rather than spin.
-                tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let ip = peer.ip().to_canonical();
-        let peer = SocketAddr::new(ip, peer.port());
-        let net = limits::client_net(ip);
-        // At the per-address limit the longest-waiting unauthenticated connection from the
-        // same address makes room, as at the global limit: many real clients share an address
-        // (NAT), and connections that never log in must not lock them out.
-        let (slot, evicted_for_address) = match shared.per_ip.try_take(net) {
-            Some(slot) => (slot, false),
-            None if shared.waiting.evict_oldest_from(net) => (shared.per_ip.take_over(net), true),
-            None => {
-                refuse(&shared.refusals, stream, kind, AT_ADDRESS_LIMIT);
-                continue;
-            }
-        };
-        let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
-        // An eviction for the address also frees a global permit; otherwise, at the global
-        // limit, the longest-waiting unauthenticated connection of all makes room.
-        if permit.is_none() && !evicted_for_address && !shared.waiting.evict_oldest() {
-            refuse(&shared.refusals, stream, kind, AT_LIMIT);
-            continue;
-        }
-        // Queued here, not in the task, so the queue is in arrival order.
-        let waiting = shared.waiting.enter(net);
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let permit = match permit {
-                Some(permit) => permit,
-                None => {
-                    let connections = Arc::clone(&shared.connections);
-                    match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
-                        Ok(Ok(permit)) => permit,
-                        _ => return refuse(&shared.refusals, stream, kind, AT_LIMIT),
-                    }
-                }
-            };
-            connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
-            drop((slot, permit));
-        });
-    }
-}
-
-const AT_ADDRESS_LIMIT: &str = "Too many connections from your address; try again shortly";
-const AT_LIMIT: &str = "Server is at its connection limit; try again shortly";
-
-/// How long a newcomer waits for the permit of the connection it evicted.
-const EVICTION_WAIT: Duration = Duration::from_secs(2);
-
-/// Tells a client it cannot be served (plaintext only: a POP3S client would not understand).
-fn refuse(log: &limits::RefusalLog, mut stream: TcpStream, kind: Kind, text: &'static str) {
-    log.record(stream.peer_addr().ok(), text);
-    if kind == Kind::Pop3s {
-        return;
-    }
-    tokio::spawn(async move {
-        let line = format!("-ERR [SYS/TEMP] {text}\r\n");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), stream.write_all(line.as_bytes())).await;
-    });
 }

@@ -1,9 +1,10 @@
-//! TLS with rustls (ring provider): loading PEM files and generating the first-start
-//! self-signed certificate.
+//! TLS with rustls (ring provider): loading PEM files, generating the first-start self-signed
+//! certificate, the acceptors new handshakes take (replaced on SIGHUP by [`TlsReloader`]).
 //!
 //! Only TLS 1.2 and 1.3 with rustls' default cipher suites are offered (AEAD only, forward
 //! secrecy only); the configuration can raise the floor to 1.3.
 
+use crate::Config;
 use crate::config::TlsVersion;
 use crate::error::ServerError;
 use rustls::ServerConfig;
@@ -12,7 +13,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use tokio_rustls::TlsAcceptor;
 
 /// The CAs whose client certificates are accepted (for SASL EXTERNAL).
 pub fn client_roots(path: &Path) -> Result<rustls::RootCertStore, ServerError> {
@@ -176,6 +178,72 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<b
     write(key, &key_pem, 0o600)?;
     write(cert, &cert_pem, 0o644)?;
     Ok(true)
+}
+
+/// The TLS acceptors and the certificate hash for channel binding.
+#[derive(Clone)]
+pub(crate) struct TlsSetup {
+    /// For listeners that do not ask for client certificates.
+    pub(crate) acceptor: TlsAcceptor,
+    /// For listeners that ask for (optional) client certificates, when `tls.client_ca` is set.
+    pub(crate) with_client_certs: Option<TlsAcceptor>,
+    /// `tls-server-end-point` data.
+    pub(crate) end_point: Vec<u8>,
+}
+
+/// Loads the certificate and key (generating the self-signed default if configured so) and
+/// builds the acceptors; `None` when TLS is disabled.
+pub(crate) fn load_tls(config: &Config) -> Result<Option<TlsSetup>, ServerError> {
+    if !config.tls.enabled {
+        return Ok(None);
+    }
+    let (cert, key, generated) = config.tls_files();
+    if generated {
+        let names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if ensure_self_signed(&cert, &key, &names)? {
+            tracing::warn!(
+                cert = %cert.display(),
+                "generated a self-signed TLS certificate for localhost; clients will not \
+                 trust it. Set tls.cert and tls.key for production"
+            );
+        }
+    }
+    let plain = server_config(&cert, &key, config.tls.min_version, None)?;
+    let with_client_certs = match &config.tls.client_ca {
+        Some(ca) => Some(TlsAcceptor::from(
+            server_config(&cert, &key, config.tls.min_version, Some(ca))?.config,
+        )),
+        None => None,
+    };
+    Ok(Some(TlsSetup {
+        acceptor: TlsAcceptor::from(plain.config),
+        with_client_certs,
+        end_point: plain.end_point,
+    }))
+}
+
+/// The TLS material in use, replaceable while the server runs.
+pub(crate) type TlsSlot = Arc<RwLock<Arc<TlsSetup>>>;
+
+/// Reloads the certificate and key (on SIGHUP): new handshakes use the new ones, sessions
+/// already running keep theirs.
+pub struct TlsReloader {
+    pub(crate) config: Config,
+    pub(crate) slot: TlsSlot,
+}
+
+impl TlsReloader {
+    /// Reads the files again. On an error the previous certificate stays in use.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        if let Some(setup) = load_tls(&self.config)? {
+            *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(setup);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

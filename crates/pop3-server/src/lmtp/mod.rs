@@ -10,6 +10,8 @@
 //! the driver: it reads lines, spools the DATA (un-stuffed, size-capped) to a file under the
 //! data directory and delivers it to each recipient.
 
+pub(crate) mod listener;
+
 use crate::Shared;
 use crate::auth::Authenticator;
 use pop3_auth::directory::normalize_name;

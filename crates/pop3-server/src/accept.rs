@@ -1,0 +1,111 @@
+//! Accepting POP3 and POP3S connections: the listening sockets, the per-address and global
+//! connection limits (at either, the connection that has waited longest without logging in
+//! gives way to the newcomer), refusals answered with `-ERR [SYS/TEMP]` instead of silence,
+//! and back-off when `accept` fails (running out of descriptors must not spin the CPU).
+
+use crate::{Kind, Listener, Shared, connection, limits};
+use pop3_store::MailStore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Connections the kernel may queue before `accept` (capped by `net.core.somaxconn`). The
+/// usual default of 128 drops SYNs, and so costs clients a one-second retransmission, as soon
+/// as a burst of connections arrives faster than one accept loop iteration.
+const LISTEN_BACKLOG: u32 = 1024;
+
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted server must not wait for the old connections' TIME_WAIT to pass.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+pub(crate) async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {
+    let Listener {
+        kind,
+        client_certs,
+        socket: listener,
+    } = listener;
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(5);
+                accepted
+            }
+            Err(e) => {
+                // Typically EMFILE: out of file descriptors. Wait rather than spin.
+                tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ip = peer.ip().to_canonical();
+        let peer = SocketAddr::new(ip, peer.port());
+        let net = limits::client_net(ip);
+        // At the per-address limit the longest-waiting unauthenticated connection from the
+        // same address makes room, as at the global limit: many real clients share an address
+        // (NAT), and connections that never log in must not lock them out.
+        let (slot, evicted_for_address) = match shared.per_ip.try_take(net) {
+            Some(slot) => (slot, false),
+            None if shared.waiting.evict_oldest_from(net) => (shared.per_ip.take_over(net), true),
+            None => {
+                refuse(&shared.refusals, stream, kind, AT_ADDRESS_LIMIT);
+                continue;
+            }
+        };
+        let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
+        // An eviction for the address also frees a global permit; otherwise, at the global
+        // limit, the longest-waiting unauthenticated connection of all makes room.
+        if permit.is_none() && !evicted_for_address && !shared.waiting.evict_oldest() {
+            refuse(&shared.refusals, stream, kind, AT_LIMIT);
+            continue;
+        }
+        // Queued here, not in the task, so the queue is in arrival order.
+        let waiting = shared.waiting.enter(net);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let permit = match permit {
+                Some(permit) => permit,
+                None => {
+                    let connections = Arc::clone(&shared.connections);
+                    match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                        Ok(Ok(permit)) => permit,
+                        _ => return refuse(&shared.refusals, stream, kind, AT_LIMIT),
+                    }
+                }
+            };
+            connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
+            drop((slot, permit));
+        });
+    }
+}
+
+const AT_ADDRESS_LIMIT: &str = "Too many connections from your address; try again shortly";
+const AT_LIMIT: &str = "Server is at its connection limit; try again shortly";
+
+/// How long a newcomer waits for the permit of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
+
+/// Tells a client it cannot be served (plaintext only: a POP3S client would not understand).
+fn refuse(log: &limits::RefusalLog, mut stream: TcpStream, kind: Kind, text: &'static str) {
+    log.record(stream.peer_addr().ok(), text);
+    if kind == Kind::Pop3s {
+        return;
+    }
+    tokio::spawn(async move {
+        let line = format!("-ERR [SYS/TEMP] {text}\r\n");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), stream.write_all(line.as_bytes())).await;
+    });
+}
