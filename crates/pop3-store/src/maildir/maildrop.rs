@@ -1,0 +1,297 @@
+//! A POP3 session's maildrop: the session lock, the snapshot it reads messages from, marking
+//! messages seen, and the commit that removes what the session deleted.
+
+use super::*;
+
+/// Takes the POP3 session lock, an `flock` on `poplar-pop3.lock` that the kernel releases the
+/// instant the file is closed, however the session ends.
+pub(super) fn session_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(SESSION_LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::InUse),
+        Err(fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Files in `tmp/` older than this are the remains of deliveries that died half-way (Dovecot
+/// uses the same 36 hours); no delivery takes that long.
+pub(super) const TMP_ABANDONED_AFTER: Duration = Duration::from_secs(36 * 3600);
+
+/// Removes abandoned files from `tmp/`. Best effort: a failure only leaves garbage behind.
+pub(super) fn clean_tmp(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > TMP_ABANDONED_AFTER);
+        if abandoned {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed an abandoned delivery from tmp/")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove an abandoned delivery from tmp/")
+                }
+            }
+        }
+    }
+}
+
+/// An open, locked Maildir maildrop.
+#[derive(Debug)]
+pub struct MaildirDrop {
+    pub(super) dir: PathBuf,
+    pub(super) host: String,
+    pub(super) lock_timeout: Duration,
+    /// The session lock; closing the file releases it.
+    pub(super) _lock: File,
+    /// Every message in the maildrop (shared with the index cache); this session's snapshot is
+    /// `entries[first..]`.
+    pub(super) indexed: Arc<Indexed>,
+    pub(super) first: usize,
+    /// Messages found under another name since the open (renamed by another program).
+    pub(super) moved: HashMap<usize, Located>,
+    pub(super) cache: Arc<IndexCache>,
+}
+
+impl MaildirDrop {
+    /// The message at this listing index of the session.
+    pub(super) fn entry(&self, index: usize) -> Option<&Entry> {
+        self.indexed.entries.get(self.first.checked_add(index)?)
+    }
+
+    pub(super) fn path_of(&self, index: usize) -> PathBuf {
+        let loc = self
+            .moved
+            .get(&index)
+            .or_else(|| self.entry(index).map(|e| &e.location))
+            .expect("index checked by the caller");
+        self.dir.join(loc.sub.dir()).join(&loc.name)
+    }
+
+    /// Finds a message again after another program renamed it (flags changed, new/ to cur/).
+    pub(super) fn relocate(&mut self, index: usize) -> Result<Option<PathBuf>, StoreError> {
+        let files = scan(&self.dir)?;
+        let Some(entry) = self.entry(index) else {
+            return Ok(None);
+        };
+        match files.get(&entry.base) {
+            Some(loc) => {
+                self.moved.insert(index, loc.clone());
+                Ok(Some(self.path_of(index)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn open_message(&mut self, index: usize) -> Result<File, StoreError> {
+        if self.entry(index).is_none() {
+            return Err(StoreError::MessageGone(index));
+        }
+        let path = self.path_of(index);
+        match untrusted::open_message(&path, None) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == ErrorKind::NotFound => match self.relocate(index)? {
+                Some(p) => untrusted::open_message(&p, None).map_err(|e| StoreError::io(&p, e)),
+                None => Err(StoreError::MessageGone(index)),
+            },
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    pub(super) fn commit_blocking(mut self, deleted: Vec<usize>) -> Result<(), StoreError> {
+        self.remove(deleted)
+    }
+
+    /// Removes the messages at these listing indices, durably, keeping the lock.
+    pub(super) fn remove(&mut self, deleted: Vec<usize>) -> Result<(), StoreError> {
+        let total = deleted.len();
+        let mut removed = HashSet::new();
+        let mut failures = Vec::new();
+        let quota_tracked = quota::tracked(&self.dir);
+        let mut freed = 0u64;
+        for index in deleted {
+            let Some(entry) = self.entry(index) else {
+                continue;
+            };
+            let uid = entry.uid;
+            let path = self.path_of(index);
+            if quota_tracked {
+                freed += quota::stored_size(&entry.base, &path);
+            }
+            let outcome = match fs::remove_file(&path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => match self.relocate(index) {
+                    Ok(Some(p)) => fs::remove_file(&p).map_err(|e| StoreError::io(&p, e)),
+                    Ok(None) => Ok(()), // already removed by someone else: the goal is met
+                    Err(e) => Err(e),
+                },
+                other => other.map_err(|e| StoreError::io(&path, e)),
+            };
+            match outcome {
+                Ok(()) => {
+                    removed.insert(uid);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        if !removed.is_empty() {
+            // The directories changed, so the cached index is stale: free it now.
+            self.cache.forget(&self.dir);
+            if quota_tracked {
+                let count = i64::try_from(removed.len()).unwrap_or(i64::MAX);
+                quota::record(&self.dir, -i64::try_from(freed).unwrap_or(i64::MAX), -count);
+            }
+            sync_dir(&self.dir.join("cur"))?;
+            sync_dir(&self.dir.join("new"))?;
+            if let Err(e) = self.drop_records(&removed) {
+                // The files are gone, which is what the client asked for; the next open drops
+                // the dangling records.
+                tracing::warn!(maildir = %self.dir.display(), error = %e, "index not updated after removing messages");
+            }
+        }
+        if let Some(first) = failures.first() {
+            return Err(StoreError::PartialCommit {
+                failed: failures.len(),
+                total,
+                first: first.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn drop_records(&self, removed: &HashSet<u32>) -> Result<(), StoreError> {
+        let _guard = DotLock::acquire(&self.dir.join(UIDLIST_LOCK), &self.host, self.lock_timeout)?;
+        if let Some(mut list) = read_uidlist(&self.dir)? {
+            list.records.retain(|r| !removed.contains(&r.uid));
+            write_uidlist(&self.dir, &list)?;
+        }
+        Ok(())
+    }
+}
+
+impl Maildrop for MaildirDrop {
+    type Reader = MessageReader;
+
+    async fn read(&mut self, index: usize) -> Result<MessageReader, StoreError> {
+        // Opening a file is a quick metadata operation, and so is reading a small one (from the
+        // page cache, where a message about to be retrieved usually is): both happen here.
+        // Larger files are read in chunks through tokio's blocking pool.
+        let mut file = self.open_message(index)?;
+        let io = |e| StoreError::io(self.path_of(index), e);
+        let len = file.metadata().map_err(io)?.len();
+        if len <= SMALL_MESSAGE {
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0) + 1);
+            file.read_to_end(&mut bytes).map_err(io)?;
+            return Ok(MessageReader::Memory(std::io::Cursor::new(bytes)));
+        }
+        Ok(MessageReader::File {
+            file: Arc::new(file),
+            offset: 0,
+        })
+    }
+
+    async fn mark_seen(&mut self, index: usize) -> Result<(), StoreError> {
+        // A rename is a quick metadata operation, like opening the file: done here.
+        for _ in 0..2 {
+            let Some(entry) = self.entry(index) else {
+                return Ok(());
+            };
+            let location = self.moved.get(&index).unwrap_or(&entry.location);
+            let Some(name) = filename::seen_name(&location.name, location.sub == Folder::Cur)
+            else {
+                return Ok(());
+            };
+            let from = self.path_of(index);
+            let to = self.dir.join("cur").join(&name);
+            match fs::rename(&from, &to) {
+                Ok(()) => {
+                    self.moved.insert(
+                        index,
+                        Located {
+                            sub: Folder::Cur,
+                            name,
+                        },
+                    );
+                    return Ok(());
+                }
+                // Renamed by another program meanwhile: find it and try once more.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if self.relocate(index)?.is_none() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(StoreError::io(&from, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn note_retrieved(&mut self, indices: &[usize]) -> Result<(), StoreError> {
+        let bases: Vec<String> = indices
+            .iter()
+            .filter_map(|&i| self.entry(i).map(|e| e.base.clone()))
+            .collect();
+        let dir = self.dir.clone();
+        blocking(move || retention::append(&dir, bases.iter().map(String::as_str), unix_now()))
+            .await
+    }
+
+    async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
+        if deleted.is_empty() {
+            // Nothing to remove: releasing the lock (closing a file) is all there is to do.
+            return Ok(());
+        }
+        blocking(move || self.commit_blocking(deleted)).await
+    }
+}
+
+/// Messages up to this size are read whole when opened, without a round trip through the
+/// blocking thread pool (which costs more than reading 64 KiB from the page cache).
+pub(super) const SMALL_MESSAGE: u64 = 64 * 1024;
+
+/// A message being retrieved: small ones already in memory, larger ones read from the file.
+#[derive(Debug)]
+pub enum MessageReader {
+    /// The whole message, read when it was opened.
+    Memory(std::io::Cursor<Vec<u8>>),
+    /// The open file and the offset of the next chunk, read through tokio's blocking pool
+    /// straight into the caller's buffer.
+    File {
+        /// The message file.
+        file: Arc<File>,
+        /// Where the next chunk starts.
+        offset: u64,
+    },
+}
+
+impl crate::MessageSource for MessageReader {
+    async fn next_chunk(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        match self {
+            MessageReader::Memory(c) => c.next_chunk(buf).await,
+            MessageReader::File { file, offset } => {
+                let file = Arc::clone(file);
+                let at = *offset;
+                let buf = tokio::task::spawn_blocking(move || {
+                    crate::fill_from(&mut buf, |b| file.read_at(b, at)).map(|()| buf)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                *offset += buf.len() as u64;
+                Ok(buf)
+            }
+        }
+    }
+}
