@@ -451,7 +451,7 @@ pub fn hash(scheme: &str, password: &[u8]) -> Result<String, AuthError> {
     let data = match scheme.as_str() {
         "ARGON2ID" => {
             let salt = SaltString::encode_b64(&random::<16>()?)
-                .map_err(|e| AuthError::Random(e.to_string()))?;
+                .map_err(|e| AuthError::Internal(format!("Argon2 salt: {e}")))?;
             let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::default());
             argon
                 .hash_password(password, &salt)
@@ -478,20 +478,20 @@ pub fn hash(scheme: &str, password: &[u8]) -> Result<String, AuthError> {
             let rounds = 5000;
             let (id, hashed) = if scheme == "SHA512-CRYPT" {
                 let p = sha_crypt::Sha512Params::new(rounds)
-                    .map_err(|_| AuthError::Random("sha-crypt rounds".into()))?;
+                    .map_err(|_| AuthError::Internal("SHA-crypt refused 5000 rounds".into()))?;
                 (
                     "6",
                     sha_crypt::sha512_crypt_b64(password, salt.as_bytes(), &p),
                 )
             } else {
                 let p = sha_crypt::Sha256Params::new(rounds)
-                    .map_err(|_| AuthError::Random("sha-crypt rounds".into()))?;
+                    .map_err(|_| AuthError::Internal("SHA-crypt refused 5000 rounds".into()))?;
                 (
                     "5",
                     sha_crypt::sha256_crypt_b64(password, salt.as_bytes(), &p),
                 )
             };
-            let hashed = hashed.map_err(|_| AuthError::Random("sha-crypt failed".into()))?;
+            let hashed = hashed.map_err(|_| AuthError::Internal("SHA-crypt failed".into()))?;
             format!("${id}${salt}${hashed}")
         }
         "BLF-CRYPT" => bcrypt::hash_with_salt(password, 10, random::<16>()?)

@@ -549,7 +549,7 @@ pub mod edit {
         validate_name(&name)?;
         rewrite(path, |lines| {
             if lines.iter().any(|l| line_user(l) == Some(&name)) {
-                return Err(AuthError::UserExists(format!("user {name} already exists")));
+                return Err(AuthError::UserExists(name.to_owned()));
             }
             lines.push(compose(&name, forms));
             Ok(())

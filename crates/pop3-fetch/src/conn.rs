@@ -7,9 +7,10 @@
 
 use crate::FetchError;
 use crate::trust::{ServerTrust, Trust, Verdict};
-use pop3_proto::client::{
-    ClientSession, Follows, ReplyShape, ServerCapabilities, Status, Unstuffer,
-};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use pop3_proto::client::{ClientSession, Follows, ServerCapabilities, Status, Unstuffer};
+use pop3_proto::{Command, Secret};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -163,7 +164,7 @@ impl Dialer {
         }
         let mut c = Conn::new(Stream::Plain(tcp), t.reply);
         let greeting = c.greeting_within(t.greeting, addr, PLAIN_SILENCE).await?;
-        match c.command("STLS").await? {
+        match c.command(&Command::Stls).await? {
             s if s.ok => {}
             s => {
                 return Err(FetchError::Unsupported(format!(
@@ -393,25 +394,21 @@ impl Conn {
     }
 
     /// Sends a command and reads its status line, whatever it is.
-    pub async fn command(&mut self, command: &str) -> Result<Status> {
-        self.send(command).await?;
+    pub async fn command(&mut self, command: &Command) -> Result<Status> {
+        self.send_all(std::slice::from_ref(command)).await?;
         self.status().await
     }
 
     /// Sends a command and requires `+OK`.
-    pub async fn cmd(&mut self, command: &str) -> Result<Status> {
+    pub async fn cmd(&mut self, command: &Command) -> Result<Status> {
         let status = self.command(command).await?;
         // Only the keyword in the error: arguments may be secret (PASS, AUTH data).
-        require_ok(status, command.split(' ').next().unwrap_or(""))
-    }
-
-    async fn send(&mut self, line: &str) -> Result<()> {
-        self.send_all(&[line.to_owned()]).await
+        require_ok(status, command.keyword().as_str())
     }
 
     /// Sends several commands in one write (RFC 2449 PIPELINING); their replies are then read
     /// in order.
-    pub async fn send_all(&mut self, commands: &[String]) -> Result<()> {
+    pub async fn send_all(&mut self, commands: &[Command]) -> Result<()> {
         let mut wire = Vec::new();
         for c in commands {
             self.session.command(c, &mut wire).map_err(misuse)?;
@@ -431,26 +428,22 @@ impl Conn {
             .map_err(FetchError::io("writing to the server"))
     }
 
-    /// Sends a command, or a SASL response while AUTH is in progress, and returns the reply
-    /// line as sent: a status line, or a `+ ` challenge.
-    pub async fn exchange(&mut self, line: &str) -> Result<String> {
-        let mut wire = Vec::new();
-        match self.session.next_reply() {
-            Some((_, ReplyShape::Sasl)) => self.session.sasl_response(line, &mut wire),
-            _ => self.session.command(line, &mut wire),
-        }
-        .map_err(misuse)?;
-        self.write(&wire).await?;
-        let reply = self.read_line().await?.to_owned();
-        if reply.starts_with("+ ") || reply == "+" {
+    /// Reads the reply to AUTH or to a SASL response: a `+ ` challenge (decoded) or the
+    /// final status line.
+    async fn sasl_reply(&mut self) -> Result<SaslReply> {
+        let line = self.read_line().await?.to_owned();
+        if let Some(data) = line.strip_prefix("+ ").or((line == "+").then_some("")) {
             self.session.challenge().map_err(misuse)?;
-        } else {
-            let status = Status::parse(reply.as_bytes()).ok_or_else(|| {
-                FetchError::Protocol(format!("expected +OK, -ERR or a challenge, got {reply:?}"))
+            let challenge = B64.decode(data.trim_end()).map_err(|_| {
+                FetchError::Protocol(format!("invalid base64 in the challenge {line:?}"))
             })?;
-            self.follows = self.session.reply(&status).map_err(misuse)?;
+            return Ok(SaslReply::Challenge(challenge));
         }
-        Ok(reply)
+        let status = Status::parse(line.as_bytes()).ok_or_else(|| {
+            FetchError::Protocol(format!("expected +OK, -ERR or a challenge, got {line:?}"))
+        })?;
+        self.follows = self.session.reply(&status).map_err(misuse)?;
+        Ok(SaslReply::Done(status))
     }
 
     /// The `tls-exporter` channel binding (RFC 9266) of a TLS 1.3 connection, for the SCRAM
@@ -492,133 +485,98 @@ impl Conn {
 
     /// CAPA (RFC 2449); a server without it has no capabilities worth knowing.
     pub async fn capabilities(&mut self) -> Result<ServerCapabilities> {
-        if !self.command("CAPA").await?.ok {
+        if !self.command(&Command::Capa).await?.ok {
             return Ok(ServerCapabilities::default());
         }
         let lines = self.lines().await?;
         Ok(ServerCapabilities::parse(lines.iter().map(String::as_str)))
     }
 
-    /// Logs in with a mechanism, using pop3-auth's client side, and returns the final reply.
-    /// The greeting is needed for APOP.
+    /// Logs in with `mechanism` (`USER` for USER/PASS, `APOP`, or a SASL mechanism driven by
+    /// its client half in pop3-auth) and returns the final status line, whatever it says. The
+    /// greeting is needed for APOP.
     pub async fn login(
         &mut self,
         mechanism: &str,
         user: &str,
         password: &str,
         greeting: &str,
-    ) -> Result<String> {
-        use base64::Engine as _;
-        use base64::engine::general_purpose::STANDARD as B64;
-        use pop3_auth::sasl::scram::{ScramClient, ScramHash};
-        let challenge = |reply: &str| -> Result<Vec<u8>> {
-            let refused = || FetchError::Refused {
-                command: format!("AUTH {mechanism}"),
-                status: Status::parse(reply.as_bytes()).unwrap_or(Status {
-                    ok: false,
-                    code: None,
-                    text: reply.to_owned(),
-                }),
-            };
-            let data = reply.strip_prefix("+ ").ok_or_else(refused)?;
-            B64.decode(data)
-                .map_err(|_| FetchError::Protocol(format!("invalid base64 in {reply:?}")))
-        };
-        let sasl = |e: pop3_auth::AuthError| FetchError::Protocol(format!("{mechanism}: {e}"));
-        let (u, p) = (user.as_bytes(), password.as_bytes());
-        Ok(match mechanism {
+    ) -> Result<Status> {
+        let secret = || Secret::new(password.as_bytes().to_vec());
+        match mechanism {
             "USER" => {
-                self.exchange(&format!("USER {user}")).await?;
-                self.exchange(&format!("PASS {password}")).await?
+                let status = self.command(&Command::User(user.to_owned())).await?;
+                if !status.ok {
+                    return Ok(status);
+                }
+                self.command(&Command::Pass(secret())).await
             }
             "APOP" => {
-                let ts = greeting.rsplit(' ').next().unwrap_or("");
-                self.exchange(&format!("APOP {user} {}", pop3_auth::apop::digest(ts, p)))
-                    .await?
+                let timestamp = greeting.rsplit(' ').next().unwrap_or("");
+                let digest = pop3_auth::apop::digest(timestamp, password.as_bytes());
+                self.command(&Command::Apop {
+                    user: user.to_owned(),
+                    digest,
+                })
+                .await
             }
-            "PLAIN" => {
-                let msg = pop3_auth::sasl::plain::client_message("", user, p);
-                self.exchange(&format!("AUTH PLAIN {}", B64.encode(msg.expose())))
-                    .await?
-            }
-            "LOGIN" => {
-                let mut reply = self.exchange("AUTH LOGIN").await?;
-                for _ in 0..2 {
-                    let response =
-                        pop3_auth::sasl::login::client_response(&challenge(&reply)?, u, p);
-                    reply = self.exchange(&B64.encode(response)).await?;
-                }
-                reply
-            }
-            "CRAM-MD5" => {
-                let r = self.exchange("AUTH CRAM-MD5").await?;
-                let response = pop3_auth::sasl::cram_md5::client_response(user, p, &challenge(&r)?);
-                self.exchange(&B64.encode(response)).await?
-            }
-            "SCRAM-SHA-1" | "SCRAM-SHA-256" | "SCRAM-SHA-1-PLUS" | "SCRAM-SHA-256-PLUS" => {
-                let hash = if mechanism.starts_with("SCRAM-SHA-1") {
-                    ScramHash::Sha1
-                } else {
-                    ScramHash::Sha256
-                };
-                let plus = mechanism.ends_with("-PLUS");
-                let binding = if plus {
-                    let data = self.tls_exporter().ok_or_else(|| {
-                        FetchError::Unsupported(format!(
-                            "{mechanism} needs TLS 1.3 (tls-exporter channel binding)"
-                        ))
-                    })?;
-                    Some(("tls-exporter", data))
-                } else {
-                    None
-                };
-                let mut client = ScramClient::new(hash, user, p, binding, plus).map_err(sasl)?;
-                if self.weak_scram {
-                    client = client.allow_few_iterations();
-                }
-                let r = self
-                    .exchange(&format!(
-                        "AUTH {mechanism} {}",
-                        B64.encode(client.client_first())
-                    ))
-                    .await?;
-                let last = client.client_final(&challenge(&r)?).map_err(sasl)?;
-                let r = self.exchange(&B64.encode(last)).await?;
-                client.verify_server_final(&challenge(&r)?).map_err(sasl)?;
-                self.exchange("").await?
-            }
-            "OAUTHBEARER" | "XOAUTH2" => {
-                use pop3_auth::sasl::oauth::{Flavor, client_message};
-                let flavor = if mechanism == "OAUTHBEARER" {
-                    Flavor::OauthBearer
-                } else {
-                    Flavor::Xoauth2
-                };
-                // The password is the access token.
-                let msg = client_message(flavor, user, password);
-                let reply = self
-                    .exchange(&format!("AUTH {mechanism} {}", B64.encode(msg)))
-                    .await?;
-                match reply.strip_prefix("+ ") {
-                    // A failure comes as an error challenge first (RFC 7628 section 3.2.2):
-                    // answer with the dummy response, then read the -ERR.
-                    Some(_) => {
-                        let dummy = if flavor == Flavor::OauthBearer {
-                            "AQ=="
-                        } else {
-                            ""
-                        };
-                        self.exchange(dummy).await?
+            name => self.authenticate(name, user, password.as_bytes()).await,
+        }
+    }
+
+    /// AUTH with a SASL mechanism (RFC 5034): the initial response with the command, each
+    /// challenge answered by the mechanism's client half, and on `+OK` the mechanism's check
+    /// that the server proved itself.
+    async fn authenticate(&mut self, name: &str, user: &str, secret: &[u8]) -> Result<Status> {
+        use pop3_auth::sasl::client::{ClientCredentials, client};
+        let exporter = self.tls_exporter();
+        let credentials = ClientCredentials {
+            user,
+            secret,
+            tls_exporter: exporter.as_deref(),
+            allow_few_iterations: self.weak_scram,
+        };
+        let sasl = |e: pop3_auth::AuthError| match e {
+            pop3_auth::AuthError::UnsupportedMechanism(why) => FetchError::Unsupported(why),
+            other => FetchError::Protocol(format!("{name}: {other}")),
+        };
+        let mut mechanism = client(name, &credentials).map_err(sasl)?;
+        // An empty initial response is sent as "=" (RFC 5034 section 4).
+        let initial = mechanism.initial_response().map_err(sasl)?.map(|ir| {
+            Secret::new(if ir.is_empty() {
+                b"=".to_vec()
+            } else {
+                B64.encode(ir).into_bytes()
+            })
+        });
+        let mut wire = Vec::new();
+        self.session
+            .command(
+                &Command::Auth {
+                    mechanism: Some(mechanism.name().to_owned()),
+                    initial_response: initial,
+                },
+                &mut wire,
+            )
+            .map_err(misuse)?;
+        loop {
+            self.write(&wire).await?;
+            match self.sasl_reply().await? {
+                SaslReply::Done(status) => {
+                    if status.ok {
+                        mechanism.finish().map_err(sasl)?;
                     }
-                    None => reply,
+                    return Ok(status);
+                }
+                SaslReply::Challenge(challenge) => {
+                    let response = mechanism.respond(&challenge).map_err(sasl)?;
+                    wire.clear();
+                    self.session
+                        .sasl_response(&B64.encode(response), &mut wire)
+                        .map_err(misuse)?;
                 }
             }
-            other => {
-                return Err(FetchError::Unsupported(format!(
-                    "login mechanism {other} is not implemented"
-                )));
-            }
-        })
+        }
     }
 
     /// USER/PASS; fails unless both are accepted.
@@ -634,12 +592,7 @@ impl Conn {
         password: &str,
         greeting: &str,
     ) -> Result<()> {
-        let reply = self.login(mechanism, user, password, greeting).await?;
-        let status = Status::parse(reply.as_bytes()).unwrap_or(Status {
-            ok: false,
-            code: None,
-            text: reply,
-        });
+        let status = self.login(mechanism, user, password, greeting).await?;
         require_ok(status, &format!("login as {user} ({mechanism})")).map(drop)
     }
 
@@ -781,7 +734,15 @@ pub fn require_ok(status: Status, what: &str) -> Result<Status> {
 
 /// A command the client session refused to send, or a reply it did not expect.
 fn misuse(e: pop3_proto::client::ClientError) -> FetchError {
-    FetchError::Protocol(e.0)
+    FetchError::Protocol(e.to_string())
+}
+
+/// What answers AUTH or a SASL response.
+enum SaslReply {
+    /// A `+ ` challenge, decoded.
+    Challenge(Vec<u8>),
+    /// The final status line.
+    Done(Status),
 }
 
 fn truncated() -> FetchError {

@@ -11,6 +11,7 @@ use crate::FetchError;
 use crate::conn::{Conn, Dialer, require_ok};
 use crate::dest::{Destination, MessageWriter};
 use crate::journal::Journal;
+use pop3_proto::Command;
 use pop3_proto::Expire;
 use pop3_proto::client::ServerCapabilities;
 use std::collections::HashSet;
@@ -311,7 +312,7 @@ pub async fn fetch(
     let unknown = listing.len() - still;
     summary.already = still;
     if !policy.accept_uidl_reset && detect_uidl_reset(known, still, unknown) {
-        let _ = conn.command("QUIT").await;
+        let _ = conn.command(&Command::Quit).await;
         return Err(FetchError::Unsupported(format!(
             "the server lists {unknown} unknown messages and only {still} of the {known} already fetched: it has probably changed every UIDL (a server migration). Fetching would download them all again. If that is really wanted, run with --accept-uidl-reset"
         )));
@@ -360,14 +361,14 @@ pub async fn fetch(
             .collect();
         journal.begin(&tokens)?;
         if pipelining {
-            let retrs: Vec<String> = batch.iter().map(|m| format!("RETR {}", m.number)).collect();
+            let retrs: Vec<Command> = batch.iter().map(|m| Command::Retr(m.number)).collect();
             conn.send_all(&retrs).await?;
         }
         for (m, (_, token)) in batch.iter().zip(&tokens) {
             let status = if pipelining {
                 conn.status().await?
             } else {
-                conn.command(&format!("RETR {}", m.number)).await?
+                conn.command(&Command::Retr(m.number)).await?
             };
             if !status.ok {
                 return Err(FetchError::Refused {
@@ -399,20 +400,21 @@ pub async fn fetch(
         .collect();
     due.extend(oversized);
     if !due.is_empty() {
-        let deles: Vec<String> = due.iter().map(|m| format!("DELE {}", m.number)).collect();
+        let deles: Vec<Command> = due.iter().map(|m| Command::Dele(m.number)).collect();
+        let refused = |m: &Listed| format!("DELE {}", m.number);
         if pipelining {
             conn.send_all(&deles).await?;
-            for d in &deles {
-                require_ok(conn.status().await?, d)?;
+            for m in &due {
+                require_ok(conn.status().await?, &refused(m))?;
             }
         } else {
-            for d in &deles {
-                require_ok(conn.command(d).await?, d)?;
+            for (d, m) in deles.iter().zip(&due) {
+                require_ok(conn.command(d).await?, &refused(m))?;
             }
         }
     }
     // QUIT commits the deletions (RFC 1939 UPDATE state).
-    require_ok(conn.command("QUIT").await?, "QUIT")?;
+    require_ok(conn.command(&Command::Quit).await?, "QUIT")?;
     summary.deleted = due.len();
     let gone: HashSet<&str> = due.iter().map(|m| m.uidl.as_str()).collect();
     let listed: HashSet<&str> = listing.iter().map(|m| m.uidl.as_str()).collect();
@@ -433,14 +435,14 @@ pub struct Listed {
 
 /// UIDL and LIST, joined by message number; a server without UIDL is refused.
 pub async fn list(conn: &mut Conn) -> Result<Vec<Listed>, FetchError> {
-    let uidl = conn.command("UIDL").await?;
+    let uidl = conn.command(&Command::Uidl(None)).await?;
     if !uidl.ok {
         return Err(FetchError::Unsupported(format!(
             "the server does not support UIDL ({uidl}); without it messages cannot be told apart between runs"
         )));
     }
     let uidls = conn.lines().await?;
-    conn.cmd("LIST").await?;
+    conn.cmd(&Command::List(None)).await?;
     let sizes: std::collections::HashMap<u32, u64> = conn
         .lines()
         .await?

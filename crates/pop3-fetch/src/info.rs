@@ -18,7 +18,7 @@ pub async fn server_info(dialer: &Dialer, encrypted: bool) -> Result<String, Fet
     let (mut conn, greeting) = dialer.connect().await?;
     let caps = conn.capabilities().await?;
     let tls = conn.tls_details();
-    let _ = conn.command("QUIT").await;
+    let _ = conn.command(&pop3_proto::Command::Quit).await;
     let mut out = String::new();
     let _ = writeln!(out, "Server:        {}", dialer.addr);
     let _ = writeln!(out, "Greeting:      +OK {greeting}");

@@ -9,6 +9,7 @@
 //! socket, including against this crate's own server session.
 
 use crate::capability::Expire;
+use crate::command::{Command, EncodeError, Keyword};
 use std::fmt;
 
 /// A status line: `+OK ...` or `-ERR [CODE] ...`.
@@ -118,17 +119,57 @@ pub enum ClientPhase {
     Closing,
 }
 
-/// A misuse of the client session by its driver (a bug), or a server reply nothing was sent for.
+/// What the client session refuses: a command that cannot be sent (the driver's or its
+/// input's fault: caught before a byte leaves), or a server reply out of turn (the server's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientError(pub String);
+pub enum ClientError {
+    /// The command cannot be encoded as itself (see [`Command::encode`]).
+    Unsendable(Keyword, EncodeError),
+    /// The command is not valid in this phase of the session (RFC 1939 sections 4 and 5).
+    WrongPhase(Keyword, ClientPhase),
+    /// Nothing may be sent between STLS's `+OK` and the end of the TLS handshake (RFC 2595).
+    TlsPending,
+    /// A SASL response with no AUTH exchange in progress.
+    NoExchange,
+    /// A SASL response with CR or LF in it.
+    ResponseLineBreak,
+    /// The server sent a `+ ` challenge while no AUTH exchange was in progress.
+    UnexpectedChallenge,
+    /// The server sent a status line no command was waiting for.
+    UnexpectedReply(Status),
+}
 
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ClientError::Unsendable(k, e) => write!(f, "{k}: {e}"),
+            ClientError::WrongPhase(k, phase) => write!(f, "{k} is not valid {phase}"),
+            ClientError::TlsPending => {
+                f.write_str("no command may be sent between STLS and the TLS handshake")
+            }
+            ClientError::NoExchange => f.write_str("a SASL response without AUTH"),
+            ClientError::ResponseLineBreak => f.write_str("CR or LF inside a SASL response"),
+            ClientError::UnexpectedChallenge => {
+                f.write_str("the server sent a SASL challenge while no AUTH was in progress")
+            }
+            ClientError::UnexpectedReply(status) => {
+                write!(f, "the server sent a reply nothing was sent for: {status}")
+            }
+        }
     }
 }
 
 impl std::error::Error for ClientError {}
+
+impl fmt::Display for ClientPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientPhase::Authorization => "before login",
+            ClientPhase::Transaction => "after login",
+            ClientPhase::Closing => "after QUIT",
+        })
+    }
+}
 
 /// The client half of a POP3 session, without I/O: it writes commands, remembers in order the
 /// reply each one expects (so any number may be pipelined, RFC 2449), and follows the phases.
@@ -138,8 +179,8 @@ impl std::error::Error for ClientError {}
 #[derive(Debug)]
 pub struct ClientSession {
     phase: ClientPhase,
-    /// Replies expected, oldest first: the command's keyword and shape.
-    expected: std::collections::VecDeque<(String, ReplyShape)>,
+    /// Replies expected, oldest first: the command's keyword (`None`: the greeting) and shape.
+    expected: std::collections::VecDeque<(Option<Keyword>, ReplyShape)>,
     /// STLS was sent and accepted: nothing may be sent until [`Self::tls_established`].
     tls_pending: bool,
 }
@@ -154,7 +195,7 @@ impl ClientSession {
     /// A session waiting for the server's greeting.
     pub fn new() -> Self {
         let mut expected = std::collections::VecDeque::new();
-        expected.push_back(("greeting".to_owned(), ReplyShape::Single));
+        expected.push_back((None, ReplyShape::Single));
         ClientSession {
             phase: ClientPhase::Authorization,
             expected,
@@ -167,73 +208,52 @@ impl ClientSession {
         self.phase
     }
 
-    /// The reply expected next (keyword and shape), if any.
-    pub fn next_reply(&self) -> Option<(&str, ReplyShape)> {
-        self.expected.front().map(|(k, s)| (k.as_str(), *s))
+    /// The reply expected next: the command's keyword (`None` for the greeting) and shape.
+    pub fn next_reply(&self) -> Option<(Option<Keyword>, ReplyShape)> {
+        self.expected.front().copied()
     }
 
-    /// Writes `line` (without CRLF) to `out` as a command and records the reply it expects.
-    pub fn command(&mut self, line: &str, out: &mut Vec<u8>) -> Result<(), ClientError> {
-        let keyword = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-        if line.contains(['\r', '\n', '\0']) {
-            return Err(ClientError(format!(
-                "{keyword}: CR, LF or NUL inside a command would let an argument inject commands"
-            )));
-        }
-        // AUTH's initial response may be longer than a command line (RFC 5034 allows it).
-        if line.len() > 253 && keyword != "AUTH" {
-            return Err(ClientError(format!(
-                "{keyword}: longer than the 255 octets a command may have (RFC 2449)"
-            )));
-        }
+    /// Writes `command` to `out` and records the reply it expects.
+    pub fn command(&mut self, command: &Command, out: &mut Vec<u8>) -> Result<(), ClientError> {
+        let keyword = command.keyword();
         if self.tls_pending {
-            return Err(ClientError(
-                "no command may be sent between STLS and the TLS handshake".into(),
-            ));
+            return Err(ClientError::TlsPending);
         }
-        let has_arg = line.trim_end().contains(' ');
-        let shape = match keyword.as_str() {
-            "CAPA" | "RETR" | "TOP" => ReplyShape::MultiLine,
-            "LIST" | "UIDL" if !has_arg => ReplyShape::MultiLine,
-            "AUTH" if has_arg || !matches!(self.phase, ClientPhase::Authorization) => {
-                ReplyShape::Sasl
-            }
-            // A bare AUTH lists the mechanisms (a multi-line reply on most servers).
-            "AUTH" => ReplyShape::MultiLine,
-            _ => ReplyShape::Single,
-        };
         let allowed = match self.phase {
             ClientPhase::Closing => false,
-            ClientPhase::Authorization => matches!(
-                keyword.as_str(),
-                "USER" | "PASS" | "APOP" | "AUTH" | "STLS" | "CAPA" | "QUIT" | "UTF8"
-            ),
-            ClientPhase::Transaction => {
-                !matches!(keyword.as_str(), "USER" | "PASS" | "APOP" | "AUTH" | "STLS")
-            }
+            ClientPhase::Authorization => keyword.before_login(),
+            ClientPhase::Transaction => keyword.after_login(),
         };
         if !allowed {
-            return Err(ClientError(format!(
-                "{keyword} is not valid in the {:?} phase",
-                self.phase
-            )));
+            return Err(ClientError::WrongPhase(keyword, self.phase));
         }
-        if keyword == "QUIT" {
+        let shape = match command {
+            Command::Capa | Command::Retr(_) | Command::Top(..) => ReplyShape::MultiLine,
+            Command::List(None) | Command::Uidl(None) => ReplyShape::MultiLine,
+            // A bare AUTH lists the mechanisms (a multi-line reply on most servers).
+            Command::Auth {
+                mechanism: None, ..
+            } => ReplyShape::MultiLine,
+            Command::Auth { .. } => ReplyShape::Sasl,
+            _ => ReplyShape::Single,
+        };
+        command
+            .encode(out)
+            .map_err(|e| ClientError::Unsendable(keyword, e))?;
+        if keyword == Keyword::Quit {
             self.phase = ClientPhase::Closing;
         }
-        out.extend_from_slice(line.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        self.expected.push_back((keyword, shape));
+        self.expected.push_back((Some(keyword), shape));
         Ok(())
     }
 
     /// Writes a SASL response line (base64, or `*` to cancel) while AUTH awaits one.
     pub fn sasl_response(&mut self, line: &str, out: &mut Vec<u8>) -> Result<(), ClientError> {
         if self.next_reply().map(|(_, s)| s) != Some(ReplyShape::Sasl) {
-            return Err(ClientError("a SASL response without AUTH".into()));
+            return Err(ClientError::NoExchange);
         }
         if line.contains(['\r', '\n']) {
-            return Err(ClientError("CR or LF inside a SASL response".into()));
+            return Err(ClientError::ResponseLineBreak);
         }
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -244,9 +264,7 @@ impl ClientSession {
     pub fn challenge(&mut self) -> Result<(), ClientError> {
         match self.next_reply() {
             Some((_, ReplyShape::Sasl)) => Ok(()),
-            other => Err(ClientError(format!(
-                "the server sent a SASL challenge while {other:?} was expected"
-            ))),
+            _ => Err(ClientError::UnexpectedChallenge),
         }
     }
 
@@ -255,19 +273,22 @@ impl ClientSession {
         let (keyword, shape) = self
             .expected
             .pop_front()
-            .ok_or_else(|| ClientError(format!("a reply nothing was sent for: {status}")))?;
+            .ok_or_else(|| ClientError::UnexpectedReply(status.clone()))?;
         if status.ok {
-            match keyword.as_str() {
-                "PASS" | "APOP" | "AUTH" => self.phase = ClientPhase::Transaction,
-                "STLS" => {
+            match keyword {
+                Some(Keyword::Pass | Keyword::Apop) => self.phase = ClientPhase::Transaction,
+                Some(Keyword::Auth) if shape == ReplyShape::Sasl => {
+                    self.phase = ClientPhase::Transaction;
+                }
+                Some(Keyword::Stls) => {
                     self.tls_pending = true;
                     return Ok(Follows::StartTls);
                 }
                 _ => {}
             }
         }
-        Ok(match (keyword.as_str(), shape, status.ok) {
-            ("QUIT", ..) => Follows::End,
+        Ok(match (keyword, shape, status.ok) {
+            (Some(Keyword::Quit), ..) => Follows::End,
             (_, ReplyShape::MultiLine, true) => Follows::Body,
             _ => Follows::Nothing,
         })
@@ -485,36 +506,49 @@ mod tests {
         assert_eq!(unstuff(b".\r\n", 1), (Vec::new(), 3));
     }
 
+    /// A command as a line would parse.
+    fn cmd(line: &str) -> Command {
+        crate::parse_command(line.as_bytes()).unwrap()
+    }
+
     #[test]
     fn the_client_session_tracks_pipelined_replies_and_phases() {
         let mut c = ClientSession::new();
         let mut out = Vec::new();
         let ok = |text: &str| Status::parse(format!("+OK {text}").as_bytes()).unwrap();
         assert!(
-            c.command("RETR 1", &mut out).is_err(),
+            c.command(&cmd("RETR 1"), &mut out).is_err(),
             "before the greeting and login"
         );
         assert_eq!(c.reply(&ok("ready")).unwrap(), Follows::Nothing);
-        assert!(
-            c.command("USER a\r\nDELE 1", &mut out).is_err(),
+        assert_eq!(
+            c.command(&Command::User("a\r\nDELE 1".into()), &mut out),
+            Err(ClientError::Unsendable(
+                Keyword::User,
+                EncodeError::LineBreak
+            )),
             "injection"
         );
-        assert!(
-            c.command(&format!("USER {}", "u".repeat(300)), &mut out)
-                .is_err()
+        assert_eq!(
+            c.command(&Command::User("u".repeat(300)), &mut out),
+            Err(ClientError::Unsendable(Keyword::User, EncodeError::TooLong))
         );
-        c.command("CAPA", &mut out).unwrap();
-        c.command("USER alice", &mut out).unwrap();
-        c.command("PASS secret", &mut out).unwrap();
+        assert!(out.is_empty(), "nothing of a refused command is written");
+        c.command(&cmd("CAPA"), &mut out).unwrap();
+        c.command(&cmd("USER alice"), &mut out).unwrap();
+        c.command(&cmd("PASS secret"), &mut out).unwrap();
         assert_eq!(out, b"CAPA\r\nUSER alice\r\nPASS secret\r\n");
         assert_eq!(c.reply(&ok("")).unwrap(), Follows::Body);
         assert_eq!(c.reply(&ok("")).unwrap(), Follows::Nothing);
         assert_eq!(c.phase(), ClientPhase::Authorization);
         assert_eq!(c.reply(&ok("logged in")).unwrap(), Follows::Nothing);
         assert_eq!(c.phase(), ClientPhase::Transaction);
-        assert!(c.command("STLS", &mut out).is_err(), "STLS after login");
-        for cmd in ["UIDL", "LIST 1", "RETR 1", "DELE 1", "QUIT"] {
-            c.command(cmd, &mut out).unwrap();
+        assert!(
+            c.command(&cmd("STLS"), &mut out).is_err(),
+            "STLS after login"
+        );
+        for line in ["UIDL", "LIST 1", "RETR 1", "DELE 1", "QUIT"] {
+            c.command(&cmd(line), &mut out).unwrap();
         }
         let err = Status::parse(b"-ERR no such message").unwrap();
         assert_eq!(c.reply(&ok("")).unwrap(), Follows::Body);
@@ -526,7 +560,7 @@ mod tests {
         );
         assert_eq!(c.reply(&ok("")).unwrap(), Follows::Nothing);
         assert_eq!(c.reply(&ok("bye")).unwrap(), Follows::End);
-        assert!(c.command("NOOP", &mut out).is_err(), "after QUIT");
+        assert!(c.command(&cmd("NOOP"), &mut out).is_err(), "after QUIT");
         assert!(c.reply(&ok("")).is_err(), "a reply nothing was sent for");
     }
 
@@ -536,15 +570,16 @@ mod tests {
         let mut out = Vec::new();
         let ok = Status::parse(b"+OK").unwrap();
         c.reply(&ok).unwrap();
-        c.command("STLS", &mut out).unwrap();
+        c.command(&cmd("STLS"), &mut out).unwrap();
         assert_eq!(c.reply(&ok).unwrap(), Follows::StartTls);
         assert!(
-            c.command("CAPA", &mut out).is_err(),
+            c.command(&cmd("CAPA"), &mut out).is_err(),
             "nothing before the handshake"
         );
         c.tls_established();
         assert!(c.sasl_response("AAAA", &mut out).is_err(), "no AUTH yet");
-        c.command("AUTH SCRAM-SHA-256 biws", &mut out).unwrap();
+        c.command(&cmd("AUTH SCRAM-SHA-256 biws"), &mut out)
+            .unwrap();
         c.challenge().unwrap();
         c.sasl_response("Yz1iaXdz", &mut out).unwrap();
         c.challenge().unwrap();

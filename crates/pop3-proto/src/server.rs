@@ -15,7 +15,7 @@
 //! it runs out of input.
 
 use crate::capability::{CapaContext, Capabilities, Expire, Mechanism, usable};
-use crate::command::{Command, MessageNumber, ParseError, command_keyword, parse_command};
+use crate::command::{Command, Keyword, MessageNumber, ParseError, command_keyword, parse_command};
 use crate::error::Error;
 use crate::line::{Frame, LineFramer};
 use crate::response::{ResponseCode, err, ok};
@@ -491,7 +491,7 @@ impl ServerSession {
                 }
                 Some(Frame::Line(line)) => parse_command(line)
                     .map(Input::Command)
-                    .map_err(|e| LineError::Parse(e, command_keyword(line))),
+                    .map_err(|e| LineError::Parse(e, command_keyword(line).map(Keyword::as_str))),
             };
             self.stats.commands += 1;
             let event = match parsed {
@@ -640,7 +640,7 @@ impl ServerSession {
             | Command::Noop
             | Command::Rset
             | Command::Top(..)
-            | Command::Uidl(_)) => self.wrong_state(out, cmd.keyword()),
+            | Command::Uidl(_)) => self.wrong_state(out, cmd.keyword().as_str()),
         }
         None
     }
@@ -789,7 +789,7 @@ impl ServerSession {
             | Command::Apop { .. }
             | Command::Auth { .. }
             | Command::Stls
-            | Command::Utf8) => self.wrong_state(out, cmd.keyword()),
+            | Command::Utf8) => self.wrong_state(out, cmd.keyword().as_str()),
         }
         None
     }

@@ -951,7 +951,8 @@ fn client_pieces_read_the_servers_pipelined_answers() {
     );
     let mut batch = Vec::new();
     for c in ["USER alice", "PASS secret word"] {
-        client.command(c, &mut batch).unwrap();
+        let command = pop3_proto::parse_command(c.as_bytes()).unwrap();
+        client.command(&command, &mut batch).unwrap();
     }
     let login = h.send(&batch);
     for line in login.lines() {
@@ -962,7 +963,8 @@ fn client_pieces_read_the_servers_pipelined_answers() {
     assert_eq!(client.phase(), ClientPhase::Transaction);
     let mut batch = Vec::new();
     for c in ["CAPA", "UIDL", "LIST", "RETR 1", "RETR 2", "DELE 1", "QUIT"] {
-        client.command(c, &mut batch).unwrap();
+        let command = pop3_proto::parse_command(c.as_bytes()).unwrap();
+        client.command(&command, &mut batch).unwrap();
     }
     let wire = h.send(&batch).into_bytes();
     let mut rest = &wire[..];

@@ -459,7 +459,7 @@ pub(crate) fn log_failure(
 pub(crate) async fn make_decoy() -> Result<String, pop3_auth::AuthError> {
     tokio::task::spawn_blocking(scheme::decoy_hash)
         .await
-        .map_err(|e| pop3_auth::AuthError::Random(e.to_string()))?
+        .map_err(|e| pop3_auth::AuthError::Internal(format!("the decoy hash: {e}")))?
 }
 
 /// The server secret behind SCRAM's fake salts: `DATA/auth-secret`, 32 random octets created on

@@ -12,6 +12,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use pop3_fetch::{Dialer, ServerUrl};
+use pop3_proto::Command;
 use pop3_store::MaildirStore;
 use pop3_store::maildir::migrate::{
     DOVECOT_DEFAULT_FORMAT, ImportMessage, Served, SourceMessage, UidlScheme, read_source,
@@ -380,14 +381,14 @@ async fn from_server(
         }
     }
     if args.dry_run {
-        conn.cmd("QUIT").await?;
+        conn.cmd(&Command::Quit).await?;
         return Ok(tally);
     }
     let writer = Writer::open(&store.maildir_path(to)?, store.host())?;
     let mut batch = Vec::new();
     let mut body = Vec::new();
     for (i, m) in todo.iter().enumerate() {
-        conn.cmd(&format!("RETR {}", m.number)).await?;
+        conn.cmd(&Command::Retr(m.number)).await?;
         body.clear();
         conn.body(&mut body, max_size).await?;
         if m.size != body.len() as u64 {
@@ -415,7 +416,7 @@ async fn from_server(
             batch.clear();
         }
     }
-    conn.cmd("QUIT").await?;
+    conn.cmd(&Command::Quit).await?;
     Ok(tally)
 }
 

@@ -14,6 +14,7 @@
 //! variants (RFC 5802, 7677, 9266), OAUTHBEARER (RFC 7628), XOAUTH2, EXTERNAL (RFC 4422 appendix
 //! A). Each has a client side for `poplar fetch`.
 
+pub mod client;
 pub mod cram_md5;
 pub mod external;
 pub mod login;

@@ -7,6 +7,7 @@ use super::report::{Report, ms, percentile};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use pop3_fetch::Dialer;
+use pop3_proto::Command;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,7 +86,7 @@ pub(crate) struct RetrArgs {
     account: Account,
     /// Which message.
     #[arg(long, default_value_t = 1)]
-    message: usize,
+    message: u32,
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -261,10 +262,10 @@ pub(crate) struct PenaltyArgs {
 async fn one_session(dialer: &Dialer, user: &str, password: &str) -> Result<u64> {
     let (mut c, _) = dialer.connect().await?;
     c.user_pass(user, password).await?;
-    c.cmd("STAT").await?;
-    c.cmd("UIDL").await?;
+    c.cmd(&Command::Stat).await?;
+    c.cmd(&Command::Uidl(None)).await?;
     c.lines().await?;
-    c.cmd("LIST").await?;
+    c.cmd(&Command::List(None)).await?;
     let list = c.lines().await?;
     let mut retrieved = 0;
     for entry in &list {
@@ -273,7 +274,7 @@ async fn one_session(dialer: &Dialer, user: &str, password: &str) -> Result<u64>
             bail!("bad LIST line {entry:?}")
         };
         let size: u64 = size.parse()?;
-        c.cmd(&format!("RETR {n}")).await?;
+        c.cmd(&Command::Retr(n.parse()?)).await?;
         let octets = c.body_octets().await?;
         ensure!(
             octets == size,
@@ -281,7 +282,7 @@ async fn one_session(dialer: &Dialer, user: &str, password: &str) -> Result<u64>
         );
         retrieved += octets;
     }
-    c.cmd("QUIT").await?;
+    c.cmd(&Command::Quit).await?;
     Ok(retrieved)
 }
 
@@ -359,7 +360,7 @@ pub(crate) async fn retr(args: RetrArgs) -> Result<ExitCode> {
     let (mut c, _) = dialer.connect().await?;
     c.user_pass(&args.account.user, &args.account.password)
         .await?;
-    let listed = c.cmd(&format!("LIST {}", args.message)).await?;
+    let listed = c.cmd(&Command::List(Some(args.message))).await?;
     let size: u64 = listed
         .text
         .split(' ')
@@ -372,7 +373,7 @@ pub(crate) async fn retr(args: RetrArgs) -> Result<ExitCode> {
     let mut octets = 0u64;
     let mut times = 0;
     while Instant::now() < deadline {
-        c.cmd(&format!("RETR {}", args.message)).await?;
+        c.cmd(&Command::Retr(args.message)).await?;
         let got = c.body_octets().await?;
         ensure!(got == size, "RETR sent {got} octets, LIST said {size}");
         octets += got;
@@ -380,7 +381,7 @@ pub(crate) async fn retr(args: RetrArgs) -> Result<ExitCode> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let after = args.server.usage();
-    c.cmd("QUIT").await?;
+    c.cmd(&Command::Quit).await?;
     eprintln!(
         "{times} RETRs of a {size}-octet message in {elapsed:.1} s, each matching its LIST size"
     );
@@ -439,7 +440,7 @@ pub(crate) async fn idle(args: IdleArgs) -> Result<ExitCode> {
         async move {
             let (mut c, _) = dialer.connect().await?;
             c.user_pass(&user, &password).await?;
-            c.cmd("STAT").await?;
+            c.cmd(&Command::Stat).await?;
             anyhow::Ok(c)
         }
     })
@@ -453,7 +454,7 @@ pub(crate) async fn idle(args: IdleArgs) -> Result<ExitCode> {
         before.pss_kib, during.pss_kib, during.processes
     );
     for mut c in held {
-        c.cmd("QUIT").await?;
+        c.cmd(&Command::Quit).await?;
     }
     let mut report = args.server.report(&args.server.case("idle"));
     report.less("KiB per session", per_session);
@@ -517,18 +518,16 @@ pub(crate) async fn open(args: OpenArgs) -> Result<ExitCode> {
             tokio::time::sleep(Duration::from_secs_f64(args.pause.max(0.0))).await;
         }
         let (mut c, _) = dialer.connect().await?;
-        c.cmd(&format!("USER {}", args.account.user)).await?;
+        c.cmd(&Command::User(args.account.user.clone())).await?;
         // Login and the first listing: a server may defer reading the maildrop until asked.
         let t = Instant::now();
-        let reply = c
-            .cmd(&format!("PASS {}", &*args.account.password))
-            .await?
-            .to_owned();
+        let password = pop3_proto::Secret::new(args.account.password.as_bytes().to_vec());
+        let reply = c.cmd(&Command::Pass(password)).await?;
         let login = t.elapsed();
-        c.cmd("UIDL").await?;
+        c.cmd(&Command::Uidl(None)).await?;
         let uidls = c.lines().await?;
         let open = t.elapsed();
-        c.cmd("QUIT").await?;
+        c.cmd(&Command::Quit).await?;
         eprintln!(
             "open {i}: {open:.2?}, of which login {login:.2?} ({reply}), then UIDL of {} messages",
             uidls.len()
@@ -611,8 +610,8 @@ pub(crate) async fn login(args: LoginArgs) -> Result<ExitCode> {
                 )
                 .await?;
             times.push(start.elapsed());
-            ensure!(reply.starts_with("+OK"), "{mechanism}: {reply}");
-            c.cmd("QUIT").await?;
+            ensure!(reply.ok, "{mechanism}: {reply}");
+            c.cmd(&Command::Quit).await?;
         }
         times.sort();
         report.less(&format!("{mechanism} p50 ms"), ms(percentile(&times, 50)));
@@ -626,13 +625,13 @@ pub(crate) async fn penalty(args: PenaltyArgs) -> Result<ExitCode> {
     let (mut c, _) = args.server.dialer()?.connect().await?;
     let mut curve = Vec::with_capacity(args.count);
     for i in 0..args.count {
-        c.exchange(&format!("USER {}", args.user)).await?;
+        c.command(&Command::User(args.user.clone())).await?;
         let start = Instant::now();
-        let reply = c.exchange(&format!("PASS bench-wrong-{i}")).await?;
-        ensure!(
-            reply.starts_with("-ERR"),
-            "a wrong password was accepted: {reply}"
-        );
+        let wrong = format!("bench-wrong-{i}").into_bytes();
+        let reply = c
+            .command(&Command::Pass(pop3_proto::Secret::new(wrong)))
+            .await?;
+        ensure!(!reply.ok, "a wrong password was accepted: {reply}");
         curve.push(start.elapsed().as_secs_f64());
     }
     let line: Vec<String> = curve.iter().map(|s| format!("{s:.1}")).collect();
