@@ -58,10 +58,10 @@ impl Journal {
                 "cannot open {}",
                 lock_path.display()
             )))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(FetchError::Busy(lock_path)),
-            Err(fs::TryLockError::Error(e)) => {
+        match poplar_util::flock::try_exclusive(&lock) {
+            Ok(true) => {}
+            Ok(false) => return Err(FetchError::Busy(lock_path)),
+            Err(e) => {
                 return Err(FetchError::io(format!(
                     "cannot lock {}",
                     lock_path.display()

@@ -4,7 +4,8 @@
 use super::*;
 
 /// Takes the POP3 session lock, an `flock` on `poplar-pop3.lock` that the kernel releases the
-/// instant the file is closed, however the session ends.
+/// instant the file is closed, however the session ends. A lock still held after
+/// [`poplar_util::flock::PATIENCE`] is `[IN-USE]`.
 pub(super) fn session_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(SESSION_LOCK);
     let file = OpenOptions::new()
@@ -14,10 +15,10 @@ pub(super) fn session_lock(dir: &Path) -> Result<File, StoreError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(StoreError::InUse),
-        Err(fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    match poplar_util::flock::try_exclusive(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(StoreError::InUse),
+        Err(e) => Err(StoreError::io(&path, e)),
     }
 }
 
