@@ -6,37 +6,48 @@
 //! is accepted when its signature verifies with one of those keys (RS256 or ES256 only: `none`
 //! and the HMAC algorithms are refused, so a public key can never be used as an HMAC secret),
 //! its issuer and audience are the configured ones, it is not expired or not yet valid, and it
-//! names a user in the configured claim. The clock is passed in.
+//! names a user in the configured claim.
+//!
+//! The `jsonwebtoken` crate parses the token, the JWKS entries and checks the signature; this
+//! module decides which keys may be used (signing keys of type RSA of at least 2048 bits or EC
+//! on P-256, matched to the token's algorithm and `kid`, honouring a key's own `alg`) and checks
+//! the claims itself, because the clock is passed in: `jsonwebtoken` would read the system time.
 
 use crate::error::AuthError;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use jsonwebtoken::jwk::{self, AlgorithmParameters, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::Value;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY: u64 = 60;
 
-#[derive(Debug, Clone)]
-enum Key {
-    Rsa {
-        n: Vec<u8>,
-        e: Vec<u8>,
-    },
-    /// Uncompressed P-256 point (0x04 || x || y).
-    P256(Vec<u8>),
+/// The smallest RSA modulus accepted, in octets (2048 bits, as RFC 7518 section 3.3 requires).
+const MIN_RSA_MODULUS: usize = 256;
+
+/// A usable key from the JWKS.
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    /// RS256 for an RSA key, ES256 for a P-256 key: the one algorithm it verifies.
+    alg: Algorithm,
+    key: DecodingKey,
 }
 
-#[derive(Debug, Clone)]
-struct Jwk {
-    kid: Option<String>,
-    key: Key,
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a token must satisfy, and the keys to check its signature.
 #[derive(Debug, Clone)]
 pub struct JwtVerifier {
-    keys: Vec<Jwk>,
+    keys: Vec<Key>,
     issuer: String,
     audience: String,
     user_claim: String,
@@ -68,6 +79,46 @@ pub enum TokenError {
     UnverifiedEmail,
 }
 
+/// The key a JWKS entry gives, if it is one this verifier uses: a signing key (no `use`, or
+/// `sig`), RSA of at least 2048 bits or EC on P-256, whose own `alg`, when it states one, is
+/// the algorithm its type implies.
+fn usable(entry: &jwk::Jwk) -> Option<Key> {
+    if entry
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
+        return None;
+    }
+    let (alg, stated) = match &entry.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let n = B64URL.decode(&rsa.n).ok()?;
+            let significant = n.iter().skip_while(|b| **b == 0).count();
+            if significant < MIN_RSA_MODULUS {
+                return None;
+            }
+            (Algorithm::RS256, KeyAlgorithm::RS256)
+        }
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == jwk::EllipticCurve::P256 => {
+            let coordinate = |c: &str| B64URL.decode(c).is_ok_and(|v| v.len() == 32);
+            if !coordinate(&ec.x) || !coordinate(&ec.y) {
+                return None;
+            }
+            (Algorithm::ES256, KeyAlgorithm::ES256)
+        }
+        _ => return None,
+    };
+    if entry.common.key_algorithm.is_some_and(|a| a != stated) {
+        return None;
+    }
+    Some(Key {
+        kid: entry.common.key_id.clone(),
+        alg,
+        key: DecodingKey::from_jwk(entry).ok()?,
+    })
+}
+
 impl JwtVerifier {
     /// Reads a JWKS document. RSA keys and P-256 EC keys are used; others are skipped.
     pub fn from_jwks(
@@ -82,42 +133,17 @@ impl JwtVerifier {
             .get("keys")
             .and_then(Value::as_array)
             .ok_or_else(|| bad("no \"keys\" array"))?;
-        let b64 = |v: Option<&Value>| {
-            v.and_then(Value::as_str)
-                .and_then(|s| B64URL.decode(s).ok())
-        };
-        let mut keys = Vec::new();
-        for k in list {
-            if k.get("use")
-                .and_then(Value::as_str)
-                .is_some_and(|u| u != "sig")
-            {
-                continue;
-            }
-            let kid = k.get("kid").and_then(Value::as_str).map(str::to_owned);
-            let key = match (
-                k.get("kty").and_then(Value::as_str),
-                k.get("crv").and_then(Value::as_str),
-            ) {
-                (Some("RSA"), _) => match (b64(k.get("n")), b64(k.get("e"))) {
-                    (Some(n), Some(e)) => Key::Rsa { n, e },
-                    _ => continue,
-                },
-                (Some("EC"), Some("P-256")) => match (b64(k.get("x")), b64(k.get("y"))) {
-                    (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
-                        let mut point = vec![4u8];
-                        point.extend_from_slice(&x);
-                        point.extend_from_slice(&y);
-                        Key::P256(point)
-                    }
-                    _ => continue,
-                },
-                _ => continue,
-            };
-            keys.push(Jwk { kid, key });
-        }
+        // Entry by entry, so that one key of a kind this crate does not know (an encryption
+        // key, a new curve) does not make the whole document unusable.
+        let keys: Vec<Key> = list
+            .iter()
+            .filter_map(|k| serde_json::from_value::<jwk::Jwk>(k.clone()).ok())
+            .filter_map(|k| usable(&k))
+            .collect();
         if keys.is_empty() {
-            return Err(bad("no usable RS256 or ES256 key"));
+            return Err(bad(
+                "no usable key (RS256 with at least 2048 bits, or ES256 on P-256)",
+            ));
         }
         Ok(Self {
             keys,
@@ -129,60 +155,57 @@ impl JwtVerifier {
 
     /// Verifies a token at Unix time `now`; returns the user it names.
     pub fn verify(&self, token: &str, now: u64) -> Result<String, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        if token.split('.').count() != 3 {
             return Err(TokenError::Malformed);
-        };
-        let json = |part: &str| -> Result<Value, TokenError> {
-            let raw = B64URL.decode(part).map_err(|_| TokenError::Malformed)?;
-            serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)
-        };
-        let header = json(h)?;
-        let signature = B64URL.decode(s).map_err(|_| TokenError::Malformed)?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or(TokenError::Malformed)?;
-        let kid = header.get("kid").and_then(Value::as_str);
-        let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| unparsed_header(token))?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(TokenError::UnsupportedAlgorithm);
+        }
+        let mut validation = Validation::new(header.alg);
+        // The claims are checked below against the `now` given.
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
         let candidates = self
             .keys
             .iter()
-            .filter(|k| kid.is_none() || k.kid.as_deref() == kid);
+            .filter(|k| k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid));
+        let mut claims = None;
         let mut any = false;
-        let mut verified = false;
         for k in candidates {
-            let ok = match (alg, &k.key) {
-                ("RS256", Key::Rsa { n, e }) => RsaPublicKeyComponents { n, e }
-                    .verify(&signature::RSA_PKCS1_2048_8192_SHA256, signed, &signature)
-                    .is_ok(),
-                ("ES256", Key::P256(point)) => {
-                    UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                        .verify(signed, &signature)
-                        .is_ok()
-                }
-                ("RS256" | "ES256", _) => continue,
-                _ => return Err(TokenError::UnsupportedAlgorithm),
-            };
             any = true;
-            if ok {
-                verified = true;
-                break;
+            match jsonwebtoken::decode::<Value>(token, &k.key, &validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(e) if *e.kind() == ErrorKind::InvalidSignature => {}
+                // A part that does not decode fails for every key alike.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_)
+                    ) =>
+                {
+                    return Err(TokenError::Malformed);
+                }
+                Err(_) => {}
             }
         }
-        if !any {
-            return Err(if matches!(alg, "RS256" | "ES256") {
-                TokenError::UnknownKey
+        let Some(claims) = claims else {
+            return Err(if any {
+                TokenError::BadSignature
             } else {
-                TokenError::UnsupportedAlgorithm
+                TokenError::UnknownKey
             });
-        }
-        if !verified {
-            return Err(TokenError::BadSignature);
-        }
-        let claims = json(p)?;
+        };
+        self.check_claims(&claims, now)
+    }
+
+    /// The rules on a token whose signature verified.
+    fn check_claims(&self, claims: &Value, now: u64) -> Result<String, TokenError> {
         let number = |name: &str| claims.get(name).and_then(Value::as_u64);
         match number("exp") {
             Some(exp) if exp + LEEWAY > now => {}
@@ -215,11 +238,27 @@ impl JwtVerifier {
     }
 }
 
+/// Why a header `jsonwebtoken` could not read was refused: a JSON header naming an algorithm
+/// it does not know (`none`, say) is an unsupported algorithm, anything else malformed.
+fn unparsed_header(token: &str) -> TokenError {
+    let names_alg = token
+        .split('.')
+        .next()
+        .and_then(|h| B64URL.decode(h).ok())
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+        .is_some_and(|h| h.get("alg").is_some_and(Value::is_string));
+    if names_alg {
+        TokenError::UnsupportedAlgorithm
+    } else {
+        TokenError::Malformed
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use ring::rand::SystemRandom;
-    use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair};
+    use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 
     pub(crate) const ISSUER: &str = "https://login.example.org";
     pub(crate) const AUDIENCE: &str = "pop3";
@@ -264,7 +303,10 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn token(&self, alg: &str, kid: &str, claims: Value) -> String {
-            let header = serde_json::json!({"alg": alg, "kid": kid, "typ": "JWT"});
+            let mut header = serde_json::json!({"alg": alg, "kid": kid, "typ": "JWT"});
+            if kid.is_empty() {
+                header.as_object_mut().unwrap().remove("kid");
+            }
             let input = format!(
                 "{}.{}",
                 B64URL.encode(header.to_string()),
@@ -411,6 +453,63 @@ pub(crate) mod tests {
         );
         for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
             assert_eq!(v.verify(bad, now), Err(TokenError::Malformed));
+        }
+    }
+
+    #[test]
+    fn keys_are_matched_to_what_they_may_sign() {
+        let s = Signer::new();
+        let now = 1_800_000_000;
+        let token = |alg, kid| s.token(alg, kid, claims("alice@example.org", now));
+        let verifier = |edit: &dyn Fn(&mut Value)| {
+            let mut jwks: Value = serde_json::from_str(&s.jwks()).unwrap();
+            edit(&mut jwks);
+            JwtVerifier::from_jwks(&jwks.to_string(), ISSUER, AUDIENCE, "email").unwrap()
+        };
+        let v = verifier(&|_| {});
+        // Without a kid every key of the algorithm's type is tried.
+        assert!(v.verify(&token("ES256", ""), now).is_ok());
+        assert!(v.verify(&token("RS256", ""), now).is_ok());
+        // An ES256 token naming the RSA key's kid finds no key: types are not mixed.
+        assert_eq!(
+            v.verify(&token("ES256", "rsa1"), now),
+            Err(TokenError::UnknownKey)
+        );
+        // A key that says it is for encryption, or for another algorithm, is not used.
+        let v = verifier(&|j| j["keys"][0]["use"] = "enc".into());
+        assert_eq!(
+            v.verify(&token("ES256", "ec1"), now),
+            Err(TokenError::UnknownKey)
+        );
+        let v = verifier(&|j| j["keys"][1]["alg"] = "RS512".into());
+        assert_eq!(
+            v.verify(&token("RS256", "rsa1"), now),
+            Err(TokenError::UnknownKey)
+        );
+        assert!(v.verify(&token("ES256", "ec1"), now).is_ok());
+        // Keys this crate cannot read sit beside usable ones without spoiling the document.
+        let v = verifier(&|j| {
+            let keys = j["keys"].as_array_mut().unwrap();
+            keys.push(serde_json::json!({"kty": "OKP", "crv": "X448", "x": "AA"}));
+            keys.push(
+                serde_json::json!({"kty": "RSA", "alg": "RSA-OAEP-512", "n": "AQAB", "e": "AQAB"}),
+            );
+        });
+        assert!(v.verify(&token("RS256", "rsa1"), now).is_ok());
+    }
+
+    #[test]
+    fn short_rsa_keys_and_other_curves_are_not_used() {
+        let short = B64URL.encode([0xc5; 128]); // 1024 bits
+        let coordinate = B64URL.encode([7; 48]);
+        for jwks in [
+            format!(r#"{{"keys":[{{"kty":"RSA","n":"{short}","e":"AQAB"}}]}}"#),
+            format!(
+                r#"{{"keys":[{{"kty":"EC","crv":"P-384","x":"{coordinate}","y":"{coordinate}"}}]}}"#
+            ),
+        ] {
+            let refused = JwtVerifier::from_jwks(&jwks, ISSUER, AUDIENCE, "email").unwrap_err();
+            assert!(refused.to_string().contains("2048"), "{refused}");
         }
     }
 
