@@ -8,8 +8,8 @@ use pop3_store::MailStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// Connections the kernel may queue before `accept` (capped by `net.core.somaxconn`). The
 /// usual default of 128 drops SYNs, and so costs clients a one-second retransmission, as soon
@@ -50,45 +50,58 @@ pub(crate) async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: 
             }
         };
         let _ = stream.set_nodelay(true);
-        let ip = peer.ip().to_canonical();
-        let peer = SocketAddr::new(ip, peer.port());
-        let net = limits::client_net(ip);
-        // At the per-address limit the longest-waiting unauthenticated connection from the
-        // same address makes room, as at the global limit: many real clients share an address
-        // (NAT), and connections that never log in must not lock them out.
-        let (slot, evicted_for_address) = match shared.per_ip.try_take(net) {
-            Some(slot) => (slot, false),
-            None if shared.waiting.evict_oldest_from(net) => (shared.per_ip.take_over(net), true),
+        admit(&shared, stream, peer, kind, client_certs);
+    }
+}
+
+/// Takes a connection from `peer` in, or refuses it: the connection limits (where the
+/// longest-waiting unauthenticated connection makes room), then the session in a task of its
+/// own. TCP connections come here from [`accept_loop`], in-process ones from
+/// [`crate::Connector`].
+pub(crate) fn admit<S, IO>(
+    shared: &Arc<Shared<S>>,
+    stream: IO,
+    peer: SocketAddr,
+    kind: Kind,
+    client_certs: bool,
+) where
+    S: MailStore,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ip = peer.ip().to_canonical();
+    let peer = SocketAddr::new(ip, peer.port());
+    let net = limits::client_net(ip);
+    // At the per-address limit the longest-waiting unauthenticated connection from the
+    // same address makes room, as at the global limit: many real clients share an address
+    // (NAT), and connections that never log in must not lock them out.
+    let (slot, evicted_for_address) = match shared.per_ip.try_take(net) {
+        Some(slot) => (slot, false),
+        None if shared.waiting.evict_oldest_from(net) => (shared.per_ip.take_over(net), true),
+        None => return refuse(&shared.refusals, stream, peer, kind, AT_ADDRESS_LIMIT),
+    };
+    let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
+    // An eviction for the address also frees a global permit; otherwise, at the global
+    // limit, the longest-waiting unauthenticated connection of all makes room.
+    if permit.is_none() && !evicted_for_address && !shared.waiting.evict_oldest() {
+        return refuse(&shared.refusals, stream, peer, kind, AT_LIMIT);
+    }
+    // Queued here, not in the task, so the queue is in arrival order.
+    let waiting = shared.waiting.enter(net);
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let permit = match permit {
+            Some(permit) => permit,
             None => {
-                refuse(&shared.refusals, stream, kind, AT_ADDRESS_LIMIT);
-                continue;
+                let connections = Arc::clone(&shared.connections);
+                match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => return refuse(&shared.refusals, stream, peer, kind, AT_LIMIT),
+                }
             }
         };
-        let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
-        // An eviction for the address also frees a global permit; otherwise, at the global
-        // limit, the longest-waiting unauthenticated connection of all makes room.
-        if permit.is_none() && !evicted_for_address && !shared.waiting.evict_oldest() {
-            refuse(&shared.refusals, stream, kind, AT_LIMIT);
-            continue;
-        }
-        // Queued here, not in the task, so the queue is in arrival order.
-        let waiting = shared.waiting.enter(net);
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let permit = match permit {
-                Some(permit) => permit,
-                None => {
-                    let connections = Arc::clone(&shared.connections);
-                    match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
-                        Ok(Ok(permit)) => permit,
-                        _ => return refuse(&shared.refusals, stream, kind, AT_LIMIT),
-                    }
-                }
-            };
-            connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
-            drop((slot, permit));
-        });
-    }
+        connection::handle(shared, stream, peer, kind, client_certs, waiting).await;
+        drop((slot, permit));
+    });
 }
 
 const AT_ADDRESS_LIMIT: &str = "Too many connections from your address; try again shortly";
@@ -98,8 +111,16 @@ const AT_LIMIT: &str = "Server is at its connection limit; try again shortly";
 const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Tells a client it cannot be served (plaintext only: a POP3S client would not understand).
-fn refuse(log: &limits::RefusalLog, mut stream: TcpStream, kind: Kind, text: &'static str) {
-    log.record(stream.peer_addr().ok(), text);
+fn refuse<IO>(
+    log: &limits::RefusalLog,
+    mut stream: IO,
+    peer: SocketAddr,
+    kind: Kind,
+    text: &'static str,
+) where
+    IO: AsyncWrite + Unpin + Send + 'static,
+{
+    log.record(peer, text, tokio::time::Instant::now());
     if kind == Kind::Pop3s {
         return;
     }

@@ -23,11 +23,9 @@ use pop3_store::{MailStore, Maildrop, MessageSource, StoreError};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 /// Message data is read and encoded in chunks of this size.
 const CHUNK: usize = 256 * 1024;
@@ -76,9 +74,9 @@ async fn evicted(waiting: &Option<crate::limits::WaitingTicket>) {
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
-pub(crate) async fn handle<S: MailStore>(
+pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared<S>>,
-    tcp: TcpStream,
+    tcp: IO,
     peer: SocketAddr,
     kind: Kind,
     client_certs: bool,
@@ -110,7 +108,11 @@ pub(crate) async fn handle<S: MailStore>(
 }
 
 impl<S: MailStore> Connection<S> {
-    async fn run(&mut self, tcp: TcpStream, kind: Kind) -> io::Result<()> {
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        tcp: IO,
+        kind: Kind,
+    ) -> io::Result<()> {
         let plain = match kind {
             Kind::Pop3s => {
                 let tls = self.handshake(tcp).await?;
@@ -135,10 +137,10 @@ impl<S: MailStore> Connection<S> {
         }
     }
 
-    async fn handshake(
+    async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        tcp: TcpStream,
-    ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        tcp: IO,
+    ) -> io::Result<tokio_rustls::server::TlsStream<IO>> {
         let setup = self
             .shared
             .current_tls()

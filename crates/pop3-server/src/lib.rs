@@ -10,7 +10,12 @@
 //!   both answered with `-ERR [SYS/TEMP]` instead of silence;
 //! - back-off on accept errors (running out of file descriptors must not spin the CPU);
 //! - graceful shutdown: stop accepting, tell idle sessions, let running commands (a RETR, a
-//!   commit) finish, wait up to the grace period.
+//!   commit) finish, wait up to the grace period;
+//! - [`Connector`]: connections that do not come through a listening socket (an in-process
+//!   client, a stream whose peer a front end vouches for), under the same limits.
+//!
+//! Time is tokio's clock (`tokio::time::Instant`, `sleep`, `timeout`): penalties, the refusal
+//! log, timeouts and LOGIN-DELAY read nothing else, so a test pauses and advances it.
 
 #![forbid(unsafe_code)]
 
@@ -133,6 +138,39 @@ pub struct Server<S: MailStore> {
     shared: Arc<Shared<S>>,
     listeners: Vec<Listener>,
     lmtp_listeners: Vec<lmtp::listener::LmtpListener>,
+}
+
+/// Serves POP3 over streams that did not come through a listening socket, as if they had been
+/// accepted from `peer` on a listener of the given kind: the same connection limits,
+/// penalties, timeouts and session. Tests drive the server in process with it under tokio's
+/// paused clock, with no kernel in between whose timing could race the clock.
+pub struct Connector<S: MailStore> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: MailStore> Clone for Connector<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: MailStore> Connector<S> {
+    /// Serves `stream` as a connection from `peer`.
+    pub fn serve<IO>(&self, stream: IO, peer: SocketAddr, kind: Kind)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        accept::admit(&self.shared, stream, peer, kind, false);
+    }
+
+    /// A connection from `peer` over an in-memory pipe: the client's end.
+    pub fn connect(&self, peer: SocketAddr, kind: Kind) -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        self.serve(server, peer, kind);
+        client
+    }
 }
 
 /// A bound listening socket and how its connections are served.
@@ -295,6 +333,14 @@ impl<S: MailStore> Server<S> {
             config: config.clone(),
             slot: Arc::clone(slot),
         })
+    }
+
+    /// A handle that serves connections handed to it rather than accepted from a socket; it
+    /// stays usable while [`Server::serve`] runs.
+    pub fn connector(&self) -> Connector<S> {
+        Connector {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The bound addresses (useful when a port was given as 0).

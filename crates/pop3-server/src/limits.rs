@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// What per-address connection limits count: an IPv4 address, or an IPv6 /64. A /64 is one
 /// subscriber's network (a single host may use any address in it, and privacy addresses
@@ -119,8 +120,7 @@ pub(crate) struct RefusalLog {
 }
 
 impl RefusalLog {
-    pub(crate) fn record(&self, peer: Option<SocketAddr>, reason: &str) {
-        let now = Instant::now();
+    pub(crate) fn record(&self, peer: SocketAddr, reason: &str, now: Instant) {
         let suppressed = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             match state.0 {
@@ -139,7 +139,7 @@ impl RefusalLog {
                 "refused {suppressed} further connections since the last report (logged at most once per {REFUSAL_LOG_WINDOW:?})"
             );
         }
-        tracing::info!(peer = ?peer, "refused a connection: {reason}");
+        tracing::info!(%peer, "refused a connection: {reason}");
     }
 }
 

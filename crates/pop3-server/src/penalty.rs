@@ -28,7 +28,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Records kept per table (addresses, accounts).
 pub(crate) const MAX_RECORDS: usize = 100_000;

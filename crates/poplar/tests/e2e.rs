@@ -313,17 +313,6 @@ fn pipelined_session_in_one_write() {
 }
 
 #[test]
-fn idle_connections_are_closed_without_a_response() {
-    let mut b = ServerBuilder::new();
-    b.set("timeouts.idle_before_login", "1s");
-    let server = b.start();
-    let (mut c, _) = Client::connect(server.pop3);
-    assert!(c.closed_within(Duration::from_secs(5)));
-    let line = server.wait_for_log("end=\"timeout\"");
-    assert!(line.contains("session ended"));
-}
-
-#[test]
 fn connection_caps_answer_clearly() {
     let mut b = ServerBuilder::new();
     b.set("limits.max_connections_per_ip", 2);
@@ -714,27 +703,6 @@ fn global_connection_cap_makes_room_by_closing_the_longest_unauthenticated_conne
     assert!(c.closed_within(Duration::from_secs(5)));
     assert!(alice.cmd("STAT").starts_with("+OK"));
     assert!(bob.cmd("STAT").starts_with("+OK"));
-}
-
-#[test]
-fn tls_handshakes_that_never_finish_time_out() {
-    let mut b = ServerBuilder::new();
-    b.set("timeouts.tls_handshake", "1s");
-    let server = b.start();
-    // Connect to POP3S and send nothing.
-    let mut silent = std::net::TcpStream::connect(server.pop3s).unwrap();
-    silent
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let start = Instant::now();
-    let mut buf = [0u8; 16];
-    let n = std::io::Read::read(&mut silent, &mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "expected the server to close the connection");
-    assert!(start.elapsed() < Duration::from_secs(4));
-    server.wait_for_log("TLS handshake timed out");
-    // Meanwhile TLS still works for others.
-    let (_, greeting) = Client::connect_tls(server.pop3s, &server.cert());
-    assert!(greeting.starts_with("+OK"));
 }
 
 #[test]

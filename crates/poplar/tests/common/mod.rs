@@ -471,31 +471,6 @@ pub fn tcp_from(local: &str, addr: SocketAddr) -> TcpStream {
     socket.into()
 }
 
-/// An IPv6 prefix routed to the loopback interface while it lives (`ip -6 route add local`),
-/// so that tests can connect from any of its addresses, as many hosts of one network would.
-/// Needs root (as CI has); see [`skip_root_test`].
-pub struct LocalPrefix(String);
-
-impl LocalPrefix {
-    /// Routes `prefix` (e.g. `2001:db8:64::/64`) to loopback; `None` when not permitted.
-    pub fn add(prefix: &str) -> Option<LocalPrefix> {
-        let ok = Command::new("ip")
-            .args(["-6", "route", "replace", "local", prefix, "dev", "lo"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| LocalPrefix(prefix.to_owned()))
-    }
-}
-
-impl Drop for LocalPrefix {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["-6", "route", "del", "local", &self.0, "dev", "lo"])
-            .status();
-    }
-}
-
 /// A small blocking POP3 client that does not interpret much, so tests see the wire.
 pub struct Client {
     stream: Stream,
