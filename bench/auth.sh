@@ -11,6 +11,7 @@ wrong=${2:-50}
 ensure_packages dovecot-core
 cargo build --release --quiet
 P=$PWD/target/release/poplar
+B=$PWD/target/release/poplar-bench
 work=$(mktemp -d /tmp/poplar-auth-bench.XXXXXX)
 trap 'kill $server 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
@@ -38,12 +39,12 @@ for _ in $(seq 100); do
 done
 echo "== $(nproc) cores; $times logins per mechanism, one at a time, each on a new connection"
 echo "-- alice: ARGON2ID (19 MiB, t=2) for USER/PLAIN/LOGIN, stored SCRAM keys and CRAM-MD5 states"
-"$P" bench login --pop3 "$addr" --user alice --password benchpw --times "$times" \
+"$B" login --pop3 "$addr" --user alice --password benchpw --times "$times" \
     --mechanisms USER,PLAIN,LOGIN,CRAM-MD5,SCRAM-SHA-1,SCRAM-SHA-256
 echo "-- plain: {PLAIN}; SCRAM keys derived per login (PBKDF2, 4096 iterations)"
-"$P" bench login --pop3 "$addr" --user plain --password benchpw --times "$times" \
+"$B" login --pop3 "$addr" --user plain --password benchpw --times "$times" \
     --mechanisms USER,APOP,CRAM-MD5,SCRAM-SHA-1,SCRAM-SHA-256
 echo "-- dovecot: {ARGON2ID} from doveadm pw (64 MiB, t=3)"
-"$P" bench login --pop3 "$addr" --user dovecot --password benchpw --times "$((times / 5 + 1))" --mechanisms USER
+"$B" login --pop3 "$addr" --user dovecot --password benchpw --times "$((times / 5 + 1))" --mechanisms USER
 echo "== $wrong wrong passwords in a row for alice on one connection (defaults: 2 s doubling to 15 s)"
-"$P" bench penalty --pop3 "$addr" --user alice --count "$wrong"
+"$B" penalty --pop3 "$addr" --user alice --count "$wrong"

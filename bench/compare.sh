@@ -11,7 +11,7 @@
 #
 # Kept equal for both servers: one RSA-2048 certificate (TLS 1.3, rustls' and OpenSSL's default
 # AES-GCM suite), {PLAIN} passwords in one passwd-file, byte-identical Maildirs (files written by
-# `poplar bench fill` with ,S= and ,W= hints, copied before either server touches them), logging
+# `poplar-bench fill` with ,S= and ,W= hints, copied before either server touches them), logging
 # of one line per session to a file, no fsync on the measured paths (nothing is deleted: both
 # fsync only when a session's QUIT removes mail). Dovecot's process and client limits are raised
 # so that it can hold the idle connections (capacity, not speed: stock Dovecot stops at 100
@@ -28,6 +28,7 @@ repo=$PWD
 ensure_packages dovecot-core dovecot-pop3d openssl python3
 cargo build --release --quiet
 P=$repo/target/release/poplar
+B=$repo/target/release/poplar-bench
 
 work=$(mktemp -d /tmp/poplar-compare.XXXXXX)
 chmod 755 "$work"
@@ -48,16 +49,16 @@ mkdir -p poplar/mail
 users=poplar/users
 for i in $(seq 0 7); do
     echo "bench$i:{PLAIN}benchpw" >> $users
-    "$P" bench fill --data-dir poplar --user "bench$i" --messages 10 --size 4096 > /dev/null
+    "$B" fill --data-dir poplar --user "bench$i" --messages 10 --size 4096 > /dev/null
 done
 for i in $(seq 0 $((idle - 1))); do
     echo "idle$i:{PLAIN}benchpw" >> $users
-    "$P" bench fill --data-dir poplar --user "idle$i" --messages 1 --size 4096 > /dev/null
+    "$B" fill --data-dir poplar --user "idle$i" --messages 1 --size 4096 > /dev/null
 done
 echo "big:{PLAIN}benchpw" >> $users
-"$P" bench fill --data-dir poplar --user big --messages 1 --size $((10 << 20)) > /dev/null
+"$B" fill --data-dir poplar --user big --messages 1 --size $((10 << 20)) > /dev/null
 echo "huge:{PLAIN}benchpw" >> $users
-"$P" bench fill --data-dir poplar --user huge --messages "$huge" --size 4096
+"$B" fill --data-dir poplar --user huge --messages "$huge" --size 4096
 mkdir dovecot
 cp -a poplar/mail dovecot/mail
 cp $users dovecot/users
@@ -153,13 +154,13 @@ run_loads() {
     $start
     local common=(--label "$label" --server-pid "$server" --json "$results")
     # A warm-up so that both servers have their processes, caches and pages in place.
-    "$P" bench session --server "$plain" --password benchpw --seconds 2 > /dev/null
-    "$P" bench session --server "$plain" "${common[@]}" --password benchpw --seconds "$seconds"
-    "$P" bench session --server "$tls" "${common[@]}" "${secure[@]}" --password benchpw \
+    "$B" session --server "$plain" --password benchpw --seconds 2 > /dev/null
+    "$B" session --server "$plain" "${common[@]}" --password benchpw --seconds "$seconds"
+    "$B" session --server "$tls" "${common[@]}" "${secure[@]}" --password benchpw \
         --seconds "$seconds"
-    "$P" bench retr --server "$plain" "${common[@]}" --user big --password benchpw \
+    "$B" retr --server "$plain" "${common[@]}" --user big --password benchpw \
         --seconds "$seconds"
-    "$P" bench retr --server "$tls" "${common[@]}" "${secure[@]}" --user big \
+    "$B" retr --server "$tls" "${common[@]}" "${secure[@]}" --user big \
         --password benchpw --seconds "$seconds"
     stop
     # Memory per idle session on a freshly started server: after the loads above, an allocator
@@ -169,7 +170,7 @@ run_loads() {
         common=(--label "$label" --server-pid "$server" --json "$results")
         local target=(--server "$plain")
         [ $how = tls ] && target=(--server "$tls" "${secure[@]}")
-        "$P" bench idle "${target[@]}" "${common[@]}" --user-prefix idle \
+        "$B" idle "${target[@]}" "${common[@]}" --user-prefix idle \
             --connections "$idle" --password benchpw
         stop
     done
@@ -179,18 +180,18 @@ run_loads() {
 sync
 sleep 2
 echo "== $(nproc) cores, $(uname -r), $(dovecot --version | cut -d' ' -f1) Dovecot; $seconds s per load"
-"$P" bench loopback --json "$results"
+"$B" loopback --json "$results"
 
 # The huge maildrop, opened cold (the first login ever) and warm, by Poplar and stock Dovecot.
 start_poplar
-"$P" bench open --server 127.0.0.1:21110 --label poplar --json "$results" --user huge \
+"$B" open --server 127.0.0.1:21110 --label poplar --json "$results" --user huge \
     --password benchpw --times 5
-"$P" bench hold --server 127.0.0.1:21110 --label poplar --server-pid "$server" \
+"$B" hold --server 127.0.0.1:21110 --label poplar --server-pid "$server" \
     --json "$results" --connections "$hold" --password benchpw --seconds "$seconds"
 stop
 mode=stock
 start_dovecot
-"$P" bench open --server 127.0.0.1:22110 --label dovecot --json "$results" --user huge \
+"$B" open --server 127.0.0.1:22110 --label dovecot --json "$results" --user huge \
     --password benchpw --times 5
 stop
 
@@ -200,7 +201,7 @@ run_loads dovecot start_dovecot 22110 22995
 mode=hp
 run_loads dovecot-hp start_dovecot 22110 22995
 
-table=$("$P" bench table "$results")
+table=$("$B" table "$results")
 cd "$repo"
 {
     echo "<!-- compare.sh begin: generated by bench/compare.sh; do not edit by hand -->"

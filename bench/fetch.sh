@@ -14,6 +14,7 @@ repo=$PWD
 ensure_packages dovecot-core dovecot-pop3d openssl mpop python3
 cargo build --release --quiet
 P=$repo/target/release/poplar
+B=$repo/target/release/poplar-bench
 work=$(mktemp -d /tmp/poplar-fetch.XXXXXX)
 chmod 755 "$work"
 server=
@@ -28,8 +29,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 
     -subj /CN=localhost -addext subjectAltName=DNS:localhost \
     -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth 2>/dev/null
 chmod 644 key.pem
-"$P" bench fill --data-dir poplar --user small --messages "$small" --size 4096 > /dev/null
-"$P" bench fill --data-dir poplar --user huge --messages 1 --size $((100 << 20)) > /dev/null
+"$B" fill --data-dir poplar --user small --messages "$small" --size 4096 > /dev/null
+"$B" fill --data-dir poplar --user huge --messages 1 --size $((100 << 20)) > /dev/null
 printf 'small:{PLAIN}pw\nhuge:{PLAIN}pw\n' > poplar/users
 mkdir -p dovecot && cp -a poplar/mail dovecot/mail && chown -R nobody:nogroup dovecot
 cat > poplar.toml <<CONF

@@ -14,6 +14,7 @@ repo=$PWD
 ensure_packages dovecot-core dovecot-pop3d openssl python3
 cargo build --release --quiet
 P=$repo/target/release/poplar
+B=$repo/target/release/poplar-bench
 work=$(mktemp -d /tmp/poplar-migrate.XXXXXX)
 chmod 755 "$work"
 cleanup() {
@@ -25,7 +26,7 @@ cd "$work"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 \
     -subj /CN=localhost -addext subjectAltName=DNS:localhost \
     -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth 2>/dev/null
-"$P" bench fill --data-dir old --user alice --messages "$n" --size 4096 > /dev/null
+"$B" fill --data-dir old --user alice --messages "$n" --size 4096 > /dev/null
 chown -R nobody:nogroup old
 cat > dovecot.conf <<CONF
 base_dir = $work/run

@@ -6,6 +6,7 @@ set -euo pipefail
 seconds=${1:-10}
 cargo build --release --quiet
 P=$PWD/target/release/poplar
+B=$PWD/target/release/poplar-bench
 work=$(mktemp -d /tmp/poplar-bench.XXXXXX)
 trap 'kill $server 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
@@ -21,7 +22,7 @@ TOML
 mkdir -p data
 for i in $(seq 0 7); do
     echo "bench$i:{PLAIN}benchpw" >> data/users
-    "$P" bench fill --data-dir data --user "bench$i" --messages 10 --size 4096 > /dev/null
+    "$B" fill --data-dir data --user "bench$i" --messages 10 --size 4096 > /dev/null
 done
 echo "big:{PLAIN}benchpw" >> data/users
 
@@ -39,15 +40,15 @@ start_server() {
 echo "== $(nproc) cores, $(uname -r); 8 connections, sessions of USER/PASS STAT UIDL LIST RETR x10 (4 KiB) QUIT"
 start_server
 echo "-- {PLAIN} stored passwords"
-"$P" bench session --pop3 "$addr" --users 8 --password benchpw --seconds "$seconds" --server-pid "$server"
+"$B" session --pop3 "$addr" --users 8 --password benchpw --seconds "$seconds" --server-pid "$server"
 echo "-- {ARGON2ID} stored passwords (Poplar's default for new users)"
 cp data/users data/users.plain
 : > data/users
 for i in $(seq 0 7); do echo benchpw | "$P" user add "bench$i" --password-stdin --config poplar.toml > /dev/null; done
-"$P" bench session --pop3 "$addr" --users 8 --password benchpw --seconds "$seconds" --server-pid "$server"
+"$B" session --pop3 "$addr" --users 8 --password benchpw --seconds "$seconds" --server-pid "$server"
 cp data/users.plain data/users
 
 echo "== 100 000 messages of 4 KiB in one maildrop (files with ,S= and ,W= hints, page cache warm)"
-"$P" bench fill --data-dir data --user big --messages 100000 --size 4096
-"$P" bench open --pop3 "$addr" --user big --password benchpw --times 5
+"$B" fill --data-dir data --user big --messages 100000 --size 4096
+"$B" open --pop3 "$addr" --user big --password benchpw --times 5
 grep -E 'VmRSS|VmHWM' "/proc/$server/status"

@@ -3,7 +3,7 @@
 //! The protocol rules a client follows live in `pop3_proto::client` (status lines, un-stuffing,
 //! CAPA); this crate adds the sockets: plain TCP, implicit TLS (RFC 8314) or STLS (RFC 2595)
 //! with rustls, and every login mechanism through pop3-auth's client side. `poplar migrate`,
-//! `poplar bench` and `poplar fetch` all connect through [`conn`].
+//! `poplar-bench` and `poplar fetch` all connect through [`conn`].
 //!
 //! `poplar fetch` itself is [`fetch::fetch`]: one run for one account, delivering into a
 //! [`dest::Destination`] exactly once thanks to the [`journal`], even when killed at any instant.

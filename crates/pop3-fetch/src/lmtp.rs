@@ -1,5 +1,5 @@
 //! An LMTP client (RFC 2033): the `lmtp:` destination of `poplar fetch` and the LMTP load of
-//! `poplar bench` both speak through it.
+//! `poplar-bench` both speak through it.
 //!
 //! Blocking, over TCP or a unix socket, with a read timeout on every reply. The envelope is
 //! pipelined (LHLO's PIPELINING is what every LMTP server offers); the message is sent

@@ -5,7 +5,6 @@
 // Printing to the terminal is this crate's job; the libraries only log.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod bench;
 mod deliver;
 mod fetch;
 mod migrate;
@@ -53,9 +52,6 @@ enum Command {
     /// Check a configuration and everything `serve` would use (files, certificate, accounts,
     /// sockets), changing nothing; explain any problem. Exit 78 when `serve` would refuse.
     CheckConfig(CheckConfigArgs),
-    /// Load generator and benchmark helpers (see docs/benchmarks.md).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
 }
 
 /// Options every subcommand takes.
@@ -284,7 +280,6 @@ fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(&args),
         Command::Fetch(args) => fetch::run(&args),
         Command::CheckConfig(args) => check_config(&args),
-        Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
         Ok(code) => code,

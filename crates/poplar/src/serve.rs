@@ -127,7 +127,7 @@ async fn shutdown_signal() {
 /// of 1024 would make `accept` fail long before `limits.max_connections`. Raises the soft limit
 /// to the hard one, and says so when even that is too low.
 fn raise_descriptor_limit(max_connections: usize) {
-    let limit = raise_nofile_limit();
+    let limit = poplar_util::host::raise_nofile_limit();
     // Descriptors for the listeners, logs, index files and headroom.
     let needed = u64::try_from(max_connections)
         .unwrap_or(u64::MAX)
@@ -139,19 +139,5 @@ fn raise_descriptor_limit(max_connections: usize) {
              {max_connections} may need {needed}: raise the limit (LimitNOFILE= in the systemd \
              unit, or ulimit -n) or lower limits.max_connections"
         );
-    }
-}
-
-/// Raises this process's soft limit on open files to the hard limit; returns the limit now in
-/// force (0 when it cannot be read).
-pub(crate) fn raise_nofile_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 0;
-    };
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
     }
 }

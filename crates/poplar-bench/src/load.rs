@@ -1,4 +1,4 @@
-//! The loads `poplar bench` puts on a server. Each one checks the replies as it goes (a load
+//! The loads `poplar-bench` puts on a server. Each one checks the replies as it goes (a load
 //! that measured a server answering `-ERR` quickly would be worthless) and reports its figures
 //! through [`Report`].
 
@@ -426,7 +426,7 @@ where
 const SETTLE: Duration = Duration::from_secs(2);
 
 pub(crate) async fn idle(args: IdleArgs) -> Result<ExitCode> {
-    super::super::serve::raise_nofile_limit();
+    poplar_util::host::raise_nofile_limit();
     let dialer = args.server.dialer()?;
     tokio::time::sleep(SETTLE).await;
     let before = args
@@ -463,7 +463,7 @@ pub(crate) async fn idle(args: IdleArgs) -> Result<ExitCode> {
 }
 
 pub(crate) async fn hold(args: HoldArgs) -> Result<ExitCode> {
-    let available = super::super::serve::raise_nofile_limit();
+    let available = poplar_util::host::raise_nofile_limit();
     ensure!(
         available > args.connections as u64 + 100,
         "this process may open only {available} files: raise the hard limit (ulimit -Hn) above \

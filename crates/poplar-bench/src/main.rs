@@ -1,28 +1,52 @@
-//! `poplar bench`: a load generator that checks the protocol while it measures, and the
-//! report that compares servers (see docs/benchmarks.md and bench/compare.sh).
+//! `poplar-bench`: a load generator that checks the protocol while it measures, and the report
+//! that compares servers (see docs/benchmarks.md and bench/compare.sh). A binary of its own,
+//! not a subcommand of `poplar`: it is a tool for measuring any POP3 server, and what is
+//! installed on a mail server should not carry it.
 //!
 //! Loads: `session` (full sessions in a loop), `retr` (one large message, repeatedly), `idle`
 //! (logged-in connections held), `hold` (unauthenticated connections held while fresh sessions
 //! are timed), `open` (logins of a huge maildrop, first and warm), `loopback` (raw TCP, the
 //! machine's ceiling), `login` (each authentication mechanism), `penalty` (the failure-delay
 //! curve) and `lmtp` (deliveries per second). Every load works against any POP3 server; `--server-pid` adds the server's CPU time
-//! and memory, `--json` appends the figures for `poplar bench table`. `fill` writes a large
-//! maildrop directly, as benchmark setup.
+//! and memory, `--json` appends the figures for `poplar-bench table`. `fill` writes a large
+//! maildrop through pop3-store's Maildir writer, as benchmark setup.
+
+#![forbid(unsafe_code)]
+// A command-line tool: its figures and errors go to stdout and stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod load;
 mod report;
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use pop3_fetch::{Dialer, TlsMode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// Poplar's load generator for POP3 and LMTP servers (see docs/benchmarks.md).
+#[derive(Debug, Parser)]
+#[command(name = "poplar-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("poplar-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
-pub(crate) enum BenchCommand {
-    /// Write N messages straight into a user's Maildir (benchmark setup; no fsync).
+enum BenchCommand {
+    /// Write N messages into a user's Maildir (benchmark setup).
     Fill(FillArgs),
     /// Run full sessions (login, STAT, UIDL, LIST, RETR all, QUIT) in a loop on N connections.
     Session(load::SessionArgs),
@@ -135,7 +159,7 @@ pub(crate) struct FillArgs {
     size: usize,
 }
 
-pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
+fn run(cmd: BenchCommand) -> Result<ExitCode> {
     let runtime = || tokio::runtime::Runtime::new().context("cannot start the async runtime");
     match cmd {
         BenchCommand::Fill(args) => fill(&args),
@@ -158,35 +182,33 @@ pub(crate) fn run(cmd: BenchCommand) -> Result<ExitCode> {
 }
 
 fn fill(args: &FillArgs) -> Result<ExitCode> {
-    use pop3_store::maildir::filename::unique_base;
+    use pop3_store::maildir::writer::{Folder, Writer};
+    use std::io::Write as _;
+    /// Messages made durable together (each holds a descriptor until committed).
+    const BATCH: u64 = 256;
     let store = pop3_store::MaildirStore::new(args.data_dir.join("mail"), "bench");
-    let dir = store.maildir_path(&args.user)?;
-    for sub in ["tmp", "new", "cur"] {
-        std::fs::create_dir_all(dir.join(sub))?;
-    }
+    let writer = Writer::open(&store.maildir_path(&args.user)?, "bench")?;
     let line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
     let started = Instant::now();
+    let mut batch = Vec::new();
     for i in 0..args.messages {
         let mut msg = format!("From: bench@example.org\r\nSubject: message {i}\r\n\r\n");
         while msg.len() + line.len() <= args.size {
             msg.push_str(line);
         }
         msg.truncate(args.size);
-        let mut counter = pop3_proto::SizeCounter::new();
-        counter.update(msg.as_bytes());
-        let name = format!(
-            "{},S={},W={}",
-            unique_base("bench", i, 0),
-            msg.len(),
-            counter.virtual_size()
-        );
-        std::fs::write(dir.join("new").join(name), &msg)?;
+        let mut draft = writer.draft(&writer.unique_base(), u64::MAX)?;
+        draft.write_all(msg.as_bytes())?;
+        batch.push(draft.finish()?);
+        if batch.len() as u64 == BATCH || i + 1 == args.messages {
+            writer.commit(std::mem::take(&mut batch), Folder::New)?;
+        }
     }
     println!(
         "wrote {} messages of {} octets to {} in {:.1?}",
         args.messages,
         args.size,
-        dir.display(),
+        writer.dir().display(),
         started.elapsed()
     );
     Ok(ExitCode::SUCCESS)
