@@ -218,7 +218,7 @@ fn target_listing(store: &MaildirStore, user: &str) -> Result<HashMap<String, Se
 
 fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) -> Result<Tally> {
     ensure!(
-        dir.join("cur").is_dir() && dir.join("new").is_dir(),
+        pop3_store::maildir::is_maildir(dir),
         "{} is not a Maildir (no cur/ and new/)",
         dir.display()
     );
@@ -255,7 +255,7 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     let max = store.limits().max_message_size;
     for m in messages {
         let base = pop3_store::maildir::filename::base(&m.name).to_owned();
-        let len = std::fs::symlink_metadata(&m.path).map_or(0, |md| md.len());
+        let len = m.size;
         if len > max {
             let why = format!("{len} octets, more than limits.max_message_size ({max})");
             tally.refused.push((m.path, why));

@@ -56,6 +56,8 @@ pub struct SourceMessage {
     pub name: String,
     /// Whether it is in `cur/` (else `new/`).
     pub in_cur: bool,
+    /// Octets in the file as it was listed (0 if it has gone since).
+    pub size: u64,
     /// The UIDL the old server shows for it, if it ever listed it.
     pub uidl: Option<String>,
 }
@@ -74,12 +76,22 @@ pub struct SourceListing {
 /// that are not regular files are refused (see [`super::untrusted`]): whoever owns the source
 /// could otherwise make the migration copy any file the migrating user can read.
 pub fn read_source(dir: &Path, scheme: &UidlScheme) -> Result<SourceListing, StoreError> {
+    if !super::is_maildir(dir) {
+        return Err(StoreError::Source(format!(
+            "{} is not a Maildir (no cur/ and new/)",
+            dir.display()
+        )));
+    }
     let (mut files, refused) = scan_reporting(dir)?;
-    let message = |loc: super::Located, uidl: Option<String>| SourceMessage {
-        path: dir.join(loc.sub.dir()).join(&loc.name),
-        name: loc.name,
-        in_cur: loc.sub == Folder::Cur,
-        uidl,
+    let message = |loc: super::Located, uidl: Option<String>| {
+        let path = dir.join(loc.sub.dir()).join(&loc.name);
+        SourceMessage {
+            size: fs::symlink_metadata(&path).map_or(0, |m| m.len()),
+            path,
+            name: loc.name,
+            in_cur: loc.sub == Folder::Cur,
+            uidl,
+        }
     };
     let mut out = Vec::with_capacity(files.len());
     match scheme {

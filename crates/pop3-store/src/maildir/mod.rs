@@ -105,6 +105,11 @@ impl Default for StoreLimits {
     }
 }
 
+/// Whether `dir` looks like a Maildir: it has `cur/` and `new/` (`tmp/` is created on demand).
+pub fn is_maildir(dir: &Path) -> bool {
+    dir.join("cur").is_dir() && dir.join("new").is_dir()
+}
+
 #[derive(Debug, Clone)]
 struct Located {
     sub: Folder,
