@@ -124,6 +124,16 @@ impl Lab {
         self.connect(ip, Kind::Pop3).await
     }
 
+    /// A session from `ip` logged in as `user`, and how long the login took.
+    async fn logged_in(&self, ip: &str, user: &str, password: &str) -> (Client, Duration) {
+        let (mut c, greeting) = self.pop3(ip).await;
+        assert!(greeting.starts_with("+OK"), "{greeting}");
+        let start = Instant::now();
+        let reply = c.login(user, password).await;
+        assert!(reply.starts_with("+OK Logged in"), "{reply}");
+        (c, start.elapsed())
+    }
+
     /// One failed USER/PASS for alice from `ip`: how long the answer took.
     async fn fail_from(&self, ip: &str, password: &str) -> Duration {
         let (mut c, greeting) = self.pop3(ip).await;
@@ -193,12 +203,7 @@ async fn failure_delays_double_to_the_cap_and_are_forgotten_after_a_quiet_period
     // 2, 4, 8, 15, 15, 15 seconds with the defaults.
     assert_eq!(curve, schedule(&lab.config, 6));
     // The right password still works, and clears the account's penalty...
-    let (mut c, _) = lab.pop3("192.0.2.99").await;
-    assert!(
-        c.login("alice", "right-password")
-            .await
-            .starts_with("+OK Logged in")
-    );
+    let (mut c, _) = lab.logged_in("192.0.2.99", "alice", "right-password").await;
     c.cmd("QUIT").await;
     // ...so a failure from a fresh address costs the base delay again,
     let base = lab.config.auth.failure_delay;
@@ -248,15 +253,11 @@ async fn parallel_guesses_queue_one_delay_apart_and_the_owner_still_logs_in_at_o
         .collect();
     // Let every guess arrive, then the owner logs in from an address of their own.
     sleep(secs(0.5)).await;
-    let (mut c, _) = lab.pop3("198.51.100.7").await;
-    let t = Instant::now();
-    assert!(
-        c.login("alice", "right-password")
-            .await
-            .starts_with("+OK Logged in")
-    );
+    let (_, took) = lab
+        .logged_in("198.51.100.7", "alice", "right-password")
+        .await;
     assert_eq!(
-        t.elapsed(),
+        took,
         Duration::ZERO,
         "penalties never delay a right password"
     );
@@ -378,14 +379,10 @@ async fn fifty_connections_do_not_multiply_the_guessing_rate() {
     assert!(v4.verdicts <= allowed(minute), "{v4:?}");
     assert!(v4.closed > 0, "{v4:?}");
     // The owner still logs in from another address at once.
-    let (mut c, _) = lab.pop3("198.51.100.7").await;
-    let t = Instant::now();
-    assert!(
-        c.login("alice", "right-password")
-            .await
-            .starts_with("+OK Logged in")
-    );
-    assert_eq!(t.elapsed(), Duration::ZERO);
+    let (mut c, took) = lab
+        .logged_in("198.51.100.7", "alice", "right-password")
+        .await;
+    assert_eq!(took, Duration::ZERO);
     c.cmd("QUIT").await;
 
     // Fifty hosts of one /64, against bob: one subscriber, one schedule.
@@ -463,12 +460,7 @@ async fn idle_connections_are_closed_at_their_timeout_without_a_response() {
     );
     // After login the RFC 1939 autologout timer (at least ten minutes), restarted by each
     // command.
-    let (mut c, _) = lab.pop3("192.0.2.1").await;
-    assert!(
-        c.login("alice", "right-password")
-            .await
-            .starts_with("+OK Logged in")
-    );
+    let (mut c, _) = lab.logged_in("192.0.2.1", "alice", "right-password").await;
     assert!(c.cmd("DELE 1").await.starts_with("+OK"));
     sleep(secs(300.0)).await;
     assert!(c.cmd("NOOP").await.starts_with("+OK"));
@@ -531,24 +523,14 @@ async fn tls_handshakes_that_never_finish_time_out() {
 #[tokio::test(start_paused = true)]
 async fn login_delay_is_enforced_for_exactly_its_length() {
     let (lab, _log) = start(|c| c.pop3.login_delay = 300).await;
-    let (mut c, _) = lab.pop3("192.0.2.1").await;
-    assert!(
-        c.login("alice", "right-password")
-            .await
-            .starts_with("+OK Logged in")
-    );
+    let (mut c, _) = lab.logged_in("192.0.2.1", "alice", "right-password").await;
     c.cmd("QUIT").await;
     let refused = "-ERR [LOGIN-DELAY] Logged in too recently; wait before logging in again";
     sleep(secs(299.0)).await;
     let (mut c, _) = lab.pop3("192.0.2.1").await;
     assert_eq!(c.login("alice", "right-password").await, refused);
     sleep(secs(1.0)).await;
-    let (mut c, _) = lab.pop3("192.0.2.1").await;
-    assert!(
-        c.login("alice", "right-password")
-            .await
-            .starts_with("+OK Logged in")
-    );
+    lab.logged_in("192.0.2.1", "alice", "right-password").await;
 }
 
 /// A flood of refusals is logged once per ten seconds, with the count of those not logged.
