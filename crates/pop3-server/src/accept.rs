@@ -1,9 +1,10 @@
-//! Accepting POP3 and POP3S connections: the listening sockets, the per-address and global
-//! connection limits (at either, the connection that has waited longest without logging in
-//! gives way to the newcomer), refusals answered with `-ERR [SYS/TEMP]` instead of silence,
-//! and back-off when `accept` fails (running out of descriptors must not spin the CPU).
+//! Accepting POP3 and POP3S connections: the listening sockets, PROXY headers from trusted
+//! load balancers (see [`crate::proxy`]), the per-address and global connection limits (at
+//! either, the connection that has waited longest without logging in gives way to the
+//! newcomer), refusals answered with `-ERR [SYS/TEMP]` instead of silence, and back-off when
+//! `accept` fails (running out of descriptors must not spin the CPU).
 
-use crate::{Kind, Listener, Shared, connection, limits};
+use crate::{Kind, Listener, Shared, connection, limits, proxy};
 use pop3_store::MailStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,29 @@ pub(crate) async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: 
             }
         };
         let _ = stream.set_nodelay(true);
+        let from = peer.ip().to_canonical();
+        if shared.settings.proxy_from.iter().any(|n| n.contains(&from)) {
+            // Behind a load balancer: the client's address comes in the PROXY header, read in
+            // a task of its own so that a slow proxy holds up nobody else.
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let header =
+                    tokio::time::timeout(proxy::HEADER_WAIT, proxy::read_header(&mut stream)).await;
+                match header {
+                    Ok(Ok(client)) => {
+                        admit(&shared, stream, client.unwrap_or(peer), kind, client_certs);
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, "closed a connection from a proxy: {e}"),
+                    Err(_) => tracing::warn!(
+                        %peer,
+                        "closed a connection from a proxy: no PROXY header within {:?}",
+                        proxy::HEADER_WAIT
+                    ),
+                }
+            });
+            continue;
+        }
         admit(&shared, stream, peer, kind, client_certs);
     }
 }

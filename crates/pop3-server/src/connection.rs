@@ -227,6 +227,18 @@ impl<S: MailStore> Connection<S> {
                     match read {
                         Err(_) => self.session.timed_out(),
                         Ok(Ok(0)) => return Ok(Driven::Closed),
+                        Ok(Ok(n))
+                            if self.session.stats().commands == 0
+                                && !self.session.is_logged_in()
+                                && crate::proxy::looks_like_header(&input[..n]) =>
+                        {
+                            // A header now is from a peer outside listen.proxy_from (a
+                            // trusted one's was read before the greeting): never believed.
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "a PROXY header from an address not in listen.proxy_from",
+                            ));
+                        }
                         Ok(Ok(n)) => self.session.receive(&input[..n]),
                         Ok(Err(e)) => return Err(e),
                     }

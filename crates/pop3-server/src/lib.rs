@@ -28,6 +28,7 @@ pub mod expire;
 mod limits;
 pub mod lmtp;
 mod penalty;
+mod proxy;
 pub mod tls;
 
 pub use config::Config;
@@ -75,6 +76,8 @@ struct Settings {
     write: Duration,
     shutdown_grace: Duration,
     plaintext_networks: Vec<IpNet>,
+    /// Load balancers whose PROXY headers are believed (`listen.proxy_from`).
+    proxy_from: Vec<IpNet>,
     max_bad_commands: u32,
     max_sasl_line: usize,
     max_connections: usize,
@@ -280,6 +283,7 @@ impl<S: MailStore> Server<S> {
             write: config.timeouts.write,
             shutdown_grace: config.timeouts.shutdown_grace,
             plaintext_networks: config.auth.plaintext_networks.clone(),
+            proxy_from: config.listen.proxy_from.clone(),
             max_bad_commands: config.limits.max_bad_commands,
             max_sasl_line: config.limits.max_sasl_line,
             max_connections: config.limits.max_connections,

@@ -132,6 +132,14 @@ impl Config {
                     .into(),
             );
         }
+        if self.listen.proxy_from.iter().any(|n| n.prefix_len() == 0) {
+            warn(
+                "listen.proxy_from contains a /0 network: anyone who can connect may claim any \
+                 client address in a PROXY header, and so escape penalties and per-address limits. \
+                 List only your load balancers."
+                    .into(),
+            );
+        }
         if !self.tls.enabled {
             warn(
                 "TLS is disabled: clients outside auth.plaintext_networks cannot log in at all."

@@ -220,6 +220,13 @@ pub struct Listen {
     /// The group of a unix LMTP socket: the group the MTA runs in (`"postfix"` for Postfix's
     /// lmtp(8)). Default: the service user's group.
     pub lmtp_socket_group: Option<String>,
+    /// Load balancers whose PROXY protocol headers (v1 or v2, HAProxy's `send-proxy` /
+    /// `send-proxy-v2`) are believed on the POP3 and POP3S listeners, e.g. `["10.0.0.0/8"]`.
+    /// A connection from these networks must start with a header, and the client address in
+    /// it is the one penalties, limits, `auth.plaintext_networks` and logs use; a connection
+    /// from anywhere else that starts with one is closed. Default: none, since a header from
+    /// an untrusted peer would let anyone claim any address.
+    pub proxy_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for Listen {
@@ -230,6 +237,7 @@ impl Default for Listen {
             lmtp: Vec::new(),
             lmtp_socket_mode: 0o660,
             lmtp_socket_group: None,
+            proxy_from: Vec::new(),
         }
     }
 }
