@@ -61,13 +61,18 @@ pub enum StoreError {
     /// index version, an invalid UIDL).
     #[error("{0}")]
     Source(String),
+    /// The shared database failed: unreachable, its connection lost, or a query refused (the
+    /// database operator's to fix; temporary for the client, who may try again).
+    #[error("database: {0}")]
+    Database(String),
     /// A background task failed unexpectedly (a bug, or the runtime shutting down).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl StoreError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An operating-system error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StoreError::Io {
             path: path.into(),
             source,
@@ -81,6 +86,7 @@ impl StoreError {
             StoreError::InUse
             | StoreError::LockTimeout { .. }
             | StoreError::PartialCommit { .. }
+            | StoreError::Database(_)
             | StoreError::Internal(_) => true,
             StoreError::Io { source, .. } => source.kind() != std::io::ErrorKind::PermissionDenied,
             StoreError::OverQuota { permanent, .. } => !permanent,

@@ -1,0 +1,491 @@
+//! Maildrops in PostgreSQL, shared by every `poplar serve` node of a cluster: the same
+//! `MailStore` as the Maildir backend, with the state in a database built for sharing it.
+//!
+//! - The **maildrop lock** is a session-level advisory lock (`pg_try_advisory_lock` on the
+//!   maildrop's id) taken on one connection this node holds for all its sessions, so it dies
+//!   with the node: a node killed outright releases every maildrop the moment PostgreSQL sees
+//!   its connection close. Two sessions on one node are kept apart in memory (advisory locks
+//!   are re-entrant within a connection). If that connection is lost, every session holding a
+//!   lock through it fails its next store operation instead of working unlocked, and the next
+//!   login opens a new one.
+//! - Everything else goes through a **bounded pool** ([`PgStore::connect`]'s `pool_size`), held
+//!   only for the length of a query: ten thousand sessions do not need ten thousand
+//!   connections.
+//! - A delivery is one transaction: the maildrop's UID counter, the message row with its UIDL
+//!   (assigned there, once), and the body in chunks. QUIT's deletions are one transaction.
+//!   Retrieval reads the body a chunk at a time, so memory does not grow with the message.
+//!
+//! Kept out of pop3-store so that the file backends' crate does no networking.
+
+#![forbid(unsafe_code)]
+
+pub mod schema;
+
+pub use schema::PgError;
+
+use pop3_store::{MailStore, Maildrop, MessageInfo, MessageSource, StoreError};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::io::AsyncReadExt;
+use tokio_postgres::{Client, NoTls};
+
+/// The error a failed query or connection becomes for the session: temporary for the client.
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+/// How a [`PgStore`] uses its database.
+#[derive(Debug, Clone, Copy)]
+pub struct PgOptions {
+    /// Connections the pool may hold (locks take one more): a node's share of PostgreSQL's
+    /// `max_connections`.
+    pub pool_size: usize,
+    /// Deliveries larger than this are refused.
+    pub max_message_size: u64,
+}
+
+impl Default for PgOptions {
+    /// 16 connections: a two-core node's queries are short, and a PostgreSQL server's default
+    /// `max_connections` of 100 then serves six nodes.
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            max_message_size: u64::MAX,
+        }
+    }
+}
+
+/// A store of maildrops in one PostgreSQL database.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: deadpool_postgres::Pool,
+    config: tokio_postgres::Config,
+    /// The connection the node's maildrop locks live on, with its generation (a new one gets a
+    /// new number, so a session can tell that the lock it took has gone with the old one).
+    locks: tokio::sync::Mutex<Option<(Client, u64)>>,
+    generation: std::sync::atomic::AtomicU64,
+    /// Maildrops this node holds.
+    held: Mutex<HashSet<i64>>,
+    max_message_size: u64,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("hosts", &self.inner.config.get_hosts())
+            .field("dbname", &self.inner.config.get_dbname())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a connection for the node's locks, its driver running in a task of its own.
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("database connection lost: {e}");
+        }
+    });
+    Ok(client)
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (libpq's URL or key=value form, e.g. with several
+    /// hosts and `target_session_attrs=read-write`) and checks that its schema is the one
+    /// this build uses.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<Self, PgError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| PgError::Config(format!("{e}")))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config.clone(),
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(|e| PgError::Config(e.to_string()))?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                locks: tokio::sync::Mutex::new(None),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                held: Mutex::new(HashSet::new()),
+                max_message_size: options.max_message_size,
+            }),
+        };
+        let client = store
+            .client()
+            .await
+            .map_err(|e| PgError::Config(e.to_string()))?;
+        schema::check(&client).await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(db)
+    }
+
+    /// The id of `user`'s maildrop, created if it does not exist yet.
+    async fn maildrop_id(&self, client: &Client, user: &str) -> Result<i64, StoreError> {
+        client
+            .execute(
+                "INSERT INTO poplar_maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[&user],
+            )
+            .await
+            .map_err(db)?;
+        Ok(client
+            .query_one("SELECT id FROM poplar_maildrops WHERE name = $1", &[&user])
+            .await
+            .map_err(db)?
+            .get(0))
+    }
+
+    /// Takes the cluster-wide lock of maildrop `id`; the generation of the connection it is on.
+    async fn lock(&self, id: i64) -> Result<u64, StoreError> {
+        if !self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id)
+        {
+            return Err(StoreError::InUse);
+        }
+        let taken = async {
+            let mut slot = self.inner.locks.lock().await;
+            if slot.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                let generation = self
+                    .inner
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                *slot = Some((connect(&self.inner.config).await.map_err(db)?, generation));
+            }
+            let (client, generation) = slot.as_ref().ok_or_else(|| db("no lock connection"))?;
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&id])
+                .await
+                .map_err(db)?
+                .get(0);
+            Ok::<_, StoreError>((got, *generation))
+        }
+        .await;
+        match taken {
+            Ok((true, generation)) => Ok(generation),
+            other => {
+                self.forget(id);
+                match other {
+                    Err(e) => Err(e),
+                    _ => Err(StoreError::InUse),
+                }
+            }
+        }
+    }
+
+    /// Whether the lock taken on connection `generation` is still held.
+    async fn still_locked(&self, generation: u64) -> bool {
+        let slot = self.inner.locks.lock().await;
+        slot.as_ref()
+            .is_some_and(|(c, g)| *g == generation && !c.is_closed())
+    }
+
+    /// Releases the lock of maildrop `id` taken on connection `generation`.
+    async fn unlock(&self, id: i64, generation: u64) {
+        {
+            let slot = self.inner.locks.lock().await;
+            if let Some((client, g)) = slot.as_ref()
+                && *g == generation
+                && let Err(e) = client
+                    .query_one("SELECT pg_advisory_unlock($1)", &[&id])
+                    .await
+            {
+                tracing::warn!("cannot release a maildrop lock: {e}");
+            }
+        }
+        self.forget(id);
+    }
+
+    fn forget(&self, id: i64) {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+}
+
+impl MailStore for PgStore {
+    type Maildrop = PgMaildrop;
+
+    async fn open(&self, user: &str) -> Result<(PgMaildrop, Vec<MessageInfo>), StoreError> {
+        let client = self.client().await?;
+        let id = self.maildrop_id(&client, user).await?;
+        let generation = self.lock(id).await?;
+        let mut maildrop = PgMaildrop {
+            store: self.clone(),
+            id,
+            generation,
+            uids: Vec::new(),
+            open: true,
+        };
+        let rows = client
+            .query(
+                "SELECT uid, uidl, size FROM poplar_messages WHERE maildrop = $1 ORDER BY uid",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        let mut listing = Vec::with_capacity(rows.len());
+        for row in rows {
+            maildrop.uids.push(row.get(0));
+            listing.push(MessageInfo {
+                uidl: row.get(1),
+                size: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            });
+        }
+        Ok((maildrop, listing))
+    }
+
+    async fn deliver_file(
+        &self,
+        user: &str,
+        prefix: &[u8],
+        spool: &Path,
+    ) -> Result<u64, StoreError> {
+        let mut file = tokio::fs::File::open(spool)
+            .await
+            .map_err(|e| StoreError::io(spool, e))?;
+        let mut client = self.client().await?;
+        let id = self.maildrop_id(&client, user).await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // The row lock on the counter orders this maildrop's deliveries until commit.
+        let row = tx
+            .query_one(
+                "UPDATE poplar_maildrops SET next_uid = next_uid + 1 WHERE id = $1 \
+                 RETURNING next_uid - 1, uidvalidity",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        let (uid, uidvalidity): (i64, i64) = (row.get(0), row.get(1));
+        // Dovecot's default UIDL form (%08Xu%08Xv), so that a client moved between the two
+        // recognises the scheme.
+        let uidl = format!("{uid:08x}{uidvalidity:08x}");
+        tx.execute(
+            "INSERT INTO poplar_messages (maildrop, uid, uidl, size, octets) VALUES ($1, $2, $3, 0, 0)",
+            &[&id, &uid, &uidl],
+        )
+        .await
+        .map_err(db)?;
+        let mut counter = pop3_proto::SizeCounter::new();
+        let mut octets = 0u64;
+        let mut seq = 0i32;
+        let mut chunk = Vec::with_capacity(schema::CHUNK);
+        chunk.extend_from_slice(prefix);
+        loop {
+            let before = chunk.len();
+            chunk.resize(schema::CHUNK, 0);
+            let n = file
+                .read(&mut chunk[before..])
+                .await
+                .map_err(|e| StoreError::io(spool, e))?;
+            chunk.truncate(before + n);
+            if chunk.len() < schema::CHUNK && n != 0 {
+                continue;
+            }
+            if !chunk.is_empty() {
+                octets += chunk.len() as u64;
+                if octets > self.inner.max_message_size {
+                    return Err(StoreError::MessageTooLarge {
+                        limit: self.inner.max_message_size,
+                    });
+                }
+                counter.update(&chunk);
+                tx.execute(
+                    "INSERT INTO poplar_chunks (maildrop, uid, seq, data) VALUES ($1, $2, $3, $4)",
+                    &[&id, &uid, &seq, &chunk],
+                )
+                .await
+                .map_err(db)?;
+                seq += 1;
+                chunk.clear();
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        if octets == 0 {
+            return Err(StoreError::EmptyMessage);
+        }
+        let size = i64::try_from(counter.virtual_size()).map_err(db)?;
+        let stored = i64::try_from(octets).map_err(db)?;
+        tx.execute(
+            "UPDATE poplar_messages SET size = $3, octets = $4 WHERE maildrop = $1 AND uid = $2",
+            &[&id, &uid, &size, &stored],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(octets)
+    }
+}
+
+/// A maildrop locked for one session.
+pub struct PgMaildrop {
+    store: PgStore,
+    id: i64,
+    generation: u64,
+    /// The UIDs of the session's listing, in order.
+    uids: Vec<i64>,
+    /// Locked and not yet committed.
+    open: bool,
+}
+
+impl PgMaildrop {
+    fn uid(&self, index: usize) -> Result<i64, StoreError> {
+        self.uids
+            .get(index)
+            .copied()
+            .ok_or(StoreError::MessageGone(index))
+    }
+
+    /// Fails when the lock this session took has gone with its connection: another node may
+    /// hold the maildrop now.
+    async fn ensure_locked(&self) -> Result<(), StoreError> {
+        if self.store.still_locked(self.generation).await {
+            Ok(())
+        } else {
+            Err(db(
+                "the connection holding this maildrop's lock was lost; log in again",
+            ))
+        }
+    }
+}
+
+impl Maildrop for PgMaildrop {
+    type Reader = PgReader;
+
+    async fn read(&mut self, index: usize) -> Result<PgReader, StoreError> {
+        let uid = self.uid(index)?;
+        self.ensure_locked().await?;
+        Ok(PgReader {
+            store: self.store.clone(),
+            maildrop: self.id,
+            uid,
+            seq: 0,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        })
+    }
+
+    async fn mark_seen(&mut self, _index: usize) -> Result<(), StoreError> {
+        // No other mail program shares these maildrops; retrieval times are `note_retrieved`'s.
+        Ok(())
+    }
+
+    async fn note_retrieved(&mut self, indices: &[usize]) -> Result<(), StoreError> {
+        let uids: Vec<i64> = indices.iter().filter_map(|i| self.uid(*i).ok()).collect();
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let client = self.store.client().await?;
+        client
+            .execute(
+                "UPDATE poplar_messages SET retrieved = now() \
+                 WHERE maildrop = $1 AND uid = ANY($2) AND retrieved IS NULL",
+                &[&self.id, &uids],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn commit(mut self, deleted: Vec<usize>) -> Result<(), StoreError> {
+        let uids: Vec<i64> = deleted.iter().filter_map(|i| self.uid(*i).ok()).collect();
+        let result = async {
+            if uids.is_empty() {
+                return Ok(());
+            }
+            self.ensure_locked().await?;
+            let client = self.store.client().await?;
+            client
+                .execute(
+                    "DELETE FROM poplar_messages WHERE maildrop = $1 AND uid = ANY($2)",
+                    &[&self.id, &uids],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+        .await;
+        self.open = false;
+        self.store.unlock(self.id, self.generation).await;
+        result
+    }
+}
+
+impl Drop for PgMaildrop {
+    /// A session that ends without QUIT (a dropped connection) deletes nothing and releases
+    /// the lock.
+    fn drop(&mut self) {
+        if self.open {
+            let (store, id, generation) = (self.store.clone(), self.id, self.generation);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { store.unlock(id, generation).await });
+            } else {
+                store.forget(id);
+            }
+        }
+    }
+}
+
+/// A message being read from the database a chunk at a time.
+pub struct PgReader {
+    store: PgStore,
+    maildrop: i64,
+    uid: i64,
+    seq: i32,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl MessageSource for PgReader {
+    async fn next_chunk(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        buf.clear();
+        if self.pos == self.chunk.len() && !self.done {
+            let client = self.store.client().await.map_err(std::io::Error::other)?;
+            let row = client
+                .query_opt(
+                    "SELECT data FROM poplar_chunks WHERE maildrop = $1 AND uid = $2 AND seq = $3",
+                    &[&self.maildrop, &self.uid, &self.seq],
+                )
+                .await
+                .map_err(std::io::Error::other)?;
+            match row {
+                Some(row) => {
+                    self.chunk = row.get(0);
+                    self.pos = 0;
+                    self.seq += 1;
+                }
+                None => self.done = true,
+            }
+        }
+        let want = buf.capacity().max(1);
+        let end = (self.pos + want).min(self.chunk.len());
+        buf.extend_from_slice(&self.chunk[self.pos..end]);
+        self.pos = end;
+        Ok(buf)
+    }
+}

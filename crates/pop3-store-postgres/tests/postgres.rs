@@ -1,0 +1,367 @@
+//! The PostgreSQL store against a real PostgreSQL (Debian's, started here in a temporary
+//! directory on a free loopback port and removed afterwards): schema versions, deliveries,
+//! listings and retrieval in chunks, QUIT's deletions, and the cluster-wide maildrop lock
+//! between two "nodes" (two stores), including one whose connection dies.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use pop3_store::{MailStore, Maildrop, MessageSource, StoreError};
+use pop3_store_postgres::{PgError, PgOptions, PgStore, schema};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A throwaway PostgreSQL cluster.
+struct Pg {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Pg {
+    fn start() -> Pg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed: scripts/test installs it (apt-get install postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("no PostgreSQL server binaries under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let root = nix_is_root();
+        if root {
+            assert!(
+                Command::new("chown")
+                    .args(["postgres:", dir.path().to_str().unwrap()])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let pg = Pg { bin, dir, port };
+        let data = pg.dir.path().join("data");
+        pg.run_as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        );
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            pg.dir.path().display()
+        );
+        let log = pg.dir.path().join("server.log");
+        pg.run_as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+        pg.run_as_postgres(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "pop3test",
+            ],
+        );
+        pg
+    }
+
+    fn run_as_postgres(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let mut cmd = if nix_is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd.args(args).stdin(Stdio::null()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/pop3test", self.port)
+    }
+
+    async fn admin(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn store(&self) -> PgStore {
+        PgStore::connect(&self.url(), PgOptions::default())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let program = self.bin.join("pg_ctl");
+        let mut cmd = if nix_is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let _ = cmd
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+async fn deliver(store: &PgStore, user: &str, prefix: &[u8], body: &[u8]) -> u64 {
+    let spool = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(spool.path(), body).unwrap();
+    store
+        .deliver_file(user, prefix, spool.path())
+        .await
+        .unwrap()
+}
+
+/// A message read through `reader` with a buffer of `capacity` octets per call.
+async fn read_all(mut reader: impl MessageSource, capacity: usize) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = Vec::with_capacity(capacity);
+    loop {
+        buf = reader.next_chunk(buf).await.unwrap();
+        if buf.is_empty() {
+            return all;
+        }
+        assert!(buf.len() <= capacity.max(1));
+        all.extend_from_slice(&buf);
+    }
+}
+
+#[tokio::test]
+async fn the_schema_is_created_upgraded_and_checked() {
+    let pg = Pg::start();
+    let refused = PgStore::connect(&pg.url(), PgOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, PgError::Outdated { found: 0 }));
+    assert!(refused.to_string().contains("poplar db init"), "{refused}");
+    let mut admin = pg.admin().await;
+    assert_eq!(schema::init(&mut admin).await.unwrap(), 0);
+    // Again: nothing to do, nothing lost.
+    let store = pg.store().await;
+    deliver(&store, "alice", b"", b"Subject: kept\r\n\r\nbody\r\n").await;
+    assert_eq!(schema::init(&mut admin).await.unwrap(), schema::VERSION);
+    assert_eq!(store.open("alice").await.unwrap().1.len(), 1);
+    // A schema from a newer Poplar is refused too.
+    admin
+        .execute("UPDATE poplar_schema SET version = 99", &[])
+        .await
+        .unwrap();
+    let newer = PgStore::connect(&pg.url(), PgOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(newer, PgError::Newer { found: 99 }), "{newer}");
+}
+
+#[tokio::test]
+async fn deliveries_are_listed_streamed_and_deleted_only_at_commit() {
+    let pg = Pg::start();
+    schema::init(&mut pg.admin().await).await.unwrap();
+    let store = pg.store().await;
+    // Bare LFs count as CRLF in the size; a 1 MiB body spans several chunks; a prefix (trace
+    // headers) is stored before the file's octets.
+    let small = b"Subject: one\n\nbare LF\n".to_vec();
+    let mut large = b"Subject: two\r\n\r\n".to_vec();
+    while large.len() < 1 << 20 {
+        large.extend_from_slice(b"The quick brown fox jumps over the lazy dog.\r\n");
+    }
+    assert_eq!(
+        deliver(&store, "alice", b"", &small).await,
+        small.len() as u64
+    );
+    deliver(&store, "alice", b"", &large).await;
+    deliver(
+        &store,
+        "alice",
+        b"Return-Path: <a@b>\r\n",
+        b"Subject: three\r\n\r\n3\r\n",
+    )
+    .await;
+    let (mut maildrop, listing) = store.open("alice").await.unwrap();
+    assert_eq!(listing.len(), 3);
+    assert_eq!(
+        listing[0].size,
+        small.len() as u64 + 3,
+        "bare LFs sent as CRLF"
+    );
+    assert_eq!(listing[1].size, large.len() as u64);
+    let uidls: Vec<String> = listing.iter().map(|m| m.uidl.clone()).collect();
+    assert!(uidls.iter().all(|u| (1..=70).contains(&u.len())));
+    assert_eq!(
+        uidls.iter().collect::<std::collections::HashSet<_>>().len(),
+        3
+    );
+    assert_eq!(
+        read_all(maildrop.read(1).await.unwrap(), 64 * 1024).await,
+        large
+    );
+    assert_eq!(read_all(maildrop.read(0).await.unwrap(), 7).await, small);
+    assert_eq!(
+        read_all(maildrop.read(2).await.unwrap(), 4096).await,
+        b"Return-Path: <a@b>\r\nSubject: three\r\n\r\n3\r\n"
+    );
+    assert!(matches!(
+        maildrop.read(3).await,
+        Err(StoreError::MessageGone(3))
+    ));
+    maildrop.note_retrieved(&[0, 1]).await.unwrap();
+    // Mail arriving during the session is neither listed nor touched.
+    deliver(&store, "alice", b"", b"Subject: four\r\n\r\n4\r\n").await;
+    maildrop.commit(vec![0, 2]).await.unwrap();
+    // Another node (a restarted one) sees the survivors under the same UIDLs.
+    let other = pg.store().await;
+    let (reopened, after) = other.open("alice").await.unwrap();
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0].uidl, uidls[1]);
+    assert!(!uidls.contains(&after[1].uidl), "a UIDL was reused");
+    reopened.commit(vec![]).await.unwrap();
+    // An empty message and one over the limit are refused, and leave nothing behind.
+    let spool = tempfile::NamedTempFile::new().unwrap();
+    assert!(matches!(
+        store.deliver_file("bob", b"", spool.path()).await,
+        Err(StoreError::EmptyMessage)
+    ));
+    let limited = PgStore::connect(
+        &pg.url(),
+        PgOptions {
+            max_message_size: 1000,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    std::fs::write(spool.path(), &large).unwrap();
+    assert!(matches!(
+        limited.deliver_file("bob", b"", spool.path()).await,
+        Err(StoreError::MessageTooLarge { limit: 1000 })
+    ));
+    assert!(store.open("bob").await.unwrap().1.is_empty());
+}
+
+/// The PostgreSQL backend process holding the lock of `user`'s maildrop.
+async fn lock_holder(admin: &tokio_postgres::Client, user: &str) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT l.pid FROM pg_locks l, poplar_maildrops m \
+             WHERE l.locktype = 'advisory' AND l.granted AND m.name = $1 \
+               AND l.objid::bigint = (m.id & 4294967295) AND l.classid::bigint = (m.id >> 32)",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn one_session_per_maildrop_across_nodes_and_the_lock_dies_with_its_holder() {
+    let pg = Pg::start();
+    let admin = pg.admin().await;
+    schema::init(&mut pg.admin().await).await.unwrap();
+    let (node_a, node_b) = (pg.store().await, pg.store().await);
+    deliver(&node_a, "alice", b"", b"Subject: x\r\n\r\nx\r\n").await;
+    let (session, _) = node_a.open("alice").await.unwrap();
+    assert!(matches!(node_a.open("alice").await, Err(StoreError::InUse)));
+    assert!(matches!(node_b.open("alice").await, Err(StoreError::InUse)));
+    // Other maildrops are not affected.
+    node_b
+        .open("bob")
+        .await
+        .unwrap()
+        .0
+        .commit(vec![])
+        .await
+        .unwrap();
+    // A session that ends without QUIT releases the lock and deletes nothing.
+    drop(session);
+    let start = Instant::now();
+    let (session_b, listing) = loop {
+        match node_b.open("alice").await {
+            Ok(opened) => break opened,
+            Err(StoreError::InUse) if start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(listing.len(), 1);
+    // Node B dies: its connections close (here: are terminated). The maildrop is free for
+    // node A at once, and B's session can no longer delete anything.
+    let pid = lock_holder(&admin, "alice").await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let died = Instant::now();
+    let (session_a, _) = loop {
+        match node_a.open("alice").await {
+            Ok(opened) => break opened,
+            Err(StoreError::InUse) if died.elapsed() < Duration::from_secs(2) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("after {:?}: {e}", died.elapsed()),
+        }
+    };
+    eprintln!(
+        "the maildrop was free {:?} after its holder died",
+        died.elapsed()
+    );
+    let refused = session_b.commit(vec![0]).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Database(_)), "{refused}");
+    assert!(refused.is_temporary());
+    session_a.commit(vec![]).await.unwrap();
+    assert_eq!(node_a.open("alice").await.unwrap().1.len(), 1);
+    // Node B serves again once its next session opens a new lock connection.
+    let (again, _) = node_b.open("bob").await.unwrap();
+    again.commit(vec![]).await.unwrap();
+}
