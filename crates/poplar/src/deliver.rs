@@ -5,7 +5,11 @@
 
 use crate::DeliverArgs;
 use pop3_auth::directory::normalize_name;
+use pop3_server::Config;
+use pop3_server::config::StoreBackend;
+use pop3_store::MailStore;
 use pop3_store::StoreError;
+use std::io::{BufRead, Seek};
 use std::process::ExitCode;
 
 const EX_DATAERR: u8 = 65;
@@ -36,16 +40,24 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     if let Some(unknown) = names.iter().find(|n| users.get(n).is_none()) {
         return fail(EX_NOUSER, format!("unknown user {unknown:?}"));
     }
-    let store = config.maildir_store_with_users(&users_file);
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let trace = config.delivery.trace();
-    let result = if trace.any() {
+    let result = if config.store.backend == StoreBackend::Postgres {
+        to_postgres(&config, &names, args.from.as_deref())
+    } else if trace.any() {
+        let store = config.maildir_store_with_users(&users_file);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let sender = args.from.as_deref();
-        store.deliver_each_blocking(&refs, &mut std::io::stdin().lock(), &|name, eol| {
-            trace.lines(sender, name, eol)
-        })
+        store
+            .deliver_each_blocking(&refs, &mut std::io::stdin().lock(), &|name, eol| {
+                trace.lines(sender, name, eol)
+            })
+            .map(|_| ())
     } else {
-        store.deliver_blocking(&refs, &mut std::io::stdin().lock())
+        let store = config.maildir_store_with_users(&users_file);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        store
+            .deliver_blocking(&refs, &mut std::io::stdin().lock())
+            .map(|_| ())
     };
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -61,4 +73,47 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
         ),
         Err(e) => fail(EX_TEMPFAIL, e.to_string()),
     }
+}
+
+/// Delivers standard input to each of `names` in the PostgreSQL store, each recipient in a
+/// transaction of its own (Postfix runs one `deliver` per recipient), with the configured trace
+/// headers in the message's own line ending.
+fn to_postgres(config: &Config, names: &[String], sender: Option<&str>) -> Result<(), StoreError> {
+    let spool_error = |e: std::io::Error| StoreError::io(std::env::temp_dir(), e);
+    let mut spool = tempfile::tempfile().map_err(spool_error)?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(spool_error)?;
+    spool.rewind().map_err(spool_error)?;
+    let mut first_line = Vec::new();
+    std::io::BufReader::new(&spool)
+        .read_until(b'\n', &mut first_line)
+        .map_err(spool_error)?;
+    let eol = if first_line.ends_with(b"\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    // The store reads the spool by path: the anonymous file through its descriptor's link.
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", {
+        use std::os::fd::AsRawFd;
+        spool.as_raw_fd()
+    }));
+    let trace = config.delivery.trace();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+    runtime.block_on(async {
+        let store = crate::db::connect(config)
+            .await
+            .map_err(|e| StoreError::Database(format!("{e:#}")))?;
+        for name in names {
+            let prefix = if trace.any() {
+                trace.lines(sender, name, eol)
+            } else {
+                String::new()
+            };
+            store.deliver_file(name, prefix.as_bytes(), &path).await?;
+        }
+        Ok(())
+    })
 }

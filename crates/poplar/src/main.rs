@@ -5,6 +5,7 @@
 // Printing to the terminal is this crate's job; the libraries only log.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod db;
 mod deliver;
 mod fetch;
 mod migrate;
@@ -52,6 +53,23 @@ enum Command {
     /// Check a configuration and everything `serve` would use (files, certificate, accounts,
     /// sockets), changing nothing; explain any problem. Exit 78 when `serve` would refuse.
     CheckConfig(CheckConfigArgs),
+    /// The PostgreSQL store (`store.backend = "postgres"`).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create Poplar's tables in `store.url`'s database, or upgrade them to this version's
+    /// schema, keeping every message; does nothing when they are current, so it is safe to
+    /// run on every deployment (and from several nodes at once).
+    Init(DbArgs),
+}
+
+#[derive(Debug, Args)]
+struct DbArgs {
+    #[command(flatten)]
+    common: Common,
 }
 
 /// Options every subcommand takes.
@@ -280,6 +298,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(&args),
         Command::Fetch(args) => fetch::run(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Db(DbCommand::Init(args)) => args.common.load().and_then(|c| db::init(&c)),
     };
     match result {
         Ok(code) => code,
@@ -318,6 +337,7 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
     }
     init_logging(config.log_level);
     privileges::become_configured_user(&config, false)?;
+    maildir_only(&config, "expire")?;
     let policy = config.expire_policy();
     if !policy.purges() {
         println!(
@@ -387,6 +407,24 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
             pop3_server::config::Severity::Warning => "warning",
         };
         println!("{label}: {}", p.message);
+    }
+    if errors == 0 && config.store.backend == pop3_server::config::StoreBackend::Postgres {
+        // The database must be reachable and carry this version's schema.
+        let reached = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(db::connect(&config));
+        match reached {
+            Ok(_) => println!(
+                "  store:          PostgreSQL, schema version {}",
+                pop3_store_postgres::schema::VERSION
+            ),
+            Err(e) => {
+                errors += 1;
+                println!("error: {e:#}");
+            }
+        }
     }
     if errors > 0 {
         println!("{errors} error(s): `poplar serve` would refuse to start.");
@@ -461,6 +499,18 @@ fn redact(value: &mut toml::Value) {
         toml::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }
+}
+
+/// Refuses a command that works on a Maildir store only, rather than act on a Maildir the
+/// configured PostgreSQL store does not use.
+pub(crate) fn maildir_only(config: &Config, command: &str) -> Result<()> {
+    if config.store.backend == pop3_server::config::StoreBackend::Postgres {
+        return Err(ConfigProblem(format!(
+            "`poplar {command}` works on the maildir store only, and this configuration uses store.backend = \"postgres\" (see docs/cluster.md: not built yet)"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Creates the data directory (mode 0700) if it is missing.

@@ -118,6 +118,7 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     args.common.announce(&config);
     crate::init_logging(config.log_level);
     crate::privileges::become_configured_user(&config, false)?;
+    crate::maildir_only(&config, "migrate")?;
     let users = pop3_auth::UserDb::load(&config.users_file())
         .map(|(db, _)| db)
         .with_context(|| format!("cannot read {}", config.users_file().display()))?;

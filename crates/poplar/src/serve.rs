@@ -2,7 +2,9 @@
 
 use crate::{ServeArgs, create_private_dir, init_logging, privileges, welcome};
 use anyhow::{Context, Result};
-use pop3_server::Server;
+use pop3_server::config::StoreBackend;
+use pop3_server::{Config, Server};
+use pop3_store::MailStore;
 use std::process::ExitCode;
 
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -48,41 +50,59 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     runtime.block_on(async {
         // One users file, parsed once, for logins and per-user quota rules.
         let users = pop3_auth::UserDbFile::new(config.users_file());
-        let store = config.maildir_store_with_users(&users);
-        let server = Server::bind_with_users(&config, store.clone(), users).await?;
-        // Ports are bound and the TLS key is loaded: root is no longer needed.
-        privileges::become_configured_user(&config, true)?;
-        for (kind, addr) in server.local_addrs() {
-            let how = match kind {
-                pop3_server::Kind::Pop3 if config.tls.enabled => " (STLS available)",
-                _ => "",
-            };
-            tracing::info!("listening for {kind} on {addr}{how}");
-        }
-        for addr in server.lmtp_addrs() {
-            tracing::info!("listening for LMTP on {addr}");
-        }
-        if let Some(password) = &demo_password {
-            welcome::deliver_welcome(&config, &server.local_addrs())?;
-            let first_pop3 = server
-                .local_addrs()
-                .into_iter()
-                .find(|(k, _)| *k == pop3_server::Kind::Pop3);
-            if let Some((_, addr)) = first_pop3 {
-                welcome::print_hint(password, addr);
+        match config.store.backend {
+            StoreBackend::Maildir => {
+                let store = config.maildir_store_with_users(&users);
+                let server = Server::bind_with_users(&config, store.clone(), users).await?;
+                let policy = config.expire_policy();
+                if policy.purges() {
+                    tokio::spawn(pop3_server::expire::run_periodically(store, policy));
+                }
+                run_bound(&config, server, demo_password.as_deref()).await
+            }
+            StoreBackend::Postgres => {
+                let store = crate::db::connect(&config).await?;
+                let server = Server::bind_with_users(&config, store, users).await?;
+                run_bound(&config, server, demo_password.as_deref()).await
             }
         }
-        let policy = config.expire_policy();
-        if policy.purges() {
-            tokio::spawn(pop3_server::expire::run_periodically(store, policy));
-        }
-        if let Some(reloader) = server.tls_reloader(&config) {
-            tokio::spawn(reload_on_sighup(reloader));
-        }
-        server.serve(shutdown_signal()).await;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Serves from bound listeners until SIGTERM or SIGINT, whatever the store.
+async fn run_bound<S: MailStore>(
+    config: &Config,
+    server: Server<S>,
+    demo_password: Option<&str>,
+) -> Result<ExitCode> {
+    // Ports are bound and the TLS key is loaded: root is no longer needed.
+    privileges::become_configured_user(config, true)?;
+    for (kind, addr) in server.local_addrs() {
+        let how = match kind {
+            pop3_server::Kind::Pop3 if config.tls.enabled => " (STLS available)",
+            _ => "",
+        };
+        tracing::info!("listening for {kind} on {addr}{how}");
+    }
+    for addr in server.lmtp_addrs() {
+        tracing::info!("listening for LMTP on {addr}");
+    }
+    if let Some(password) = demo_password {
+        welcome::deliver_welcome(config, &server.local_addrs())?;
+        let first_pop3 = server
+            .local_addrs()
+            .into_iter()
+            .find(|(k, _)| *k == pop3_server::Kind::Pop3);
+        if let Some((_, addr)) = first_pop3 {
+            welcome::print_hint(password, addr);
+        }
+    }
+    if let Some(reloader) = server.tls_reloader(config) {
+        tokio::spawn(reload_on_sighup(reloader));
+    }
+    server.serve(shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reloads the TLS certificate and key on every SIGHUP (after a renewal), without touching

@@ -53,7 +53,9 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             let store = config.maildir_store();
             let name = pop3_auth::directory::normalize_name(&args.name);
             println!("removed user {name}; the maildrop was kept");
-            if let Ok(dir) = store.maildir_path(&name) {
+            if config.store.backend == pop3_server::config::StoreBackend::Maildir
+                && let Ok(dir) = store.maildir_path(&name)
+            {
                 println!(
                     "  delete {} yourself once its mail is no longer needed",
                     dir.display()

@@ -3,7 +3,7 @@
 //! system around it (files, certificate, accounts, sockets). Nothing here changes anything on
 //! disk: a check that created the data directory would hide the mistake it should report.
 
-use super::{Config, LmtpAddr, MECHANISMS, Problem, Severity};
+use super::{Config, LmtpAddr, MECHANISMS, Problem, Severity, StoreBackend};
 use std::path::Path;
 use std::time::Duration;
 
@@ -99,6 +99,30 @@ impl Config {
                     "auth.mechanisms lists {m:?}, which Poplar does not implement; choose from {}.",
                     MECHANISMS.join(", ")
                 ));
+            }
+        }
+        if self.store.backend == StoreBackend::Postgres {
+            if self.store.url.is_none() {
+                error(
+                    "store.backend = \"postgres\" needs store.url, e.g. \"postgres://poplar@db.example.org/poplar\"."
+                        .into(),
+                );
+            }
+            // What the PostgreSQL store does not keep yet is refused rather than ignored.
+            if self.quota.storage != 0
+                || self.quota.messages != 0
+                || !self.quota.overrides.is_empty()
+            {
+                error(
+                    "[quota] is not enforced with store.backend = \"postgres\" yet: remove it, or keep the maildir backend."
+                        .into(),
+                );
+            }
+            if self.expire_policy().purges() {
+                error(
+                    "a purging pop3.expire is not carried out with store.backend = \"postgres\" yet: use \"never\", or keep the maildir backend."
+                        .into(),
+                );
             }
         }
         if self.auth.penalty_cap < self.auth.failure_delay {

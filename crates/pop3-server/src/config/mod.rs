@@ -48,6 +48,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Storage quotas, enforced when mail is delivered.
     pub quota: QuotaConfig,
+    /// Where maildrops are kept: this machine's Maildir, or PostgreSQL shared by a cluster.
+    pub store: StoreConfig,
     /// Whether `serve` creates a user `demo` (and a welcome message) when the users file has
     /// none: set by the binary for the embedded default only, never from a file, so a
     /// configured server never invents an account.
@@ -180,9 +182,47 @@ impl Default for Config {
             pop3: Pop3Policy::default(),
             delivery: DeliveryConfig::default(),
             quota: QuotaConfig::default(),
+            store: StoreConfig::default(),
             demo_user: false,
         }
     }
+}
+
+/// Where maildrops are kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `"maildir"` (default: under `data_dir/mail`, shared with Postfix and Dovecot on one
+    /// machine) or `"postgres"` (one database shared by every node of a cluster).
+    pub backend: StoreBackend,
+    /// With `postgres`: the database, as a libpq URL (`postgres://USER@HOST:PORT/DB`) or
+    /// key=value string; several hosts with `target_session_attrs=read-write` follow a
+    /// failover. Keep a password out of it: use `~/.pgpass` or a trusted local socket.
+    pub url: Option<String>,
+    /// With `postgres`: connections this node's pool may hold (one more holds its maildrop
+    /// locks). Default 16: queries are short, and a PostgreSQL's default 100 connections then
+    /// serve six nodes.
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Maildir,
+            url: None,
+            pool_size: 16,
+        }
+    }
+}
+
+/// The kinds of store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Maildir under `data_dir/mail`.
+    Maildir,
+    /// PostgreSQL at `store.url`.
+    Postgres,
 }
 
 /// Log verbosity.

@@ -1,0 +1,154 @@
+//! A throwaway PostgreSQL cluster for tests: Debian's server binaries, a temporary directory,
+//! a free loopback port, fsync off; stopped and removed when dropped. As root (CI) it runs as
+//! the `postgres` user, as PostgreSQL requires. Shared by pop3-store-postgres's tests and the
+//! cluster tests of the `poplar` binary (included there by path).
+
+#![allow(dead_code)]
+
+use pop3_store_postgres::{PgOptions, PgStore};
+use std::process::{Command, Stdio};
+
+/// A throwaway PostgreSQL cluster.
+pub(crate) struct Pg {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Pg {
+    pub(crate) fn start() -> Pg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed: scripts/test installs it (apt-get install postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("no PostgreSQL server binaries under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let root = is_root();
+        if root {
+            assert!(
+                Command::new("chown")
+                    .args(["postgres:", dir.path().to_str().unwrap()])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let pg = Pg { bin, dir, port };
+        let data = pg.dir.path().join("data");
+        pg.run_as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        );
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            pg.dir.path().display()
+        );
+        let log = pg.dir.path().join("server.log");
+        pg.run_as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+        pg.run_as_postgres(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "pop3test",
+            ],
+        );
+        pg
+    }
+
+    fn run_as_postgres(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd.args(args).stdin(Stdio::null()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/pop3test", self.port)
+    }
+
+    pub(crate) async fn admin(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    pub(crate) async fn store(&self) -> PgStore {
+        PgStore::connect(&self.url(), PgOptions::default())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let program = self.bin.join("pg_ctl");
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let _ = cmd
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}

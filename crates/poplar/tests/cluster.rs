@@ -1,0 +1,164 @@
+//! Several `poplar serve` nodes on one PostgreSQL (Debian's, started by the test): `poplar db
+//! init`, deliveries through any node seen by every node under the same UIDLs, `[IN-USE]`
+//! across nodes, a node killed with SIGKILL releasing its maildrop at once, and QUIT's
+//! deletions seen everywhere.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+#[path = "../../pop3-store-postgres/tests/pg/mod.rs"]
+mod pg;
+
+use common::{BIN, Client, ServerBuilder};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn node_builder(pg: &pg::Pg) -> ServerBuilder {
+    let mut b = ServerBuilder::new();
+    b.set("store.backend", "postgres");
+    b.set("store.url", pg.url());
+    b
+}
+
+fn db_init(config: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .args(["db", "init", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "poplar db init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn uidls(c: &mut Client) -> Vec<String> {
+    assert!(c.cmd("UIDL").starts_with("+OK"));
+    String::from_utf8(c.body())
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+        .collect()
+}
+
+fn login(node: &common::Server) -> (Client, String) {
+    let (mut c, greeting) = Client::connect(node.pop3);
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    let reply = c.login("alice", "wonderland");
+    (c, reply)
+}
+
+#[test]
+fn three_nodes_share_one_postgres() {
+    let pg = pg::Pg::start();
+    let first = node_builder(&pg);
+    // A node refuses a database without the schema, naming the command that makes it.
+    let config = first.write_config();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("poplar db init"),
+        "{said}"
+    );
+    assert!(db_init(&config).contains("created Poplar's schema"));
+    assert!(db_init(&config).contains("nothing to do"));
+    let nodes: Vec<common::Server> = [first, node_builder(&pg), node_builder(&pg)]
+        .into_iter()
+        .map(|b| {
+            let node = b.start();
+            node.add_user("alice", "wonderland");
+            node
+        })
+        .collect();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Delivered through node A (poplar deliver, with a Return-Path from the envelope)...
+    assert!(
+        a.deliver(&["alice"], b"Subject: one\r\n\r\nfirst\r\n")
+            .success()
+    );
+    assert!(
+        a.deliver(&["alice"], b"Subject: two\n\nsecond, bare LF\n")
+            .success()
+    );
+    // ...listed on B and C with the same UIDLs and sizes.
+    let (mut on_b, reply) = login(b);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    let seen = uidls(&mut on_b);
+    assert_eq!(seen.len(), 2);
+    assert!(on_b.cmd("LIST 2").ends_with(&format!(
+        " {}",
+        "Subject: two\r\n\r\nsecond, bare LF\r\n".len()
+    )));
+    assert!(on_b.cmd("RETR 2").starts_with("+OK"));
+    assert_eq!(on_b.body(), b"Subject: two\r\n\r\nsecond, bare LF\r\n");
+    // One session per maildrop across the cluster.
+    let (_, refused) = login(c);
+    assert!(refused.starts_with("-ERR [IN-USE]"), "{refused}");
+    // Node B dies with the session open: its maildrop is free for C at once, and nothing of
+    // B's session is applied.
+    assert!(on_b.cmd("DELE 1").starts_with("+OK"));
+    let mut nodes = nodes.into_iter();
+    let (a, b, c) = (
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+    );
+    b.kill();
+    let died = Instant::now();
+    let mut on_c = loop {
+        let (client, reply) = login(&c);
+        if reply.starts_with("+OK Logged in") {
+            break client;
+        }
+        assert!(
+            reply.starts_with("-ERR [IN-USE]") && died.elapsed() < Duration::from_secs(2),
+            "after {:?}: {reply}",
+            died.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!(
+        "node killed with SIGKILL: maildrop free on another node after {:?}",
+        died.elapsed()
+    );
+    assert_eq!(uidls(&mut on_c), seen, "a UIDL changed or a message went");
+    // QUIT's deletions on C are seen by A.
+    assert!(on_c.cmd("DELE 1").starts_with("+OK"));
+    assert!(on_c.cmd("QUIT").starts_with("+OK"));
+    let (mut on_a, reply) = login(&a);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    assert_eq!(uidls(&mut on_a), seen[1..]);
+    assert!(on_a.cmd("QUIT").starts_with("+OK"));
+}
+
+/// What the PostgreSQL store does not do yet is refused, not silently done elsewhere.
+#[test]
+fn what_the_postgres_store_does_not_do_yet_is_refused() {
+    let mut b = ServerBuilder::new();
+    b.set("store.backend", "postgres");
+    b.set("store.url", "postgres://poplar@127.0.0.1:1/none");
+    b.set("quota.storage", "10M");
+    let config = b.write_config();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(run(&["check-config"]).contains("[quota] is not enforced"));
+    assert!(run(&["serve"]).contains("[quota] is not enforced"));
+    assert!(run(&["expire"]).contains("maildir store only"));
+    let said = run(&["migrate", "maildir:/nonexistent", "--to", "alice"]);
+    assert!(said.contains("maildir store only"), "{said}");
+}
