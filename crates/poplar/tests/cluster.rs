@@ -1,7 +1,8 @@
 //! Several `poplar serve` nodes on one PostgreSQL (Debian's, started by the test): `poplar db
 //! init`, deliveries through any node seen by every node under the same UIDLs, `[IN-USE]`
-//! across nodes, a node killed with SIGKILL releasing its maildrop at once, and QUIT's
-//! deletions seen everywhere.
+//! across nodes, a node killed with SIGKILL releasing its maildrop at once, QUIT's deletions
+//! seen everywhere, and real clients (mpop, fetchmail) keeping mail on the server through a
+//! real HAProxy that spreads them over the nodes.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -161,4 +162,122 @@ fn what_the_postgres_store_does_not_do_yet_is_refused() {
     assert!(run(&["expire"]).contains("maildir store only"));
     let said = run(&["migrate", "maildir:/nonexistent", "--to", "alice"]);
     assert!(said.contains("maildir store only"), "{said}");
+}
+
+fn maildir(dir: &std::path::Path) -> std::path::PathBuf {
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    dir.to_owned()
+}
+
+fn count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+/// mpop and fetchmail keep mail on the server and poll through HAProxy, which sends each
+/// connection to the next node: whichever node answers, nothing is downloaded twice and a new
+/// message exactly once; every node logs the clients' own address from the PROXY v2 header.
+#[test]
+fn clients_keeping_mail_poll_any_node_through_haproxy() {
+    let pg = pg::Pg::start();
+    let nodes: Vec<common::Server> = (0..3)
+        .map(|i| {
+            let mut b = node_builder(&pg);
+            b.set(
+                "listen.proxy_from",
+                toml::Value::Array(vec![format!("{}/32", common::haproxy::SOURCE).into()]),
+            );
+            if i == 0 {
+                db_init(&b.write_config());
+            }
+            let node = b.start();
+            node.add_user("alice", "wonderland");
+            node
+        })
+        .collect();
+    let pop3: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.pop3).collect();
+    let proxy = common::haproxy::Haproxy::start(&[common::haproxy::Frontend {
+        nodes: &pop3,
+        how: "send-proxy-v2",
+    }]);
+    let front = proxy.fronts[0];
+    for i in 0..3 {
+        assert!(
+            nodes[i % 3]
+                .deliver(&["alice"], format!("Subject: {i}\r\n\r\nmessage {i}\r\n").as_bytes())
+                .success()
+        );
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mpop_box = maildir(&state.path().join("mpop"));
+    let mpop = |state: &std::path::Path| {
+        let before = count(&mpop_box.join("new"));
+        let (ok, text) = common::mpop(
+            &state.join("mpoprc"),
+            &format!(
+                "account cluster\nhost 127.0.0.1\nport {}\ntls off\nuser alice\npassword wonderland\n\
+                 auth user\nkeep on\nuidls_file {}/uidls\ndelivery maildir {}\n",
+                front.port(),
+                state.display(),
+                mpop_box.display()
+            ),
+            "cluster",
+        );
+        assert!(ok, "mpop: {text}");
+        count(&mpop_box.join("new")) - before
+    };
+    let fetchmail_out = state.path().join("fetchmail");
+    std::fs::create_dir_all(&fetchmail_out).unwrap();
+    let fetchmail = |home: &std::path::Path| {
+        let before = count(&fetchmail_out);
+        let ids = home.join("fetchids");
+        let (code, text) = common::fetchmail(
+            home,
+            &format!(
+                "poll 127.0.0.1 service {} protocol POP3 uidl auth password user alice password wonderland \
+                 is root keep sslproto '' mda \"cat > {}/m.$$\"\n",
+                front.port(),
+                fetchmail_out.display()
+            ),
+            &["-i".as_ref(), ids.as_os_str()],
+        );
+        assert!(matches!(code, Some(0 | 1)), "fetchmail: {text}");
+        count(&fetchmail_out) - before
+    };
+    // Three polls each: the first takes the three messages, the next two (on other nodes)
+    // nothing.
+    assert_eq!(
+        [mpop(state.path()), mpop(state.path()), mpop(state.path())],
+        [3, 0, 0]
+    );
+    assert_eq!(
+        [
+            fetchmail(state.path()),
+            fetchmail(state.path()),
+            fetchmail(state.path())
+        ],
+        [3, 0, 0]
+    );
+    // A new message, delivered through the third node, is downloaded once by each.
+    assert!(nodes[2].deliver(&["alice"], b"Subject: new\r\n\r\nfresh\r\n").success());
+    assert_eq!([mpop(state.path()), mpop(state.path())], [1, 0]);
+    assert_eq!([fetchmail(state.path()), fetchmail(state.path())], [1, 0]);
+    // Every node served some of these sessions, and logged the client as 127.0.0.1, never the
+    // balancer's address.
+    for node in &nodes {
+        common::eventually(Duration::from_secs(10), "sessions logged", || {
+            node.logs()
+                .iter()
+                .any(|l| l.contains("session ended") && l.contains("peer=127.0.0.1:"))
+                .then_some(())
+        });
+        assert!(
+            !node.logs().iter().any(|l| l.contains(&format!(
+                "peer={}:",
+                common::haproxy::SOURCE
+            ))),
+            "a node logged the balancer's address"
+        );
+    }
 }

@@ -10,19 +10,17 @@
 
 mod common;
 
-use common::{Client, ServerBuilder, free_port, tcp_from};
+use common::{Client, ServerBuilder, tcp_from};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-const PROXY_SOURCE: &str = "127.0.0.3";
+use common::haproxy::{Frontend, SOURCE as PROXY_SOURCE};
 
-/// A running HAProxy, stopped when dropped.
+/// HAProxy in front of `server`: POP3 with a v2 header, POP3S (TLS passed through) with a v2
+/// header, POP3 with v1.
 struct Haproxy {
-    child: Child,
-    _dir: tempfile::TempDir,
-    /// POP3 with a v2 header, POP3S (TLS passed through) with a v2 header, POP3 with v1.
+    _running: common::haproxy::Haproxy,
     v2: SocketAddr,
     tls: SocketAddr,
     v1: SocketAddr,
@@ -30,53 +28,27 @@ struct Haproxy {
 
 impl Haproxy {
     fn start(server: &common::Server) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let [v2, tls, v1] = [(); 3].map(|()| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let backend = |name: &str, front: SocketAddr, to: SocketAddr, how: &str| {
-            format!(
-                "frontend {name}\n    bind {front}\n    default_backend {name}_nodes\n\
-                 backend {name}_nodes\n    server node1 {to} {how} source {PROXY_SOURCE}\n"
-            )
-        };
-        let config = format!(
-            "global\n    maxconn 200\n\
-             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
-             {}{}{}",
-            backend("pop3_v2", v2, server.pop3, "send-proxy-v2"),
-            backend("pop3s_v2", tls, server.pop3s, "send-proxy-v2"),
-            backend("pop3_v1", v1, server.pop3, "send-proxy"),
-        );
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let child = common::tool("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let proxy = Haproxy {
-            child,
-            _dir: dir,
+        let running = common::haproxy::Haproxy::start(&[
+            Frontend {
+                nodes: &[server.pop3],
+                how: "send-proxy-v2",
+            },
+            Frontend {
+                nodes: &[server.pop3s],
+                how: "send-proxy-v2",
+            },
+            Frontend {
+                nodes: &[server.pop3],
+                how: "send-proxy",
+            },
+        ]);
+        let [v2, tls, v1] = [running.fronts[0], running.fronts[1], running.fronts[2]];
+        Haproxy {
+            _running: running,
             v2,
             tls,
             v1,
-        };
-        common::eventually(Duration::from_secs(10), "HAProxy listening", || {
-            [v2, tls, v1]
-                .iter()
-                .all(|a| std::net::TcpStream::connect(a).is_ok())
-                .then_some(())
-        });
-        proxy
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        }
     }
 }
 
