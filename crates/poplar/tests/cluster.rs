@@ -205,7 +205,10 @@ fn clients_keeping_mail_poll_any_node_through_haproxy() {
     for i in 0..3 {
         assert!(
             nodes[i % 3]
-                .deliver(&["alice"], format!("Subject: {i}\r\n\r\nmessage {i}\r\n").as_bytes())
+                .deliver(
+                    &["alice"],
+                    format!("Subject: {i}\r\n\r\nmessage {i}\r\n").as_bytes()
+                )
                 .success()
         );
     }
@@ -260,7 +263,11 @@ fn clients_keeping_mail_poll_any_node_through_haproxy() {
         [3, 0, 0]
     );
     // A new message, delivered through the third node, is downloaded once by each.
-    assert!(nodes[2].deliver(&["alice"], b"Subject: new\r\n\r\nfresh\r\n").success());
+    assert!(
+        nodes[2]
+            .deliver(&["alice"], b"Subject: new\r\n\r\nfresh\r\n")
+            .success()
+    );
     assert_eq!([mpop(state.path()), mpop(state.path())], [1, 0]);
     assert_eq!([fetchmail(state.path()), fetchmail(state.path())], [1, 0]);
     // Every node served some of these sessions, and logged the client as 127.0.0.1, never the
@@ -273,10 +280,10 @@ fn clients_keeping_mail_poll_any_node_through_haproxy() {
                 .then_some(())
         });
         assert!(
-            !node.logs().iter().any(|l| l.contains(&format!(
-                "peer={}:",
-                common::haproxy::SOURCE
-            ))),
+            !node
+                .logs()
+                .iter()
+                .any(|l| l.contains(&format!("peer={}:", common::haproxy::SOURCE))),
             "a node logged the balancer's address"
         );
     }
