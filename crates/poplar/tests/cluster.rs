@@ -288,3 +288,47 @@ fn clients_keeping_mail_poll_any_node_through_haproxy() {
         );
     }
 }
+
+/// PostgreSQL stopped under a running node: logins and deliveries are refused as temporary
+/// (`[SYS/TEMP]`, exit 75) so clients and the MTA retry, nothing acknowledged is lost, and the
+/// node serves again by itself when the database is back.
+#[test]
+fn a_node_rides_out_postgresql_going_away() {
+    let pg = pg::Pg::start();
+    let b = node_builder(&pg);
+    db_init(&b.write_config());
+    let node = b.start();
+    node.add_user("alice", "wonderland");
+    assert!(
+        node.deliver(&["alice"], b"Subject: before\r\n\r\nkept\r\n")
+            .success()
+    );
+    let (mut held, reply) = login(&node);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    assert!(held.cmd("DELE 1").starts_with("+OK"));
+    pg.stop_server();
+    // The open session cannot apply its deletion without its lock: it says so, temporarily.
+    let quit = held.cmd("QUIT");
+    assert!(quit.starts_with("-ERR [SYS/TEMP]"), "{quit}");
+    let (_, refused) = login(&node);
+    assert!(refused.starts_with("-ERR [SYS/TEMP]"), "{refused}");
+    assert_eq!(
+        node.deliver(&["alice"], b"Subject: during\r\n\r\nretry\r\n")
+            .code(),
+        Some(75)
+    );
+    pg.start_server();
+    let mut back = common::eventually(Duration::from_secs(10), "service back", || {
+        let (c, reply) = login(&node);
+        reply.starts_with("+OK Logged in").then_some(c)
+    });
+    assert!(
+        back.cmd("STAT").starts_with("+OK 1 "),
+        "the message was lost"
+    );
+    assert!(back.cmd("QUIT").starts_with("+OK"));
+    assert!(
+        node.deliver(&["alice"], b"Subject: after\r\n\r\nretried\r\n")
+            .success()
+    );
+}

@@ -56,12 +56,32 @@ impl Pg {
                 "--no-sync",
             ],
         );
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            pg.dir.path().display()
-        );
-        let log = pg.dir.path().join("server.log");
+        pg.start_server();
         pg.run_as_postgres(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "pop3test",
+            ],
+        );
+        pg
+    }
+
+    /// Starts the server on the cluster (again, after [`Pg::stop_server`]).
+    pub(crate) fn start_server(&self) {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        self.run_as_postgres(
             "pg_ctl",
             &[
                 "-D",
@@ -76,19 +96,16 @@ impl Pg {
                 "start",
             ],
         );
-        pg.run_as_postgres(
-            "createdb",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "pop3test",
-            ],
+    }
+
+    /// Stops the server as an administrator would (`pg_ctl stop -m fast`: connections are
+    /// closed, committed transactions kept).
+    pub(crate) fn stop_server(&self) {
+        let data = self.dir.path().join("data");
+        self.run_as_postgres(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
         );
-        pg
     }
 
     fn run_as_postgres(&self, tool: &str, args: &[&str]) {
