@@ -332,3 +332,59 @@ fn a_node_rides_out_postgresql_going_away() {
             .success()
     );
 }
+
+/// High availability: the node's `store.url` names a primary and its streaming standby with
+/// `target_session_attrs=read-write`. The primary is stopped and the standby promoted; the
+/// node serves again by itself, with every delivery it acknowledged before, and takes new ones.
+#[test]
+fn a_node_follows_a_failover_to_the_promoted_standby() {
+    let primary = pg::Pg::start();
+    db_init(&node_builder(&primary).write_config());
+    let standby = pg::Pg::standby_of(&primary);
+    let mut b = ServerBuilder::new();
+    b.set("store.backend", "postgres");
+    b.set(
+        "store.url",
+        format!(
+            "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=pop3test \
+             target_session_attrs=read-write connect_timeout=2",
+            primary.port(),
+            standby.port()
+        ),
+    );
+    let node = b.start();
+    node.add_user("alice", "wonderland");
+    for i in 0..2 {
+        assert!(
+            node.deliver(
+                &["alice"],
+                format!("Subject: {i}\r\n\r\nbefore\r\n").as_bytes()
+            )
+            .success()
+        );
+    }
+    let (mut c, reply) = login(&node);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    let seen = uidls(&mut c);
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    // Failover.
+    primary.stop_server();
+    let stopped = Instant::now();
+    standby.promote();
+    let mut back = common::eventually(Duration::from_secs(30), "service after failover", || {
+        let (c, reply) = login(&node);
+        reply.starts_with("+OK Logged in").then_some(c)
+    });
+    eprintln!(
+        "failover: primary stopped, standby promoted, node serving again after {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(uidls(&mut back), seen, "an acknowledged delivery was lost");
+    assert!(back.cmd("QUIT").starts_with("+OK"));
+    assert!(
+        node.deliver(&["alice"], b"Subject: after\r\n\r\nnew primary\r\n")
+            .success()
+    );
+    let (mut c, _) = login(&node);
+    assert_eq!(uidls(&mut c).len(), 3);
+}

@@ -16,7 +16,8 @@ pub(crate) struct Pg {
 }
 
 impl Pg {
-    pub(crate) fn start() -> Pg {
+    /// An empty directory and a free port, for a new cluster.
+    fn place() -> Pg {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is not installed: scripts/test installs it (apt-get install postgresql)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -29,8 +30,7 @@ impl Pg {
             .local_addr()
             .unwrap()
             .port();
-        let root = is_root();
-        if root {
+        if is_root() {
             assert!(
                 Command::new("chown")
                     .args(["postgres:", dir.path().to_str().unwrap()])
@@ -39,7 +39,48 @@ impl Pg {
                     .success()
             );
         }
-        let pg = Pg { bin, dir, port };
+        Pg { bin, dir, port }
+    }
+
+    /// A streaming-replication standby of `primary` (`pg_basebackup -R`), running.
+    pub(crate) fn standby_of(primary: &Pg) -> Pg {
+        let pg = Pg::place();
+        let data = pg.dir.path().join("data");
+        pg.run_as_postgres(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                // Checkpoint at once instead of spreading it over minutes.
+                "-c",
+                "fast",
+            ],
+        );
+        pg.start_server();
+        pg
+    }
+
+    /// Makes a standby the primary (`pg_ctl promote`).
+    pub(crate) fn promote(&self) {
+        let data = self.dir.path().join("data");
+        self.run_as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-w", "promote"]);
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub(crate) fn start() -> Pg {
+        let pg = Pg::place();
         let data = pg.dir.path().join("data");
         pg.run_as_postgres(
             "initdb",
@@ -63,7 +104,7 @@ impl Pg {
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &port.to_string(),
+                &pg.port.to_string(),
                 "-U",
                 "postgres",
                 "pop3test",
