@@ -67,7 +67,7 @@ struct Inner {
     config: tokio_postgres::Config,
     /// The connection the node's maildrop locks live on, with its generation (a new one gets a
     /// new number, so a session can tell that the lock it took has gone with the old one).
-    locks: tokio::sync::Mutex<Option<(Client, u64)>>,
+    locks: tokio::sync::Mutex<Option<LockConnection>>,
     generation: std::sync::atomic::AtomicU64,
     /// Maildrops this node holds.
     held: Mutex<HashSet<i64>>,
@@ -81,6 +81,16 @@ impl std::fmt::Debug for PgStore {
             .field("dbname", &self.inner.config.get_dbname())
             .finish_non_exhaustive()
     }
+}
+
+/// The connection the node's maildrop locks live on.
+struct LockConnection {
+    client: Client,
+    /// A new connection gets a new number, so a session can tell that its lock went with the
+    /// old one.
+    generation: u64,
+    lock: tokio_postgres::Statement,
+    unlock: tokio_postgres::Statement,
 }
 
 /// Opens a connection for the node's locks, its driver running in a task of its own.
@@ -134,20 +144,31 @@ impl PgStore {
         self.inner.pool.get().await.map_err(db)
     }
 
-    /// The id of `user`'s maildrop, created if it does not exist yet.
-    async fn maildrop_id(&self, client: &Client, user: &str) -> Result<i64, StoreError> {
-        client
-            .execute(
-                "INSERT INTO poplar_maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-                &[&user],
+    /// The id of `user`'s maildrop, created if it does not exist yet. Every statement is
+    /// prepared once per pooled connection (`prepare_cached`): one round trip per query.
+    async fn maildrop_id(
+        &self,
+        client: &deadpool_postgres::Object,
+        user: &str,
+    ) -> Result<i64, StoreError> {
+        let find = client
+            .prepare_cached("SELECT id FROM poplar_maildrops WHERE name = $1")
+            .await
+            .map_err(db)?;
+        if let Some(row) = client.query_opt(&find, &[&user]).await.map_err(db)? {
+            return Ok(row.get(0));
+        }
+        let create = client
+            .prepare_cached(
+                "INSERT INTO poplar_maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
             )
             .await
             .map_err(db)?;
-        Ok(client
-            .query_one("SELECT id FROM poplar_maildrops WHERE name = $1", &[&user])
-            .await
-            .map_err(db)?
-            .get(0))
+        match client.query_opt(&create, &[&user]).await.map_err(db)? {
+            Some(row) => Ok(row.get(0)),
+            // Created by another node a moment ago.
+            None => Ok(client.query_one(&find, &[&user]).await.map_err(db)?.get(0)),
+        }
     }
 
     /// Takes the cluster-wide lock of maildrop `id`; the generation of the connection it is on.
@@ -163,21 +184,36 @@ impl PgStore {
         }
         let taken = async {
             let mut slot = self.inner.locks.lock().await;
-            if slot.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
                 let generation = self
                     .inner
                     .generation
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     + 1;
-                *slot = Some((connect(&self.inner.config).await.map_err(db)?, generation));
+                let client = connect(&self.inner.config).await.map_err(db)?;
+                let lock = client
+                    .prepare("SELECT pg_try_advisory_lock($1)")
+                    .await
+                    .map_err(db)?;
+                let unlock = client
+                    .prepare("SELECT pg_advisory_unlock($1)")
+                    .await
+                    .map_err(db)?;
+                *slot = Some(LockConnection {
+                    client,
+                    generation,
+                    lock,
+                    unlock,
+                });
             }
-            let (client, generation) = slot.as_ref().ok_or_else(|| db("no lock connection"))?;
-            let got: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&id])
+            let conn = slot.as_ref().ok_or_else(|| db("no lock connection"))?;
+            let got: bool = conn
+                .client
+                .query_one(&conn.lock, &[&id])
                 .await
                 .map_err(db)?
                 .get(0);
-            Ok::<_, StoreError>((got, *generation))
+            Ok::<_, StoreError>((got, conn.generation))
         }
         .await;
         match taken {
@@ -196,18 +232,16 @@ impl PgStore {
     async fn still_locked(&self, generation: u64) -> bool {
         let slot = self.inner.locks.lock().await;
         slot.as_ref()
-            .is_some_and(|(c, g)| *g == generation && !c.is_closed())
+            .is_some_and(|c| c.generation == generation && !c.client.is_closed())
     }
 
     /// Releases the lock of maildrop `id` taken on connection `generation`.
     async fn unlock(&self, id: i64, generation: u64) {
         {
             let slot = self.inner.locks.lock().await;
-            if let Some((client, g)) = slot.as_ref()
-                && *g == generation
-                && let Err(e) = client
-                    .query_one("SELECT pg_advisory_unlock($1)", &[&id])
-                    .await
+            if let Some(conn) = slot.as_ref()
+                && conn.generation == generation
+                && let Err(e) = conn.client.query_one(&conn.unlock, &[&id]).await
             {
                 tracing::warn!("cannot release a maildrop lock: {e}");
             }
@@ -235,19 +269,26 @@ impl MailStore for PgStore {
             store: self.clone(),
             id,
             generation,
-            uids: Vec::new(),
+            messages: Vec::new(),
+            prefetched: std::collections::HashMap::new(),
             open: true,
         };
-        let rows = client
-            .query(
-                "SELECT uid, uidl, size FROM poplar_messages WHERE maildrop = $1 ORDER BY uid",
-                &[&id],
+        let list = client
+            .prepare_cached(
+                "SELECT uid, uidl, size, octets FROM poplar_messages WHERE maildrop = $1 ORDER BY uid",
             )
             .await
             .map_err(db)?;
+        let rows = client.query(&list, &[&id]).await.map_err(db)?;
         let mut listing = Vec::with_capacity(rows.len());
         for row in rows {
-            maildrop.uids.push(row.get(0));
+            let octets = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
+            let chunks = octets.div_ceil(schema::CHUNK as u64);
+            maildrop.messages.push(Listed {
+                uid: row.get(0),
+                chunks: i32::try_from(chunks).unwrap_or(i32::MAX),
+                octets,
+            });
             listing.push(MessageInfo {
                 uidl: row.get(1),
                 size: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
@@ -269,24 +310,33 @@ impl MailStore for PgStore {
         let id = self.maildrop_id(&client, user).await?;
         let tx = client.transaction().await.map_err(db)?;
         // The row lock on the counter orders this maildrop's deliveries until commit.
-        let row = tx
-            .query_one(
+        let next = tx
+            .prepare_cached(
                 "UPDATE poplar_maildrops SET next_uid = next_uid + 1 WHERE id = $1 \
                  RETURNING next_uid - 1, uidvalidity",
-                &[&id],
             )
             .await
             .map_err(db)?;
+        let row = tx.query_one(&next, &[&id]).await.map_err(db)?;
         let (uid, uidvalidity): (i64, i64) = (row.get(0), row.get(1));
         // Dovecot's default UIDL form (%08Xu%08Xv), so that a client moved between the two
         // recognises the scheme.
         let uidl = format!("{uid:08x}{uidvalidity:08x}");
-        tx.execute(
-            "INSERT INTO poplar_messages (maildrop, uid, uidl, size, octets) VALUES ($1, $2, $3, 0, 0)",
-            &[&id, &uid, &uidl],
-        )
-        .await
-        .map_err(db)?;
+        let message = tx
+            .prepare_cached(
+                "INSERT INTO poplar_messages (maildrop, uid, uidl, size, octets) VALUES ($1, $2, $3, 0, 0)",
+            )
+            .await
+            .map_err(db)?;
+        tx.execute(&message, &[&id, &uid, &uidl])
+            .await
+            .map_err(db)?;
+        let insert_chunk = tx
+            .prepare_cached(
+                "INSERT INTO poplar_chunks (maildrop, uid, seq, data) VALUES ($1, $2, $3, $4)",
+            )
+            .await
+            .map_err(db)?;
         let mut counter = pop3_proto::SizeCounter::new();
         let mut octets = 0u64;
         let mut seq = 0i32;
@@ -311,12 +361,9 @@ impl MailStore for PgStore {
                     });
                 }
                 counter.update(&chunk);
-                tx.execute(
-                    "INSERT INTO poplar_chunks (maildrop, uid, seq, data) VALUES ($1, $2, $3, $4)",
-                    &[&id, &uid, &seq, &chunk],
-                )
-                .await
-                .map_err(db)?;
+                tx.execute(&insert_chunk, &[&id, &uid, &seq, &chunk])
+                    .await
+                    .map_err(db)?;
                 seq += 1;
                 chunk.clear();
             }
@@ -327,36 +374,89 @@ impl MailStore for PgStore {
         if octets == 0 {
             return Err(StoreError::EmptyMessage);
         }
-        let size = i64::try_from(counter.virtual_size()).map_err(db)?;
+        // What RETR sends: bare LFs as CRLF, and an unterminated last line terminated.
+        let size = i64::try_from(counter.canonical_size()).map_err(db)?;
         let stored = i64::try_from(octets).map_err(db)?;
-        tx.execute(
-            "UPDATE poplar_messages SET size = $3, octets = $4 WHERE maildrop = $1 AND uid = $2",
-            &[&id, &uid, &size, &stored],
-        )
-        .await
-        .map_err(db)?;
+        let sizes = tx
+            .prepare_cached(
+                "UPDATE poplar_messages SET size = $3, octets = $4 WHERE maildrop = $1 AND uid = $2",
+            )
+            .await
+            .map_err(db)?;
+        tx.execute(&sizes, &[&id, &uid, &size, &stored])
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(octets)
     }
 }
+
+/// A message of a session's listing.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    uid: i64,
+    /// Body chunks stored.
+    chunks: i32,
+    octets: u64,
+}
+
+/// At most this many octets of small messages (one chunk each) are fetched with the one
+/// being read, in one query: a client retrieving its new mail then costs one round trip per
+/// batch instead of one per message, and a session holds at most this much ahead.
+const PREFETCH: u64 = 256 * 1024;
 
 /// A maildrop locked for one session.
 pub struct PgMaildrop {
     store: PgStore,
     id: i64,
     generation: u64,
-    /// The UIDs of the session's listing, in order.
-    uids: Vec<i64>,
+    /// The session's listing, in order.
+    messages: Vec<Listed>,
+    /// Bodies of small messages fetched ahead, by listing index (see [`PREFETCH`]).
+    prefetched: std::collections::HashMap<usize, Vec<u8>>,
     /// Locked and not yet committed.
     open: bool,
 }
 
 impl PgMaildrop {
     fn uid(&self, index: usize) -> Result<i64, StoreError> {
-        self.uids
+        self.messages
             .get(index)
-            .copied()
+            .map(|m| m.uid)
             .ok_or(StoreError::MessageGone(index))
+    }
+
+    /// Fetches the body of single-chunk message `index` and of the single-chunk messages after
+    /// it, up to [`PREFETCH`] octets, in one query.
+    async fn prefetch(&mut self, index: usize) -> Result<(), StoreError> {
+        let mut budget = 0u64;
+        let batch: Vec<usize> = (index..self.messages.len())
+            .take_while(|&i| {
+                let m = self.messages[i];
+                budget += m.octets;
+                i == index || (m.chunks == 1 && budget <= PREFETCH)
+            })
+            .filter(|&i| self.messages[i].chunks == 1 && !self.prefetched.contains_key(&i))
+            .collect();
+        let uids: Vec<i64> = batch.iter().map(|&i| self.messages[i].uid).collect();
+        let client = self.store.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT uid, data FROM poplar_chunks WHERE maildrop = $1 AND uid = ANY($2) AND seq = 0",
+            )
+            .await
+            .map_err(db)?;
+        for row in client
+            .query(&select, &[&self.id, &uids])
+            .await
+            .map_err(db)?
+        {
+            let uid: i64 = row.get(0);
+            if let Some(&i) = batch.iter().find(|&&i| self.messages[i].uid == uid) {
+                self.prefetched.insert(i, row.get(1));
+            }
+        }
+        Ok(())
     }
 
     /// Fails when the lock this session took has gone with its connection: another node may
@@ -376,14 +476,25 @@ impl Maildrop for PgMaildrop {
     type Reader = PgReader;
 
     async fn read(&mut self, index: usize) -> Result<PgReader, StoreError> {
-        let uid = self.uid(index)?;
+        let Listed { uid, chunks, .. } = *self
+            .messages
+            .get(index)
+            .ok_or(StoreError::MessageGone(index))?;
         self.ensure_locked().await?;
+        if chunks == 1 && !self.prefetched.contains_key(&index) {
+            self.prefetch(index).await?;
+        }
+        let (chunk, seq) = match self.prefetched.remove(&index) {
+            Some(body) => (body, 1),
+            None => (Vec::new(), 0),
+        };
         Ok(PgReader {
             store: self.store.clone(),
             maildrop: self.id,
             uid,
-            seq: 0,
-            chunk: Vec::new(),
+            chunks,
+            seq,
+            chunk,
             pos: 0,
             done: false,
         })
@@ -400,12 +511,15 @@ impl Maildrop for PgMaildrop {
             return Ok(());
         }
         let client = self.store.client().await?;
-        client
-            .execute(
+        let note = client
+            .prepare_cached(
                 "UPDATE poplar_messages SET retrieved = now() \
                  WHERE maildrop = $1 AND uid = ANY($2) AND retrieved IS NULL",
-                &[&self.id, &uids],
             )
+            .await
+            .map_err(db)?;
+        client
+            .execute(&note, &[&self.id, &uids])
             .await
             .map_err(db)?;
         Ok(())
@@ -419,11 +533,12 @@ impl Maildrop for PgMaildrop {
             }
             self.ensure_locked().await?;
             let client = self.store.client().await?;
+            let delete = client
+                .prepare_cached("DELETE FROM poplar_messages WHERE maildrop = $1 AND uid = ANY($2)")
+                .await
+                .map_err(db)?;
             client
-                .execute(
-                    "DELETE FROM poplar_messages WHERE maildrop = $1 AND uid = ANY($2)",
-                    &[&self.id, &uids],
-                )
+                .execute(&delete, &[&self.id, &uids])
                 .await
                 .map_err(db)?;
             Ok(())
@@ -455,6 +570,8 @@ pub struct PgReader {
     store: PgStore,
     maildrop: i64,
     uid: i64,
+    /// How many chunks the body has: the reader never asks for one past the last.
+    chunks: i32,
     seq: i32,
     chunk: Vec<u8>,
     pos: usize,
@@ -464,13 +581,16 @@ pub struct PgReader {
 impl MessageSource for PgReader {
     async fn next_chunk(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
         buf.clear();
-        if self.pos == self.chunk.len() && !self.done {
+        if self.pos == self.chunk.len() && !self.done && self.seq < self.chunks {
             let client = self.store.client().await.map_err(std::io::Error::other)?;
-            let row = client
-                .query_opt(
+            let select = client
+                .prepare_cached(
                     "SELECT data FROM poplar_chunks WHERE maildrop = $1 AND uid = $2 AND seq = $3",
-                    &[&self.maildrop, &self.uid, &self.seq],
                 )
+                .await
+                .map_err(std::io::Error::other)?;
+            let row = client
+                .query_opt(&select, &[&self.maildrop, &self.uid, &self.seq])
                 .await
                 .map_err(std::io::Error::other)?;
             match row {

@@ -66,9 +66,10 @@ async fn deliveries_are_listed_streamed_and_deleted_only_at_commit() {
     let pg = Pg::start();
     schema::init(&mut pg.admin().await).await.unwrap();
     let store = pg.store().await;
-    // Bare LFs count as CRLF in the size; a 1 MiB body spans several chunks; a prefix (trace
-    // headers) is stored before the file's octets.
-    let small = b"Subject: one\n\nbare LF\n".to_vec();
+    // Bare LFs count as CRLF in the size, and so does the CRLF RETR adds to an unterminated
+    // last line; a 1 MiB body spans several chunks; a prefix (trace headers) is stored before
+    // the file's octets.
+    let small = b"Subject: one\n\nbare LF\nand no final line end".to_vec();
     let mut large = b"Subject: two\r\n\r\n".to_vec();
     while large.len() < 1 << 20 {
         large.extend_from_slice(b"The quick brown fox jumps over the lazy dog.\r\n");
@@ -89,8 +90,8 @@ async fn deliveries_are_listed_streamed_and_deleted_only_at_commit() {
     assert_eq!(listing.len(), 3);
     assert_eq!(
         listing[0].size,
-        small.len() as u64 + 3,
-        "bare LFs sent as CRLF"
+        small.len() as u64 + 3 + 2,
+        "bare LFs sent as CRLF, the last line terminated"
     );
     assert_eq!(listing[1].size, large.len() as u64);
     let uidls: Vec<String> = listing.iter().map(|m| m.uidl.clone()).collect();
