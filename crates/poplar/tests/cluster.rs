@@ -388,3 +388,46 @@ fn a_node_follows_a_failover_to_the_promoted_standby() {
     let (mut c, _) = login(&node);
     assert_eq!(uidls(&mut c).len(), 3);
 }
+
+/// Postfix may deliver to any node: LMTP into node A (python's smtplib.LMTP), retrieved from
+/// node B, the return path as configured.
+#[test]
+fn lmtp_on_one_node_reaches_the_others() {
+    let pg = pg::Pg::start();
+    let mut first = node_builder(&pg);
+    first.lmtp();
+    first.set("delivery.return_path", true);
+    db_init(&first.write_config());
+    let (a, b) = (first.start(), node_builder(&pg).start());
+    for node in [&a, &b] {
+        node.add_user("alice", "wonderland");
+    }
+    let (host, port) = a
+        .lmtp_addr()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_owned(), p.to_owned()))
+        .unwrap();
+    let script = format!(
+        "import smtplib\n\
+         s = smtplib.LMTP({host:?}, {port})\n\
+         refused = s.sendmail('sender@example.org', ['alice@example.org'], b'Subject: lmtp\\r\\n\\r\\nvia node A\\r\\n')\n\
+         assert not refused, refused\n\
+         s.quit()\n"
+    );
+    let out = common::tool("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut c, reply) = login(&b);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    assert_eq!(
+        c.body(),
+        b"Return-Path: <sender@example.org>\r\nSubject: lmtp\r\n\r\nvia node A\r\n"
+    );
+}
