@@ -414,15 +414,7 @@ fn lmtp_on_one_node_reaches_the_others() {
          assert not refused, refused\n\
          s.quit()\n"
     );
-    let out = common::tool("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python(&script);
     let (mut c, reply) = login(&b);
     assert!(reply.starts_with("+OK Logged in"), "{reply}");
     assert!(c.cmd("RETR 1").starts_with("+OK"));

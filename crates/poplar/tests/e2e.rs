@@ -570,15 +570,7 @@ print("ok")
         port = pop3.port(),
         sport = pop3s.port(),
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python(&script);
     // The first start says nothing the demo user contradicts a moment later.
     let logs = running.logs.lock().unwrap().join("\n");
     assert!(!logs.contains("nobody can log in"), "{logs}");

@@ -117,16 +117,8 @@ fn clients_behind_haproxy_are_seen_with_their_own_addresses() {
         cert = server.cert().to_str().unwrap(),
         port = proxy.tls.port()
     );
-    let out = common::tool("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let printed = common::python(&script);
+    assert_eq!(printed.trim(), "1");
 
     common::eventually(Duration::from_secs(10), "every session logged", || {
         (sessions_from(&server, "127.0.0.5") == 1

@@ -264,6 +264,17 @@ pub fn tool(name: &str) -> Command {
     Command::new(name)
 }
 
+/// Runs a python3 script (`python3 -c`); panics unless it succeeds; returns what it printed.
+pub fn python(script: &str) -> String {
+    let out = tool("python3").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "python3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs curl quietly; panics unless it succeeds; returns what it printed.
 pub fn curl(args: &[&str]) -> Vec<u8> {
     let out = tool("curl")
