@@ -2,11 +2,16 @@
 # One node on PostgreSQL against the same node on Maildir: full sessions (8 connections,
 # USER/PASS STAT UIDL LIST RETR x10 of 4 KiB, QUIT) with the same messages, delivered by
 # `poplar deliver` into each store, alternately, ROUNDS times.
+# Then LMTP deliveries per second into each store (1 and 10 connections), and on PostgreSQL alone: PostgreSQL's own CPU per 1000 sessions and transactions per session
+# (the same load measured against the postmaster's process tree, and pg_stat_database), and
+# the first and warm opens of a maildrop of HUGE messages (default 100000, written with SQL as
+# benchmark setup, 4 KiB each).
 # Usage (from the repository root, as root so PostgreSQL can run as the postgres user):
 #   bench/postgres.sh [SECONDS] [ROUNDS]        defaults 10 and 2
 set -euo pipefail
 seconds=${1:-10}
 rounds=${2:-2}
+huge=${HUGE:-100000}
 [ -f bench/postgres.sh ] || { echo "run from the repository root"; exit 1; }
 . scripts/lib/packages.sh
 ensure_packages postgresql python3
@@ -34,6 +39,7 @@ for store in maildir postgres; do
         echo '[listen]'
         echo 'pop3 = ["127.0.0.1:21510"]'
         echo 'pop3s = []'
+        echo 'lmtp = ["127.0.0.1:21524"]'
         echo '[limits]'
         echo 'max_connections_per_ip = 1000'
         if [ "$store" = postgres ]; then
@@ -63,3 +69,50 @@ run() {
 for r in $(seq "$rounds"); do
     if [ $((r % 2)) = 1 ]; then run maildir; run postgres; else run postgres; run maildir; fi
 done
+
+# PostgreSQL's side of the same load.
+psql=("$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d poplar -qtA)
+postmaster=$(head -1 "$work/pg/data/postmaster.pid")
+"$P" serve --config postgres.toml 2> server.log &
+server=$!
+for _ in $(seq 200); do grep -q 'listening for POP3' server.log && break; sleep 0.05; done
+before=$("${psql[@]}" -c "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'poplar'")
+out=$("$B" session --server 127.0.0.1:21510 --server-pid "$postmaster" --label postgresql \
+    --users 8 --password benchpw --seconds "$seconds" 2>&1)
+# The node's connections close with it, and their backends report their counts as they exit.
+kill "$server"; wait "$server" 2>/dev/null || true
+sleep 1
+after=$("${psql[@]}" -c "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'poplar'")
+sessions=$(echo "$out" | grep -o '^[0-9]* sessions' | awk '{print $1}')
+echo "$out" | grep -E 'CPU s' | sed 's/server CPU/PostgreSQL CPU/'
+echo "$after $before $sessions" | awk '{printf "statements per session: %.1f (%d for %d sessions; each outside a transaction block is one)\n", ($1 - $2) / $3, $1 - $2, $3}'
+
+# LMTP deliveries per second into each store, on one and on ten connections.
+for store in maildir postgres; do
+    "$P" serve --config "$store.toml" 2> server.log &
+    server=$!
+    for _ in $(seq 200); do grep -q 'listening for LMTP' server.log && break; sleep 0.05; done
+    for c in 1 10; do
+        "$B" lmtp --lmtp 127.0.0.1:21524 --recipient bench0 --connections "$c" --seconds "$seconds" \
+            --label "$store" 2> /dev/null | grep 'deliveries/s' | sed "s/$/ ($c connections)/"
+    done
+    kill "$server"; wait "$server" 2>/dev/null || true
+done
+
+# A maildrop of $huge messages, written directly (benchmark setup, like poplar-bench fill).
+echo "big:{PLAIN}benchpw" >> postgres/users
+"${psql[@]}" <<SQL
+INSERT INTO poplar_maildrops (name, next_uid) VALUES ('big', $huge + 1);
+INSERT INTO poplar_messages (maildrop, uid, uidl, size, octets)
+    SELECT m.id, g, lpad(to_hex(g), 8, '0') || lpad(to_hex(m.uidvalidity), 8, '0'), 4096, 4096
+    FROM poplar_maildrops m, generate_series(1, $huge) g WHERE m.name = 'big';
+INSERT INTO poplar_chunks (maildrop, uid, seq, data)
+    SELECT m.id, g, 0, convert_to(rpad('Subject: ' || g || E'\r\n\r\n', 4094, 'x') || E'\r\n', 'UTF8')
+    FROM poplar_maildrops m, generate_series(1, $huge) g WHERE m.name = 'big';
+VACUUM ANALYZE;
+SQL
+"$P" serve --config postgres.toml 2> server.log &
+server=$!
+for _ in $(seq 200); do grep -q 'listening for POP3' server.log && break; sleep 0.05; done
+"$B" open --server 127.0.0.1:21510 --user big --password benchpw --times 5 --pause 1 2>&1 | grep -E 'ms'
+kill "$server"; wait "$server" 2>/dev/null || true
