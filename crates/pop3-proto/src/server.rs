@@ -243,6 +243,8 @@ pub enum EndReason {
     Evicted,
     /// Closed instead of answering a login attempt: its address has failed too often.
     TooManyFailures,
+    /// The store lost the session's maildrop lock (a shared store's connection failed).
+    MaildropLost,
 }
 
 #[derive(Debug)]
@@ -1081,6 +1083,18 @@ impl ServerSession {
             "Server shutting down; try again shortly",
             EndReason::Shutdown,
         );
+    }
+
+    /// The store lost this session's maildrop lock, so another session may hold the maildrop
+    /// now: tells the client and ends the session without UPDATE. Only valid after login.
+    pub fn maildrop_lost(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.expect("maildrop_lost", self.is_logged_in())?;
+        self.close_temporarily(
+            out,
+            "Lost the lock on your maildrop (the message store failed); nothing was deleted. Log in again shortly",
+            EndReason::MaildropLost,
+        );
+        Ok(())
     }
 
     /// Abandons any pending request, answers `-ERR [SYS/TEMP] text` and ends the session.

@@ -73,6 +73,17 @@ async fn evicted(waiting: &Option<crate::limits::WaitingTicket>) {
     }
 }
 
+/// Resolves when the open maildrop's lock is lost; never without one.
+fn lock_lost<M: Maildrop>(maildrop: &Option<M>) -> impl Future<Output = ()> + Send + 'static {
+    let lost = maildrop.as_ref().map(Maildrop::lock_lost);
+    async move {
+        match lost {
+            Some(lost) => lost.await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Serves one accepted connection to its end and logs the session summary.
 pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared<S>>,
@@ -221,6 +232,12 @@ impl<S: MailStore> Connection<S> {
                         }
                         () = evicted(&self.waiting) => {
                             self.session.evicted(&mut self.out).map_err(misuse)?;
+                            continue;
+                        }
+                        () = lock_lost(&self.maildrop) => {
+                            tracing::warn!(peer = %self.peer, "the maildrop's lock was lost; ending the session without deleting anything");
+                            self.maildrop = None;
+                            self.session.maildrop_lost(&mut self.out).map_err(misuse)?;
                             continue;
                         }
                     };
@@ -612,6 +629,7 @@ impl<S: MailStore> Connection<S> {
             (EndReason::Shutdown, _) => "shutdown",
             (EndReason::Evicted, _) => "evicted to make room",
             (EndReason::TooManyFailures, _) => "closed: too many failed logins",
+            (EndReason::MaildropLost, _) => "the maildrop's lock was lost",
             (EndReason::TooManyBadCommands, _) => "too many bad commands",
             (EndReason::Open, Some(_)) => "error",
             (EndReason::Open, None) => "disconnected",

@@ -69,6 +69,9 @@ struct Inner {
     /// new number, so a session can tell that the lock it took has gone with the old one).
     locks: tokio::sync::Mutex<Option<LockConnection>>,
     generation: std::sync::atomic::AtomicU64,
+    /// The generation of the last lock connection that ended: sessions holding locks through
+    /// it learn that they have lost them.
+    lost: Arc<tokio::sync::watch::Sender<u64>>,
     /// Maildrops this node holds.
     held: Mutex<HashSet<i64>>,
     max_message_size: u64,
@@ -93,13 +96,19 @@ struct LockConnection {
     unlock: tokio_postgres::Statement,
 }
 
-/// Opens a connection for the node's locks, its driver running in a task of its own.
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+/// Opens a connection for the node's locks, its driver running in a task of its own, which
+/// announces on `lost` that connection `generation` is gone when it ends.
+async fn connect(
+    config: &tokio_postgres::Config,
+    generation: u64,
+    lost: Arc<tokio::sync::watch::Sender<u64>>,
+) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!("database connection lost: {e}");
+            tracing::warn!("the connection holding this node's maildrop locks was lost: {e}");
         }
+        lost.send_replace(generation);
     });
     Ok(client)
 }
@@ -128,6 +137,7 @@ impl PgStore {
                 config,
                 locks: tokio::sync::Mutex::new(None),
                 generation: std::sync::atomic::AtomicU64::new(0),
+                lost: Arc::new(tokio::sync::watch::Sender::new(0)),
                 held: Mutex::new(HashSet::new()),
                 max_message_size: options.max_message_size,
             }),
@@ -190,7 +200,9 @@ impl PgStore {
                     .generation
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     + 1;
-                let client = connect(&self.inner.config).await.map_err(db)?;
+                let client = connect(&self.inner.config, generation, Arc::clone(&self.inner.lost))
+                    .await
+                    .map_err(db)?;
                 let lock = client
                     .prepare("SELECT pg_try_advisory_lock($1)")
                     .await
@@ -523,6 +535,16 @@ impl Maildrop for PgMaildrop {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    fn lock_lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let mut lost = self.store.inner.lost.subscribe();
+        let generation = self.generation;
+        async move {
+            // A later lock connection exists only once this one has ended. A store dropped
+            // meanwhile (the sender gone) ends the wait too.
+            let _ = lost.wait_for(|gone| *gone >= generation).await;
+        }
     }
 
     async fn commit(mut self, deleted: Vec<usize>) -> Result<(), StoreError> {

@@ -169,6 +169,12 @@ async fn one_session_per_maildrop_across_nodes_and_the_lock_dies_with_its_holder
     let (node_a, node_b) = (pg.store().await, pg.store().await);
     deliver(&node_a, "alice", b"", b"Subject: x\r\n\r\nx\r\n").await;
     let (session, _) = node_a.open("alice").await.unwrap();
+    // A held lock is not reported lost.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), session.lock_lost())
+            .await
+            .is_err()
+    );
     assert!(matches!(node_a.open("alice").await, Err(StoreError::InUse)));
     assert!(matches!(node_b.open("alice").await, Err(StoreError::InUse)));
     // Other maildrops are not affected.
@@ -214,6 +220,10 @@ async fn one_session_per_maildrop_across_nodes_and_the_lock_dies_with_its_holder
         "the maildrop was free {:?} after its holder died",
         died.elapsed()
     );
+    // B's session learns it without asking.
+    tokio::time::timeout(Duration::from_secs(5), session_b.lock_lost())
+        .await
+        .expect("the lost lock was not announced");
     let refused = session_b.commit(vec![0]).await.unwrap_err();
     assert!(matches!(refused, StoreError::Database(_)), "{refused}");
     assert!(refused.is_temporary());

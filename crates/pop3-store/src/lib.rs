@@ -152,6 +152,14 @@ pub trait Maildrop: Send + 'static {
         async { Ok(()) }
     }
 
+    /// Resolves if the lock on this maildrop is lost while the session holds it (a shared
+    /// store's connection failed): another session may own the maildrop then, and this one
+    /// must end without committing. A store whose lock cannot be lost never resolves it.
+    /// The future borrows nothing, so a driver can wait on it beside its other work.
+    fn lock_lost(&self) -> impl Future<Output = ()> + Send + 'static + use<Self> {
+        std::future::pending()
+    }
+
     /// Removes the messages at these listing indices durably, then releases the lock. Messages
     /// that arrived during the session are never touched.
     fn commit(self, deleted: Vec<usize>) -> impl Future<Output = Result<(), StoreError>> + Send;
