@@ -31,13 +31,34 @@ use tokio::io::AsyncReadExt;
 use tokio_postgres::{Client, NoTls};
 
 /// The error a failed query or connection becomes for the session: temporary for the client.
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
+fn db(e: impl std::error::Error) -> StoreError {
+    StoreError::Database(chain(&e))
+}
+
+/// An error with its causes, `outer: inner: innermost`: a failed TLS handshake says why.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// How a [`PgStore`] uses its database.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PgOptions {
+    /// The CA certificate(s), PEM, that vouch for the database server. With it, or with
+    /// `sslmode=require` in the URL, connections use TLS and the server's certificate is
+    /// verified, name included (against the system's CA bundle when no file is given); a
+    /// server that cannot show a trusted certificate is refused. Without either, connections
+    /// are plain (a private network or a local socket).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Connections the pool may hold (locks take one more): a node's share of PostgreSQL's
     /// `max_connections`.
     pub pool_size: usize,
@@ -50,6 +71,7 @@ impl Default for PgOptions {
     /// `max_connections` of 100 then serves six nodes.
     fn default() -> Self {
         Self {
+            ca_file: None,
             pool_size: 16,
             max_message_size: u64::MAX,
         }
@@ -65,6 +87,7 @@ pub struct PgStore {
 struct Inner {
     pool: deadpool_postgres::Pool,
     config: tokio_postgres::Config,
+    tls: Tls,
     /// The connection the node's maildrop locks live on, with its generation (a new one gets a
     /// new number, so a session can tell that the lock it took has gone with the old one).
     locks: tokio::sync::Mutex<Option<LockConnection>>,
@@ -86,6 +109,61 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// How connections are secured.
+#[derive(Clone)]
+enum Tls {
+    Plain,
+    Verified(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// Debian's (and most distributions') bundle of trusted CA certificates.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl Tls {
+    /// TLS when a CA file is given or the URL requires it; plain otherwise.
+    fn choose(config: &tokio_postgres::Config, ca_file: Option<&Path>) -> Result<Tls, PgError> {
+        let required = config.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+        if ca_file.is_none() && !required {
+            return Ok(Tls::Plain);
+        }
+        let path = ca_file.unwrap_or(Path::new(SYSTEM_BUNDLE));
+        let bad = |why: String| PgError::Config(format!("CA file {}: {why}", path.display()));
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?
+        {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls::Verified(
+            tokio_postgres_rustls::MakeRustlsConnect::new(client),
+        ))
+    }
+}
+
+/// One connection to the database at `url`, secured as [`PgOptions::ca_file`] describes (for
+/// `poplar db init` and other administration).
+pub async fn connect_one(url: &str, ca_file: Option<&Path>) -> Result<Client, PgError> {
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e| PgError::Config(format!("{e}")))?;
+    let tls = Tls::choose(&config, ca_file)?;
+    let lost = Arc::new(tokio::sync::watch::Sender::new(0));
+    connect(&config, &tls, 0, lost)
+        .await
+        .map_err(|e| PgError::Config(chain(&e)))
+}
+
 /// The connection the node's maildrop locks live on.
 struct LockConnection {
     client: Client,
@@ -100,17 +178,28 @@ struct LockConnection {
 /// announces on `lost` that connection `generation` is gone when it ends.
 async fn connect(
     config: &tokio_postgres::Config,
+    tls: &Tls,
     generation: u64,
     lost: Arc<tokio::sync::watch::Sender<u64>>,
 ) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
+    let announce = move |result: Result<(), tokio_postgres::Error>| {
+        if let Err(e) = result {
             tracing::warn!("the connection holding this node's maildrop locks was lost: {e}");
         }
         lost.send_replace(generation);
-    });
-    Ok(client)
+    };
+    match tls {
+        Tls::Plain => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move { announce(connection.await) });
+            Ok(client)
+        }
+        Tls::Verified(make) => {
+            let (client, connection) = config.connect(make.clone()).await?;
+            tokio::spawn(async move { announce(connection.await) });
+            Ok(client)
+        }
+    }
 }
 
 impl PgStore {
@@ -120,13 +209,20 @@ impl PgStore {
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, PgError> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| PgError::Config(format!("{e}")))?;
-        let manager = deadpool_postgres::Manager::from_config(
-            config.clone(),
-            NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
+        let tls = Tls::choose(&config, options.ca_file.as_deref())?;
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Tls::Plain => {
+                deadpool_postgres::Manager::from_config(config.clone(), NoTls, manager_config)
+            }
+            Tls::Verified(make) => deadpool_postgres::Manager::from_config(
+                config.clone(),
+                make.clone(),
+                manager_config,
+            ),
+        };
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .build()
@@ -135,6 +231,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 config,
+                tls,
                 locks: tokio::sync::Mutex::new(None),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 lost: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -200,9 +297,14 @@ impl PgStore {
                     .generation
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     + 1;
-                let client = connect(&self.inner.config, generation, Arc::clone(&self.inner.lost))
-                    .await
-                    .map_err(db)?;
+                let client = connect(
+                    &self.inner.config,
+                    &self.inner.tls,
+                    generation,
+                    Arc::clone(&self.inner.lost),
+                )
+                .await
+                .map_err(db)?;
                 let lock = client
                     .prepare("SELECT pg_try_advisory_lock($1)")
                     .await
@@ -218,7 +320,9 @@ impl PgStore {
                     unlock,
                 });
             }
-            let conn = slot.as_ref().ok_or_else(|| db("no lock connection"))?;
+            let conn = slot
+                .as_ref()
+                .ok_or_else(|| StoreError::Database("no lock connection".into()))?;
             let got: bool = conn
                 .client
                 .query_one(&conn.lock, &[&id])
@@ -477,8 +581,8 @@ impl PgMaildrop {
         if self.store.still_locked(self.generation).await {
             Ok(())
         } else {
-            Err(db(
-                "the connection holding this maildrop's lock was lost; log in again",
+            Err(StoreError::Database(
+                "the connection holding this maildrop's lock was lost; log in again".into(),
             ))
         }
     }

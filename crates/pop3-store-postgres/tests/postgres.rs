@@ -233,3 +233,44 @@ async fn one_session_per_maildrop_across_nodes_and_the_lock_dies_with_its_holder
     let (again, _) = node_b.open("bob").await.unwrap();
     again.commit(vec![]).await.unwrap();
 }
+
+/// With a CA file (or `sslmode=require`), connections use TLS and the server's certificate is
+/// verified; a server whose certificate is not trusted is refused.
+#[tokio::test]
+async fn tls_to_the_database_is_verified() {
+    let (pg, ca) = Pg::start_with_tls();
+    schema::init(&mut pg.admin().await).await.unwrap();
+    let with = |ca_file: Option<std::path::PathBuf>| PgOptions {
+        ca_file,
+        ..PgOptions::default()
+    };
+    let store = PgStore::connect(
+        &format!("{}?sslmode=require", pg.url()),
+        with(Some(ca.clone())),
+    )
+    .await
+    .unwrap();
+    deliver(&store, "alice", b"", b"Subject: tls\r\n\r\nsecret\r\n").await;
+    let encrypted: i64 = pg
+        .admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.datname = 'pop3test'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "no TLS connection");
+    // The system's CAs do not vouch for a private CA's certificate; another CA does not either.
+    let untrusted = PgStore::connect(&format!("{}?sslmode=require", pg.url()), with(None))
+        .await
+        .unwrap_err();
+    assert!(untrusted.to_string().contains("certificate"), "{untrusted}");
+    let (_other, other_ca) = Pg::start_with_tls();
+    let wrong = PgStore::connect(&pg.url(), with(Some(other_ca)))
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("certificate"), "{wrong}");
+}

@@ -36,6 +36,7 @@ fn url(config: &Config) -> Result<&str> {
 pub(crate) async fn connect(config: &Config) -> Result<PgStore> {
     let url = url(config)?;
     let options = PgOptions {
+        ca_file: config.store.ca_file.clone(),
         pool_size: config.store.pool_size,
         max_message_size: config.limits.max_message_size,
     };
@@ -52,10 +53,9 @@ pub(crate) fn init(config: &Config) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        let mut client = pop3_store_postgres::connect_one(url, config.store.ca_file.as_deref())
             .await
             .with_context(|| format!("cannot connect to the {}", describe(url)))?;
-        tokio::spawn(connection);
         let before = schema::init(&mut client)
             .await
             .with_context(|| format!("cannot set up the {}", describe(url)))?;

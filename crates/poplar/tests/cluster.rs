@@ -428,3 +428,52 @@ fn lmtp_on_one_node_reaches_the_others() {
         b"Return-Path: <sender@example.org>\r\nSubject: lmtp\r\n\r\nvia node A\r\n"
     );
 }
+
+/// A node whose database is across a network: `sslmode=require` and the CA that signed the
+/// database's certificate; `db init`, deliveries and sessions all travel over TLS.
+#[test]
+fn a_node_reaches_its_database_over_verified_tls() {
+    let (pg, ca) = pg::Pg::start_with_tls();
+    let mut b = ServerBuilder::new();
+    b.set("store.backend", "postgres");
+    b.set("store.url", format!("{}?sslmode=require", pg.url()));
+    b.set("store.ca_file", ca.to_str().unwrap());
+    assert!(db_init(&b.write_config()).contains("created Poplar's schema"));
+    let node = b.start();
+    node.add_user("alice", "wonderland");
+    assert!(
+        node.deliver(&["alice"], b"Subject: tls\r\n\r\nencrypted\r\n")
+            .success()
+    );
+    let (mut c, reply) = login(&node);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    assert_eq!(c.body(), b"Subject: tls\r\n\r\nencrypted\r\n");
+    let check = std::process::Command::new(BIN)
+        .args(["check-config", "--config", node.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // Every connection the node holds to the database is encrypted.
+    let plain: i64 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            pg.admin()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                     WHERE NOT s.ssl AND a.datname = 'pop3test' AND a.pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        });
+    assert_eq!(plain, 0, "a node connection is not encrypted");
+}

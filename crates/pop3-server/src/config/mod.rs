@@ -199,6 +199,11 @@ pub struct StoreConfig {
     /// key=value string; several hosts with `target_session_attrs=read-write` follow a
     /// failover. Keep a password out of it: use `~/.pgpass` or a trusted local socket.
     pub url: Option<String>,
+    /// With `postgres`: the CA certificate(s), PEM, that vouch for the database server. Set,
+    /// or with `sslmode=require` in `url`, connections use TLS and the server's certificate
+    /// and name are verified (against the system's CA bundle when unset); unset and without
+    /// `sslmode=require`, connections are plain, for a private network or a local socket.
+    pub ca_file: Option<std::path::PathBuf>,
     /// With `postgres`: connections this node's pool may hold (one more holds its maildrop
     /// locks). Default 16: queries are short, and a PostgreSQL's default 100 connections then
     /// serve six nodes.
@@ -210,6 +215,7 @@ impl Default for StoreConfig {
         Self {
             backend: StoreBackend::Maildir,
             url: None,
+            ca_file: None,
             pool_size: 16,
         }
     }

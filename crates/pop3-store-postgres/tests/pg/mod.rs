@@ -79,6 +79,103 @@ impl Pg {
         self.port
     }
 
+    /// A cluster serving TLS with a certificate for 127.0.0.1 signed by a private CA (made by
+    /// openssl, as an administrator would); returns it and the CA's PEM file.
+    pub(crate) fn start_with_tls() -> (Pg, std::path::PathBuf) {
+        let pg = Pg::start();
+        pg.stop_server();
+        let data = pg.dir.path().join("data");
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        // A private CA and a server certificate it signs, as TLS for PostgreSQL is set up.
+        let (ca, ca_key) = (pg.dir.path().join("ca.pem"), pg.dir.path().join("ca.key"));
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Test CA",
+            "-keyout",
+            &path(&ca_key),
+            "-out",
+            &path(&ca),
+        ]);
+        let csr = pg.dir.path().join("server.csr");
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &path(&key),
+            "-out",
+            &path(&csr),
+        ]);
+        let ext = pg.dir.path().join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path(&ca),
+            "-CAkey",
+            &path(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &path(&ext),
+            "-out",
+            &path(&cert),
+        ]);
+        if is_root() {
+            for f in [&cert, &key] {
+                assert!(
+                    Command::new("chown")
+                        .arg("postgres:")
+                        .arg(f)
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
+        }
+        std::fs::write(data.join("postgresql.auto.conf"), "ssl = on\n").unwrap();
+        if is_root() {
+            assert!(
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(data.join("postgresql.auto.conf"))
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        pg.start_server();
+        (pg, ca)
+    }
+
     pub(crate) fn start() -> Pg {
         let pg = Pg::place();
         let data = pg.dir.path().join("data");
