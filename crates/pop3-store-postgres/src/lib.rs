@@ -64,6 +64,8 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Deliveries larger than this are refused.
     pub max_message_size: u64,
+    /// Who may hold how much; checked in each delivery's transaction.
+    pub quotas: pop3_store::QuotaRules,
 }
 
 impl Default for PgOptions {
@@ -74,6 +76,7 @@ impl Default for PgOptions {
             ca_file: None,
             pool_size: 16,
             max_message_size: u64::MAX,
+            quotas: pop3_store::QuotaRules::default(),
         }
     }
 }
@@ -98,6 +101,7 @@ struct Inner {
     /// Maildrops this node holds.
     held: Mutex<HashSet<i64>>,
     max_message_size: u64,
+    quotas: pop3_store::QuotaRules,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -237,6 +241,7 @@ impl PgStore {
                 lost: Arc::new(tokio::sync::watch::Sender::new(0)),
                 held: Mutex::new(HashSet::new()),
                 max_message_size: options.max_message_size,
+                quotas: options.quotas,
             }),
         };
         let client = store
@@ -489,6 +494,26 @@ impl MailStore for PgStore {
         }
         if octets == 0 {
             return Err(StoreError::EmptyMessage);
+        }
+        // Counted under the maildrop's counter lock, so deliveries to it cannot both squeeze
+        // into the last room.
+        let quota = self.inner.quotas.quota_for(user);
+        if !quota.is_unlimited() {
+            let held = tx
+                .prepare_cached(
+                    "SELECT coalesce(sum(octets), 0)::bigint, count(*) FROM poplar_messages \
+                     WHERE maildrop = $1 AND uid <> $2",
+                )
+                .await
+                .map_err(db)?;
+            let row = tx.query_one(&held, &[&id, &uid]).await.map_err(db)?;
+            let usage = pop3_store::Usage {
+                bytes: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                messages: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            };
+            if !usage.admits(quota, octets) {
+                return Err(usage.refusal(quota, self.inner.quotas.permanent));
+            }
         }
         // What RETR sends: bare LFs as CRLF, and an unterminated last line terminated.
         let size = i64::try_from(counter.canonical_size()).map_err(db)?;

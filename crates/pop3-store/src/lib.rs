@@ -64,6 +64,43 @@ pub struct QuotaRules {
     pub users: Option<std::sync::Arc<dyn QuotaSource>>,
 }
 
+/// What a maildrop holds, against which a [`Quota`] is checked (one rule for every store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Octets stored.
+    pub bytes: u64,
+    /// Messages.
+    pub messages: u64,
+}
+
+impl Usage {
+    /// Whether `incoming` more octets in one more message fit in `quota`.
+    pub fn admits(self, quota: Quota, incoming: u64) -> bool {
+        quota
+            .storage
+            .is_none_or(|max| self.bytes.saturating_add(incoming) <= max)
+            && quota
+                .messages
+                .is_none_or(|max| self.messages.saturating_add(1) <= max)
+    }
+
+    /// The refusal of a delivery that does not fit: what the maildrop holds against its
+    /// limits, permanent or not as configured.
+    pub fn refusal(self, quota: Quota, permanent: bool) -> StoreError {
+        let mut parts = Vec::new();
+        if let Some(max) = quota.storage {
+            parts.push(format!("{} of {max} octets", self.bytes));
+        }
+        if let Some(max) = quota.messages {
+            parts.push(format!("{} of {max} messages", self.messages));
+        }
+        StoreError::OverQuota {
+            usage: parts.join(", "),
+            permanent,
+        }
+    }
+}
+
 /// A per-user quota kept outside the configuration.
 pub trait QuotaSource: Send + Sync + std::fmt::Debug {
     /// `user`'s own quota, if it has one.

@@ -39,6 +39,7 @@ pub(crate) async fn connect(config: &Config) -> Result<PgStore> {
         ca_file: config.store.ca_file.clone(),
         pool_size: config.store.pool_size,
         max_message_size: config.limits.max_message_size,
+        quotas: config.quota_rules_with_users(&pop3_auth::UserDbFile::new(config.users_file())),
     };
     PgStore::connect(url, options)
         .await

@@ -142,7 +142,7 @@ fn what_the_postgres_store_does_not_do_yet_is_refused() {
     let mut b = ServerBuilder::new();
     b.set("store.backend", "postgres");
     b.set("store.url", "postgres://poplar@127.0.0.1:1/none");
-    b.set("quota.storage", "10M");
+    b.set("pop3.expire", 30);
     let config = b.write_config();
     let run = |args: &[&str]| {
         let out = Command::new(BIN)
@@ -157,8 +157,8 @@ fn what_the_postgres_store_does_not_do_yet_is_refused() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    assert!(run(&["check-config"]).contains("[quota] is not enforced"));
-    assert!(run(&["serve"]).contains("[quota] is not enforced"));
+    assert!(run(&["check-config"]).contains("a purging pop3.expire is not carried out"));
+    assert!(run(&["serve"]).contains("a purging pop3.expire is not carried out"));
     assert!(run(&["expire"]).contains("maildir store only"));
     let said = run(&["migrate", "maildir:/nonexistent", "--to", "alice"]);
     assert!(said.contains("maildir store only"), "{said}");
@@ -476,4 +476,27 @@ fn a_node_reaches_its_database_over_verified_tls() {
                 .get(0)
         });
     assert_eq!(plain, 0, "a node connection is not encrypted");
+}
+
+/// Quotas on PostgreSQL as on Maildir: `[quota]` and the users file's own rules, checked in the
+/// delivering transaction; a full maildrop defers mail (exit 75) until room is made.
+#[test]
+fn quotas_hold_on_postgres() {
+    let pg = pg::Pg::start();
+    let mut b = node_builder(&pg);
+    b.set("quota.storage", "100");
+    db_init(&b.write_config());
+    let node = b.start();
+    node.add_user("alice", "wonderland");
+    let message = b"Subject: q\r\n\r\nforty octets of message body here\r\n";
+    assert!(node.deliver(&["alice"], message).success());
+    assert!(node.deliver(&["alice"], message).success());
+    // A third would exceed 100 octets: deferred, not stored.
+    assert_eq!(node.deliver(&["alice"], message).code(), Some(75));
+    let (mut c, reply) = login(&node);
+    assert!(reply.contains("2 messages"), "{reply}");
+    // Room made at QUIT lets the next delivery in.
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    assert!(node.deliver(&["alice"], message).success());
 }

@@ -109,15 +109,6 @@ impl Config {
                 );
             }
             // What the PostgreSQL store does not keep yet is refused rather than ignored.
-            if self.quota.storage != 0
-                || self.quota.messages != 0
-                || !self.quota.overrides.is_empty()
-            {
-                error(
-                    "[quota] is not enforced with store.backend = \"postgres\" yet: remove it, or keep the maildir backend."
-                        .into(),
-                );
-            }
             if self.expire_policy().purges() {
                 error(
                     "a purging pop3.expire is not carried out with store.backend = \"postgres\" yet: use \"never\", or keep the maildir backend."

@@ -766,10 +766,16 @@ impl Config {
                 max_message_size: self.limits.max_message_size,
                 max_snapshot_messages: self.limits.max_snapshot_messages,
             })
-            .with_quotas(pop3_store::QuotaRules {
-                users: Some(std::sync::Arc::new(UsersFileQuotas(users.clone()))),
-                ..self.quota.rules()
-            })
+            .with_quotas(self.quota_rules_with_users(users))
+    }
+
+    /// The quota rules of `[quota]` with the users file's own rules first (read through
+    /// `users`, so edits apply at once): what every store enforces.
+    pub fn quota_rules_with_users(&self, users: &pop3_auth::UserDbFile) -> pop3_store::QuotaRules {
+        pop3_store::QuotaRules {
+            users: Some(std::sync::Arc::new(UsersFileQuotas(users.clone()))),
+            ..self.quota.rules()
+        }
     }
 
     /// Certificate and key paths, and whether they are the generated self-signed pair.

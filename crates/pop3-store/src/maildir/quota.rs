@@ -14,7 +14,7 @@
 //! scan; two deliveries racing may overrun a quota by one message, as with every Maildir++ user.
 
 use super::filename::{is_message, size_hints};
-use crate::{Quota, StoreError};
+use crate::{Quota, StoreError, Usage};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::Path;
@@ -22,25 +22,6 @@ use std::path::Path;
 const MAILDIRSIZE: &str = "maildirsize";
 /// Maildir++: a `maildirsize` this long is rewritten as a single line.
 const REBUILD_AT: u64 = 5120;
-
-/// What a maildrop holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
-    pub bytes: u64,
-    pub messages: u64,
-}
-
-impl Usage {
-    /// Whether `incoming` more octets in one more message fit in `quota`.
-    fn admits(self, quota: Quota, incoming: u64) -> bool {
-        quota
-            .storage
-            .is_none_or(|max| self.bytes.saturating_add(incoming) <= max)
-            && quota
-                .messages
-                .is_none_or(|max| self.messages.saturating_add(1) <= max)
-    }
-}
 
 /// Refuses a delivery of `incoming` octets to the Maildir `dir` that would exceed `quota`.
 pub(crate) fn check(
@@ -69,10 +50,7 @@ pub(crate) fn check(
     if usage.admits(quota, incoming) {
         return Ok(());
     }
-    Err(StoreError::OverQuota {
-        usage: describe(usage, quota),
-        permanent,
-    })
+    Err(usage.refusal(quota, permanent))
 }
 
 /// Appends a change to `dir`'s `maildirsize`, if it has one. Best effort: a failure leaves the
@@ -159,17 +137,6 @@ pub(crate) fn rebuild(dir: &Path, quota: Quota) -> Result<Usage, StoreError> {
 }
 
 /// "4.1 MB of 5 MB, 12 of 1000 messages" for the refusal.
-fn describe(usage: Usage, quota: Quota) -> String {
-    let mut parts = Vec::new();
-    if let Some(max) = quota.storage {
-        parts.push(format!("{} of {max} octets", usage.bytes));
-    }
-    if let Some(max) = quota.messages {
-        parts.push(format!("{} of {max} messages", usage.messages));
-    }
-    parts.join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
