@@ -80,11 +80,11 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
 /// headers in the message's own line ending.
 fn to_postgres(config: &Config, names: &[String], sender: Option<&str>) -> Result<(), StoreError> {
     let spool_error = |e: std::io::Error| StoreError::io(std::env::temp_dir(), e);
-    let mut spool = tempfile::tempfile().map_err(spool_error)?;
+    let mut spool = tempfile::NamedTempFile::new().map_err(spool_error)?;
     std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(spool_error)?;
     spool.rewind().map_err(spool_error)?;
     let mut first_line = Vec::new();
-    std::io::BufReader::new(&spool)
+    std::io::BufReader::new(spool.as_file())
         .read_until(b'\n', &mut first_line)
         .map_err(spool_error)?;
     let eol = if first_line.ends_with(b"\r\n") {
@@ -92,11 +92,7 @@ fn to_postgres(config: &Config, names: &[String], sender: Option<&str>) -> Resul
     } else {
         "\n"
     };
-    // The store reads the spool by path: the anonymous file through its descriptor's link.
-    let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", {
-        use std::os::fd::AsRawFd;
-        spool.as_raw_fd()
-    }));
+    let path = spool.path();
     let trace = config.delivery.trace();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,7 +108,7 @@ fn to_postgres(config: &Config, names: &[String], sender: Option<&str>) -> Resul
             } else {
                 String::new()
             };
-            store.deliver_file(name, prefix.as_bytes(), &path).await?;
+            store.deliver_file(name, prefix.as_bytes(), path).await?;
         }
         Ok(())
     })
