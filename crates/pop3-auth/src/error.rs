@@ -70,6 +70,10 @@ pub enum AuthError {
     ServerRejected(String),
 
     // The system.
+    /// The users are kept elsewhere (a database) and cannot be consulted now: logins fail
+    /// temporarily until they can.
+    #[error("users unavailable: {0}")]
+    Unavailable(String),
     /// The operating system's random number generator failed.
     #[error("random number generator failed: {0}")]
     Random(String),

@@ -2,7 +2,8 @@
 //!
 //! - [`directory`]: what authentication asks about users, whatever stores them;
 //! - `userdb` (feature `server`): the passwd-file user database in Dovecot's format, reloaded
-//!   when it changes, and the edits behind `poplar user ...`;
+//!   when it changes, and the edits behind `poplar user ...`; `users` (feature `server`):
+//!   where a server's users come from, that file or a replica of a database table;
 //! - `scheme` (feature `server`): password schemes as `doveadm pw` writes them, constant-time
 //!   checks and the decoys that make unknown users cost what real ones cost;
 //! - [`sasl`]: SASL mechanisms, server and client halves, over decoded messages;
@@ -26,8 +27,12 @@ pub mod sasl;
 pub mod scheme;
 #[cfg(feature = "server")]
 pub mod userdb;
+#[cfg(feature = "server")]
+pub mod users;
 
 pub use directory::Verdict;
 pub use error::AuthError;
 #[cfg(feature = "server")]
-pub use userdb::{UserDb, UserDbFile};
+pub use userdb::{UserDb, UserDbFile, UserRecord};
+#[cfg(feature = "server")]
+pub use users::{UserReplica, Users};

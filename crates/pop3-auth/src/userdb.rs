@@ -124,6 +124,42 @@ pub struct UserDb {
     decoys: Vec<(String, usize)>,
 }
 
+/// One user as a table row holds it: the passwd-file's first, second and eighth fields (the
+/// rest of a passwd-file line, uid to shell, means nothing to Poplar).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The login name, normalised.
+    pub name: String,
+    /// The primary stored form, `{SCHEME}data`; empty: no password login.
+    pub password: String,
+    /// Space-separated extra fields: `x-poplar-secret=` forms, quota rules, anything else.
+    pub extra: String,
+}
+
+impl UserRecord {
+    /// `name` with the forms of one password (`{SCHEME}data`, the first primary, the others
+    /// as `x-poplar-secret=` fields) and the other fields of `previous_extra` kept.
+    pub fn with_forms(name: String, forms: &[String], previous_extra: &str) -> Self {
+        let mut extra: Vec<&str> = Vec::new();
+        let secrets: Vec<String> = forms
+            .iter()
+            .skip(1)
+            .map(|f| format!("{EXTRA_SECRET}{f}"))
+            .collect();
+        extra.extend(secrets.iter().map(String::as_str));
+        extra.extend(
+            previous_extra
+                .split_whitespace()
+                .filter(|f| !f.starts_with(EXTRA_SECRET)),
+        );
+        Self {
+            name,
+            password: forms.first().cloned().unwrap_or_default(),
+            extra: extra.join(" "),
+        }
+    }
+}
+
 /// A line that was skipped while parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
@@ -172,10 +208,9 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
 impl UserDb {
     /// Parses the text of a users file. Malformed lines are skipped and reported.
     pub fn parse(text: &str) -> (Self, Vec<Warning>) {
-        let mut users = HashMap::new();
+        let mut records = Vec::new();
         let mut warnings = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let line_no = i + 1;
             let trimmed = line.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
@@ -185,11 +220,39 @@ impl UserDb {
             let mut fields = line.splitn(8, ':');
             let (Some(name), Some(password)) = (fields.next(), fields.next()) else {
                 warnings.push(Warning {
-                    line: line_no,
+                    line: i + 1,
                     reason: "no ':' after the user name".into(),
                 });
                 continue;
             };
+            let extra = fields.nth(5).unwrap_or("");
+            records.push((i + 1, name, password, extra));
+        }
+        let (db, more) = Self::build(records);
+        warnings.extend(more);
+        (db, warnings)
+    }
+
+    /// The database of `records` as a table holds them (a user's name, password field and
+    /// extra fields, as in the passwd-file). Records that cannot be used are skipped with a
+    /// warning (line 0).
+    pub fn from_records<'a>(
+        records: impl IntoIterator<Item = &'a UserRecord>,
+    ) -> (Self, Vec<Warning>) {
+        Self::build(
+            records
+                .into_iter()
+                .map(|r| (0, r.name.as_str(), r.password.as_str(), r.extra.as_str())),
+        )
+    }
+
+    /// The database of (line, name, password field, extra fields) records.
+    fn build<'a>(
+        records: impl IntoIterator<Item = (usize, &'a str, &'a str, &'a str)>,
+    ) -> (Self, Vec<Warning>) {
+        let mut users = HashMap::new();
+        let mut warnings = Vec::new();
+        for (line_no, name, password, extra_field) in records {
             let name = normalize_name(name);
             if let Err(e) = validate_name(&name) {
                 warnings.push(Warning {
@@ -202,7 +265,6 @@ impl UserDb {
             if !password.is_empty() {
                 secrets.push(password);
             }
-            let extra_field = fields.nth(5).unwrap_or("");
             secrets.extend(
                 extra_field
                     .split_whitespace()
@@ -580,20 +642,10 @@ pub mod edit {
             String::new()
         };
         fields.resize(7, String::new());
-        fields[1] = forms.first().cloned().unwrap_or_default();
-        let mut extra: Vec<String> = forms
-            .iter()
-            .skip(1)
-            .map(|f| format!("{EXTRA_SECRET}{f}"))
-            .collect();
-        extra.extend(
-            extra_field
-                .split_whitespace()
-                .filter(|f| !f.starts_with(EXTRA_SECRET))
-                .map(str::to_owned),
-        );
-        if !extra.is_empty() {
-            fields.push(extra.join(" "));
+        let record = UserRecord::with_forms(String::new(), forms, &extra_field);
+        fields[1] = record.password;
+        if !record.extra.is_empty() {
+            fields.push(record.extra);
         }
         while fields.len() > 2 && fields.last().is_some_and(String::is_empty) {
             fields.pop();

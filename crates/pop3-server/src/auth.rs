@@ -14,7 +14,7 @@ use pop3_auth::sasl::plain::PlainServer;
 use pop3_auth::sasl::scram::{ScramHash, ScramServer};
 use pop3_auth::sasl::{ChannelBinding, Failure, FailureKind, ServerMechanism, Step};
 use pop3_auth::userdb::Decoy;
-use pop3_auth::{UserDb, UserDbFile, Verdict, scheme};
+use pop3_auth::{UserDb, Users, Verdict, scheme};
 use pop3_proto::{Mechanism, Secret};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -37,7 +37,7 @@ pub(crate) struct ConnInfo {
 /// Shared by all connections.
 #[derive(Debug)]
 pub(crate) struct Authenticator {
-    users: UserDbFile,
+    users: Users,
     decoy: Arc<str>,
     hashing: HashPool,
     pub(crate) penalties: Penalties,
@@ -57,7 +57,7 @@ pub(crate) struct Authenticator {
 impl Authenticator {
     pub(crate) fn new(
         config: &Config,
-        users: UserDbFile,
+        users: Users,
         decoy: String,
         salt_key: Vec<u8>,
         oauth: Option<JwtVerifier>,
@@ -100,12 +100,12 @@ impl Authenticator {
         match self.users.current() {
             Ok((db, warnings)) => {
                 for w in warnings {
-                    tracing::warn!(file = %self.users.path().display(), line = w.line, "users file: {}", w.reason);
+                    tracing::warn!(line = w.line, "{}: {}", self.users.describe(), w.reason);
                 }
                 Some(db)
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the users file; logins fail with [SYS/TEMP]");
+                tracing::error!(error = %e, "cannot read the {}; logins fail with [SYS/TEMP]", self.users.describe());
                 None
             }
         }

@@ -36,7 +36,7 @@ pub use error::ServerError;
 pub use tls::TlsReloader;
 
 use ipnet::IpNet;
-use pop3_auth::UserDbFile;
+use pop3_auth::Users;
 use pop3_proto::{Capabilities, SessionConfig, Tls};
 use pop3_store::MailStore;
 use std::future::Future;
@@ -188,7 +188,7 @@ impl<S: MailStore> Server<S> {
     /// Validates the configuration, loads TLS material (generating the self-signed default if
     /// needed), opens the user database and binds every listener.
     pub async fn bind(config: &Config, store: S) -> Result<Self, ServerError> {
-        Self::bind_with_users(config, store, UserDbFile::new(config.users_file())).await
+        Self::bind_with_users(config, store, config.users_source()).await
     }
 
     /// [`Server::bind`] with the users file already open (shared with the store, see
@@ -196,7 +196,7 @@ impl<S: MailStore> Server<S> {
     pub async fn bind_with_users(
         config: &Config,
         store: S,
-        users: UserDbFile,
+        users: Users,
     ) -> Result<Self, ServerError> {
         let errors: Vec<String> = config
             .problems(false)

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod schema;
+pub mod users;
 
 pub use schema::PgError;
 
@@ -162,8 +163,7 @@ pub async fn connect_one(url: &str, ca_file: Option<&Path>) -> Result<Client, Pg
     let config: tokio_postgres::Config =
         url.parse().map_err(|e| PgError::Config(format!("{e}")))?;
     let tls = Tls::choose(&config, ca_file)?;
-    let lost = Arc::new(tokio::sync::watch::Sender::new(0));
-    connect(&config, &tls, 0, lost)
+    connect(&config, &tls, Box::new(|_| {}), |_| {})
         .await
         .map_err(|e| PgError::Config(chain(&e)))
 }
@@ -178,9 +178,52 @@ struct LockConnection {
     unlock: tokio_postgres::Statement,
 }
 
-/// Opens a connection for the node's locks, its driver running in a task of its own, which
-/// announces on `lost` that connection `generation` is gone when it ends.
+/// What a connection's driver does with messages the server sends unasked (notifications).
+type OnMessage = Box<dyn FnMut(tokio_postgres::AsyncMessage) + Send>;
+
+/// Runs a connection until it ends, handing unasked messages to `on_message`.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    mut on_message: OnMessage,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(message)) => on_message(message),
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Opens a connection of its own (not from the pool), its driver running in a task that
+/// hands notifications to `on_message` and calls `on_end` when the connection ends.
 async fn connect(
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+    on_message: OnMessage,
+    on_end: impl FnOnce(Result<(), tokio_postgres::Error>) + Send + 'static,
+) -> Result<Client, tokio_postgres::Error> {
+    match tls {
+        Tls::Plain => {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(async move { on_end(drive(connection, on_message).await) });
+            Ok(client)
+        }
+        Tls::Verified(make) => {
+            let (client, connection) = config.connect(make.clone()).await?;
+            tokio::spawn(async move { on_end(drive(connection, on_message).await) });
+            Ok(client)
+        }
+    }
+}
+
+/// Opens a connection for the node's locks, which announces on `lost` that connection
+/// `generation` is gone when it ends.
+async fn connect_for_locks(
     config: &tokio_postgres::Config,
     tls: &Tls,
     generation: u64,
@@ -192,18 +235,7 @@ async fn connect(
         }
         lost.send_replace(generation);
     };
-    match tls {
-        Tls::Plain => {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(async move { announce(connection.await) });
-            Ok(client)
-        }
-        Tls::Verified(make) => {
-            let (client, connection) = config.connect(make.clone()).await?;
-            tokio::spawn(async move { announce(connection.await) });
-            Ok(client)
-        }
-    }
+    connect(config, tls, Box::new(|_| {}), announce).await
 }
 
 impl PgStore {
@@ -250,6 +282,23 @@ impl PgStore {
             .map_err(|e| PgError::Config(e.to_string()))?;
         schema::check(&client).await?;
         Ok(store)
+    }
+
+    /// A connection of its own, outside the pool, with its notifications handed to
+    /// `on_message`.
+    async fn connect_with(&self, on_message: OnMessage) -> Result<Client, PgError> {
+        connect(&self.inner.config, &self.inner.tls, on_message, |_| {})
+            .await
+            .map_err(PgError::from)
+    }
+
+    /// A connection from the pool, for administration (`poplar user`, `poplar db`).
+    pub async fn admin(&self) -> Result<deadpool_postgres::Object, PgError> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| PgError::Config(chain(&e)))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -302,7 +351,7 @@ impl PgStore {
                     .generation
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     + 1;
-                let client = connect(
+                let client = connect_for_locks(
                     &self.inner.config,
                     &self.inner.tls,
                     generation,
@@ -310,6 +359,10 @@ impl PgStore {
                 )
                 .await
                 .map_err(db)?;
+                client
+                    .batch_execute("SET application_name = 'poplar: maildrop locks'")
+                    .await
+                    .map_err(db)?;
                 let lock = client
                     .prepare("SELECT pg_try_advisory_lock($1)")
                     .await

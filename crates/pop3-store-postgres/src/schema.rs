@@ -11,14 +11,15 @@
 use tokio_postgres::Client;
 
 /// The schema version this build writes and reads.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Octets per stored body chunk: large enough that a 100 MiB message is 400 rows, small enough
 /// that one in memory costs little.
 pub const CHUNK: usize = 256 * 1024;
 
 /// Each version's statements, applied in order from the database's version to [`VERSION`].
-const STEPS: [&str; 1] = [r#"
+const STEPS: [&str; 2] = [
+    r#"
 CREATE TABLE poplar_maildrops (
     id          bigserial PRIMARY KEY,
     name        text NOT NULL UNIQUE,
@@ -47,7 +48,37 @@ CREATE TABLE poplar_chunks (
     PRIMARY KEY (maildrop, uid, seq),
     FOREIGN KEY (maildrop, uid) REFERENCES poplar_messages (maildrop, uid) ON DELETE CASCADE
 );
-"#];
+"#,
+    r#"
+-- Version 2: users. The passwd-file's password field and extra fields; a Dovecot SQL passdb
+-- can read the same rows (password_query = SELECT name AS user, password FROM poplar_users
+-- WHERE name = '%Lu'). Every change is announced, so that nodes follow at once.
+CREATE TABLE poplar_users (
+    name     text PRIMARY KEY,
+    password text NOT NULL DEFAULT '',
+    extra    text NOT NULL DEFAULT ''
+);
+CREATE FUNCTION poplar_users_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify('poplar_users', '');
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM pg_notify('poplar_users', OLD.name);
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        PERFORM pg_notify('poplar_users', NEW.name);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER poplar_users_changed AFTER INSERT OR UPDATE OR DELETE ON poplar_users
+    FOR EACH ROW EXECUTE FUNCTION poplar_users_changed();
+CREATE TRIGGER poplar_users_truncated AFTER TRUNCATE ON poplar_users
+    FOR EACH STATEMENT EXECUTE FUNCTION poplar_users_changed();
+"#,
+];
 
 /// What can go wrong in this crate outside the store's own operations (which answer with
 /// `pop3_store::StoreError`): setting up the database and reaching it.
@@ -73,6 +104,12 @@ pub enum PgError {
         /// The version found.
         found: i32,
     },
+    /// `poplar user add` for a name that is taken (the caller's input).
+    #[error("user {0} already exists")]
+    UserExists(String),
+    /// `poplar user passwd|del` for a name that is not a user (the caller's input).
+    #[error("no such user {0:?}")]
+    NoSuchUser(String),
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),

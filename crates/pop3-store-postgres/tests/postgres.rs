@@ -274,3 +274,156 @@ async fn tls_to_the_database_is_verified() {
         .unwrap_err();
     assert!(wrong.to_string().contains("certificate"), "{wrong}");
 }
+
+/// Waits until `check` holds for the replica's current users.
+async fn until_users(
+    replica: &pop3_auth::UserReplica,
+    what: &str,
+    check: impl Fn(&pop3_auth::UserDb) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok((db, _)) = replica.current()
+            && check(&db)
+        {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn password(db: &pop3_auth::UserDb, name: &str) -> Option<String> {
+    Some(db.get(name)?.password.as_ref()?.expose().clone())
+}
+
+/// Users live in `poplar_users`; every node's replica follows each change, whoever makes it
+/// (this crate's functions or plain SQL), and reads the table again after losing its
+/// connection, so a change made meanwhile is not missed.
+#[tokio::test]
+async fn every_node_follows_the_users_table() {
+    use pop3_store_postgres::users;
+    let pg = Pg::start();
+    let admin = pg.admin().await;
+    schema::init(&mut pg.admin().await).await.unwrap();
+    let record = |name: &str, password: &str| pop3_auth::UserRecord {
+        name: name.into(),
+        password: password.into(),
+        extra: String::new(),
+    };
+    users::add(&admin, &record("alice", "{PLAIN}one"))
+        .await
+        .unwrap();
+    let (node_a, node_b) = (pg.store().await, pg.store().await);
+    let (replica_a, replica_b) = (pop3_auth::UserReplica::new(), pop3_auth::UserReplica::new());
+    node_a.follow_users(replica_a.clone()).await.unwrap();
+    node_b.follow_users(replica_b.clone()).await.unwrap();
+    assert_eq!(
+        password(&replica_b.current().unwrap().0, "alice").unwrap(),
+        "{PLAIN}one"
+    );
+    // Added, changed and removed through node A's connection: node B follows.
+    let a_client = node_a.admin().await.unwrap();
+    users::add(&a_client, &record("bob", "{PLAIN}b"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        users::add(&a_client, &record("bob", "{PLAIN}again")).await,
+        Err(PgError::UserExists(_))
+    ));
+    let took = until_users(&replica_b, "bob added", |db| db.get("bob").is_some()).await;
+    eprintln!("a new user reached the other node after {took:?}");
+    users::set_password(
+        &a_client,
+        "alice",
+        &["{PLAIN}two".into(), "{CRAM-MD5}x".into()],
+    )
+    .await
+    .unwrap();
+    until_users(&replica_b, "alice's new password", |db| {
+        password(db, "alice").as_deref() == Some("{PLAIN}two")
+            && db.get("alice").unwrap().extra.len() == 1
+    })
+    .await;
+    users::remove(&a_client, "bob").await.unwrap();
+    assert!(matches!(
+        users::remove(&a_client, "bob").await,
+        Err(PgError::NoSuchUser(_))
+    ));
+    until_users(&replica_b, "bob removed", |db| db.get("bob").is_none()).await;
+    // Plain SQL (a Dovecot admin's tool) counts too, TRUNCATE included.
+    admin
+        .execute(
+            "INSERT INTO poplar_users (name, password) VALUES ('carol', '{PLAIN}c')",
+            &[],
+        )
+        .await
+        .unwrap();
+    until_users(&replica_a, "carol by SQL", |db| db.get("carol").is_some()).await;
+    admin.execute("TRUNCATE poplar_users", &[]).await.unwrap();
+    until_users(&replica_a, "truncated", |db| db.is_empty()).await;
+    // Node B's follower is cut off; a user added meanwhile is there once it is back.
+    let listeners: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&users::FOLLOWER],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(listeners.len(), 2, "one follower per node");
+    for pid in listeners {
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+    }
+    users::add(&admin, &record("dave", "{PLAIN}d"))
+        .await
+        .unwrap();
+    until_users(&replica_b, "dave after reconnecting", |db| {
+        db.get("dave").is_some()
+    })
+    .await;
+    // Records a node cannot use are skipped with a warning, not served.
+    admin
+        .execute(
+            "INSERT INTO poplar_users (name, password) VALUES ('../evil', '{PLAIN}x')",
+            &[],
+        )
+        .await
+        .unwrap();
+    users::add(&admin, &record("erin", "{PLAIN}e"))
+        .await
+        .unwrap();
+    until_users(&replica_a, "erin", |db| db.get("erin").is_some()).await;
+    assert!(replica_a.current().unwrap().0.get("../evil").is_none());
+}
+
+/// A database at schema version 1 (before users) is upgraded in place, its mail kept.
+#[tokio::test]
+async fn a_version_1_database_is_upgraded_with_its_mail() {
+    let pg = Pg::start();
+    let mut admin = pg.admin().await;
+    schema::init(&mut admin).await.unwrap();
+    let store = pg.store().await;
+    deliver(&store, "alice", b"", b"Subject: old\r\n\r\nkept\r\n").await;
+    drop(store);
+    admin
+        .batch_execute(
+            "DROP TABLE poplar_users; DROP FUNCTION poplar_users_changed(); \
+             UPDATE poplar_schema SET version = 1",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        PgStore::connect(&pg.url(), PgOptions::default()).await,
+        Err(PgError::Outdated { found: 1 })
+    ));
+    assert_eq!(schema::init(&mut admin).await.unwrap(), 1);
+    let store = pg.store().await;
+    assert_eq!(store.open("alice").await.unwrap().1.len(), 1);
+    pop3_store_postgres::users::all(&admin).await.unwrap();
+}

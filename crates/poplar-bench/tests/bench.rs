@@ -51,7 +51,7 @@ impl Lab {
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async move {
-                let users = pop3_auth::UserDbFile::new(config.users_file());
+                let users = config.users_source();
                 let store = config.maildir_store_with_users(&users);
                 let server = Server::bind_with_users(&config, store, users)
                     .await

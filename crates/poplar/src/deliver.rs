@@ -30,34 +30,40 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     if let Err(e) = crate::privileges::become_configured_user(&config, false) {
         return fail(EX_TEMPFAIL, format!("{e:#}"));
     }
-    // Parsed once, for the recipients' existence and their quota rules.
-    let users_file = pop3_auth::UserDbFile::new(config.users_file());
-    let users = match users_file.current() {
-        Ok((db, _)) => db,
-        Err(e) => return fail(EX_TEMPFAIL, e.to_string()),
-    };
     let names: Vec<String> = args.names.iter().map(|n| normalize_name(n)).collect();
-    if let Some(unknown) = names.iter().find(|n| users.get(n).is_none()) {
-        return fail(EX_NOUSER, format!("unknown user {unknown:?}"));
-    }
     let trace = config.delivery.trace();
     let result = if config.store.backend == StoreBackend::Postgres {
-        to_postgres(&config, &names, args.from.as_deref())
-    } else if trace.any() {
-        let store = config.maildir_store_with_users(&users_file);
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let sender = args.from.as_deref();
-        store
-            .deliver_each_blocking(&refs, &mut std::io::stdin().lock(), &|name, eol| {
-                trace.lines(sender, name, eol)
-            })
-            .map(|_| ())
+        match to_postgres(&config, &names, args.from.as_deref()) {
+            Err(Refusal::UnknownUser(name)) => {
+                return fail(EX_NOUSER, format!("unknown user {name:?}"));
+            }
+            Err(Refusal::Store(e)) => Err(e),
+            Ok(()) => Ok(()),
+        }
     } else {
-        let store = config.maildir_store_with_users(&users_file);
+        // Parsed once, for the recipients' existence and their quota rules.
+        let users_source = config.users_source();
+        let users = match users_source.current() {
+            Ok((db, _)) => db,
+            Err(e) => return fail(EX_TEMPFAIL, e.to_string()),
+        };
+        if let Some(unknown) = names.iter().find(|n| users.get(n).is_none()) {
+            return fail(EX_NOUSER, format!("unknown user {unknown:?}"));
+        }
+        let store = config.maildir_store_with_users(&users_source);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        store
-            .deliver_blocking(&refs, &mut std::io::stdin().lock())
-            .map(|_| ())
+        if trace.any() {
+            let sender = args.from.as_deref();
+            store
+                .deliver_each_blocking(&refs, &mut std::io::stdin().lock(), &|name, eol| {
+                    trace.lines(sender, name, eol)
+                })
+                .map(|_| ())
+        } else {
+            store
+                .deliver_blocking(&refs, &mut std::io::stdin().lock())
+                .map(|_| ())
+        }
     };
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -75,10 +81,24 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     }
 }
 
+/// Why a delivery to the PostgreSQL store did not happen.
+enum Refusal {
+    /// A recipient is not in the users table.
+    UnknownUser(String),
+    /// The store refused or failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
 /// Delivers standard input to each of `names` in the PostgreSQL store, each recipient in a
 /// transaction of its own (Postfix runs one `deliver` per recipient), with the configured trace
 /// headers in the message's own line ending.
-fn to_postgres(config: &Config, names: &[String], sender: Option<&str>) -> Result<(), StoreError> {
+fn to_postgres(config: &Config, names: &[String], sender: Option<&str>) -> Result<(), Refusal> {
     let spool_error = |e: std::io::Error| StoreError::io(std::env::temp_dir(), e);
     let mut spool = tempfile::NamedTempFile::new().map_err(spool_error)?;
     std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(spool_error)?;
@@ -99,9 +119,12 @@ fn to_postgres(config: &Config, names: &[String], sender: Option<&str>) -> Resul
         .build()
         .map_err(|e| StoreError::Internal(e.to_string()))?;
     runtime.block_on(async {
-        let store = crate::db::connect(config)
+        let (store, users) = crate::db::load_users(config)
             .await
             .map_err(|e| StoreError::Database(format!("{e:#}")))?;
+        if let Some(unknown) = names.iter().find(|n| users.get(n).is_none()) {
+            return Err(Refusal::UnknownUser(unknown.clone()));
+        }
         for name in names {
             let prefix = if trace.any() {
                 trace.lines(sender, name, eol)

@@ -414,12 +414,23 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
-            .block_on(db::connect(&config));
+            .block_on(db::load_users(&config));
         match reached {
-            Ok(_) => println!(
-                "  store:          PostgreSQL, schema version {}",
-                pop3_store_postgres::schema::VERSION
-            ),
+            Ok((_, users)) => {
+                println!(
+                    "  store:          PostgreSQL, schema version {}, {} user(s)",
+                    pop3_store_postgres::schema::VERSION,
+                    users.len()
+                );
+                if users.is_empty() && !config.demo_user {
+                    println!(
+                        "warning: no users in the database: nobody can log in. Add one with `poplar user add NAME`."
+                    );
+                }
+                for p in config.mechanism_problems(&users) {
+                    println!("warning: {}", p.message);
+                }
+            }
             Err(e) => {
                 errors += 1;
                 println!("error: {e:#}");

@@ -48,10 +48,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        // One users file, parsed once, for logins and per-user quota rules.
-        let users = pop3_auth::UserDbFile::new(config.users_file());
         match config.store.backend {
             StoreBackend::Maildir => {
+                // One users file, parsed once, for logins and per-user quota rules.
+                let users = config.users_source();
                 let store = config.maildir_store_with_users(&users);
                 let server = Server::bind_with_users(&config, store.clone(), users).await?;
                 let policy = config.expire_policy();
@@ -61,7 +61,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
                 run_bound(&config, server, demo_password.as_deref()).await
             }
             StoreBackend::Postgres => {
-                let store = crate::db::connect(&config).await?;
+                let (store, users) = crate::db::connect_following(&config).await?;
                 let server = Server::bind_with_users(&config, store, users).await?;
                 run_bound(&config, server, demo_password.as_deref()).await
             }

@@ -1,6 +1,8 @@
-//! `poplar user add|passwd|del|list`.
+//! `poplar user add|passwd|del|list`: on the users file, or on the database's users table when
+//! the store is PostgreSQL (every node sees the change at once).
 
 use crate::UserCommand;
+use crate::db::UserEdit;
 use anyhow::{Context, Result, bail};
 use pop3_auth::{scheme, userdb::edit};
 use std::io::{BufRead, IsTerminal};
@@ -19,6 +21,12 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
                 &args.schemes,
                 read_password(args.password_stdin)?.as_bytes(),
             )?;
+            if in_database(&config) {
+                let name = pop3_auth::directory::normalize_name(&args.name);
+                let record = pop3_auth::UserRecord::with_forms(name, &forms, "");
+                crate::db::edit_users(&config, UserEdit::Add(record))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             edit::add(&path, &args.name, &forms)?;
             println!(
                 "added user {} to {}",
@@ -31,6 +39,15 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
+            if in_database(&config) {
+                let forms = hash_forms(
+                    &args.schemes,
+                    read_password(args.password_stdin)?.as_bytes(),
+                )?;
+                let name = pop3_auth::directory::normalize_name(&args.name);
+                crate::db::edit_users(&config, UserEdit::Passwd(name, forms))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if !edit::list(&path)?.contains(&pop3_auth::directory::normalize_name(&args.name)) {
                 bail!("no such user {:?} in {}", args.name, path.display());
             }
@@ -48,6 +65,11 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             let config = args.common.load()?;
             args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
+            if in_database(&config) {
+                let name = pop3_auth::directory::normalize_name(&args.name);
+                crate::db::edit_users(&config, UserEdit::Del(name))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let path = config.users_file();
             edit::remove(&path, &args.name)?;
             let store = config.maildir_store();
@@ -64,12 +86,21 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::List(common) => {
             let config = common.load()?;
+            if in_database(&config) {
+                crate::db::edit_users(&config, UserEdit::List)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             for name in edit::list(&config.users_file())? {
                 println!("{name}");
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether users live in the database (a PostgreSQL store) rather than the users file.
+fn in_database(config: &pop3_server::Config) -> bool {
+    config.store.backend == pop3_server::config::StoreBackend::Postgres
 }
 
 /// The password hashed in each requested scheme.

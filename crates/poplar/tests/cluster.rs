@@ -10,7 +10,7 @@ mod common;
 #[path = "../../pop3-store-postgres/tests/pg/mod.rs"]
 mod pg;
 
-use common::{BIN, Client, ServerBuilder};
+use common::{BIN, Client, ServerBuilder, run_with_stdin};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -69,13 +69,19 @@ fn three_nodes_share_one_postgres() {
     assert!(db_init(&config).contains("nothing to do"));
     let nodes: Vec<common::Server> = [first, node_builder(&pg), node_builder(&pg)]
         .into_iter()
-        .map(|b| {
-            let node = b.start();
-            node.add_user("alice", "wonderland");
-            node
-        })
+        .map(ServerBuilder::start)
         .collect();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Users live in the database: added through one node, known to all.
+    a.add_user("alice", "wonderland");
+    assert!(
+        !run_with_stdin(
+            c.poplar(&["user", "add", "alice", "--password-stdin"]),
+            b"x\n"
+        )
+        .success(),
+        "a user added twice"
+    );
     // Delivered through node A (poplar deliver, with a Return-Path from the envelope)...
     assert!(
         a.deliver(&["alice"], b"Subject: one\r\n\r\nfirst\r\n")
@@ -192,7 +198,9 @@ fn clients_keeping_mail_poll_any_node_through_haproxy() {
                 db_init(&b.write_config());
             }
             let node = b.start();
-            node.add_user("alice", "wonderland");
+            if i == 0 {
+                node.add_user("alice", "wonderland");
+            }
             node
         })
         .collect();
@@ -404,9 +412,7 @@ fn lmtp_on_one_node_reaches_the_others() {
     first.set("delivery.return_path", true);
     db_init(&first.write_config());
     let (a, b) = (first.start(), node_builder(&pg).start());
-    for node in [&a, &b] {
-        node.add_user("alice", "wonderland");
-    }
+    a.add_user("alice", "wonderland");
     let (host, port) = a
         .lmtp_addr()
         .rsplit_once(':')
@@ -499,4 +505,64 @@ fn quotas_hold_on_postgres() {
     assert!(c.cmd("DELE 1").starts_with("+OK"));
     assert!(c.cmd("QUIT").starts_with("+OK"));
     assert!(node.deliver(&["alice"], message).success());
+}
+
+/// A password changed or a user removed through one node counts on every node at once; a
+/// Dovecot SQL passdb could read the same rows.
+#[test]
+fn user_changes_reach_every_node_at_once() {
+    let pg = pg::Pg::start();
+    let first = node_builder(&pg);
+    db_init(&first.write_config());
+    let (a, b) = (first.start(), node_builder(&pg).start());
+    a.add_user("alice", "wonderland");
+    let attempt = |node: &common::Server, password: &str| {
+        let (mut c, _) = Client::connect(node.pop3);
+        let reply = c.login("alice", password);
+        if reply.starts_with("+OK") {
+            assert!(c.cmd("QUIT").starts_with("+OK"));
+        }
+        reply
+    };
+    let added = Instant::now();
+    common::eventually(Duration::from_secs(2), "the new user on node B", || {
+        attempt(&b, "wonderland").starts_with("+OK").then_some(())
+    });
+    eprintln!(
+        "user added on node A: logged in on node B after {:?}",
+        added.elapsed()
+    );
+    assert!(
+        run_with_stdin(
+            a.poplar(&["user", "passwd", "alice", "--password-stdin"]),
+            b"looking-glass\n"
+        )
+        .success()
+    );
+    let changed = Instant::now();
+    common::eventually(Duration::from_secs(2), "the new password on node B", || {
+        attempt(&b, "looking-glass")
+            .starts_with("+OK")
+            .then_some(())
+    });
+    eprintln!(
+        "password changed on node A: valid on node B after {:?}",
+        changed.elapsed()
+    );
+    assert!(attempt(&b, "wonderland").starts_with("-ERR"));
+    let out = b.poplar(&["user", "list"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\n");
+    let dovecot_row = pg.psql("SELECT name || ':' || left(password, 10) FROM poplar_users");
+    assert!(dovecot_row.starts_with("alice:{ARGON2ID"), "{dovecot_row}");
+    assert!(
+        b.poplar(&["user", "del", "alice"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    common::eventually(Duration::from_secs(2), "alice gone on node A", || {
+        attempt(&a, "looking-glass")
+            .starts_with("-ERR")
+            .then_some(())
+    });
 }

@@ -238,28 +238,31 @@ impl Config {
         {
             out.push(err(e.to_string()));
         }
+        // A PostgreSQL store's users are in its database: `poplar check-config` reads them.
         let users = self.users_file();
-        match pop3_auth::UserDb::load(&users) {
-            Ok((db, warnings)) => {
-                if db.is_empty() && !self.demo_user {
-                    out.push(warn(format!(
-                        "no users in {}: nobody can log in. Add one with `poplar user add NAME`.",
-                        users.display()
-                    )));
+        if self.store.backend == super::StoreBackend::Maildir {
+            match pop3_auth::UserDb::load(&users) {
+                Ok((db, warnings)) => {
+                    if db.is_empty() && !self.demo_user {
+                        out.push(warn(format!(
+                            "no users in {}: nobody can log in. Add one with `poplar user add NAME`.",
+                            users.display()
+                        )));
+                    }
+                    for w in warnings {
+                        out.push(warn(format!(
+                            "{} line {}: {}",
+                            users.display(),
+                            w.line,
+                            w.reason
+                        )));
+                    }
                 }
-                for w in warnings {
-                    out.push(warn(format!(
-                        "{} line {}: {}",
-                        users.display(),
-                        w.line,
-                        w.reason
-                    )));
-                }
+                Err(e) => out.push(err(e.to_string())),
             }
-            Err(e) => out.push(err(e.to_string())),
-        }
-        if let Ok((db, _)) = pop3_auth::UserDb::load(&users) {
-            out.extend(self.mechanism_problems(&db));
+            if let Ok((db, _)) = pop3_auth::UserDb::load(&users) {
+                out.extend(self.mechanism_problems(&db));
+            }
         }
         if let Some(p) = data_dir_problem(&self.data_dir) {
             out.push(err(p));
@@ -345,7 +348,7 @@ impl Config {
     }
 
     /// Challenge-response mechanisms listed in `auth.mechanisms` that some users cannot use.
-    fn mechanism_problems(&self, db: &pop3_auth::UserDb) -> Vec<Problem> {
+    pub fn mechanism_problems(&self, db: &pop3_auth::UserDb) -> Vec<Problem> {
         use pop3_auth::directory::SecretKind;
         use pop3_auth::sasl::scram::ScramHash;
         let Some(listed) = &self.auth.mechanisms else {

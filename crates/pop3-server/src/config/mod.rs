@@ -133,9 +133,9 @@ impl QuotaConfig {
     }
 }
 
-/// Quotas from the users file's Dovecot quota rules, re-read when the file changes.
+/// Quotas from the users' Dovecot quota rules, current as the users are (file or database).
 #[derive(Debug)]
-struct UsersFileQuotas(pop3_auth::UserDbFile);
+struct UsersFileQuotas(pop3_auth::Users);
 
 impl pop3_store::QuotaSource for UsersFileQuotas {
     fn quota(&self, user: &str) -> Option<pop3_store::Quota> {
@@ -745,6 +745,12 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("users"))
     }
 
+    /// The users file as a source of users (a PostgreSQL store's users come from its
+    /// database instead; the binary sets that up).
+    pub fn users_source(&self) -> pop3_auth::Users {
+        pop3_auth::Users::File(pop3_auth::UserDbFile::new(self.users_file()))
+    }
+
     /// The mail root (`DATA/mail`).
     pub fn mail_root(&self) -> PathBuf {
         self.data_dir.join("mail")
@@ -752,15 +758,12 @@ impl Config {
 
     /// The Maildir store under [`Config::mail_root`], with the configured limits and quotas.
     pub fn maildir_store(&self) -> pop3_store::MaildirStore {
-        self.maildir_store_with_users(&pop3_auth::UserDbFile::new(self.users_file()))
+        self.maildir_store_with_users(&self.users_source())
     }
 
     /// The same, reading per-user quota rules through `users` (shared with the server's
     /// authentication, so the users file is parsed and held once).
-    pub fn maildir_store_with_users(
-        &self,
-        users: &pop3_auth::UserDbFile,
-    ) -> pop3_store::MaildirStore {
+    pub fn maildir_store_with_users(&self, users: &pop3_auth::Users) -> pop3_store::MaildirStore {
         pop3_store::MaildirStore::new(self.mail_root(), self.hostname())
             .with_limits(pop3_store::StoreLimits {
                 max_message_size: self.limits.max_message_size,
@@ -771,7 +774,7 @@ impl Config {
 
     /// The quota rules of `[quota]` with the users file's own rules first (read through
     /// `users`, so edits apply at once): what every store enforces.
-    pub fn quota_rules_with_users(&self, users: &pop3_auth::UserDbFile) -> pop3_store::QuotaRules {
+    pub fn quota_rules_with_users(&self, users: &pop3_auth::Users) -> pop3_store::QuotaRules {
         pop3_store::QuotaRules {
             users: Some(std::sync::Arc::new(UsersFileQuotas(users.clone()))),
             ..self.quota.rules()

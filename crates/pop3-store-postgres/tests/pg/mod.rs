@@ -263,6 +263,22 @@ impl Pg {
         );
     }
 
+    /// What Debian's `psql` prints for `sql` (unaligned, tuples only), as an operator would
+    /// run it.
+    pub(crate) fn psql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-At", "-d", &self.url(), "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/pop3test", self.port)
     }
