@@ -9,7 +9,7 @@
 
 use crate::config::ExpirePolicy;
 use pop3_proto::Expire;
-use pop3_store::{MaildirStore, StoreError};
+use pop3_store::{Retention, StoreError};
 use std::time::Duration;
 
 /// How often the server purges. Retention is counted in days; an hour's lateness is immaterial,
@@ -32,10 +32,17 @@ pub struct PurgeReport {
 }
 
 /// Purges every maildrop as of `now` (Unix seconds), logging each message removed; with
-/// `dry_run` only logs and counts what is due.
-pub fn purge(store: &MaildirStore, policy: &ExpirePolicy, now: u64, dry_run: bool) -> PurgeReport {
+/// `dry_run` only logs and counts what is due. Any store that keeps retrieval times: a
+/// Maildir, or the PostgreSQL store (where every node runs it; a maildrop another node is
+/// purging is in use and skipped).
+pub async fn purge<S: Retention>(
+    store: &S,
+    policy: &ExpirePolicy,
+    now: u64,
+    dry_run: bool,
+) -> PurgeReport {
     let mut report = PurgeReport::default();
-    let users = match store.users_blocking() {
+    let users = match store.retaining_users().await {
         Ok(u) => u,
         Err(e) => {
             report.failed.push(("*".into(), e.to_string()));
@@ -51,7 +58,7 @@ pub fn purge(store: &MaildirStore, policy: &ExpirePolicy, now: u64, dry_run: boo
             continue;
         }
         report.maildrops += 1;
-        match store.expire_blocking(&user, days, now, dry_run) {
+        match store.expire(&user, days, now, dry_run).await {
             Ok(expired) => {
                 for m in &expired {
                     tracing::info!(
@@ -87,17 +94,11 @@ pub fn purge(store: &MaildirStore, policy: &ExpirePolicy, now: u64, dry_run: boo
 }
 
 /// Runs [`purge`] now and then every [`INTERVAL`], forever (the server aborts it at shutdown).
-pub async fn run_periodically(store: MaildirStore, policy: ExpirePolicy) {
+pub async fn run_periodically<S: Retention>(store: S, policy: ExpirePolicy) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (store, policy) = (store.clone(), policy.clone());
-        let now = poplar_util::clock::unix_now();
-        if let Err(e) =
-            tokio::task::spawn_blocking(move || purge(&store, &policy, now, false)).await
-        {
-            tracing::error!(error = %e, "retention purge stopped unexpectedly");
-        }
+        purge(&store, &policy, poplar_util::clock::unix_now(), false).await;
     }
 }

@@ -585,6 +585,69 @@ impl MailStore for PgStore {
     }
 }
 
+impl pop3_store::Retention for PgStore {
+    async fn retaining_users(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT d.name FROM poplar_maildrops d WHERE EXISTS \
+                 (SELECT 1 FROM poplar_messages m WHERE m.maildrop = d.id AND m.retrieved IS NOT NULL) \
+                 ORDER BY d.name",
+            )
+            .await
+            .map_err(db)?;
+        let rows = client.query(&select, &[]).await.map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Under the maildrop's cluster-wide lock, like a session: a maildrop in use on any node
+    /// is skipped ([`StoreError::InUse`]) and purged at the next run.
+    async fn expire(
+        &self,
+        user: &str,
+        days: u32,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<Vec<pop3_store::Expired>, StoreError> {
+        let client = self.client().await?;
+        let find = client
+            .prepare_cached("SELECT id FROM poplar_maildrops WHERE name = $1")
+            .await
+            .map_err(db)?;
+        let Some(row) = client.query_opt(&find, &[&user]).await.map_err(db)? else {
+            return Ok(Vec::new());
+        };
+        let id: i64 = row.get(0);
+        let generation = self.lock(id).await?;
+        let cutoff = i64::try_from(now.saturating_sub(u64::from(days) * 86_400)).map_err(db)?;
+        let result = async {
+            let statement = if dry_run {
+                "SELECT uidl, size, extract(epoch FROM retrieved)::bigint FROM poplar_messages \
+                 WHERE maildrop = $1 AND retrieved <= to_timestamp($2) ORDER BY uid"
+            } else {
+                "DELETE FROM poplar_messages WHERE maildrop = $1 AND retrieved <= to_timestamp($2) \
+                 RETURNING uidl, size, extract(epoch FROM retrieved)::bigint"
+            };
+            let statement = client.prepare_cached(statement).await.map_err(db)?;
+            let rows = client
+                .query(&statement, &[&id, &(cutoff as f64)])
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| pop3_store::Expired {
+                    uidl: r.get(0),
+                    size: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    retrieved_at: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                })
+                .collect())
+        }
+        .await;
+        self.unlock(id, generation).await;
+        result
+    }
+}
+
 /// A message of a session's listing.
 #[derive(Debug, Clone, Copy)]
 struct Listed {

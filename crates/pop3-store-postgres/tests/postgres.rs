@@ -414,6 +414,7 @@ async fn a_version_1_database_is_upgraded_with_its_mail() {
     admin
         .batch_execute(
             "DROP TABLE poplar_users; DROP FUNCTION poplar_users_changed(); \
+             DROP INDEX poplar_messages_retrieved; \
              UPDATE poplar_schema SET version = 1",
         )
         .await

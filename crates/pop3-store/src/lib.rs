@@ -162,6 +162,36 @@ pub trait MailStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
+/// A store that keeps retrieval times ([`Maildrop::note_retrieved`]) and removes the messages
+/// a retention period (RFC 2449 `EXPIRE n`) has let go: what the retention purge runs on.
+pub trait Retention: Clone + Send + Sync + 'static {
+    /// The users whose maildrops hold retrieved messages, by the names [`MailStore::open`]
+    /// takes (others have nothing a purge could remove).
+    fn retaining_users(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Removes from `user`'s maildrop the messages first retrieved at least `days` days before
+    /// `now` (Unix seconds), or only lists them when `dry_run`. Messages never retrieved are
+    /// never touched. Fails with [`StoreError::InUse`] while a session holds the maildrop.
+    fn expire(
+        &self,
+        user: &str,
+        days: u32,
+        now: u64,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<Vec<Expired>, StoreError>> + Send;
+}
+
+/// A message removed (or, in a dry run, due for removal) by a retention period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// Its UIDL.
+    pub uidl: String,
+    /// Its size as POP3 lists it.
+    pub size: u64,
+    /// When it was first retrieved (Unix seconds).
+    pub retrieved_at: u64,
+}
+
 /// An open maildrop, exclusively held by one session until it is committed or dropped.
 pub trait Maildrop: Send + 'static {
     /// A message's stored bytes.

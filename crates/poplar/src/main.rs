@@ -337,7 +337,6 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
     }
     init_logging(config.log_level);
     privileges::become_configured_user(&config, false)?;
-    maildir_only(&config, "expire")?;
     let policy = config.expire_policy();
     if !policy.purges() {
         println!(
@@ -346,7 +345,22 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = args.as_of.unwrap_or_else(poplar_util::clock::unix_now);
-    let report = pop3_server::expire::purge(&config.maildir_store(), &policy, now, args.dry_run);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        anyhow::Ok(match config.store.backend {
+            pop3_server::config::StoreBackend::Maildir => {
+                pop3_server::expire::purge(&config.maildir_store(), &policy, now, args.dry_run)
+                    .await
+            }
+            pop3_server::config::StoreBackend::Postgres => {
+                let store = db::connect(&config, &pop3_auth::UserReplica::new()).await?;
+                pop3_server::expire::purge(&store, &policy, now, args.dry_run).await
+            }
+        })
+    })?;
     let verb = if args.dry_run {
         "due for removal"
     } else {

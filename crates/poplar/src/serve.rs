@@ -62,7 +62,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
             }
             StoreBackend::Postgres => {
                 let (store, users) = crate::db::connect_following(&config).await?;
-                let server = Server::bind_with_users(&config, store, users).await?;
+                let server = Server::bind_with_users(&config, store.clone(), users).await?;
+                let policy = config.expire_policy();
+                if policy.purges() {
+                    tokio::spawn(pop3_server::expire::run_periodically(store, policy));
+                }
                 run_bound(&config, server, demo_password.as_deref()).await
             }
         }

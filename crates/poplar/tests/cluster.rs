@@ -148,7 +148,6 @@ fn what_the_postgres_store_does_not_do_yet_is_refused() {
     let mut b = ServerBuilder::new();
     b.set("store.backend", "postgres");
     b.set("store.url", "postgres://poplar@127.0.0.1:1/none");
-    b.set("pop3.expire", 30);
     let config = b.write_config();
     let run = |args: &[&str]| {
         let out = Command::new(BIN)
@@ -163,9 +162,6 @@ fn what_the_postgres_store_does_not_do_yet_is_refused() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    assert!(run(&["check-config"]).contains("a purging pop3.expire is not carried out"));
-    assert!(run(&["serve"]).contains("a purging pop3.expire is not carried out"));
-    assert!(run(&["expire"]).contains("maildir store only"));
     let said = run(&["migrate", "maildir:/nonexistent", "--to", "alice"]);
     assert!(said.contains("maildir store only"), "{said}");
 }
@@ -565,4 +561,73 @@ fn user_changes_reach_every_node_at_once() {
             .starts_with("-ERR")
             .then_some(())
     });
+}
+
+/// EXPIRE on PostgreSQL: a node records when messages are first retrieved, `poplar expire`
+/// (and each node's hourly purge) removes them once the period has passed, never a message
+/// not yet retrieved, and skips a maildrop in use on any node.
+#[test]
+fn retention_periods_expire_mail_on_postgres() {
+    const DAY: u64 = 86_400;
+    let pg = pg::Pg::start();
+    let mut first = node_builder(&pg);
+    first.set("pop3.expire", 2);
+    db_init(&first.write_config());
+    let a = first.start();
+    a.add_user("alice", "wonderland");
+    assert!(
+        a.deliver(&["alice"], b"Subject: read\r\n\r\none\r\n")
+            .success()
+    );
+    let (mut c, reply) = login(&a);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    assert!(c.cmd("CAPA").starts_with("+OK"));
+    assert!(String::from_utf8(c.body()).unwrap().contains("EXPIRE 2"));
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    c.body();
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let retrieved = unix_now();
+    assert!(
+        a.deliver(&["alice"], b"Subject: unread\r\n\r\ntwo\r\n")
+            .success()
+    );
+    let expire = |args: &[&str]| {
+        let out = a.poplar(&[&["expire"], args].concat()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let soon = (retrieved + DAY).to_string();
+    assert!(expire(&["--as-of", &soon]).contains("0 messages"));
+    let later = (retrieved + 3 * DAY).to_string();
+    let said = expire(&["--dry-run", "--as-of", &later]);
+    assert!(
+        said.contains("1 messages") && said.contains("due for removal"),
+        "{said}"
+    );
+    // In use on a node: skipped, left for the next run.
+    let (mut holding, reply) = login(&a);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    assert!(expire(&["--as-of", &later]).contains("in use by a POP3 session"));
+    assert!(holding.cmd("QUIT").starts_with("+OK"));
+    let said = expire(&["--as-of", &later]);
+    assert!(
+        said.contains("1 messages") && said.contains("removed"),
+        "{said}"
+    );
+    let (mut c, _) = login(&a);
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    assert!(String::from_utf8(c.body()).unwrap().contains("unread"));
+    assert!(c.cmd("STAT").starts_with("+OK 1 "));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

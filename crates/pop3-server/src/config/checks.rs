@@ -101,20 +101,11 @@ impl Config {
                 ));
             }
         }
-        if self.store.backend == StoreBackend::Postgres {
-            if self.store.url.is_none() {
-                error(
-                    "store.backend = \"postgres\" needs store.url, e.g. \"postgres://poplar@db.example.org/poplar\"."
-                        .into(),
-                );
-            }
-            // What the PostgreSQL store does not keep yet is refused rather than ignored.
-            if self.expire_policy().purges() {
-                error(
-                    "a purging pop3.expire is not carried out with store.backend = \"postgres\" yet: use \"never\", or keep the maildir backend."
-                        .into(),
-                );
-            }
+        if self.store.backend == StoreBackend::Postgres && self.store.url.is_none() {
+            error(
+                "store.backend = \"postgres\" needs store.url, e.g. \"postgres://poplar@db.example.org/poplar\"."
+                    .into(),
+            );
         }
         if self.auth.penalty_cap < self.auth.failure_delay {
             error("auth.penalty_cap must be at least auth.failure_delay.".into());

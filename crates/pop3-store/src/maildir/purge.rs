@@ -3,15 +3,25 @@
 
 use super::*;
 
-/// A message removed (or, in a dry run, due for removal) by a retention period.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expired {
-    /// Its UIDL.
-    pub uidl: String,
-    /// Its size as POP3 lists it.
-    pub size: u64,
-    /// When it was first retrieved (Unix seconds).
-    pub retrieved_at: u64,
+pub use crate::Expired;
+
+impl crate::Retention for MaildirStore {
+    /// Every maildrop (a listing of the root): the retrieval record is read per maildrop.
+    async fn retaining_users(&self) -> Result<Vec<String>, StoreError> {
+        let store = self.clone();
+        blocking(move || store.users_blocking()).await
+    }
+
+    async fn expire(
+        &self,
+        user: &str,
+        days: u32,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<Vec<Expired>, StoreError> {
+        let (store, user) = (self.clone(), user.to_owned());
+        blocking(move || store.expire_blocking(&user, days, now, dry_run)).await
+    }
 }
 
 impl MaildirStore {
