@@ -208,6 +208,35 @@ pub fn validate_name(name: &str) -> Result<(), AuthError> {
 impl UserDb {
     /// Parses the text of a users file. Malformed lines are skipped and reported.
     pub fn parse(text: &str) -> (Self, Vec<Warning>) {
+        let (records, mut warnings) = Self::lines(text);
+        let (db, more) = Self::build(records);
+        warnings.extend(more);
+        (db, warnings)
+    }
+
+    /// The records of a users file's text, as a table would hold them (`poplar user import`),
+    /// with their line numbers; lines without a password field are reported.
+    pub fn records(text: &str) -> (Vec<(usize, UserRecord)>, Vec<Warning>) {
+        let (lines, warnings) = Self::lines(text);
+        let records = lines
+            .into_iter()
+            .map(|(line, name, password, extra)| {
+                (
+                    line,
+                    UserRecord {
+                        name: normalize_name(name),
+                        password: password.to_owned(),
+                        extra: extra.to_owned(),
+                    },
+                )
+            })
+            .collect();
+        (records, warnings)
+    }
+
+    /// A users file's entries: (line, name, password field, extra fields).
+    #[allow(clippy::type_complexity)]
+    fn lines(text: &str) -> (Vec<(usize, &str, &str, &str)>, Vec<Warning>) {
         let mut records = Vec::new();
         let mut warnings = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -228,9 +257,7 @@ impl UserDb {
             let extra = fields.nth(5).unwrap_or("");
             records.push((i + 1, name, password, extra));
         }
-        let (db, more) = Self::build(records);
-        warnings.extend(more);
-        (db, warnings)
+        (records, warnings)
     }
 
     /// The database of `records` as a table holds them (a user's name, password field and

@@ -409,6 +409,17 @@ impl PgStore {
             .is_some_and(|c| c.generation == generation && !c.client.is_closed())
     }
 
+    /// Fails when a lock taken on connection `generation` has gone with it.
+    async fn ensure_held(&self, generation: u64) -> Result<(), StoreError> {
+        if self.still_locked(generation).await {
+            Ok(())
+        } else {
+            Err(StoreError::Database(
+                "the connection holding this maildrop's lock was lost; log in again".into(),
+            ))
+        }
+    }
+
     /// Releases the lock of maildrop `id` taken on connection `generation`.
     async fn unlock(&self, id: i64, generation: u64) {
         {
@@ -482,6 +493,53 @@ impl MailStore for PgStore {
             .map_err(|e| StoreError::io(spool, e))?;
         let mut client = self.client().await?;
         let id = self.maildrop_id(&client, user).await?;
+        let quota = Some(self.inner.quotas.quota_for(user));
+        self.write_message(&mut client, id, prefix, &mut file, quota, None)
+            .await
+            .map_err(|e| match e {
+                WriteError::Read(e) => StoreError::io(spool, e),
+                WriteError::Store(e) => e,
+            })
+    }
+}
+
+/// Why [`PgStore::write_message`] failed.
+enum WriteError {
+    /// Reading the message failed.
+    Read(std::io::Error),
+    /// The store refused or failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError::Store(e)
+    }
+}
+
+/// A message imported from another server: where it came from and the UIDL its clients know.
+#[derive(Debug, Clone, Copy)]
+struct Origin<'a> {
+    /// What identifies it at the source (a Maildir base name, or the source's UIDL), so that a
+    /// repeated import skips it.
+    key: &'a str,
+    /// The UIDL to keep; `None`: a new one (the source's cannot be served).
+    uidl: Option<&'a str>,
+}
+
+impl PgStore {
+    /// Stores `prefix` and then what `body` holds in maildrop `id`, in one transaction: a UID
+    /// from the counter, the UIDL (made from it, or the origin's), the chunks, the sizes. A
+    /// `quota` is checked under the counter's row lock.
+    async fn write_message(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        id: i64,
+        prefix: &[u8],
+        body: &mut (impl tokio::io::AsyncRead + Unpin + Send),
+        quota: Option<pop3_store::Quota>,
+        origin: Option<Origin<'_>>,
+    ) -> Result<u64, WriteError> {
         let tx = client.transaction().await.map_err(db)?;
         // The row lock on the counter orders this maildrop's deliveries until commit.
         let next = tx
@@ -493,16 +551,35 @@ impl MailStore for PgStore {
             .map_err(db)?;
         let row = tx.query_one(&next, &[&id]).await.map_err(db)?;
         let (uid, uidvalidity): (i64, i64) = (row.get(0), row.get(1));
-        // Dovecot's default UIDL form (%08Xu%08Xv), so that a client moved between the two
-        // recognises the scheme.
-        let uidl = format!("{uid:08x}{uidvalidity:08x}");
+        // Dovecot's default UIDL form (%08Xu%08Xv, here in lower case), so that a client moved
+        // between the two recognises the scheme; an import keeps the UIDL its clients know.
+        let own = format!("{uid:08x}{uidvalidity:08x}");
+        let uidl = match origin.and_then(|o| o.uidl) {
+            Some(kept) => {
+                // A message delivered here that happens to serve the same UIDL gives way
+                // (its client downloads it once more: a duplicate, never a loss).
+                let give_way = tx
+                    .prepare_cached(
+                        "UPDATE poplar_messages SET uidl = 'm' || to_hex(uid) || '.' || to_hex($3::bigint) \
+                         WHERE maildrop = $1 AND uidl = $2",
+                    )
+                    .await
+                    .map_err(db)?;
+                tx.execute(&give_way, &[&id, &kept, &uidvalidity])
+                    .await
+                    .map_err(db)?;
+                kept.to_owned()
+            }
+            None => own,
+        };
         let message = tx
             .prepare_cached(
-                "INSERT INTO poplar_messages (maildrop, uid, uidl, size, octets) VALUES ($1, $2, $3, 0, 0)",
+                "INSERT INTO poplar_messages (maildrop, uid, uidl, size, octets, origin) \
+                 VALUES ($1, $2, $3, 0, 0, $4)",
             )
             .await
             .map_err(db)?;
-        tx.execute(&message, &[&id, &uid, &uidl])
+        tx.execute(&message, &[&id, &uid, &uidl, &origin.map(|o| o.key)])
             .await
             .map_err(db)?;
         let insert_chunk = tx
@@ -519,10 +596,10 @@ impl MailStore for PgStore {
         loop {
             let before = chunk.len();
             chunk.resize(schema::CHUNK, 0);
-            let n = file
+            let n = body
                 .read(&mut chunk[before..])
                 .await
-                .map_err(|e| StoreError::io(spool, e))?;
+                .map_err(WriteError::Read)?;
             chunk.truncate(before + n);
             if chunk.len() < schema::CHUNK && n != 0 {
                 continue;
@@ -532,7 +609,8 @@ impl MailStore for PgStore {
                 if octets > self.inner.max_message_size {
                     return Err(StoreError::MessageTooLarge {
                         limit: self.inner.max_message_size,
-                    });
+                    }
+                    .into());
                 }
                 counter.update(&chunk);
                 tx.execute(&insert_chunk, &[&id, &uid, &seq, &chunk])
@@ -546,12 +624,11 @@ impl MailStore for PgStore {
             }
         }
         if octets == 0 {
-            return Err(StoreError::EmptyMessage);
+            return Err(StoreError::EmptyMessage.into());
         }
         // Counted under the maildrop's counter lock, so deliveries to it cannot both squeeze
         // into the last room.
-        let quota = self.inner.quotas.quota_for(user);
-        if !quota.is_unlimited() {
+        if let Some(quota) = quota.filter(|q| !q.is_unlimited()) {
             let held = tx
                 .prepare_cached(
                     "SELECT coalesce(sum(octets), 0)::bigint, count(*) FROM poplar_messages \
@@ -565,7 +642,7 @@ impl MailStore for PgStore {
                 messages: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
             };
             if !usage.admits(quota, octets) {
-                return Err(usage.refusal(quota, self.inner.quotas.permanent));
+                return Err(usage.refusal(quota, self.inner.quotas.permanent).into());
             }
         }
         // What RETR sends: bare LFs as CRLF, and an unterminated last line terminated.
@@ -582,6 +659,99 @@ impl MailStore for PgStore {
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(octets)
+    }
+
+    /// Opens `user`'s maildrop (created if needed) for `poplar migrate`, holding its
+    /// cluster-wide lock until the import is dropped: no session changes it meanwhile.
+    pub async fn import_to(&self, user: &str) -> Result<PgImport, StoreError> {
+        let client = self.client().await?;
+        let id = self.maildrop_id(&client, user).await?;
+        let generation = self.lock(id).await?;
+        Ok(PgImport {
+            store: self.clone(),
+            id,
+            generation,
+            open: true,
+        })
+    }
+}
+
+/// A maildrop being filled by `poplar migrate`, locked like a session.
+pub struct PgImport {
+    store: PgStore,
+    id: i64,
+    generation: u64,
+    open: bool,
+}
+
+/// A message a maildrop already holds, as an import sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The UIDL it is served under.
+    pub uidl: String,
+    /// Where an earlier import brought it from ([`PgImport::import`]'s `origin`); `None` for
+    /// mail delivered here.
+    pub origin: Option<String>,
+}
+
+impl PgImport {
+    /// The messages the maildrop holds.
+    pub async fn held(&self) -> Result<Vec<Held>, StoreError> {
+        let client = self.store.client().await?;
+        let rows = client
+            .query(
+                "SELECT uidl, origin FROM poplar_messages WHERE maildrop = $1 ORDER BY uid",
+                &[&self.id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| Held {
+                uidl: r.get(0),
+                origin: r.get(1),
+            })
+            .collect())
+    }
+
+    /// Stores what `message` holds durably under `uidl` (kept from the source; `None`: a new one), noting
+    /// `origin` (what identifies it at the source) so that a repeated run can skip it. No quota
+    /// applies: a migration brings what the user already had.
+    pub async fn import(
+        &self,
+        origin: &str,
+        uidl: Option<&str>,
+        message: &mut (impl tokio::io::AsyncRead + Unpin + Send),
+    ) -> Result<u64, StoreError> {
+        self.store.ensure_held(self.generation).await?;
+        let mut client = self.store.client().await?;
+        let origin = Origin { key: origin, uidl };
+        self.store
+            .write_message(&mut client, self.id, b"", message, None, Some(origin))
+            .await
+            .map_err(|e| match e {
+                WriteError::Read(e) => StoreError::Internal(format!("reading the message: {e}")),
+                WriteError::Store(e) => e,
+            })
+    }
+
+    /// Releases the maildrop.
+    pub async fn finish(mut self) {
+        self.open = false;
+        self.store.unlock(self.id, self.generation).await;
+    }
+}
+
+impl Drop for PgImport {
+    fn drop(&mut self) {
+        if self.open {
+            let (store, id, generation) = (self.store.clone(), self.id, self.generation);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { store.unlock(id, generation).await });
+            } else {
+                store.forget(id);
+            }
+        }
     }
 }
 
@@ -719,13 +889,7 @@ impl PgMaildrop {
     /// Fails when the lock this session took has gone with its connection: another node may
     /// hold the maildrop now.
     async fn ensure_locked(&self) -> Result<(), StoreError> {
-        if self.store.still_locked(self.generation).await {
-            Ok(())
-        } else {
-            Err(StoreError::Database(
-                "the connection holding this maildrop's lock was lost; log in again".into(),
-            ))
-        }
+        self.store.ensure_held(self.generation).await
     }
 }
 

@@ -50,7 +50,7 @@ CREATE TABLE poplar_chunks (
 );
 "#,
     r#"
--- Version 2: users, and an index for the retention purge. The passwd-file's password field and extra fields; a Dovecot SQL passdb
+-- Version 2: users, imports' origins, and an index for the retention purge. The passwd-file's password field and extra fields; a Dovecot SQL passdb
 -- can read the same rows (password_query = SELECT name AS user, password FROM poplar_users
 -- WHERE name = '%Lu'). Every change is announced, so that nodes follow at once.
 CREATE TABLE poplar_users (
@@ -77,6 +77,11 @@ CREATE TRIGGER poplar_users_changed AFTER INSERT OR UPDATE OR DELETE ON poplar_u
     FOR EACH ROW EXECUTE FUNCTION poplar_users_changed();
 CREATE TRIGGER poplar_users_truncated AFTER TRUNCATE ON poplar_users
     FOR EACH STATEMENT EXECUTE FUNCTION poplar_users_changed();
+-- Where `poplar migrate` brought a message from (a Maildir base name, the source's UIDL), so
+-- that a repeated run skips it; NULL for mail delivered here.
+ALTER TABLE poplar_messages ADD COLUMN origin text;
+CREATE UNIQUE INDEX poplar_messages_origin ON poplar_messages (maildrop, origin)
+    WHERE origin IS NOT NULL;
 -- The retention purge looks for retrieved messages only.
 CREATE INDEX poplar_messages_retrieved ON poplar_messages (maildrop, retrieved)
     WHERE retrieved IS NOT NULL;

@@ -18,6 +18,9 @@ use tokio_postgres::{AsyncMessage, Client};
 /// means "read everything again" (after TRUNCATE).
 pub const CHANNEL: &str = "poplar_users";
 
+/// Changed names gathered at once above which the whole table is read again.
+const RELOAD_ABOVE: usize = 1000;
+
 /// The `application_name` of the connection that follows the users table.
 pub const FOLLOWER: &str = "poplar: users follower";
 
@@ -59,6 +62,26 @@ pub async fn add(client: &Client, record: &UserRecord) -> Result<(), PgError> {
         return Err(PgError::UserExists(record.name.clone()));
     }
     Ok(())
+}
+
+/// Adds every record whose name is not taken yet, in one transaction; returns how many were
+/// added (the others are left as they are).
+pub async fn import(client: &mut Client, records: &[UserRecord]) -> Result<u64, PgError> {
+    let tx = client.transaction().await?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO poplar_users (name, password, extra) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .await?;
+    let mut added = 0;
+    for r in records {
+        added += tx
+            .execute(&insert, &[&r.name, &r.password, &r.extra])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(added)
 }
 
 /// Replaces a user's password forms, keeping the other extra fields; [`PgError::NoSuchUser`]
@@ -177,7 +200,9 @@ async fn follow(
         }
         names.sort_unstable();
         names.dedup();
-        if names.iter().any(String::is_empty) {
+        // An empty name: TRUNCATE. Many names (a bulk import): one read of the whole table
+        // costs less than a query with every name.
+        if names.len() > RELOAD_ABOVE || names.iter().any(String::is_empty) {
             replica.replace(
                 client
                     .query("SELECT name, password, extra FROM poplar_users", &[])

@@ -415,6 +415,7 @@ async fn a_version_1_database_is_upgraded_with_its_mail() {
         .batch_execute(
             "DROP TABLE poplar_users; DROP FUNCTION poplar_users_changed(); \
              DROP INDEX poplar_messages_retrieved; \
+             DROP INDEX poplar_messages_origin; ALTER TABLE poplar_messages DROP COLUMN origin; \
              UPDATE poplar_schema SET version = 1",
         )
         .await

@@ -98,6 +98,16 @@ pub(crate) fn edit_users(config: &Config, cmd: UserEdit) -> Result<()> {
                 users::remove(&client, &name).await?;
                 println!("removed user {name}; the maildrop was kept");
             }
+            UserEdit::Import(records) => {
+                let mut client = client;
+                let added = users::import(&mut client, &records).await?;
+                println!(
+                    "imported {added} of {} user(s) into the {}; {} already there were left as they are",
+                    records.len(),
+                    describe(url),
+                    records.len() as u64 - added
+                );
+            }
             UserEdit::List => {
                 for record in users::all(&client).await? {
                     println!("{}", record.name);
@@ -116,6 +126,8 @@ pub(crate) enum UserEdit {
     Passwd(String, Vec<String>),
     /// A user removed.
     Del(String),
+    /// Users copied from a passwd-file, hashes as they are.
+    Import(Vec<pop3_auth::UserRecord>),
     /// Print every user.
     List,
 }

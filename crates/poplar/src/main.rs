@@ -152,10 +152,21 @@ enum UserCommand {
     Add(UserPasswordArgs),
     /// Change a user's password.
     Passwd(UserPasswordArgs),
-    /// Remove a user from the users file (the maildrop is kept).
+    /// Remove a user (the maildrop is kept).
     Del(UserNameArgs),
     /// List the users.
     List(Common),
+    /// Copy the users of a Dovecot passwd-file into the PostgreSQL store's users table, hashes
+    /// as they are (names already there are left alone).
+    Import(UserImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct UserImportArgs {
+    /// The passwd-file (`user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra]` lines).
+    file: PathBuf,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -524,18 +535,6 @@ fn redact(value: &mut toml::Value) {
         toml::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }
-}
-
-/// Refuses a command that works on a Maildir store only, rather than act on a Maildir the
-/// configured PostgreSQL store does not use.
-pub(crate) fn maildir_only(config: &Config, command: &str) -> Result<()> {
-    if config.store.backend == pop3_server::config::StoreBackend::Postgres {
-        return Err(ConfigProblem(format!(
-            "`poplar {command}` works on the maildir store only, and this configuration uses store.backend = \"postgres\" (see docs/cluster.md: not built yet)"
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 /// Creates the data directory (mode 0700) if it is missing.

@@ -13,6 +13,7 @@
 use anyhow::{Context, Result, bail, ensure};
 use pop3_fetch::{Dialer, ServerUrl};
 use pop3_proto::Command;
+use pop3_server::config::StoreBackend;
 use pop3_store::MaildirStore;
 use pop3_store::maildir::migrate::{
     DOVECOT_DEFAULT_FORMAT, ImportMessage, Served, SourceMessage, UidlScheme, read_source,
@@ -23,6 +24,7 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Messages stored per import call: each call takes the maildrop's locks and rewrites its index
@@ -118,37 +120,48 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     args.common.announce(&config);
     crate::init_logging(config.log_level);
     crate::privileges::become_configured_user(&config, false)?;
-    crate::maildir_only(&config, "migrate")?;
-    let users = pop3_auth::UserDb::load(&config.users_file())
-        .map(|(db, _)| db)
-        .with_context(|| format!("cannot read {}", config.users_file().display()))?;
     let to = pop3_auth::directory::normalize_name(&args.to);
-    ensure!(
-        users.get(&to).is_some(),
-        "{to:?} is not a Poplar user; add it first with `poplar user add {to}`"
-    );
-    // Quotas are for deliveries; a migration brings what the user already had.
-    let store = MaildirStore::new(config.mail_root(), config.hostname()).with_limits(
-        pop3_store::StoreLimits {
-            max_message_size: config.limits.max_message_size,
-            max_snapshot_messages: usize::MAX,
-        },
-    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let started = Instant::now();
-    let tally = match &args.source {
-        Source::Maildir(dir) => from_maildir(&store, &to, dir, args)?,
-        Source::Pop3(_) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(from_server(
-                &store,
-                &to,
-                args,
-                config.limits.max_message_size,
-            ))?
+    let tally = runtime.block_on(async {
+        let (users, target) = match config.store.backend {
+            StoreBackend::Maildir => {
+                let users = pop3_auth::UserDb::load(&config.users_file())
+                    .map(|(db, _)| Arc::new(db))
+                    .with_context(|| format!("cannot read {}", config.users_file().display()))?;
+                // Quotas are for deliveries; a migration brings what the user already had.
+                let store = MaildirStore::new(config.mail_root(), config.hostname()).with_limits(
+                    pop3_store::StoreLimits {
+                        max_message_size: config.limits.max_message_size,
+                        max_snapshot_messages: usize::MAX,
+                    },
+                );
+                (users, Target::Maildir(store))
+            }
+            StoreBackend::Postgres => {
+                let (store, users) = crate::db::load_users(&config).await?;
+                let import = store.import_to(&to).await.with_context(|| {
+                    format!("cannot lock {to}'s maildrop (is a POP3 session open?)")
+                })?;
+                (users, Target::Postgres(import))
+            }
+        };
+        ensure!(
+            users.get(&to).is_some(),
+            "{to:?} is not a Poplar user; add it first with `poplar user add {to}`"
+        );
+        let max_size = config.limits.max_message_size;
+        let tally = match &args.source {
+            Source::Maildir(dir) => from_maildir(&target, &to, dir, args, max_size).await,
+            Source::Pop3(_) => from_server(&target, &to, args, max_size).await,
+        };
+        if let Target::Postgres(import) = target {
+            import.finish().await;
         }
-    };
+        tally
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     let verb = if args.dry_run {
         "to import"
@@ -206,18 +219,62 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     })
 }
 
-/// The UIDLs the target maildrop already serves, by base name, and whether each is pinned.
-fn target_listing(store: &MaildirStore, user: &str) -> Result<HashMap<String, Served>> {
-    let dir = store.maildir_path(user)?;
-    if !dir.exists() {
-        return Ok(HashMap::new());
-    }
-    store
-        .served_uidls_blocking(user)
-        .context("cannot open the target maildrop (is a POP3 session open?)")
+/// Where the mail goes: the configured store.
+enum Target {
+    /// A Maildir under the data directory (locked per batch).
+    Maildir(MaildirStore),
+    /// A maildrop in PostgreSQL, locked for the whole run.
+    Postgres(pop3_store_postgres::PgImport),
 }
 
-fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) -> Result<Tally> {
+impl Target {
+    /// The UIDLs the target maildrop already serves, keyed by what identifies a message at a
+    /// source (a Maildir base name; in PostgreSQL, the origin an earlier import noted, and for
+    /// mail delivered there a key no source has), and whether each is pinned (imported).
+    async fn listing(&self, user: &str) -> Result<HashMap<String, Served>> {
+        match self {
+            Target::Maildir(store) => {
+                let dir = store.maildir_path(user)?;
+                if !dir.exists() {
+                    return Ok(HashMap::new());
+                }
+                store
+                    .served_uidls_blocking(user)
+                    .context("cannot open the target maildrop (is a POP3 session open?)")
+            }
+            Target::Postgres(import) => Ok(import
+                .held()
+                .await?
+                .into_iter()
+                .enumerate()
+                .map(|(i, held)| match held.origin {
+                    Some(origin) => (
+                        origin,
+                        Served {
+                            uidl: held.uidl,
+                            pinned: true,
+                        },
+                    ),
+                    None => (
+                        format!("/delivered/{i}"),
+                        Served {
+                            uidl: held.uidl,
+                            pinned: false,
+                        },
+                    ),
+                })
+                .collect()),
+        }
+    }
+}
+
+async fn from_maildir(
+    target: &Target,
+    to: &str,
+    dir: &Path,
+    args: &MigrateArgs,
+    max: u64,
+) -> Result<Tally> {
     ensure!(
         pop3_store::maildir::is_maildir(dir),
         "{} is not a Maildir (no cur/ and new/)",
@@ -241,8 +298,8 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     };
     let listing = read_source(dir, &scheme)?;
     let messages = listing.messages;
-    let target = target_listing(store, to)?;
-    let owners: HashMap<&String, &String> = target.iter().map(|(b, s)| (&s.uidl, b)).collect();
+    let held = target.listing(to).await?;
+    let owners: HashMap<&String, &String> = held.iter().map(|(b, s)| (&s.uidl, b)).collect();
     let mut tally = Tally {
         source: messages.len(),
         refused: listing
@@ -253,7 +310,6 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
         ..Tally::default()
     };
     let mut todo = Vec::new();
-    let max = store.limits().max_message_size;
     for m in messages {
         let base = pop3_store::maildir::filename::base(&m.name).to_owned();
         let len = m.size;
@@ -262,7 +318,7 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
             tally.refused.push((m.path, why));
             continue;
         }
-        let served = target.get(&base).map(|s| &s.uidl);
+        let served = held.get(&base).map(|s| &s.uidl);
         tally.again += usize::from(would_change(&m, served));
         if served.is_some() {
             tally.present += 1;
@@ -278,6 +334,29 @@ fn from_maildir(store: &MaildirStore, to: &str, dir: &Path, args: &MigrateArgs) 
     if args.dry_run {
         return Ok(tally);
     }
+    let store = match target {
+        Target::Maildir(store) => store,
+        Target::Postgres(import) => {
+            for m in todo {
+                let base = pop3_store::maildir::filename::base(&m.name);
+                let uidl = m.uidl.as_deref().filter(|u| valid_uidl(u));
+                let file = match pop3_store::maildir::untrusted::open_message(&m.path, Some(max)) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        tally.to_import -= 1;
+                        tally.refused.push((m.path, e.to_string()));
+                        continue;
+                    }
+                };
+                let mut file = tokio::io::BufReader::new(tokio::fs::File::from_std(file));
+                import
+                    .import(base, uidl, &mut file)
+                    .await
+                    .with_context(|| format!("cannot import {}", m.path.display()))?;
+            }
+            return Ok(tally);
+        }
+    };
     for batch in todo.chunks(BATCH) {
         let imports: Vec<ImportMessage> = batch
             .iter()
@@ -309,7 +388,7 @@ fn would_change(m: &SourceMessage, served: Option<&String>) -> bool {
 }
 
 async fn from_server(
-    store: &MaildirStore,
+    target: &Target,
     to: &str,
     args: &MigrateArgs,
     max_size: u64,
@@ -353,15 +432,15 @@ async fn from_server(
     // A server without UIDL is refused: without it nothing identifies messages to clients, so
     // there is nothing to preserve.
     let listing = pop3_fetch::fetch::list(&mut conn).await?;
-    let target = target_listing(store, to)?;
+    let held = target.listing(to).await?;
     // A message imported by an earlier run serves its UIDL pinned; a message that arrived
     // here otherwise and happens to serve the same UIDL is another message, which gives way.
-    let imported: std::collections::HashSet<&String> = target
+    let imported: std::collections::HashSet<&String> = held
         .values()
         .filter(|s| s.pinned)
         .map(|s| &s.uidl)
         .collect();
-    let native: std::collections::HashSet<&String> = target
+    let native: std::collections::HashSet<&String> = held
         .values()
         .filter(|s| !s.pinned)
         .map(|s| &s.uidl)
@@ -385,7 +464,12 @@ async fn from_server(
         conn.cmd(&Command::Quit).await?;
         return Ok(tally);
     }
-    let writer = Writer::open(&store.maildir_path(to)?, store.host())?;
+    let maildir = match target {
+        Target::Maildir(store) => {
+            Some((store, Writer::open(&store.maildir_path(to)?, store.host())?))
+        }
+        Target::Postgres(_) => None,
+    };
     let mut batch = Vec::new();
     let mut body = Vec::new();
     for (i, m) in todo.iter().enumerate() {
@@ -401,6 +485,14 @@ async fn from_server(
             );
             tally.size_mismatches += 1;
         }
+        let Some((store, writer)) = &maildir else {
+            if let Target::Postgres(import) = target {
+                import
+                    .import(&m.uidl, Some(&m.uidl), &mut body.as_slice())
+                    .await?;
+            }
+            continue;
+        };
         let mut draft = writer.draft(&writer.unique_base(), max_size)?;
         draft.copy_from(&mut body.as_slice())?;
         let written = draft.finish()?;

@@ -84,6 +84,36 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
                 );
             }
         }
+        UserCommand::Import(args) => {
+            let config = args.common.load()?;
+            args.common.announce(&config);
+            if !in_database(&config) {
+                bail!(
+                    "with the maildir store the users file is a passwd-file already: copy {} to {} (or point auth.users_file at it)",
+                    args.file.display(),
+                    config.users_file().display()
+                );
+            }
+            let text = std::fs::read_to_string(&args.file)
+                .with_context(|| format!("cannot read {}", args.file.display()))?;
+            let (records, warnings) = pop3_auth::UserDb::records(&text);
+            for w in &warnings {
+                eprintln!(
+                    "{} line {}: {} (skipped)",
+                    args.file.display(),
+                    w.line,
+                    w.reason
+                );
+            }
+            let mut usable = Vec::new();
+            for (line, record) in records {
+                match pop3_auth::userdb::validate_name(&record.name) {
+                    Ok(()) => usable.push(record),
+                    Err(e) => eprintln!("{} line {line}: {e} (skipped)", args.file.display()),
+                }
+            }
+            crate::db::edit_users(&config, UserEdit::Import(usable))?;
+        }
         UserCommand::List(common) => {
             let config = common.load()?;
             if in_database(&config) {

@@ -142,28 +142,40 @@ fn three_nodes_share_one_postgres() {
     assert!(on_a.cmd("QUIT").starts_with("+OK"));
 }
 
-/// What the PostgreSQL store does not do yet is refused, not silently done elsewhere.
+/// A database that cannot be reached is named by every command that needs it, and `deliver`
+/// asks the MTA to retry.
 #[test]
-fn what_the_postgres_store_does_not_do_yet_is_refused() {
+fn an_unreachable_database_is_named_by_every_command() {
     let mut b = ServerBuilder::new();
     b.set("store.backend", "postgres");
     b.set("store.url", "postgres://poplar@127.0.0.1:1/none");
+    b.set("pop3.expire", 30);
     let config = b.write_config();
     let run = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(args)
             .args(["--config", config.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
-        format!(
+        let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        )
+        );
+        assert!(
+            said.contains("database none on 127.0.0.1"),
+            "{args:?}: {said}"
+        );
+        out.status.code()
     };
-    let said = run(&["migrate", "maildir:/nonexistent", "--to", "alice"]);
-    assert!(said.contains("maildir store only"), "{said}");
+    run(&["check-config"]);
+    run(&["serve"]);
+    run(&["user", "list"]);
+    run(&["expire"]);
+    run(&["migrate", "maildir:/nonexistent", "--to", "alice"]);
+    assert_eq!(run(&["deliver", "alice"]), Some(75));
 }
 
 fn maildir(dir: &std::path::Path) -> std::path::PathBuf {
@@ -561,6 +573,34 @@ fn user_changes_reach_every_node_at_once() {
             .starts_with("-ERR")
             .then_some(())
     });
+    // A Dovecot passwd-file moves in as it is: hashes, quota rules; bad lines are skipped.
+    let passwd = a.dir().join("dovecot-users");
+    std::fs::write(
+        &passwd,
+        "alice:{PLAIN}from-dovecot:1000:1000::/home/alice::userdb_quota_rule=*:storage=1G\n\
+         ../evil:{PLAIN}x\n\
+         bob:{SHA512-CRYPT}$6$rounds=5000$salt$hash\n",
+    )
+    .unwrap();
+    let out = a
+        .poplar(&["user", "import", passwd.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("imported 2 of 2"), "{said}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    common::eventually(Duration::from_secs(2), "imported alice on node B", || {
+        attempt(&b, "from-dovecot").starts_with("+OK").then_some(())
+    });
+    assert_eq!(
+        pg.psql("SELECT extra FROM poplar_users WHERE name = 'alice'"),
+        "userdb_quota_rule=*:storage=1G\n"
+    );
 }
 
 /// EXPIRE on PostgreSQL: a node records when messages are first retrieved, `poplar expire`

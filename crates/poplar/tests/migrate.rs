@@ -3,9 +3,12 @@
 //! Maildir on disk, and live over POP3S), Poplar takes over the same address, and the same
 //! clients download nothing again; a new message is then the only one they fetch. Courier's
 //! `courierpop3dsizelist` and X-UIDL headers are read from Maildirs written in their formats.
+//! The same moves into the PostgreSQL store, from disk and live.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+#[path = "../../pop3-store-postgres/tests/pg/mod.rs"]
+mod pg;
 
 use common::dovecot::{Dovecot, uidls};
 use common::{ServerBuilder, corpus};
@@ -644,4 +647,113 @@ fn a_hostile_source_maildir_cannot_make_the_migration_read_other_files() {
         );
     }
     c.cmd("QUIT");
+}
+
+/// A Dovecot installation moves into the PostgreSQL store, one command per user: alice from the
+/// Maildir on disk, bob live over POP3S (incrementally); clients that kept mail at Dovecot
+/// download nothing again from the PostgreSQL node, and a repeated run imports nothing.
+#[test]
+fn an_installation_moves_from_dovecot_into_postgresql_keeping_every_uidl() {
+    let world = World::new();
+    let (cert, key) = world.certificate();
+    let dovecot = Dovecot::start_with_tls(world.path(), &world.old_root(), "", Some((&cert, &key)));
+    let (port, pop3s) = (dovecot.port, dovecot.pop3s_port.unwrap());
+    let addr = ([127, 0, 0, 1], port).into();
+    let messages = corpus().len();
+    assert_eq!(mpop(&world, Reach::Plain(port)), messages);
+    assert_eq!(fetchmail(&world, Reach::Plain(port)), messages);
+    let old_uidls = uidls(addr, "alice", "pw");
+
+    let pg = pg::Pg::start();
+    let mut b = ServerBuilder::new();
+    b.set("store.backend", "postgres");
+    b.set("store.url", pg.url());
+    b.set("tls.cert", cert.to_str().unwrap());
+    b.set("tls.key", key.to_str().unwrap());
+    let config = b.write_config();
+    let poplar = |args: &[&str], input: &[u8]| {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args(args).args(["--config", config.to_str().unwrap()]);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "poplar {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    poplar(&["db", "init"], b"");
+    poplar(&["user", "add", "alice", "--password-stdin"], b"pw\n");
+    poplar(&["user", "add", "bob", "--password-stdin"], b"pw\n");
+    // Alice from the Maildir on disk.
+    let source = format!("maildir:{}", world.old_maildir().display());
+    let dry = poplar(&["migrate", &source, "--to", "alice", "--dry-run"], b"");
+    assert!(
+        dry.contains(&format!("{messages} messages at the source, {messages} to import, 0 already here; 0 would be downloaded again")),
+        "{dry}"
+    );
+    let done = poplar(&["migrate", &source, "--to", "alice"], b"");
+    assert!(done.contains(&format!("{messages} imported")), "{done}");
+    let again = poplar(&["migrate", &source, "--to", "alice"], b"");
+    assert!(
+        again.contains(&format!("0 imported, {messages} already here")),
+        "{again}"
+    );
+    // Bob's clients know alice's mail under Dovecot's UIDLs too (the live source logs in as
+    // alice): migrated live, then once more after mail arrived at the old server.
+    let url = format!("pop3s://alice@localhost:{pop3s}");
+    let live = |extra: &[&str]| {
+        let args = [
+            &["migrate", url.as_str(), "--to", "bob", "--password-stdin"][..],
+            &["--ca-file", cert.to_str().unwrap()],
+            extra,
+        ]
+        .concat();
+        poplar(&args, b"pw\n")
+    };
+    assert!(live(&[]).contains(&format!("{messages} imported")));
+    world.deliver_old(1);
+    let again = live(&[]);
+    assert!(
+        again.contains(&format!("1 imported, {messages} already here")),
+        "{again}"
+    );
+    let old_uidls_now = uidls(addr, "alice", "pw");
+    drop(dovecot);
+    wait_port_free(port);
+
+    b.set(
+        "listen.pop3",
+        toml::Value::Array(vec![format!("127.0.0.1:{port}").into()]),
+    );
+    let server = b.start();
+    assert_eq!(
+        uidls(addr, "bob", "pw"),
+        old_uidls_now,
+        "bob's UIDLs changed"
+    );
+    assert_eq!(
+        uidls(addr, "alice", "pw"),
+        old_uidls,
+        "alice's UIDLs changed"
+    );
+    assert_eq!(mpop(&world, Reach::Plain(port)), 0, "mpop downloaded again");
+    assert_eq!(
+        fetchmail(&world, Reach::Plain(port)),
+        0,
+        "fetchmail downloaded again"
+    );
+    assert!(
+        server
+            .deliver(&["alice"], b"Subject: new\r\n\r\nafter the switch\r\n")
+            .success()
+    );
+    assert_eq!(mpop(&world, Reach::Plain(port)), 1);
+    assert_eq!(fetchmail(&world, Reach::Plain(port)), 1);
 }
