@@ -20,9 +20,11 @@
 #![forbid(unsafe_code)]
 
 pub mod schema;
+pub mod shards;
 pub mod users;
 
 pub use schema::PgError;
+pub use shards::PgCluster;
 
 use pop3_store::{MailStore, Maildrop, MessageInfo, MessageSource, StoreError};
 use std::collections::HashSet;
@@ -305,19 +307,23 @@ impl PgStore {
         self.inner.pool.get().await.map_err(db)
     }
 
-    /// The id of `user`'s maildrop, created if it does not exist yet. Every statement is
-    /// prepared once per pooled connection (`prepare_cached`): one round trip per query.
+    /// The id of `user`'s maildrop, created if it does not exist yet, or the shard it was
+    /// moved to. Every statement is prepared once per pooled connection (`prepare_cached`):
+    /// one round trip per query.
     async fn maildrop_id(
         &self,
         client: &deadpool_postgres::Object,
         user: &str,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Here<i64>, StoreError> {
         let find = client
-            .prepare_cached("SELECT id FROM poplar_maildrops WHERE name = $1")
+            .prepare_cached("SELECT id, moved_to FROM poplar_maildrops WHERE name = $1")
             .await
             .map_err(db)?;
         if let Some(row) = client.query_opt(&find, &[&user]).await.map_err(db)? {
-            return Ok(row.get(0));
+            return Ok(match row.get::<_, Option<i32>>(1) {
+                Some(shard) => Here::MovedTo(shard),
+                None => Here::Yes(row.get(0)),
+            });
         }
         let create = client
             .prepare_cached(
@@ -326,9 +332,96 @@ impl PgStore {
             .await
             .map_err(db)?;
         match client.query_opt(&create, &[&user]).await.map_err(db)? {
-            Some(row) => Ok(row.get(0)),
+            Some(row) => Ok(Here::Yes(row.get(0))),
             // Created by another node a moment ago.
-            None => Ok(client.query_one(&find, &[&user]).await.map_err(db)?.get(0)),
+            None => {
+                let row = client.query_one(&find, &[&user]).await.map_err(db)?;
+                Ok(match row.get::<_, Option<i32>>(1) {
+                    Some(shard) => Here::MovedTo(shard),
+                    None => Here::Yes(row.get(0)),
+                })
+            }
+        }
+    }
+
+    /// Opens `user`'s maildrop in this database, or says which shard it was moved to.
+    pub(crate) async fn open_here(
+        &self,
+        user: &str,
+    ) -> Result<Here<(PgMaildrop, Vec<MessageInfo>)>, StoreError> {
+        let client = self.client().await?;
+        let id = match self.maildrop_id(&client, user).await? {
+            Here::Yes(id) => id,
+            Here::MovedTo(shard) => return Ok(Here::MovedTo(shard)),
+        };
+        let generation = self.lock(id).await?;
+        let mut maildrop = PgMaildrop {
+            store: self.clone(),
+            id,
+            generation,
+            messages: Vec::new(),
+            prefetched: std::collections::HashMap::new(),
+            open: true,
+        };
+        // The maildrop's row comes with the listing: a move that finished while this session
+        // waited for nothing shows here, under the lock, as the shard it went to.
+        let list = client
+            .prepare_cached(
+                "SELECT d.moved_to, m.uid, m.uidl, m.size, m.octets FROM poplar_maildrops d \
+                 LEFT JOIN poplar_messages m ON m.maildrop = d.id WHERE d.id = $1 ORDER BY m.uid",
+            )
+            .await
+            .map_err(db)?;
+        let rows = client.query(&list, &[&id]).await.map_err(db)?;
+        if let Some(shard) = rows.first().and_then(|r| r.get::<_, Option<i32>>(0)) {
+            drop(maildrop);
+            return Ok(Here::MovedTo(shard));
+        }
+        let mut listing = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some(uid) = row.get::<_, Option<i64>>(1) else {
+                continue;
+            };
+            let octets = u64::try_from(row.get::<_, i64>(4)).unwrap_or(0);
+            let chunks = octets.div_ceil(schema::CHUNK as u64);
+            maildrop.messages.push(Listed {
+                uid,
+                chunks: i32::try_from(chunks).unwrap_or(i32::MAX),
+                octets,
+            });
+            listing.push(MessageInfo {
+                uidl: row.get(2),
+                size: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+            });
+        }
+        Ok(Here::Yes((maildrop, listing)))
+    }
+
+    /// Stores a delivery in `user`'s maildrop in this database, or says which shard it was
+    /// moved to.
+    pub(crate) async fn deliver_here(
+        &self,
+        user: &str,
+        prefix: &[u8],
+        spool: &Path,
+    ) -> Result<Here<u64>, StoreError> {
+        let mut file = tokio::fs::File::open(spool)
+            .await
+            .map_err(|e| StoreError::io(spool, e))?;
+        let mut client = self.client().await?;
+        let id = match self.maildrop_id(&client, user).await? {
+            Here::Yes(id) => id,
+            Here::MovedTo(shard) => return Ok(Here::MovedTo(shard)),
+        };
+        let quota = Some(self.inner.quotas.quota_for(user));
+        match self
+            .write_message(&mut client, id, prefix, &mut file, quota, None)
+            .await
+        {
+            Ok(octets) => Ok(Here::Yes(octets)),
+            Err(WriteError::Moved(shard)) => Ok(Here::MovedTo(shard)),
+            Err(WriteError::Read(e)) => Err(StoreError::io(spool, e)),
+            Err(WriteError::Store(e)) => Err(e),
         }
     }
 
@@ -443,43 +536,22 @@ impl PgStore {
     }
 }
 
+/// A single database's answer for a maildrop that lives elsewhere: `store.url` should list
+/// every shard.
+fn moved(user: &str, shard: i32) -> StoreError {
+    StoreError::Database(format!(
+        "{user}'s maildrop was moved to shard {shard}; store.url must list every shard"
+    ))
+}
+
 impl MailStore for PgStore {
     type Maildrop = PgMaildrop;
 
     async fn open(&self, user: &str) -> Result<(PgMaildrop, Vec<MessageInfo>), StoreError> {
-        let client = self.client().await?;
-        let id = self.maildrop_id(&client, user).await?;
-        let generation = self.lock(id).await?;
-        let mut maildrop = PgMaildrop {
-            store: self.clone(),
-            id,
-            generation,
-            messages: Vec::new(),
-            prefetched: std::collections::HashMap::new(),
-            open: true,
-        };
-        let list = client
-            .prepare_cached(
-                "SELECT uid, uidl, size, octets FROM poplar_messages WHERE maildrop = $1 ORDER BY uid",
-            )
-            .await
-            .map_err(db)?;
-        let rows = client.query(&list, &[&id]).await.map_err(db)?;
-        let mut listing = Vec::with_capacity(rows.len());
-        for row in rows {
-            let octets = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
-            let chunks = octets.div_ceil(schema::CHUNK as u64);
-            maildrop.messages.push(Listed {
-                uid: row.get(0),
-                chunks: i32::try_from(chunks).unwrap_or(i32::MAX),
-                octets,
-            });
-            listing.push(MessageInfo {
-                uidl: row.get(1),
-                size: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-            });
+        match self.open_here(user).await? {
+            Here::Yes(opened) => Ok(opened),
+            Here::MovedTo(shard) => Err(moved(user, shard)),
         }
-        Ok((maildrop, listing))
     }
 
     async fn deliver_file(
@@ -488,23 +560,25 @@ impl MailStore for PgStore {
         prefix: &[u8],
         spool: &Path,
     ) -> Result<u64, StoreError> {
-        let mut file = tokio::fs::File::open(spool)
-            .await
-            .map_err(|e| StoreError::io(spool, e))?;
-        let mut client = self.client().await?;
-        let id = self.maildrop_id(&client, user).await?;
-        let quota = Some(self.inner.quotas.quota_for(user));
-        self.write_message(&mut client, id, prefix, &mut file, quota, None)
-            .await
-            .map_err(|e| match e {
-                WriteError::Read(e) => StoreError::io(spool, e),
-                WriteError::Store(e) => e,
-            })
+        match self.deliver_here(user, prefix, spool).await? {
+            Here::Yes(octets) => Ok(octets),
+            Here::MovedTo(shard) => Err(moved(user, shard)),
+        }
     }
+}
+
+/// Whether a maildrop lives in this database, or was moved to another shard.
+pub(crate) enum Here<T> {
+    /// It is here.
+    Yes(T),
+    /// It lives in shard `.0` of `store.url` now.
+    MovedTo(i32),
 }
 
 /// Why [`PgStore::write_message`] failed.
 enum WriteError {
+    /// The maildrop was moved to this shard meanwhile: nothing was stored.
+    Moved(i32),
     /// Reading the message failed.
     Read(std::io::Error),
     /// The store refused or failed.
@@ -542,14 +616,18 @@ impl PgStore {
     ) -> Result<u64, WriteError> {
         let tx = client.transaction().await.map_err(db)?;
         // The row lock on the counter orders this maildrop's deliveries until commit.
+        // A move holds this row while it copies; once it is done, the row says where to.
         let next = tx
             .prepare_cached(
                 "UPDATE poplar_maildrops SET next_uid = next_uid + 1 WHERE id = $1 \
-                 RETURNING next_uid - 1, uidvalidity",
+                 RETURNING next_uid - 1, uidvalidity, moved_to",
             )
             .await
             .map_err(db)?;
         let row = tx.query_one(&next, &[&id]).await.map_err(db)?;
+        if let Some(shard) = row.get::<_, Option<i32>>(2) {
+            return Err(WriteError::Moved(shard));
+        }
         let (uid, uidvalidity): (i64, i64) = (row.get(0), row.get(1));
         // Dovecot's default UIDL form (%08Xu%08Xv, here in lower case), so that a client moved
         // between the two recognises the scheme; an import keeps the UIDL its clients know.
@@ -664,14 +742,36 @@ impl PgStore {
     /// Opens `user`'s maildrop (created if needed) for `poplar migrate`, holding its
     /// cluster-wide lock until the import is dropped: no session changes it meanwhile.
     pub async fn import_to(&self, user: &str) -> Result<PgImport, StoreError> {
+        match self.import_here(user).await? {
+            Here::Yes(import) => Ok(import),
+            Here::MovedTo(shard) => Err(moved(user, shard)),
+        }
+    }
+
+    /// [`PgStore::import_to`] in this database, or the shard the maildrop was moved to.
+    pub(crate) async fn import_here(&self, user: &str) -> Result<Here<PgImport>, StoreError> {
         let client = self.client().await?;
-        let id = self.maildrop_id(&client, user).await?;
+        let id = match self.maildrop_id(&client, user).await? {
+            Here::Yes(id) => id,
+            Here::MovedTo(shard) => return Ok(Here::MovedTo(shard)),
+        };
         let generation = self.lock(id).await?;
-        Ok(PgImport {
+        let import = PgImport {
             store: self.clone(),
             id,
             generation,
             open: true,
+        };
+        let row = client
+            .query_one(
+                "SELECT moved_to FROM poplar_maildrops WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(match row.get::<_, Option<i32>>(0) {
+            Some(shard) => Here::MovedTo(shard),
+            None => Here::Yes(import),
         })
     }
 }
@@ -732,6 +832,7 @@ impl PgImport {
             .map_err(|e| match e {
                 WriteError::Read(e) => StoreError::Internal(format!("reading the message: {e}")),
                 WriteError::Store(e) => e,
+                WriteError::Moved(shard) => moved("this user", shard),
             })
     }
 

@@ -50,7 +50,7 @@ CREATE TABLE poplar_chunks (
 );
 "#,
     r#"
--- Version 2: users, imports' origins, and an index for the retention purge. The passwd-file's password field and extra fields; a Dovecot SQL passdb
+-- Version 2: users, imports' origins, sharding, and an index for the retention purge. The passwd-file's password field and extra fields; a Dovecot SQL passdb
 -- can read the same rows (password_query = SELECT name AS user, password FROM poplar_users
 -- WHERE name = '%Lu'). Every change is announced, so that nodes follow at once.
 CREATE TABLE poplar_users (
@@ -82,6 +82,15 @@ CREATE TRIGGER poplar_users_truncated AFTER TRUNCATE ON poplar_users
 ALTER TABLE poplar_messages ADD COLUMN origin text;
 CREATE UNIQUE INDEX poplar_messages_origin ON poplar_messages (maildrop, origin)
     WHERE origin IS NOT NULL;
+-- Sharding. A maildrop moved to another shard by `poplar db move-user` leaves its row behind
+-- with the shard it went to, so that a node or a delivery that still looked here follows it.
+ALTER TABLE poplar_maildrops ADD COLUMN moved_to integer;
+-- Which shard holds each user's maildrop (read in the first database of store.url only),
+-- recorded when a maildrop is first created there, so that adding a shard moves nobody.
+CREATE TABLE poplar_placements (
+    name  text PRIMARY KEY,
+    shard integer NOT NULL
+);
 -- The retention purge looks for retrieved messages only.
 CREATE INDEX poplar_messages_retrieved ON poplar_messages (maildrop, retrieved)
     WHERE retrieved IS NOT NULL;

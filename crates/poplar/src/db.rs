@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use pop3_auth::{UserReplica, Users};
 use pop3_server::Config;
-use pop3_store_postgres::{PgOptions, PgStore, schema, users};
+use pop3_store_postgres::{PgCluster, PgOptions, schema, users};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -27,31 +27,51 @@ fn describe(url: &str) -> String {
     }
 }
 
-fn url(config: &Config) -> Result<&str> {
-    config
+/// Every database of `store.url`, in shard order.
+fn urls(config: &Config) -> Result<Vec<&str>> {
+    let urls = config
         .store
         .url
-        .as_deref()
-        .context("store.backend = \"postgres\" needs store.url")
+        .as_ref()
+        .map(|u| u.list())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        !urls.is_empty(),
+        "store.backend = \"postgres\" needs store.url"
+    );
+    Ok(urls)
+}
+
+/// The databases of `store.url` for messages: one, or each shard's.
+fn describe_all(urls: &[&str]) -> String {
+    match urls {
+        [one] => describe(one),
+        many => many
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("shard {i}: {}", describe(u)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 /// The PostgreSQL store `serve`, `deliver` and `user` use, with the users of its `poplar_users`
 /// table in `users` (empty until filled: [`connect_following`] or [`load_users`]).
-pub(crate) async fn connect(config: &Config, users: &UserReplica) -> Result<PgStore> {
-    let url = url(config)?;
+pub(crate) async fn connect(config: &Config, users: &UserReplica) -> Result<PgCluster> {
+    let urls = urls(config)?;
     let options = PgOptions {
         ca_file: config.store.ca_file.clone(),
         pool_size: config.store.pool_size,
         max_message_size: config.limits.max_message_size,
         quotas: config.quota_rules_with_users(&Users::Replica(users.clone())),
     };
-    PgStore::connect(url, options)
+    PgCluster::connect(&urls, options)
         .await
-        .with_context(|| format!("cannot use the PostgreSQL store ({})", describe(url)))
+        .with_context(|| format!("cannot use the PostgreSQL store ({})", describe_all(&urls)))
 }
 
 /// The store, with its users read and followed as they change (for `serve`).
-pub(crate) async fn connect_following(config: &Config) -> Result<(PgStore, Users)> {
+pub(crate) async fn connect_following(config: &Config) -> Result<(PgCluster, Users)> {
     let replica = UserReplica::new();
     let store = connect(config, &replica).await?;
     store
@@ -62,7 +82,7 @@ pub(crate) async fn connect_following(config: &Config) -> Result<(PgStore, Users
 }
 
 /// The store, with its users read once (for one-shot commands such as `deliver`).
-pub(crate) async fn load_users(config: &Config) -> Result<(PgStore, Arc<pop3_auth::UserDb>)> {
+pub(crate) async fn load_users(config: &Config) -> Result<(PgCluster, Arc<pop3_auth::UserDb>)> {
     let replica = UserReplica::new();
     let store = connect(config, &replica).await?;
     let client = store.admin().await?;
@@ -84,7 +104,7 @@ pub(crate) fn edit_users(config: &Config, cmd: UserEdit) -> Result<()> {
     runtime.block_on(async {
         let store = connect(config, &UserReplica::new()).await?;
         let client = store.admin().await?;
-        let url = url(config)?;
+        let url = urls(config)?[0];
         match cmd {
             UserEdit::Add(record) => {
                 users::add(&client, &record).await?;
@@ -132,35 +152,72 @@ pub(crate) enum UserEdit {
     List,
 }
 
-/// `poplar db init`: creates or upgrades the schema; safe to run again.
+/// `poplar db init`: creates or upgrades the schema in every database of `store.url`; safe
+/// to run again.
 pub(crate) fn init(config: &Config) -> Result<ExitCode> {
-    let url = url(config)?;
+    let urls = urls(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let mut client = pop3_store_postgres::connect_one(url, config.store.ca_file.as_deref())
-            .await
-            .with_context(|| format!("cannot connect to the {}", describe(url)))?;
-        let before = schema::init(&mut client)
-            .await
-            .with_context(|| format!("cannot set up the {}", describe(url)))?;
-        match before {
-            0 => println!(
-                "created Poplar's schema (version {}) in the {}",
-                schema::VERSION,
-                describe(url)
+        for url in urls {
+            let mut client = pop3_store_postgres::connect_one(url, config.store.ca_file.as_deref())
+                .await
+                .with_context(|| format!("cannot connect to the {}", describe(url)))?;
+            let before = schema::init(&mut client)
+                .await
+                .with_context(|| format!("cannot set up the {}", describe(url)))?;
+            match before {
+                0 => println!(
+                    "created Poplar's schema (version {}) in the {}",
+                    schema::VERSION,
+                    describe(url)
+                ),
+                v if v == schema::VERSION => println!(
+                    "the {} already has Poplar's schema version {v}; nothing to do",
+                    describe(url)
+                ),
+                v => println!(
+                    "upgraded the {} from schema version {v} to {}",
+                    describe(url),
+                    schema::VERSION
+                ),
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `poplar db move-user NAME --to SHARD`: moves a maildrop between shards, every UIDL kept.
+pub(crate) fn move_user(config: &Config, name: &str, to: usize) -> Result<ExitCode> {
+    let urls = urls(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = connect(config, &UserReplica::new()).await?;
+        let started = std::time::Instant::now();
+        let moved = store.move_user(name, to).await.map_err(|e| match e {
+            pop3_store::StoreError::InUse => anyhow::anyhow!(
+                "{name}'s maildrop is in use by a POP3 session; try again when it has ended"
             ),
-            v if v == schema::VERSION => println!(
-                "the {} already has Poplar's schema version {v}; nothing to do",
-                describe(url)
-            ),
-            v => println!(
-                "upgraded the {} from schema version {v} to {}",
-                describe(url),
-                schema::VERSION
-            ),
+            other => anyhow::Error::new(other).context(format!("cannot move {name}")),
+        })?;
+        if moved.from == to {
+            println!(
+                "{name} is on shard {to} ({}); nothing to move",
+                describe(urls.get(to).copied().unwrap_or_default())
+            );
+        } else {
+            println!(
+                "moved {name} from shard {} to shard {to}: {} messages, {} octets, in {:.2} s; every UIDL kept",
+                moved.from,
+                moved.messages,
+                moved.octets,
+                started.elapsed().as_secs_f64()
+            );
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -64,6 +64,20 @@ enum DbCommand {
     /// schema, keeping every message; does nothing when they are current, so it is safe to
     /// run on every deployment (and from several nodes at once).
     Init(DbArgs),
+    /// Move a user's maildrop to another shard of `store.url` (numbered from 0 in its order),
+    /// keeping every UID and UIDL; sessions get [IN-USE] and deliveries wait while it moves.
+    MoveUser(MoveUserArgs),
+}
+
+#[derive(Debug, Args)]
+struct MoveUserArgs {
+    /// The user.
+    name: String,
+    /// The shard to move to.
+    #[arg(long, value_name = "SHARD")]
+    to: usize,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +324,15 @@ fn main() -> ExitCode {
         Command::Fetch(args) => fetch::run(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::Db(DbCommand::Init(args)) => args.common.load().and_then(|c| db::init(&c)),
+        Command::Db(DbCommand::MoveUser(args)) => args.common.load().and_then(|c| {
+            args.common.announce(&c);
+            privileges::become_configured_user(&c, false)?;
+            db::move_user(
+                &c,
+                &pop3_auth::directory::normalize_name(&args.name),
+                args.to,
+            )
+        }),
     };
     match result {
         Ok(code) => code,

@@ -43,6 +43,18 @@ fn uidls(c: &mut Client) -> Vec<String> {
         .collect()
 }
 
+/// Adds a user through `node` and waits until `node` has it: users live in the database, and a
+/// node learns of a new one a few milliseconds after the command returns.
+fn add_user(node: &common::Server, name: &str, password: &str) {
+    node.add_user(name, password);
+    common::eventually(Duration::from_secs(5), "the new user on the node", || {
+        let (mut c, _) = Client::connect(node.pop3);
+        let ok = c.login(name, password).starts_with("+OK");
+        c.cmd("QUIT");
+        ok.then_some(())
+    });
+}
+
 fn login(node: &common::Server) -> (Client, String) {
     let (mut c, greeting) = Client::connect(node.pop3);
     assert!(greeting.starts_with("+OK"), "{greeting}");
@@ -73,7 +85,7 @@ fn three_nodes_share_one_postgres() {
         .collect();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     // Users live in the database: added through one node, known to all.
-    a.add_user("alice", "wonderland");
+    add_user(&a, "alice", "wonderland");
     assert!(
         !run_with_stdin(
             c.poplar(&["user", "add", "alice", "--password-stdin"]),
@@ -207,7 +219,7 @@ fn clients_keeping_mail_poll_any_node_through_haproxy() {
             }
             let node = b.start();
             if i == 0 {
-                node.add_user("alice", "wonderland");
+                add_user(&node, "alice", "wonderland");
             }
             node
         })
@@ -314,7 +326,7 @@ fn a_node_rides_out_postgresql_going_away() {
     let b = node_builder(&pg);
     db_init(&b.write_config());
     let node = b.start();
-    node.add_user("alice", "wonderland");
+    add_user(&node, "alice", "wonderland");
     assert!(
         node.deliver(&["alice"], b"Subject: before\r\n\r\nkept\r\n")
             .success()
@@ -374,7 +386,7 @@ fn a_node_follows_a_failover_to_the_promoted_standby() {
         ),
     );
     let node = b.start();
-    node.add_user("alice", "wonderland");
+    add_user(&node, "alice", "wonderland");
     for i in 0..2 {
         assert!(
             node.deliver(
@@ -420,7 +432,7 @@ fn lmtp_on_one_node_reaches_the_others() {
     first.set("delivery.return_path", true);
     db_init(&first.write_config());
     let (a, b) = (first.start(), node_builder(&pg).start());
-    a.add_user("alice", "wonderland");
+    add_user(&a, "alice", "wonderland");
     let (host, port) = a
         .lmtp_addr()
         .rsplit_once(':')
@@ -454,7 +466,7 @@ fn a_node_reaches_its_database_over_verified_tls() {
     b.set("store.ca_file", ca.to_str().unwrap());
     assert!(db_init(&b.write_config()).contains("created Poplar's schema"));
     let node = b.start();
-    node.add_user("alice", "wonderland");
+    add_user(&node, "alice", "wonderland");
     assert!(
         node.deliver(&["alice"], b"Subject: tls\r\n\r\nencrypted\r\n")
             .success()
@@ -501,7 +513,7 @@ fn quotas_hold_on_postgres() {
     b.set("quota.storage", "100");
     db_init(&b.write_config());
     let node = b.start();
-    node.add_user("alice", "wonderland");
+    add_user(&node, "alice", "wonderland");
     let message = b"Subject: q\r\n\r\nforty octets of message body here\r\n";
     assert!(node.deliver(&["alice"], message).success());
     assert!(node.deliver(&["alice"], message).success());
@@ -614,7 +626,7 @@ fn retention_periods_expire_mail_on_postgres() {
     first.set("pop3.expire", 2);
     db_init(&first.write_config());
     let a = first.start();
-    a.add_user("alice", "wonderland");
+    add_user(&a, "alice", "wonderland");
     assert!(
         a.deliver(&["alice"], b"Subject: read\r\n\r\none\r\n")
             .success()
@@ -670,4 +682,112 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// Users sharded over two PostgreSQL databases by the stable hash, and one moved between them
+/// (and back) under mpop keeping mail on the server: nothing downloaded twice, every UIDL
+/// kept, the move refused while a session is open, later mail following the user.
+#[test]
+fn users_spread_over_two_shards_and_move_between_them() {
+    let (pg0, pg1) = (pg::Pg::start(), pg::Pg::start());
+    let mut b = ServerBuilder::new();
+    b.set("store.backend", "postgres");
+    b.set(
+        "store.url",
+        toml::Value::Array(vec![pg0.url().into(), pg1.url().into()]),
+    );
+    let said = db_init(&b.write_config());
+    assert_eq!(said.matches("created Poplar's schema").count(), 2, "{said}");
+    let node = b.start();
+    // By the hash: alice on shard 1, bob on shard 0.
+    add_user(&node, "alice", "wonderland");
+    add_user(&node, "bob", "builder");
+    for i in 0..3 {
+        for user in ["alice", "bob"] {
+            let message = format!("Subject: {user} {i}\r\n\r\nmessage {i}\r\n");
+            assert!(node.deliver(&[user], message.as_bytes()).success());
+        }
+    }
+    assert_eq!(
+        pg0.psql("SELECT name || '=' || shard FROM poplar_placements ORDER BY name"),
+        "alice=1\nbob=0\n"
+    );
+    let held = |pg: &pg::Pg| {
+        pg.psql(
+            "SELECT d.name || '=' || count(m.uid) FROM poplar_maildrops d \
+             LEFT JOIN poplar_messages m ON m.maildrop = d.id GROUP BY d.name ORDER BY d.name",
+        )
+    };
+    assert_eq!(held(&pg0), "bob=3\n");
+    assert_eq!(held(&pg1), "alice=3\n");
+
+    let state = tempfile::tempdir().unwrap();
+    let mpop_box = maildir(&state.path().join("mpop"));
+    let mpop = || {
+        let before = count(&mpop_box.join("new"));
+        let (ok, text) = common::mpop(
+            &state.path().join("mpoprc"),
+            &format!(
+                "account a\nhost 127.0.0.1\nport {}\ntls off\nuser alice\npassword wonderland\n\
+                 auth user\nkeep on\nuidls_file {}/uidls\ndelivery maildir {}\n",
+                node.pop3.port(),
+                state.path().display(),
+                mpop_box.display()
+            ),
+            "a",
+        );
+        assert!(ok, "mpop: {text}");
+        count(&mpop_box.join("new")) - before
+    };
+    assert_eq!(mpop(), 3);
+    let (mut c, reply) = login(&node);
+    assert!(reply.starts_with("+OK Logged in"), "{reply}");
+    let before = uidls(&mut c);
+    let move_to = |shard: &str| move_to_user(&node, "alice", shard);
+    let refused = move_to("0");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let out = move_to("0");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("moved alice from shard 1 to shard 0: 3 messages"),
+        "{said}"
+    );
+    assert_eq!(held(&pg0), "alice=3\nbob=3\n");
+    assert_eq!(
+        held(&pg1),
+        "alice=0\n",
+        "the old row stays as the mark of the move"
+    );
+    let (mut c, _) = login(&node);
+    assert_eq!(uidls(&mut c), before, "a UIDL changed in the move");
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    assert_eq!(mpop(), 0, "mpop downloaded again after the move");
+    // New mail follows the user; so does a move back.
+    assert!(
+        node.deliver(&["alice"], b"Subject: after\r\n\r\nthe move\r\n")
+            .success()
+    );
+    assert_eq!(held(&pg0), "alice=4\nbob=3\n");
+    assert!(move_to("1").status.success());
+    assert_eq!(held(&pg1), "alice=4\n");
+    assert_eq!(mpop(), 1);
+    assert_eq!(mpop(), 0);
+    // Bob never moved.
+    assert!(
+        String::from_utf8_lossy(&move_to_user(&node, "bob", "0").stdout)
+            .contains("nothing to move")
+    );
+}
+
+fn move_to_user(node: &common::Server, user: &str, shard: &str) -> std::process::Output {
+    node.poplar(&["db", "move-user", user, "--to", shard])
+        .output()
+        .unwrap()
 }

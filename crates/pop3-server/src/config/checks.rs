@@ -101,7 +101,9 @@ impl Config {
                 ));
             }
         }
-        if self.store.backend == StoreBackend::Postgres && self.store.url.is_none() {
+        if self.store.backend == StoreBackend::Postgres
+            && self.store.url.as_ref().is_none_or(|u| u.list().is_empty())
+        {
             error(
                 "store.backend = \"postgres\" needs store.url, e.g. \"postgres://poplar@db.example.org/poplar\"."
                     .into(),

@@ -197,8 +197,9 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// With `postgres`: the database, as a libpq URL (`postgres://USER@HOST:PORT/DB`) or
     /// key=value string; several hosts with `target_session_attrs=read-write` follow a
-    /// failover. Keep a password out of it: use `~/.pgpass` or a trusted local socket.
-    pub url: Option<String>,
+    /// failover. Keep a password out of it: use `~/.pgpass` or a trusted local socket. A list
+    /// of databases shards the users over them (the first also holds users and placements).
+    pub url: Option<StoreUrls>,
     /// With `postgres`: the CA certificate(s), PEM, that vouch for the database server. Set,
     /// or with `sslmode=require` in `url`, connections use TLS and the server's certificate
     /// and name are verified (against the system's CA bundle when unset); unset and without
@@ -217,6 +218,26 @@ impl Default for StoreConfig {
             url: None,
             ca_file: None,
             pool_size: 16,
+        }
+    }
+}
+
+/// `store.url`: one database, or several shards.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum StoreUrls {
+    /// One database.
+    One(String),
+    /// Shards, numbered from 0 in this order; the first holds users and placements.
+    Shards(Vec<String>),
+}
+
+impl StoreUrls {
+    /// Every database, in shard order.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            StoreUrls::One(url) => vec![url.as_str()],
+            StoreUrls::Shards(urls) => urls.iter().map(String::as_str).collect(),
         }
     }
 }
