@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Poplar against Dovecot on this machine: the same loads, back to back, against Poplar, stock
-# Dovecot and Dovecot in its high-performance login mode, then the comparison table written
-# into docs/benchmarks.md (between the "compare.sh" markers) and printed.
+# Poplar against Dovecot on this machine: the same loads, back to back, against Poplar, Poplar
+# on the PostgreSQL store (a local PostgreSQL, column poplar-postgres), stock Dovecot and
+# Dovecot in its high-performance login mode, then the comparison table written into
+# docs/benchmarks.md (between the "compare.sh" markers) and printed.
 #
 # Usage (from the repository root, as root so Dovecot can run its mail processes as nobody):
 #   bench/compare.sh [SECONDS_PER_LOAD]        default 10
@@ -25,7 +26,8 @@ repo=$PWD
 [ -f bench/compare.sh ] || { echo "run from the repository root"; exit 1; }
 
 . scripts/lib/packages.sh
-ensure_packages dovecot-core dovecot-pop3d openssl python3
+. bench/lib/postgres.sh
+ensure_packages dovecot-core dovecot-pop3d openssl python3 postgresql
 cargo build --release --quiet
 P=$repo/target/release/poplar
 B=$repo/target/release/poplar-bench
@@ -35,6 +37,7 @@ chmod 755 "$work"
 server=
 cleanup() {
     [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+    stop_postgres
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -78,6 +81,22 @@ key = "$work/key.pem"
 max_connections = $((hold + 1000))
 max_connections_per_ip = $((hold + 1000))
 TOML
+
+# The same node on PostgreSQL: the same users and the same message files, delivered into it.
+start_postgres "$work"
+sed "s|^data_dir = .*|data_dir = \"$work/poplar-pg\"|" poplar.toml > poplar-pg.toml
+printf '[store]\nbackend = "postgres"\nurl = "%s"\n' "$pgurl" >> poplar-pg.toml
+mkdir poplar-pg
+"$P" db init --config poplar-pg.toml > /dev/null
+grep -v '^huge:' $users > pg-users
+"$P" user import pg-users --config poplar-pg.toml > /dev/null
+for dir in poplar/mail/_default_/*/Maildir; do
+    user=$(basename "$(dirname "$dir")")
+    [ "$user" = huge ] && continue
+    for file in "$dir"/new/* "$dir"/cur/*; do
+        if [ -f "$file" ]; then "$P" deliver "$user" --config poplar-pg.toml < "$file"; fi
+    done
+done
 
 # $1: extra settings inside "service pop3-login".
 dovecot_conf() {
@@ -132,6 +151,11 @@ wait_for() { # port
 
 start_poplar() {
     "$P" serve --config poplar.toml 2>> poplar.log &
+    server=$!
+    wait_for 21110
+}
+start_poplar_pg() {
+    "$P" serve --config poplar-pg.toml 2>> poplar-pg.log &
     server=$!
     wait_for 21110
 }
@@ -196,6 +220,7 @@ start_dovecot
 stop
 
 run_loads poplar start_poplar 21110 21995
+run_loads poplar-postgres start_poplar_pg 21110 21995
 mode=stock
 run_loads dovecot start_dovecot 22110 22995
 mode=hp

@@ -14,22 +14,16 @@ rounds=${2:-2}
 huge=${HUGE:-100000}
 [ -f bench/postgres.sh ] || { echo "run from the repository root"; exit 1; }
 . scripts/lib/packages.sh
+. bench/lib/postgres.sh
 ensure_packages postgresql python3
 cargo build --release --quiet
 P=$PWD/target/release/poplar
 B=$PWD/target/release/poplar-bench
 work=$(mktemp -d /tmp/poplar-pg.XXXXXX)
 chmod 755 "$work"
-pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-as_pg=(); [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
-mkdir "$work/pg" && { [ "$(id -u)" = 0 ] && chown postgres: "$work/pg" || true; }
-"${as_pg[@]}" "$pgbin/initdb" -D "$work/pg/data" -U postgres -A trust -E UTF8 --no-locale --no-sync > /dev/null
-"${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w -o \
-    "-c listen_addresses=127.0.0.1 -p $pgport -k $work/pg" start > /dev/null
 server=
-trap 'kill $server 2>/dev/null || true; "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/pg/data" -m fast stop > /dev/null; rm -rf "$work"' EXIT
-"$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres poplar
+trap 'kill $server 2>/dev/null || true; stop_postgres; rm -rf "$work"' EXIT
+start_postgres "$work"
 cd "$work"
 for store in maildir postgres; do
     mkdir -p "$store"
@@ -45,7 +39,7 @@ for store in maildir postgres; do
         if [ "$store" = postgres ]; then
             echo '[store]'
             echo 'backend = "postgres"'
-            echo "url = \"postgres://postgres@127.0.0.1:$pgport/poplar\""
+            echo "url = \"$pgurl\""
         fi
     } > "$store.toml"
 done
@@ -54,6 +48,12 @@ message=$(python3 -c "print(('From: bench@example.org\r\nSubject: load\r\n\r\n' 
 for store in maildir postgres; do
     for i in $(seq 0 7); do
         echo "bench$i:{PLAIN}benchpw" >> "$store/users"
+    done
+    # On PostgreSQL, users live in the database.
+    if [ "$store" = postgres ]; then
+        "$P" user import postgres/users --config postgres.toml > /dev/null
+    fi
+    for i in $(seq 0 7); do
         for _ in $(seq 10); do printf '%s' "$message" | "$P" deliver "bench$i" --config "$store.toml"; done
     done
 done
@@ -72,7 +72,7 @@ done
 
 # PostgreSQL's side of the same load.
 psql=("$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d poplar -qtA)
-postmaster=$(head -1 "$work/pg/data/postmaster.pid")
+postmaster=$(head -1 "$pgdata/postmaster.pid")
 "$P" serve --config postgres.toml 2> server.log &
 server=$!
 for _ in $(seq 200); do grep -q 'listening for POP3' server.log && break; sleep 0.05; done
@@ -100,7 +100,8 @@ for store in maildir postgres; do
 done
 
 # A maildrop of $huge messages, written directly (benchmark setup, like poplar-bench fill).
-echo "big:{PLAIN}benchpw" >> postgres/users
+echo "big:{PLAIN}benchpw" > big-user
+"$P" user import big-user --config postgres.toml > /dev/null
 "${psql[@]}" <<SQL
 INSERT INTO poplar_maildrops (name, next_uid) VALUES ('big', $huge + 1);
 INSERT INTO poplar_messages (maildrop, uid, uidl, size, octets)
@@ -116,3 +117,43 @@ server=$!
 for _ in $(seq 200); do grep -q 'listening for POP3' server.log && break; sleep 0.05; done
 "$B" open --server 127.0.0.1:21510 --user big --password benchpw --times 5 --pause 1 2>&1 | grep -E 'ms'
 kill "$server"; wait "$server" 2>/dev/null || true
+
+# The users replica: a node's memory and start-up with $users users in the table (hashes the
+# length of Poplar's default ARGON2ID), and the CPU one change costs it (each change rebuilds
+# the replica's lookup structures).
+users=${USERS:-100000}
+hash='{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$W5pd1lJ9k3mD2eRzv4yUhx0oQm0Yy6YHkmXtD5sF0Kk'
+python3 - "$users" "$hash" > many-users <<'PY'
+import sys
+n, h = int(sys.argv[1]), sys.argv[2]
+for i in range(n):
+    print(f"user{i}@example.org:{h}")
+PY
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+measure_node() {
+    "$P" serve --config postgres.toml 2> server.log &
+    server=$!
+    for _ in $(seq 600); do grep -q 'listening for POP3' server.log && break; sleep 0.05; done
+    sleep 1
+}
+measure_node
+empty=$(rss "$server")
+kill "$server"; wait "$server" 2>/dev/null || true
+start=$(date +%s.%N)
+"$P" user import many-users --config postgres.toml > /dev/null
+imported=$(date +%s.%N)
+measure_node
+full=$(rss "$server")
+ticks=$(getconf CLK_TCK)
+before=$(cpu "$server")
+changes=50
+for i in $(seq "$changes"); do
+    printf 'pw%s\n' "$i" | "$P" user passwd "user$i@example.org" --schemes PLAIN --password-stdin --config postgres.toml > /dev/null
+    sleep 0.1
+done
+after=$(cpu "$server")
+kill "$server"; wait "$server" 2>/dev/null || true
+echo "$users $empty $full $start $imported $before $after $ticks $changes" | awk '{
+    printf "users replica: %d users take %.0f KiB on a node (%.0f octets per user); importing them took %.1f s\n", $1, $3 - $2, ($3 - $2) * 1024 / $1, $5 - $4;
+    printf "users replica: %d password changes cost a node %.0f ms of CPU in all with %d users (clock ticks of %.0f ms)\n", $9, ($7 - $6) / $8 * 1000, $1, 1000 / $8 }'

@@ -19,7 +19,7 @@ use crate::error::AuthError;
 use crate::sasl::scram::ScramHash;
 use crate::scheme::{self, Stored};
 use pop3_proto::Secret;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -47,6 +47,72 @@ pub struct UserEntry {
 }
 
 impl UserEntry {
+    /// A user from a passwd-file line's (or a table row's) fields, with its normalised name;
+    /// `None`, with a warning, for a name that cannot be a user. Stored forms of unknown schemes
+    /// are kept (they never verify) and reported.
+    fn parse(
+        line_no: usize,
+        name: &str,
+        password: &str,
+        extra_field: &str,
+        warnings: &mut Vec<Warning>,
+    ) -> Option<(String, UserEntry)> {
+        let name = normalize_name(name);
+        if let Err(e) = validate_name(&name) {
+            warnings.push(Warning {
+                line: line_no,
+                reason: e.to_string(),
+            });
+            return None;
+        }
+        let mut secrets: Vec<&str> = Vec::new();
+        if !password.is_empty() {
+            secrets.push(password);
+        }
+        secrets.extend(
+            extra_field
+                .split_whitespace()
+                .filter_map(|f| f.strip_prefix(EXTRA_SECRET)),
+        );
+        for stored in &secrets {
+            if !scheme::is_supported(stored) {
+                let (scheme, _) = scheme::split_scheme(stored);
+                warnings.push(Warning {
+                    line: line_no,
+                    reason: format!(
+                        "user {name}: password scheme {{{scheme}}} is not supported; \
+                         this user cannot log in with it until the password is reset"
+                    ),
+                });
+            }
+        }
+        let quota_rules = extra_field
+            .split_whitespace()
+            .filter_map(|f| {
+                let (key, value) = f.split_once('=')?;
+                let key = key.strip_prefix("userdb_").unwrap_or(key);
+                key.starts_with("quota_rule").then(|| value.to_owned())
+            })
+            .collect();
+        let entry = UserEntry {
+            quota_rules,
+            password: (!password.is_empty()).then(|| Secret::new(password.to_owned())),
+            extra: secrets
+                .iter()
+                .skip(usize::from(!password.is_empty()))
+                .map(|s| Secret::new((*s).to_owned()))
+                .collect(),
+        };
+        Some((name, entry))
+    }
+
+    /// The cost class of the primary (first supported) form, and that form.
+    fn cost_class(&self) -> Option<(String, &str)> {
+        let primary = self.secrets().find(|s| scheme::is_supported(s))?;
+        let form = Stored::parse(primary).ok()?;
+        Some((form.cost_class(), primary))
+    }
+
     fn secrets(&self) -> impl Iterator<Item = &str> {
         self.password
             .iter()
@@ -80,6 +146,37 @@ pub struct MechanismSupport {
 }
 
 impl MechanismSupport {
+    /// What one user adds to the counts.
+    fn of(entry: &UserEntry) -> Self {
+        if entry.secrets().next().is_none() {
+            return Self::default();
+        }
+        let one = |kind| usize::from(entry.serves(kind));
+        Self {
+            users: 1,
+            apop: one(SecretKind::Apop),
+            cram_md5: one(SecretKind::CramMd5),
+            scram_sha1: one(SecretKind::Scram(ScramHash::Sha1)),
+            scram_sha256: one(SecretKind::Scram(ScramHash::Sha256)),
+        }
+    }
+
+    /// Adds (`add`) or takes away one user's counts.
+    fn change(&mut self, by: Self, add: bool) {
+        let apply = |total: &mut usize, n: usize| {
+            *total = if add {
+                *total + n
+            } else {
+                total.saturating_sub(n)
+            }
+        };
+        apply(&mut self.users, by.users);
+        apply(&mut self.apop, by.apop);
+        apply(&mut self.cram_md5, by.cram_md5);
+        apply(&mut self.scram_sha1, by.scram_sha1);
+        apply(&mut self.scram_sha256, by.scram_sha256);
+    }
+
     /// The users who can use a mechanism of this kind.
     pub fn count(&self, kind: SecretKind) -> usize {
         match kind {
@@ -114,14 +211,15 @@ pub struct Decoy<'a> {
     pub key: &'a [u8],
 }
 
-/// A parsed users file.
-#[derive(Debug, Default)]
+/// A parsed users file, or the users of a database table. Cloning shares the entries, so a
+/// replica changed while logins still read the previous version costs one table of pointers.
+#[derive(Debug, Default, Clone)]
 pub struct UserDb {
-    users: HashMap<String, UserEntry>,
+    users: HashMap<Arc<str>, Arc<UserEntry>>,
     support: MechanismSupport,
-    /// One real stored form per cost class of the users' primary forms, with the number of
-    /// users in that class (see [`Decoy`]).
-    decoys: Vec<(String, usize)>,
+    /// By cost class of the users' primary forms: one real stored form of that class and the
+    /// number of users in it (see [`Decoy`]).
+    decoys: BTreeMap<String, (String, usize)>,
 }
 
 /// One user as a table row holds it: the passwd-file's first, second and eighth fields (the
@@ -273,99 +371,75 @@ impl UserDb {
         )
     }
 
-    /// The database of (line, name, password field, extra fields) records.
+    /// The database of (line, name, password field, extra fields) records; of a name listed
+    /// twice, the first counts.
     fn build<'a>(
         records: impl IntoIterator<Item = (usize, &'a str, &'a str, &'a str)>,
     ) -> (Self, Vec<Warning>) {
-        let mut users = HashMap::new();
+        let mut db = Self::default();
         let mut warnings = Vec::new();
         for (line_no, name, password, extra_field) in records {
-            let name = normalize_name(name);
-            if let Err(e) = validate_name(&name) {
-                warnings.push(Warning {
-                    line: line_no,
-                    reason: e.to_string(),
-                });
+            let Some((name, entry)) =
+                UserEntry::parse(line_no, name, password, extra_field, &mut warnings)
+            else {
                 continue;
-            }
-            let mut secrets: Vec<&str> = Vec::new();
-            if !password.is_empty() {
-                secrets.push(password);
-            }
-            secrets.extend(
-                extra_field
-                    .split_whitespace()
-                    .filter_map(|f| f.strip_prefix(EXTRA_SECRET)),
-            );
-            for stored in &secrets {
-                if !scheme::is_supported(stored) {
-                    let (scheme, _) = scheme::split_scheme(stored);
-                    warnings.push(Warning {
-                        line: line_no,
-                        reason: format!(
-                            "user {name}: password scheme {{{scheme}}} is not supported; \
-                             this user cannot log in with it until the password is reset"
-                        ),
-                    });
-                }
-            }
-            if users.contains_key(&name) {
+            };
+            if db.users.contains_key(name.as_str()) {
                 warnings.push(Warning {
                     line: line_no,
                     reason: format!("user {name} is listed again; the first entry is used"),
                 });
                 continue;
             }
-            let quota_rules = extra_field
-                .split_whitespace()
-                .filter_map(|f| {
-                    let (key, value) = f.split_once('=')?;
-                    let key = key.strip_prefix("userdb_").unwrap_or(key);
-                    key.starts_with("quota_rule").then(|| value.to_owned())
-                })
-                .collect();
-            let entry = UserEntry {
-                quota_rules,
-                password: (!password.is_empty()).then(|| Secret::new(password.to_owned())),
-                extra: secrets
-                    .iter()
-                    .skip(usize::from(!password.is_empty()))
-                    .map(|s| Secret::new((*s).to_owned()))
-                    .collect(),
-            };
-            users.insert(name, entry);
+            db.insert(name, entry);
         }
-        let with_password = || users.values().filter(|u| u.secrets().next().is_some());
-        let count = |kind| with_password().filter(|u| u.serves(kind)).count();
-        let support = MechanismSupport {
-            users: with_password().count(),
-            apop: count(SecretKind::Apop),
-            cram_md5: count(SecretKind::CramMd5),
-            scram_sha1: count(SecretKind::Scram(ScramHash::Sha1)),
-            scram_sha256: count(SecretKind::Scram(ScramHash::Sha256)),
-        };
-        let mut classes: std::collections::BTreeMap<String, (String, usize)> = Default::default();
-        for user in with_password() {
-            let Some(primary) = user.secrets().find(|s| scheme::is_supported(s)) else {
-                continue;
-            };
-            let Ok(form) = Stored::parse(primary) else {
-                continue;
-            };
-            classes
-                .entry(form.cost_class())
+        (db, warnings)
+    }
+
+    /// Adds or replaces a user from a table's record (a replica following changes); returns
+    /// what is wrong with the record (an unusable one is not added, and an earlier entry of
+    /// that name is removed).
+    pub fn upsert(&mut self, record: &UserRecord) -> Vec<Warning> {
+        let mut warnings = Vec::new();
+        let parsed = UserEntry::parse(
+            0,
+            &record.name,
+            &record.password,
+            &record.extra,
+            &mut warnings,
+        );
+        self.remove(&record.name);
+        if let Some((name, entry)) = parsed {
+            self.insert(name, entry);
+        }
+        warnings
+    }
+
+    /// Removes a user (a replica following changes).
+    pub fn remove(&mut self, name: &str) {
+        if let Some(old) = self.users.remove(normalize_name(name).as_str()) {
+            self.support.change(MechanismSupport::of(&old), false);
+            if let Some((class, _)) = old.cost_class()
+                && let Some(counted) = self.decoys.get_mut(&class)
+            {
+                counted.1 = counted.1.saturating_sub(1);
+                if counted.1 == 0 {
+                    self.decoys.remove(&class);
+                }
+            }
+        }
+    }
+
+    /// Adds a user that is not there yet, with its counts.
+    fn insert(&mut self, name: String, entry: UserEntry) {
+        self.support.change(MechanismSupport::of(&entry), true);
+        if let Some((class, primary)) = entry.cost_class() {
+            self.decoys
+                .entry(class)
                 .or_insert_with(|| (primary.to_owned(), 0))
                 .1 += 1;
         }
-        let decoys = classes.into_values().collect();
-        (
-            Self {
-                users,
-                support,
-                decoys,
-            },
-            warnings,
-        )
+        self.users.insert(name.into(), Arc::new(entry));
     }
 
     /// The users with a password who cannot use a mechanism of this kind, sorted (what
@@ -375,7 +449,7 @@ impl UserDb {
             .users
             .iter()
             .filter(|(_, u)| u.secrets().next().is_some() && !u.serves(kind))
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| &**n)
             .collect();
         names.sort_unstable();
         names
@@ -384,7 +458,7 @@ impl UserDb {
     /// The stored form an unknown `name`'s password is checked against (see [`Decoy`]).
     pub fn decoy_for<'a>(&'a self, name: &str, decoy: &Decoy<'a>) -> &'a str {
         use hmac::{Hmac, Mac};
-        let total: usize = self.decoys.iter().map(|(_, n)| n).sum();
+        let total: usize = self.decoys.values().map(|(_, n)| n).sum();
         if total == 0 {
             return decoy.fallback;
         }
@@ -399,7 +473,7 @@ impl UserDb {
         let mut pick = [0u8; 8];
         pick.copy_from_slice(&digest[..8]);
         let mut left = u64::from_le_bytes(pick) % total as u64;
-        for (stored, n) in &self.decoys {
+        for (stored, n) in self.decoys.values() {
             if left < *n as u64 {
                 return stored;
             }
@@ -422,7 +496,9 @@ impl UserDb {
 
     /// Looks up a user by login name (normalised first).
     pub fn get(&self, name: &str) -> Option<&UserEntry> {
-        self.users.get(&normalize_name(name))
+        self.users
+            .get(normalize_name(name).as_str())
+            .map(Arc::as_ref)
     }
 
     /// Number of users.
@@ -452,7 +528,7 @@ impl UserDb {
         let key = normalize_name(name);
         let Some(user) = self
             .users
-            .get(&key)
+            .get(key.as_str())
             .filter(|u| u.secrets().next().is_some())
         else {
             let _ = scheme::verify(self.decoy_for(&key, decoy), password);
@@ -478,7 +554,7 @@ impl UserDb {
         let fast = |s: &str| Stored::parse(s).is_ok_and(|f| f.is_fast());
         match self
             .users
-            .get(&normalize_name(name))
+            .get(normalize_name(name).as_str())
             .filter(|u| u.secrets().next().is_some())
         {
             Some(u) => u.secrets().all(fast),
@@ -504,7 +580,7 @@ impl UserDb {
         let key = normalize_name(name);
         let secret = self
             .users
-            .get(&key)
+            .get(key.as_str())
             .and_then(|u| u.secrets().find_map(scheme::plaintext_equivalent));
         match secret {
             Some(secret) if crate::apop::verify(timestamp, secret.as_bytes(), digest) => {
@@ -530,7 +606,7 @@ pub struct UserDirectory<'a> {
 
 impl Directory for UserDirectory<'_> {
     fn secret(&self, user: &str, kind: SecretKind) -> Option<MechanismSecret> {
-        let entry = self.db.users.get(&normalize_name(user))?;
+        let entry = self.db.users.get(normalize_name(user).as_str())?;
         // Prefer a form made for the mechanism over deriving one from a plaintext.
         let forms: Vec<Stored<'_>> = entry
             .secrets()

@@ -5,12 +5,11 @@
 //! depend on what every user has stored, and an unknown name's decoy on the users' cost
 //! classes, which a per-login query could not tell. A replica is filled with every record once
 //! and then changed record by record as the database announces changes, so a node sees a new
-//! user or password as soon as the database has it. This crate does no networking: whoever
+//! user or password as soon as the database has it, at the cost of the change alone. This crate does no networking: whoever
 //! follows the database (the PostgreSQL store) feeds the replica.
 
 use crate::error::AuthError;
 use crate::userdb::{UserDb, UserDbFile, UserRecord, Warning};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The users a server authenticates.
@@ -49,7 +48,6 @@ pub struct UserReplica {
 
 #[derive(Debug, Default)]
 struct Replica {
-    records: HashMap<String, UserRecord>,
     db: Arc<UserDb>,
     /// Filled at least once: until then, logins fail temporarily rather than as unknown users.
     loaded: bool,
@@ -65,28 +63,34 @@ impl UserReplica {
 
     /// Replaces every record (the first load, and after the follower lost track).
     pub fn replace(&self, records: impl IntoIterator<Item = UserRecord>) {
+        let records: Vec<UserRecord> = records.into_iter().collect();
+        let (db, warnings) = UserDb::from_records(&records);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.records = records.into_iter().map(|r| (r.name.clone(), r)).collect();
+        state.db = Arc::new(db);
+        state.warnings = warnings;
         state.loaded = true;
-        state.rebuild();
     }
 
     /// Applies changed records: `(name, Some(record))` added or changed, `(name, None)` gone.
+    /// Costs what the changes cost, not what the whole table would: logins that still hold
+    /// the previous version keep it, and the new one shares every unchanged entry with it.
     pub fn apply(&self, changes: impl IntoIterator<Item = (String, Option<UserRecord>)>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut warnings = Vec::new();
+        let db = Arc::make_mut(&mut state.db);
         for (name, record) in changes {
             match record {
-                Some(r) => state.records.insert(name, r),
-                None => state.records.remove(&name),
-            };
+                Some(r) => warnings.extend(db.upsert(&r)),
+                None => db.remove(&name),
+            }
         }
-        state.rebuild();
+        state.warnings.extend(warnings);
     }
 
-    /// How many records it holds.
+    /// How many users it holds.
     pub fn len(&self) -> usize {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.records.len()
+        state.db.len()
     }
 
     /// Whether it holds no record.
@@ -103,14 +107,6 @@ impl UserReplica {
             ));
         }
         Ok((Arc::clone(&state.db), std::mem::take(&mut state.warnings)))
-    }
-}
-
-impl Replica {
-    fn rebuild(&mut self) {
-        let (db, warnings) = UserDb::from_records(self.records.values());
-        self.db = Arc::new(db);
-        self.warnings = warnings;
     }
 }
 
@@ -144,6 +140,66 @@ mod tests {
         assert!(db.get("carol").is_some());
         let bob = db.get("bob").unwrap();
         assert_eq!(bob.password.as_ref().unwrap().expose(), "{PLAIN}new");
+    }
+
+    /// Changes applied one by one give the database a fresh read of the same table gives:
+    /// the same users, mechanism counts and decoys.
+    #[test]
+    fn changes_applied_equal_a_fresh_read() {
+        use crate::directory::SecretKind;
+        let forms = [
+            "{PLAIN}p",
+            "{CRAM-MD5}e02d374fde0dc75a17a557039a3a5338c7743304777dccd376f332bee68d2cf6",
+            "{SSHA512}rHcm6Fh7MAnxTPAzh1YnwXCcWKzJVr11lr2XQm9umzzJ/5u5ljn/1u4apWa5kTWIvlDtuw2ktPuOqswKI3dY3Kxn5vg=",
+            "",
+        ];
+        let record = |i: usize, f: usize| UserRecord {
+            name: format!("user{i}"),
+            password: forms[f % forms.len()].into(),
+            extra: if f.is_multiple_of(3) {
+                format!("x-poplar-secret={}", forms[1])
+            } else {
+                String::new()
+            },
+        };
+        let replica = UserReplica::new();
+        let mut table: std::collections::BTreeMap<usize, UserRecord> =
+            (0..20).map(|i| (i, record(i, i))).collect();
+        replica.replace(table.values().cloned());
+        for step in 0..60usize {
+            let i = (step * 7) % 25;
+            let change = if step % 4 == 3 {
+                table.remove(&i);
+                None
+            } else {
+                let r = record(i, step);
+                table.insert(i, r.clone());
+                Some(r)
+            };
+            replica.apply([(format!("user{i}"), change)]);
+            let (incremental, _) = replica.current().unwrap();
+            let (fresh, _) = UserDb::from_records(table.values());
+            assert_eq!(incremental.len(), fresh.len(), "step {step}");
+            assert_eq!(incremental.support(), fresh.support(), "step {step}");
+            for kind in [SecretKind::Apop, SecretKind::CramMd5] {
+                assert_eq!(
+                    incremental.lacking(kind),
+                    fresh.lacking(kind),
+                    "step {step}"
+                );
+            }
+            let decoy = crate::userdb::Decoy {
+                fallback: "{PLAIN}fallback",
+                key: b"key",
+            };
+            for name in ["nobody", "x", "unknown-user"] {
+                assert_eq!(
+                    incremental.decoy_for(name, &decoy).split('}').next(),
+                    fresh.decoy_for(name, &decoy).split('}').next(),
+                    "step {step}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -65,24 +65,33 @@ pub async fn add(client: &Client, record: &UserRecord) -> Result<(), PgError> {
 }
 
 /// Adds every record whose name is not taken yet, in one transaction; returns how many were
-/// added (the others are left as they are).
+/// added (the others are left as they are). Rows go in batches of [`IMPORT_BATCH`], one
+/// statement each.
 pub async fn import(client: &mut Client, records: &[UserRecord]) -> Result<u64, PgError> {
     let tx = client.transaction().await?;
     let insert = tx
         .prepare(
-            "INSERT INTO poplar_users (name, password, extra) VALUES ($1, $2, $3) \
+            "INSERT INTO poplar_users (name, password, extra) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
              ON CONFLICT (name) DO NOTHING",
         )
         .await?;
     let mut added = 0;
-    for r in records {
-        added += tx
-            .execute(&insert, &[&r.name, &r.password, &r.extra])
-            .await?;
+    for batch in records.chunks(IMPORT_BATCH) {
+        let column = |f: fn(&UserRecord) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+        let (names, passwords, extras) = (
+            column(|r| &r.name),
+            column(|r| &r.password),
+            column(|r| &r.extra),
+        );
+        added += tx.execute(&insert, &[&names, &passwords, &extras]).await?;
     }
     tx.commit().await?;
     Ok(added)
 }
+
+/// Users per statement of [`import`].
+const IMPORT_BATCH: usize = 5000;
 
 /// Replaces a user's password forms, keeping the other extra fields; [`PgError::NoSuchUser`]
 /// when there is no such user.

@@ -85,7 +85,7 @@ fn three_nodes_share_one_postgres() {
         .collect();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     // Users live in the database: added through one node, known to all.
-    add_user(&a, "alice", "wonderland");
+    add_user(a, "alice", "wonderland");
     assert!(
         !run_with_stdin(
             c.poplar(&["user", "add", "alice", "--password-stdin"]),
