@@ -5,6 +5,7 @@
 
 pub mod dovecot;
 pub mod haproxy;
+pub mod postfix;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
