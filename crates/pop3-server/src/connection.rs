@@ -346,6 +346,24 @@ impl<S: MailStore> Connection<S> {
     }
 
     /// Counts this connection for `user` (keeping the slot it already has for the same user).
+    /// RFC 2449 LOGIN-DELAY: decided by the store where it keeps the record for every node (a
+    /// cluster), else by this server's memory. A store that cannot be asked admits the login;
+    /// opening the maildrop will say whether the store works.
+    async fn login_allowed(&mut self, user: &str) -> bool {
+        let delay = std::time::Duration::from_secs(self.shared.auth.login_delay_for(user).into());
+        if delay.is_zero() {
+            return true;
+        }
+        match self.shared.store.admit_login(user, delay).await {
+            Ok(Some(admitted)) => admitted,
+            Ok(None) => self.shared.auth.login_allowed(user),
+            Err(e) => {
+                tracing::warn!(user, error = %e, "cannot check LOGIN-DELAY in the store; the login is admitted");
+                true
+            }
+        }
+    }
+
     fn take_user_slot(&mut self, user: &str) -> bool {
         if self.user_slot.as_ref().is_some_and(|s| s.key() == user) {
             return true;
@@ -444,7 +462,7 @@ impl<S: MailStore> Connection<S> {
                 if !self.hold(answer).await? {
                     return Ok(());
                 }
-                if !self.shared.auth.login_allowed(&user) {
+                if !self.login_allowed(&user).await {
                     tracing::info!(user = ?user, peer = %ip, "login refused: LOGIN-DELAY not yet passed");
                     AuthFailure::LoginDelay
                 } else if !self.take_user_slot(&user) {

@@ -554,6 +554,29 @@ impl MailStore for PgStore {
         }
     }
 
+    async fn admit_login(
+        &self,
+        user: &str,
+        delay: std::time::Duration,
+    ) -> Result<Option<bool>, StoreError> {
+        let client = self.client().await?;
+        // Recorded only when the previous login is old enough: a compare-and-set, so two
+        // nodes cannot both admit one user within the delay.
+        let admit = client
+            .prepare_cached(
+                "INSERT INTO poplar_logins (name, at) VALUES ($1, now()) \
+                 ON CONFLICT (name) DO UPDATE SET at = now() \
+                 WHERE poplar_logins.at <= now() - make_interval(secs => $2) RETURNING 1",
+            )
+            .await
+            .map_err(db)?;
+        let rows = client
+            .query(&admit, &[&user, &delay.as_secs_f64()])
+            .await
+            .map_err(db)?;
+        Ok(Some(!rows.is_empty()))
+    }
+
     async fn deliver_file(
         &self,
         user: &str,

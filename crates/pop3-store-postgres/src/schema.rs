@@ -91,6 +91,11 @@ CREATE TABLE poplar_placements (
     name  text PRIMARY KEY,
     shard integer NOT NULL
 );
+-- RFC 2449 LOGIN-DELAY: each user's last admitted login, for every node (first database).
+CREATE TABLE poplar_logins (
+    name text PRIMARY KEY,
+    at   timestamptz NOT NULL
+);
 -- The retention purge looks for retrieved messages only.
 CREATE INDEX poplar_messages_retrieved ON poplar_messages (maildrop, retrieved)
     WHERE retrieved IS NOT NULL;

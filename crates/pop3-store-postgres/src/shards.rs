@@ -400,6 +400,15 @@ impl MailStore for PgCluster {
         Err(still_moving(user))
     }
 
+    /// Kept in the first database, with the users: logins do not depend on where mail lives.
+    async fn admit_login(
+        &self,
+        user: &str,
+        delay: std::time::Duration,
+    ) -> Result<Option<bool>, StoreError> {
+        self.directory().admit_login(user, delay).await
+    }
+
     async fn deliver_file(
         &self,
         user: &str,

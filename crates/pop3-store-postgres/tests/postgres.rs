@@ -416,7 +416,7 @@ async fn a_version_1_database_is_upgraded_with_its_mail() {
             "DROP TABLE poplar_users; DROP FUNCTION poplar_users_changed(); \
              DROP INDEX poplar_messages_retrieved; \
              DROP INDEX poplar_messages_origin; ALTER TABLE poplar_messages DROP COLUMN origin; \
-             DROP TABLE poplar_placements; ALTER TABLE poplar_maildrops DROP COLUMN moved_to; \
+             DROP TABLE poplar_placements; DROP TABLE poplar_logins; ALTER TABLE poplar_maildrops DROP COLUMN moved_to; \
              UPDATE poplar_schema SET version = 1",
         )
         .await

@@ -151,6 +151,19 @@ pub trait MailStore: Send + Sync + 'static {
         user: &str,
     ) -> impl Future<Output = Result<(Self::Maildrop, Vec<MessageInfo>), StoreError>> + Send;
 
+    /// RFC 2449 LOGIN-DELAY where every node must see it (a shared store): records a login of
+    /// `user` now unless the previous one was less than `delay` ago, and says whether it was
+    /// recorded. `None`: this store keeps no such record, and the server's own memory decides
+    /// (one machine serves every session).
+    fn admit_login(
+        &self,
+        user: &str,
+        delay: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<bool>, StoreError>> + Send {
+        let _ = (user, delay);
+        async { Ok(None) }
+    }
+
     /// Stores `prefix` (header lines delivery adds, often none) followed by the message held
     /// in the file `spool`, exactly as it is there, in `user`'s maildrop, durably: once this
     /// returns `Ok`, a crash cannot lose it. Returns the octets stored.

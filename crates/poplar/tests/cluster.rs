@@ -909,3 +909,37 @@ impl Drop for Node {
         let _ = self.0.child.wait();
     }
 }
+
+/// RFC 2449 LOGIN-DELAY holds across the cluster: a client that logged in on one node is
+/// refused on another until the delay has passed, and only that user.
+#[test]
+fn login_delay_holds_on_every_node() {
+    let pg = pg::Pg::start();
+    let mut first = node_builder(&pg);
+    first.set("pop3.login_delay", 2);
+    db_init(&first.write_config());
+    let mut second = node_builder(&pg);
+    second.set("pop3.login_delay", 2);
+    let (a, b) = (first.start(), second.start());
+    a.add_user("alice", "wonderland");
+    a.add_user("bob", "builder");
+    // The first login anywhere is admitted (waiting for the new users to reach node A).
+    common::eventually(Duration::from_secs(5), "alice's first login", || {
+        let (mut c, reply) = login(&a);
+        let ok = reply.starts_with("+OK Logged in");
+        c.cmd("QUIT");
+        ok.then_some(())
+    });
+    let logged_in = Instant::now();
+    let (_, refused) = login(&b);
+    assert!(refused.starts_with("-ERR [LOGIN-DELAY]"), "{refused}");
+    let (mut c, _) = Client::connect(b.pop3);
+    assert!(c.login("bob", "builder").starts_with("+OK Logged in"));
+    c.cmd("QUIT");
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(logged_in.elapsed()));
+    common::eventually(Duration::from_secs(5), "alice after the delay", || {
+        let (mut c, reply) = login(&b);
+        c.cmd("QUIT");
+        reply.starts_with("+OK Logged in").then_some(())
+    });
+}
