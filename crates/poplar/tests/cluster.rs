@@ -943,3 +943,64 @@ fn login_delay_holds_on_every_node() {
         reply.starts_with("+OK Logged in").then_some(())
     });
 }
+
+/// Hundreds of sessions logged in at once on a node need no more PostgreSQL connections than
+/// its pool, one for the maildrop locks and one that follows the users table.
+#[test]
+fn many_sessions_share_a_bounded_pool() {
+    const SESSIONS: usize = 300;
+    let pg = pg::Pg::start();
+    let mut b = node_builder(&pg);
+    b.set("store.pool_size", 4);
+    b.set("limits.max_connections_per_ip", 1000);
+    db_init(&b.write_config());
+    let node = b.start();
+    let passwd = node.dir().join("many-users");
+    let lines: String = (0..SESSIONS)
+        .map(|i| format!("user{i}:{{PLAIN}}pw{i}\n"))
+        .collect();
+    std::fs::write(&passwd, lines).unwrap();
+    assert!(
+        node.poplar(&["user", "import", passwd.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for i in 0..SESSIONS {
+        let user = format!("user{i}");
+        assert!(
+            node.deliver(&[&user], b"Subject: hi\r\n\r\nhello\r\n")
+                .success()
+                || i > 3
+        );
+        if i > 3 {
+            break;
+        }
+    }
+    let node_connections = || {
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = 'pop3test' AND pid <> pg_backend_pid()",
+        )
+        .trim()
+        .parse::<usize>()
+        .unwrap()
+    };
+    let mut sessions = Vec::new();
+    for i in 0..SESSIONS {
+        let (mut c, _) = Client::connect(node.pop3);
+        let reply = common::eventually(Duration::from_secs(5), "a login", || {
+            let reply = c.login(&format!("user{i}"), &format!("pw{i}"));
+            reply.starts_with("+OK").then_some(reply)
+        });
+        assert!(reply.starts_with("+OK Logged in"), "{reply}");
+        sessions.push(c);
+    }
+    let used = node_connections();
+    eprintln!("{SESSIONS} sessions logged in at once: {used} PostgreSQL connections");
+    assert!(used <= 4 + 2, "{used} connections for a pool of 4");
+    for mut c in sessions {
+        assert!(c.cmd("STAT").starts_with("+OK"));
+        assert!(c.cmd("QUIT").starts_with("+OK"));
+    }
+}
