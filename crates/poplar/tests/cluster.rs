@@ -966,16 +966,11 @@ fn many_sessions_share_a_bounded_pool() {
             .unwrap()
             .success()
     );
-    for i in 0..SESSIONS {
-        let user = format!("user{i}");
+    for user in ["user0", "user1", "user2"] {
         assert!(
-            node.deliver(&[&user], b"Subject: hi\r\n\r\nhello\r\n")
+            node.deliver(&[user], b"Subject: hi\r\n\r\nhello\r\n")
                 .success()
-                || i > 3
         );
-        if i > 3 {
-            break;
-        }
     }
     let node_connections = || {
         pg.psql(
