@@ -21,6 +21,7 @@
 
 pub mod schema;
 pub mod shards;
+mod tls;
 pub mod users;
 
 pub use schema::PgError;
@@ -137,21 +138,31 @@ impl Tls {
         let bad = |why: String| PgError::Config(format!("CA file {}: {why}", path.display()));
         use rustls_pki_types::pem::PemObject as _;
         let mut roots = rustls::RootCertStore::empty();
+        let mut pinned = Vec::new();
         for cert in
             rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?
         {
-            roots
-                .add(cert.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert.clone()).map_err(|e| bad(e.to_string()))?;
+            pinned.push(cert);
         }
         if roots.is_empty() {
             return Err(bad("no certificate in it".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+        // Only an explicitly given file may name the server's own certificate.
+        let pinned = if ca_file.is_some() { pinned } else { Vec::new() };
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| bad(e.to_string()))?
-            .with_root_certificates(roots)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(tls::CaOrPinned { webpki, pinned }))
             .with_no_client_auth();
         Ok(Tls::Verified(
             tokio_postgres_rustls::MakeRustlsConnect::new(client),

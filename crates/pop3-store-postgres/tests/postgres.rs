@@ -430,3 +430,39 @@ async fn a_version_1_database_is_upgraded_with_its_mail() {
     assert_eq!(store.open("alice").await.unwrap().1.len(), 1);
     pop3_store_postgres::users::all(&admin).await.unwrap();
 }
+
+/// A database with a self-signed certificate made as administrators make them (`openssl req
+/// -x509`, CA:TRUE under OpenSSL 3; Debian's snakeoil is the same kind): trusted when
+/// `store.ca_file` is that very certificate, its name still checked; another self-signed
+/// certificate, or the system's CAs, are refused.
+#[tokio::test]
+async fn a_self_signed_database_certificate_given_as_the_ca_file_is_trusted() {
+    let (pg, cert) = Pg::start_with_self_signed_tls();
+    schema::init(&mut pg.admin().await).await.unwrap();
+    let with = |ca_file: Option<std::path::PathBuf>| PgOptions {
+        ca_file,
+        ..PgOptions::default()
+    };
+    let store = PgStore::connect(&pg.url(), with(Some(cert.clone())))
+        .await
+        .unwrap();
+    deliver(&store, "alice", b"", b"Subject: tls\r\n\r\nsecret\r\n").await;
+    assert_eq!(store.open("alice").await.unwrap().1.len(), 1);
+    let untrusted = PgStore::connect(&format!("{}?sslmode=require", pg.url()), with(None))
+        .await
+        .unwrap_err();
+    assert!(untrusted.to_string().contains("certificate"), "{untrusted}");
+    let (_other, other_cert) = Pg::start_with_self_signed_tls();
+    let wrong = PgStore::connect(&pg.url(), with(Some(other_cert)))
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("certificate"), "{wrong}");
+    // The certificate names 127.0.0.1, not localhost.
+    let misnamed = PgStore::connect(
+        &pg.url().replace("127.0.0.1", "localhost"),
+        with(Some(cert)),
+    )
+    .await
+    .unwrap_err();
+    assert!(misnamed.to_string().contains("certificate"), "{misnamed}");
+}

@@ -149,8 +149,51 @@ impl Pg {
             "-out",
             &path(&cert),
         ]);
+        pg.serve_tls(&cert, &key);
+        (pg, ca)
+    }
+
+    /// A cluster serving TLS with a self-signed certificate for 127.0.0.1 made the way
+    /// administrators usually make one (`openssl req -x509`, which OpenSSL 3 marks CA:TRUE);
+    /// returns it and that certificate's PEM file.
+    pub(crate) fn start_with_self_signed_tls() -> (Pg, std::path::PathBuf) {
+        let pg = Pg::start();
+        pg.stop_server();
+        let data = pg.dir.path().join("data");
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let copy = pg.dir.path().join("self-signed.pem");
+        std::fs::copy(&cert, &copy).unwrap();
+        pg.serve_tls(&cert, &key);
+        (pg, copy)
+    }
+
+    /// Restarts the stopped cluster serving TLS with `cert` and `key` (in its data directory).
+    fn serve_tls(&self, cert: &std::path::Path, key: &std::path::Path) {
+        let pg = self;
+        let data = pg.dir.path().join("data");
         if is_root() {
-            for f in [&cert, &key] {
+            for f in [cert, key] {
                 assert!(
                     Command::new("chown")
                         .arg("postgres:")
@@ -173,7 +216,6 @@ impl Pg {
             );
         }
         pg.start_server();
-        (pg, ca)
     }
 
     pub(crate) fn start() -> Pg {
