@@ -157,7 +157,11 @@ impl Tls {
         .build()
         .map_err(|e| bad(e.to_string()))?;
         // Only an explicitly given file may name the server's own certificate.
-        let pinned = if ca_file.is_some() { pinned } else { Vec::new() };
+        let pinned = if ca_file.is_some() {
+            pinned
+        } else {
+            Vec::new()
+        };
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| bad(e.to_string()))?

@@ -347,6 +347,48 @@ fn a_node_rides_out_postgresql_going_away() {
         node.deliver(&["alice"], b"Subject: before\r\n\r\nkept\r\n")
             .success()
     );
+    // Four clients polling in a loop, as real ones would, while the database goes and comes
+    // back: each reply is a success or a temporary failure, never anything else.
+    for i in 0..4 {
+        add_user(&node, &format!("load{i}"), "pw");
+        assert!(
+            node.deliver(&[&format!("load{i}")], b"Subject: load\r\n\r\nbody\r\n")
+                .success()
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pop3 = node.pop3;
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut ok, mut temporary) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (mut c, _) = Client::connect(pop3);
+                    let reply = c.login(&format!("load{i}"), "pw");
+                    if reply.starts_with("+OK") {
+                        let stat = c.cmd("STAT");
+                        let retr = c.cmd("RETR 1");
+                        let body = retr.starts_with("+OK").then(|| c.body());
+                        let quit = c.cmd("QUIT");
+                        let fine =
+                            |r: &str| r.starts_with("+OK") || r.starts_with("-ERR [SYS/TEMP]");
+                        assert!(fine(&stat) && fine(&retr), "{stat} / {retr}");
+                        assert!(quit.is_empty() || fine(&quit), "{quit}");
+                        if let Some(body) = body {
+                            assert_eq!(body, b"Subject: load\r\n\r\nbody\r\n");
+                        }
+                        ok += 1;
+                    } else {
+                        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+                        temporary += 1;
+                    }
+                }
+                (ok, temporary)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     let (mut held, reply) = login(&node);
     assert!(reply.starts_with("+OK Logged in"), "{reply}");
     assert!(held.cmd("DELE 1").starts_with("+OK"));
@@ -379,6 +421,17 @@ fn a_node_rides_out_postgresql_going_away() {
     assert!(
         node.deliver(&["alice"], b"Subject: after\r\n\r\nretried\r\n")
             .success()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes: Vec<(u32, u32)> = load.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!(
+        "polling clients while PostgreSQL went away: (sessions, temporary refusals) {outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|&(ok, _)| ok > 0));
+    assert!(
+        outcomes.iter().map(|&(_, t)| t).sum::<u32>() > 0,
+        "no client noticed"
     );
 }
 
