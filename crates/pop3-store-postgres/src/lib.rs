@@ -39,6 +39,39 @@ fn db(e: impl std::error::Error) -> StoreError {
     StoreError::Database(chain(&e))
 }
 
+/// Whether a failed connection may succeed later by itself: nothing listens yet, the network
+/// is down, or PostgreSQL is starting up or shutting down (not a refused certificate, password
+/// or database name, which need the operator).
+fn unreachable(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut source = Some(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotFound
+                    | TimedOut
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | AddrNotAvailable
+                    | UnexpectedEof
+            )
+        {
+            return true;
+        }
+        if let Some(db) = cause.downcast_ref::<tokio_postgres::error::DbError>()
+            && matches!(db.code().code(), "57P03" | "57P01" | "57P02")
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// An error with its causes, `outer: inner: innermost`: a failed TLS handshake says why.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -293,10 +326,13 @@ impl PgStore {
                 quotas: options.quotas,
             }),
         };
-        let client = store
-            .client()
-            .await
-            .map_err(|e| PgError::Config(e.to_string()))?;
+        let client = store.inner.pool.get().await.map_err(|e| {
+            if unreachable(&e) {
+                PgError::Unreachable(chain(&e))
+            } else {
+                PgError::Config(chain(&e))
+            }
+        })?;
         schema::check(&client).await?;
         Ok(store)
     }

@@ -110,6 +110,9 @@ pub enum PgError {
     /// A connection URL that cannot be used (the operator's setting).
     #[error("store.url: {0}")]
     Config(String),
+    /// The database cannot be reached now (not running yet, network down): may work later.
+    #[error("store.url: {0}")]
+    Unreachable(String),
     /// The database has no Poplar schema, or an older one (the operator's to run).
     #[error(
         "the database has schema version {found}, this Poplar needs {VERSION}: run `poplar db init --config FILE` (it creates or upgrades the schema and keeps every message)"

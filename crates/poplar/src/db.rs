@@ -81,6 +81,30 @@ pub(crate) async fn connect_following(config: &Config) -> Result<(PgCluster, Use
     Ok((store, Users::Replica(replica)))
 }
 
+/// [`connect_following`] for `serve`, waiting for a database that cannot be reached yet (a
+/// node started before PostgreSQL, or during its restart) with a growing pause between tries;
+/// what an operator must fix (a refused password or certificate, an old schema) fails at once.
+pub(crate) async fn connect_following_patiently(config: &Config) -> Result<(PgCluster, Users)> {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match connect_following(config).await {
+            Err(e)
+                if e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<pop3_store_postgres::PgError>(),
+                        Some(pop3_store_postgres::PgError::Unreachable(_))
+                    )
+                }) =>
+            {
+                tracing::warn!("{e:#}; trying again in {} s", pause.as_secs());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The store, with its users read once (for one-shot commands such as `deliver`).
 pub(crate) async fn load_users(config: &Config) -> Result<(PgCluster, Arc<pop3_auth::UserDb>)> {
     let replica = UserReplica::new();

@@ -61,7 +61,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
                 run_bound(&config, server, demo_password.as_deref()).await
             }
             StoreBackend::Postgres => {
-                let (store, users) = crate::db::connect_following(&config).await?;
+                let (store, users) = crate::db::connect_following_patiently(&config).await?;
                 let server = Server::bind_with_users(&config, store.clone(), users).await?;
                 let policy = config.expire_policy();
                 if policy.purges() {

@@ -155,7 +155,7 @@ fn three_nodes_share_one_postgres() {
 }
 
 /// A database that cannot be reached is named by every command that needs it, and `deliver`
-/// asks the MTA to retry.
+/// asks the MTA to retry. (`serve` waits for it: the next test.)
 #[test]
 fn an_unreachable_database_is_named_by_every_command() {
     let mut b = ServerBuilder::new();
@@ -183,7 +183,6 @@ fn an_unreachable_database_is_named_by_every_command() {
         out.status.code()
     };
     run(&["check-config"]);
-    run(&["serve"]);
     run(&["user", "list"]);
     run(&["expire"]);
     run(&["migrate", "maildir:/nonexistent", "--to", "alice"]);
@@ -1051,4 +1050,31 @@ fn many_sessions_share_a_bounded_pool() {
         assert!(c.cmd("STAT").starts_with("+OK"));
         assert!(c.cmd("QUIT").starts_with("+OK"));
     }
+}
+
+/// A node started while its database is down waits for it, saying so, and serves once it is
+/// up; a database with no schema is refused at once (the operator's to fix).
+#[test]
+fn a_node_started_before_its_database_waits_for_it() {
+    let pg = pg::Pg::start();
+    let b = node_builder(&pg);
+    let config = b.write_config();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("poplar db init"));
+    db_init(&config);
+    pg.stop_server();
+    let starting = std::thread::spawn(move || b.start());
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_server();
+    let node = starting.join().unwrap();
+    assert!(
+        node.logs().iter().any(|l| l.contains("trying again in")),
+        "{:?}",
+        node.logs()
+    );
+    add_user(&node, "alice", "wonderland");
 }
