@@ -8,6 +8,7 @@
 mod db;
 mod deliver;
 mod fetch;
+mod man;
 mod migrate;
 mod privileges;
 mod serve;
@@ -56,6 +57,24 @@ enum Command {
     /// The PostgreSQL store (`store.backend = "postgres"`).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Write the manual pages (poplar(1), one per subcommand, poplar.toml(5)) into a directory.
+    Man(ManArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// Where to write them (e.g. /usr/share/man/man1; poplar.toml.5 goes there too).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,6 +342,15 @@ fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(&args),
         Command::Fetch(args) => fetch::run(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Man(args) => man::write_pages(&args.dir).map(|written| {
+            for page in written {
+                println!("{}", page.display());
+            }
+            ExitCode::SUCCESS
+        }),
+        Command::Completions(args) => {
+            man::print_completions(args.shell).map(|()| ExitCode::SUCCESS)
+        }
         Command::Db(DbCommand::Init(args)) => args.common.load().and_then(|c| db::init(&c)),
         Command::Db(DbCommand::MoveUser(args)) => args.common.load().and_then(|c| {
             args.common.announce(&c);

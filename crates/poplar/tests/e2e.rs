@@ -1078,3 +1078,65 @@ fn the_welcome_message_describes_what_is_served() {
     let _ = running.child.kill();
     let _ = running.child.wait();
 }
+
+/// `poplar completions` prints scripts the shells accept, and a reader that stops early is no
+/// error; `poplar man` writes pages man(1) can format.
+#[test]
+fn completions_and_manual_pages() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(common::BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains("poplar") && script.contains("move-user"),
+            "{shell}"
+        );
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("poplar.bash");
+            std::fs::write(&file, &script).unwrap();
+            assert!(
+                Command::new("bash")
+                    .arg("-n")
+                    .arg(&file)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+    }
+    let mut early = Command::new(common::BIN)
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(early.stdout.take());
+    let out = early.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::BIN)
+        .args(["man", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = dir.path().join("poplar.toml.5");
+    let formatted = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(formatted.status.success());
+    assert!(
+        formatted.stderr.is_empty(),
+        "groff warns: {}",
+        String::from_utf8_lossy(&formatted.stderr)
+    );
+}
