@@ -176,6 +176,36 @@ impl<S: MailStore> Connector<S> {
     }
 }
 
+/// How busy a running server is ([`Server::status`]).
+#[derive(Clone)]
+pub struct Status {
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    per_user: Arc<limits::Slots<String>>,
+}
+
+impl Status {
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.connections.available_permits())
+    }
+
+    /// Sessions logged in now.
+    pub fn logged_in(&self) -> usize {
+        self.per_user.total()
+    }
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Status")
+            .field("connections", &self.connections())
+            .field("logged_in", &self.logged_in())
+            .finish()
+    }
+}
+
 /// A bound listening socket and how its connections are served.
 struct Listener {
     kind: Kind,
@@ -344,6 +374,16 @@ impl<S: MailStore> Server<S> {
     pub fn connector(&self) -> Connector<S> {
         Connector {
             shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A handle that tells how busy the server is, usable while [`Server::serve`] runs (for
+    /// systemd's STATUS= line).
+    pub fn status(&self) -> Status {
+        Status {
+            connections: Arc::clone(&self.shared.connections),
+            max_connections: self.shared.settings.max_connections,
+            per_user: Arc::clone(&self.shared.per_user),
         }
     }
 

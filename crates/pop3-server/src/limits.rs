@@ -54,6 +54,12 @@ impl<K: Hash + Eq + Clone> Slots<K> {
         }
     }
 
+    /// Slots taken, over every key.
+    pub(crate) fn total(&self) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.values().sum()
+    }
+
     /// Takes a slot for `key`, or `None` when `key` already has `max`.
     pub(crate) fn try_take(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,6 +12,7 @@ mod man;
 mod migrate;
 mod privileges;
 mod serve;
+mod systemd;
 mod user;
 mod welcome;
 

@@ -101,17 +101,21 @@ async fn run_bound<S: MailStore>(
             welcome::print_hint(password, addr);
         }
     }
-    if let Some(reloader) = server.tls_reloader(config) {
-        tokio::spawn(reload_on_sighup(reloader));
-    }
-    server.serve(shutdown_signal()).await;
+    tokio::spawn(reload_on_sighup(server.tls_reloader(config)));
+    crate::systemd::serving(server.status());
+    server
+        .serve(async {
+            shutdown_signal().await;
+            crate::systemd::stopping();
+        })
+        .await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 /// Reloads the TLS certificate and key on every SIGHUP (after a renewal), without touching
 /// running sessions. A failed reload keeps the previous certificate.
-async fn reload_on_sighup(reloader: pop3_server::TlsReloader) {
+async fn reload_on_sighup(reloader: Option<pop3_server::TlsReloader>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -121,7 +125,17 @@ async fn reload_on_sighup(reloader: pop3_server::TlsReloader) {
         }
     };
     while hup.recv().await.is_some() {
-        match reloader.reload() {
+        crate::systemd::reloading();
+        let Some(reloader) = &reloader else {
+            tracing::info!(
+                "SIGHUP: nothing to reload (TLS is off; users are re-read when they change)"
+            );
+            crate::systemd::reloaded();
+            continue;
+        };
+        let outcome = reloader.reload();
+        crate::systemd::reloaded();
+        match outcome {
             Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
             Err(e) => tracing::error!(
                 "SIGHUP: {e}; still using the previous certificate. Fix the files (after giving \

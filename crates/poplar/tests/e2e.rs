@@ -1140,3 +1140,69 @@ fn completions_and_manual_pages() {
         String::from_utf8_lossy(&formatted.stderr)
     );
 }
+
+/// Under systemd (`Type=notify`), `poplar serve` says READY=1 once listening, keeps STATUS=
+/// current, pings the watchdog when `WatchdogSec=` is set, announces a SIGHUP reload with
+/// RELOADING=1 (and the monotonic time) and READY=1 after it, and STOPPING=1 at SIGTERM. The
+/// test is systemd here: a datagram socket named by NOTIFY_SOCKET.
+#[test]
+fn systemd_hears_ready_status_watchdog_reload_and_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = ServerBuilder::new();
+    b.env("NOTIFY_SOCKET", path.to_str().unwrap());
+    b.env("WATCHDOG_USEC", "200000");
+    let server = b.start();
+    let mut seen = Vec::new();
+    let until = |want: &str, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen
+            .iter()
+            .any(|m: &String| m.lines().any(|l| l.starts_with(want)))
+        {
+            assert!(Instant::now() < deadline, "never {want}: {seen:?}");
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = socket.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    until("READY=1", &mut seen);
+    until("STATUS=serving: ", &mut seen);
+    until("WATCHDOG=1", &mut seen);
+    // STATUS= follows the sessions.
+    server.add_user("alice", "wonderland");
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    seen.clear();
+    until("STATUS=serving: 1 connections, 1 logged in", &mut seen);
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    seen.clear();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    until("RELOADING=1", &mut seen);
+    let reload = seen
+        .iter()
+        .find(|m| m.contains("RELOADING=1"))
+        .unwrap()
+        .clone();
+    assert!(reload.contains("MONOTONIC_USEC="), "{reload}");
+    seen.retain(|m| {
+        !m.contains("RELOADING=1") && !m.starts_with("WATCHDOG") && !m.starts_with("STATUS")
+    });
+    until("READY=1", &mut seen);
+    seen.clear();
+    let (status, _dir) = server.stop();
+    assert!(status.success());
+    until("STOPPING=1", &mut seen);
+}
