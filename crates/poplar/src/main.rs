@@ -398,7 +398,7 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
     if !args.dry_run {
         args.common.announce(&config);
     }
-    init_logging(config.log_level);
+    init_logging(&config);
     privileges::become_configured_user(&config, false)?;
     let policy = config.expire_policy();
     if !policy.purges() {
@@ -600,18 +600,21 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 /// Sets up logging to standard error at the configured level.
-fn init_logging(level: pop3_server::config::LogLevel) {
-    use pop3_server::config::LogLevel;
-    let level = match level {
+fn init_logging(config: &Config) {
+    use pop3_server::config::{LogFormat, LogLevel};
+    let level = match config.log_level {
         LogLevel::Error => tracing::Level::ERROR,
         LogLevel::Warn => tracing::Level::WARN,
         LogLevel::Info => tracing::Level::INFO,
         LogLevel::Debug => tracing::Level::DEBUG,
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -118,7 +118,7 @@ struct Tally {
 pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     let config = args.common.load()?;
     args.common.announce(&config);
-    crate::init_logging(config.log_level);
+    crate::init_logging(&config);
     crate::privileges::become_configured_user(&config, false)?;
     let to = pop3_auth::directory::normalize_name(&args.to);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -16,7 +16,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     if !args.lmtp.is_empty() {
         config.listen.lmtp = args.lmtp;
     }
-    init_logging(config.log_level);
+    init_logging(&config);
     tracing::info!(
         "configuration: {}; data directory: {}",
         args.common.source(),

@@ -1206,3 +1206,38 @@ fn systemd_hears_ready_status_watchdog_reload_and_stop() {
     assert!(status.success());
     until("STOPPING=1", &mut seen);
 }
+
+/// `log.format = "json"`: every line a JSON object with the level and the event's fields
+/// apart, the session summary among them, and the password nowhere.
+#[test]
+fn json_logs_carry_each_field_apart_and_no_secret() {
+    let mut b = ServerBuilder::new();
+    b.set("log.format", "json");
+    let server = b.start();
+    server.add_user("alice", "s3cret-in-json");
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("alice", "wrong-password").starts_with("-ERR"));
+    assert!(c.login("alice", "s3cret-in-json").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let summary = eventually(Duration::from_secs(10), "the session summary", || {
+        server
+            .logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "session ended" && v["fields"]["user"] == "alice")
+    });
+    assert_eq!(summary["level"], "INFO");
+    let logs = server.logs();
+    for line in &logs {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            value["timestamp"].is_string() && value["level"].is_string(),
+            "{line}"
+        );
+        assert!(
+            !line.contains("s3cret-in-json") && !line.contains("wrong-password"),
+            "{line}"
+        );
+    }
+}

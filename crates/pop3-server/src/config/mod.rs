@@ -50,6 +50,8 @@ pub struct Config {
     pub quota: QuotaConfig,
     /// Where maildrops are kept: this machine's Maildir, or PostgreSQL shared by a cluster.
     pub store: StoreConfig,
+    /// How log lines are written.
+    pub log: LogConfig,
     /// Whether `serve` creates a user `demo` (and a welcome message) when the users file has
     /// none: set by the binary for the embedded default only, never from a file, so a
     /// configured server never invents an account.
@@ -183,6 +185,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             quota: QuotaConfig::default(),
             store: StoreConfig::default(),
+            log: LogConfig::default(),
             demo_user: false,
         }
     }
@@ -250,6 +253,26 @@ pub enum StoreBackend {
     Maildir,
     /// PostgreSQL at `store.url`.
     Postgres,
+}
+
+/// How log lines are written (their level is `log_level`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` (default: one readable line per event, as journald and log files want) or
+    /// `"json"` (one JSON object per line, every field separate, for log shippers).
+    pub format: LogFormat,
+}
+
+/// The shapes of a log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-12-03T20:38:05Z  INFO session ended user=alice ...`.
+    #[default]
+    Text,
+    /// `{"timestamp":...,"level":"INFO","fields":{"message":"session ended","user":"alice",...}}`.
+    Json,
 }
 
 /// Log verbosity.

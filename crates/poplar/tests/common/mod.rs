@@ -156,7 +156,8 @@ pub fn spawn_server(mut cmd: Command, with_pop3s: bool) -> Running {
             .unwrap_or_else(|_| panic!("server did not start: {:?}", logs.lock().unwrap()));
         let addr = |kind: &str| -> Option<SocketAddr> {
             let rest = line.split(&format!("listening for {kind} on ")).nth(1)?;
-            rest.split(' ').next()?.trim().parse().ok()
+            // Text or JSON lines: the address ends at a space or a quote.
+            rest.split([' ', '"']).next()?.trim().parse().ok()
         };
         pop3 = pop3.or_else(|| addr("POP3"));
         pop3s = pop3s.or_else(|| addr("POP3S"));
