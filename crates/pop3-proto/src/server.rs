@@ -245,6 +245,8 @@ pub enum EndReason {
     TooManyFailures,
     /// The store lost the session's maildrop lock (a shared store's connection failed).
     MaildropLost,
+    /// An administrator ended the session (`poplar kick`).
+    Kicked,
 }
 
 #[derive(Debug)]
@@ -1093,6 +1095,18 @@ impl ServerSession {
             out,
             "Lost the lock on your maildrop (the message store failed); nothing was deleted. Log in again shortly",
             EndReason::MaildropLost,
+        );
+        Ok(())
+    }
+
+    /// An administrator ended the session: `-ERR [SYS/TEMP]`, and nothing is deleted (the
+    /// driver drops the maildrop without committing).
+    pub fn kicked(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.expect("kicked", self.is_logged_in())?;
+        self.close_temporarily(
+            out,
+            "Your session was ended by the server's administrator; nothing was deleted",
+            EndReason::Kicked,
         );
         Ok(())
     }

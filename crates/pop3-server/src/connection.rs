@@ -63,6 +63,8 @@ pub(crate) struct Connection<S: MailStore> {
     /// Commands the session had received when the connection last took its place in that
     /// queue (each complete command moves it to the end).
     commands_seen: u32,
+    /// This connection in the list `poplar who` shows, and its kick.
+    registration: crate::registry::Registration,
 }
 
 /// Resolves when the connection is told to make room; never if it has logged in.
@@ -99,6 +101,7 @@ pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
     // A POP3S connection's session is replaced after the handshake, when TLS facts are known.
     let session =
         ServerSession::new(shared.session_config(Kind::Pop3, peer.ip(), &ConnInfo::default()));
+    let registration = shared.sessions.register(peer, kind);
     let mut conn = Connection {
         shared,
         peer,
@@ -113,6 +116,7 @@ pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
         login_deadline,
         waiting: Some(waiting),
         commands_seen: 0,
+        registration,
     };
     let result = conn.run(tcp, kind).await;
     conn.summary(started, result.err());
@@ -143,6 +147,7 @@ impl<S: MailStore> Connection<S> {
                 let tls = self.handshake(tcp).await?;
                 let mechanisms = self.shared.auth.mechanisms(&self.info);
                 self.session.tls_established(mechanisms).map_err(misuse)?;
+                self.registration.set_tls();
                 self.drive(tls).await.map(|_| ())
             }
         }
@@ -202,6 +207,7 @@ impl<S: MailStore> Connection<S> {
                 Event::NeedInput => {
                     self.flush(&mut io).await?;
                     let commands = self.session.stats().commands;
+                    self.registration.set_commands(commands);
                     if commands != self.commands_seen
                         && let Some(ticket) = self.waiting.as_mut()
                     {
@@ -232,6 +238,12 @@ impl<S: MailStore> Connection<S> {
                         }
                         () = evicted(&self.waiting) => {
                             self.session.evicted(&mut self.out).map_err(misuse)?;
+                            continue;
+                        }
+                        () = self.registration.entry.kick.notified(), if self.session.is_logged_in() => {
+                            tracing::info!(peer = %self.peer, "ended by the administrator (poplar kick); nothing deleted");
+                            self.maildrop = None;
+                            self.session.kicked(&mut self.out).map_err(misuse)?;
                             continue;
                         }
                         () = lock_lost(&self.maildrop) => {
@@ -512,6 +524,7 @@ impl<S: MailStore> Connection<S> {
         match self.shared.store.open(&user).await {
             Ok((maildrop, listing)) => {
                 self.shared.auth.record_login(&user);
+                self.registration.set_user(&user);
                 self.session
                     .set_user_login_delay(self.shared.auth.login_delay_for(&user));
                 self.session
@@ -648,6 +661,7 @@ impl<S: MailStore> Connection<S> {
             (EndReason::Evicted, _) => "evicted to make room",
             (EndReason::TooManyFailures, _) => "closed: too many failed logins",
             (EndReason::MaildropLost, _) => "the maildrop's lock was lost",
+            (EndReason::Kicked, _) => "ended by the administrator",
             (EndReason::TooManyBadCommands, _) => "too many bad commands",
             (EndReason::Open, Some(_)) => "error",
             (EndReason::Open, None) => "disconnected",

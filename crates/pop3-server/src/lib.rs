@@ -29,10 +29,12 @@ mod limits;
 pub mod lmtp;
 mod penalty;
 mod proxy;
+mod registry;
 pub mod tls;
 
 pub use config::Config;
 pub use error::ServerError;
+pub use registry::{SessionInfo, Sessions};
 pub use tls::TlsReloader;
 
 use ipnet::IpNet;
@@ -103,6 +105,7 @@ struct Shared<S: MailStore> {
     refusals: limits::RefusalLog,
     waiting: Arc<limits::Waiting>,
     shutdown: watch::Sender<bool>,
+    sessions: Arc<registry::Registry>,
     lmtp: lmtp::LmtpSettings,
 }
 
@@ -334,6 +337,7 @@ impl<S: MailStore> Server<S> {
             waiting: Arc::default(),
             settings,
             shutdown: watch::channel(false).0,
+            sessions: Arc::default(),
             lmtp: lmtp::LmtpSettings {
                 host: config.hostname(),
                 max_size: config.limits.max_message_size,
@@ -385,6 +389,11 @@ impl<S: MailStore> Server<S> {
             max_connections: self.shared.settings.max_connections,
             per_user: Arc::clone(&self.shared.per_user),
         }
+    }
+
+    /// The sessions running now, to list and to end (for the control socket).
+    pub fn sessions(&self) -> Sessions {
+        Sessions(Arc::clone(&self.shared.sessions))
     }
 
     /// The bound addresses (useful when a port was given as 0).

@@ -5,6 +5,7 @@
 // Printing to the terminal is this crate's job; the libraries only log.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod control;
 mod db;
 mod deliver;
 mod fetch;
@@ -58,10 +59,34 @@ enum Command {
     /// The PostgreSQL store (`store.backend = "postgres"`).
     #[command(subcommand)]
     Db(DbCommand),
+    /// List the sessions of the running server (all, or one user's), from its control socket.
+    Who(WhoArgs),
+    /// End every session of a user on the running server, as a dropped connection would:
+    /// nothing the session deleted is applied.
+    Kick(KickArgs),
     /// Write the manual pages (poplar(1), one per subcommand, poplar.toml(5)) into a directory.
     Man(ManArgs),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+struct WhoArgs {
+    /// Only this user's sessions.
+    user: Option<String>,
+    /// One JSON object per session instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct KickArgs {
+    /// The user whose sessions end.
+    user: String,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -343,6 +368,17 @@ fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(&args),
         Command::Fetch(args) => fetch::run(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Who(args) => args.common.load().and_then(|c| {
+            let user = args
+                .user
+                .as_deref()
+                .map(pop3_auth::directory::normalize_name);
+            control::who(&c, user.as_deref(), args.json)
+        }),
+        Command::Kick(args) => args
+            .common
+            .load()
+            .and_then(|c| control::kick(&c, &pop3_auth::directory::normalize_name(&args.user))),
         Command::Man(args) => man::write_pages(&args.dir).map(|written| {
             for page in written {
                 println!("{}", page.display());

@@ -102,6 +102,9 @@ async fn run_bound<S: MailStore>(
         }
     }
     tokio::spawn(reload_on_sighup(server.tls_reloader(config)));
+    if let Err(e) = crate::control::listen(config, server.sessions()) {
+        tracing::warn!("{e:#}; `poplar who` and `poplar kick` cannot reach this server");
+    }
     crate::systemd::serving(server.status());
     server
         .serve(async {

@@ -1241,3 +1241,59 @@ fn json_logs_carry_each_field_apart_and_no_secret() {
         );
     }
 }
+
+/// `poplar who` lists a live session with its address and listener; `poplar kick` ends it
+/// with `-ERR [SYS/TEMP]`, its deletion not applied, and the user can log in again.
+#[test]
+fn who_shows_sessions_and_kick_ends_them_with_nothing_deleted() {
+    let server = ServerBuilder::new().start();
+    server.add_user("alice", "wonderland");
+    assert!(
+        server
+            .deliver(&["alice"], b"Subject: keep\r\n\r\nme\r\n")
+            .success()
+    );
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    let out = server.poplar(&["who"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = c.local_addr().to_string();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("alice ") && l.contains(&local) && l.contains("POP3")),
+        "{table}"
+    );
+    let json = server.poplar(&["who", "alice", "--json"]).output().unwrap();
+    let session: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(session["user"], "alice");
+    assert_eq!(session["peer"], local);
+    let out = server.poplar(&["kick", "alice"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ended 1 session"));
+    let told = c.line();
+    assert!(told.starts_with("-ERR [SYS/TEMP]"), "{told}");
+    assert!(c.closed_within(Duration::from_secs(5)));
+    let (mut again, _) = Client::connect(server.pop3);
+    let reply = eventually(Duration::from_secs(5), "a new login", || {
+        let r = again.login("alice", "wonderland");
+        r.starts_with("+OK").then_some(r)
+    });
+    assert!(
+        reply.contains("1 message"),
+        "the kicked session's DELE was applied: {reply}"
+    );
+    let none = server.poplar(&["who", "bob"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&none.stdout).contains("0 session(s)"));
+}

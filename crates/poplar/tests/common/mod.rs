@@ -616,6 +616,14 @@ impl Client {
     }
 
     /// Sends a SASL response line (base64 of `data`) and returns the server's reply line.
+    /// This end's address (as the server sees the client).
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.stream {
+            Stream::Plain(tcp) => tcp.local_addr().unwrap(),
+            Stream::Tls(tls) => tls.sock.local_addr().unwrap(),
+        }
+    }
+
     pub fn sasl(&mut self, data: &[u8]) -> String {
         use base64::Engine as _;
         let line = base64::engine::general_purpose::STANDARD.encode(data);
