@@ -65,6 +65,11 @@ pub(crate) struct Connection<S: MailStore> {
     commands_seen: u32,
     /// This connection in the list `poplar who` shows, and its kick.
     registration: crate::registry::Registration,
+    /// For the summary line: the TLS version, the login's mechanism, and the maildrop's
+    /// messages and octets when it was opened.
+    tls_version: Option<&'static str>,
+    mechanism: Option<String>,
+    maildrop_at_login: Option<(usize, u64)>,
 }
 
 /// Resolves when the connection is told to make room; never if it has logged in.
@@ -117,9 +122,14 @@ pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
         waiting: Some(waiting),
         commands_seen: 0,
         registration,
+        tls_version: None,
+        mechanism: None,
+        maildrop_at_login: None,
     };
-    let result = conn.run(tcp, kind).await;
-    conn.summary(started, result.err());
+    // Every line the session logs carries its number (text: `session{id=7}:`; JSON: "span").
+    let span = tracing::info_span!("session", id = conn.registration.id());
+    let result = tracing::Instrument::instrument(conn.run(tcp, kind), span.clone()).await;
+    span.in_scope(|| conn.summary(kind, started, result.err()));
 }
 
 impl<S: MailStore> Connection<S> {
@@ -183,6 +193,11 @@ impl<S: MailStore> Connection<S> {
             }
         };
         let conn = tls.get_ref().1;
+        self.tls_version = conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "other",
+        });
         self.info = ConnInfo {
             tls: true,
             binding: Some(crate::tls::channel_binding(conn, &setup.end_point)),
@@ -481,6 +496,7 @@ impl<S: MailStore> Connection<S> {
                     tracing::info!(user = ?user, peer = %ip, "login refused: too many connections for this user");
                     AuthFailure::TooManyConnections
                 } else {
+                    self.mechanism = Some(mechanism.to_owned());
                     return self.session.auth_succeeded(user).map_err(misuse);
                 }
             }
@@ -525,6 +541,8 @@ impl<S: MailStore> Connection<S> {
             Ok((maildrop, listing)) => {
                 self.shared.auth.record_login(&user);
                 self.registration.set_user(&user);
+                self.maildrop_at_login =
+                    Some((listing.len(), listing.iter().map(|m| m.size).sum()));
                 self.session
                     .set_user_login_delay(self.shared.auth.login_delay_for(&user));
                 self.session
@@ -652,8 +670,24 @@ impl<S: MailStore> Connection<S> {
             .map_err(misuse)
     }
 
-    fn summary(&self, started: Instant, error: Option<io::Error>) {
+    fn summary(&self, listener: Kind, started: Instant, error: Option<io::Error>) {
         let s = self.session.stats();
+        // Like Dovecot's `del=N/M size=`: the maildrop before the session and after its QUIT.
+        let (before, after) = match self.maildrop_at_login {
+            Some((count, octets)) if s.committed => (
+                format!("{count}/{octets}"),
+                format!(
+                    "{}/{}",
+                    count.saturating_sub(s.deleted as usize),
+                    octets.saturating_sub(s.deleted_octets)
+                ),
+            ),
+            Some((count, octets)) => {
+                let same = format!("{count}/{octets}");
+                (same.clone(), same)
+            }
+            None => ("-".to_owned(), "-".to_owned()),
+        };
         let end = match (self.session.end_reason(), &error) {
             (EndReason::Quit, _) => "quit",
             (EndReason::Timeout, _) => "timeout",
@@ -668,8 +702,13 @@ impl<S: MailStore> Connection<S> {
         };
         tracing::info!(
             peer = %self.peer,
+            listener = %listener,
             user = self.session.user().unwrap_or("-"),
+            mechanism = self.mechanism.as_deref().unwrap_or("-"),
             tls = self.session.tls_active(),
+            tls_version = self.tls_version.unwrap_or("-"),
+            maildrop_before = before,
+            maildrop_after = after,
             retr = s.retr,
             retr_octets = s.retr_octets,
             top = s.top,

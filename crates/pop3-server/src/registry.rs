@@ -49,6 +49,11 @@ impl Drop for Registration {
 }
 
 impl Registration {
+    /// The connection's number, in every log line of its session.
+    pub(crate) fn id(&self) -> u64 {
+        self.entry.id
+    }
+
     /// The connection is encrypted now.
     pub(crate) fn set_tls(&self) {
         self.entry.tls.store(true, Ordering::Relaxed);

@@ -1297,3 +1297,52 @@ fn who_shows_sessions_and_kick_ends_them_with_nothing_deleted() {
     let none = server.poplar(&["who", "bob"]).output().unwrap();
     assert!(String::from_utf8_lossy(&none.stdout).contains("0 session(s)"));
 }
+
+/// The session summary says which listener, TLS version and mechanism, the maildrop's
+/// messages/octets before and after (like Dovecot's `del=`/`size=`), and the client's address
+/// with its port; every line of a session, the failed login among them, carries its number.
+#[test]
+fn the_session_summary_tells_the_whole_story() {
+    let server = ServerBuilder::new().start();
+    server.add_user("alice", "wonderland");
+    for body in ["one", "two"] {
+        let message = format!("Subject: {body}\r\n\r\n{body}\r\n");
+        assert!(server.deliver(&["alice"], message.as_bytes()).success());
+    }
+    let (mut c, _) = Client::connect_tls(server.pop3s, &server.cert());
+    let port = c.local_addr().port();
+    assert!(c.login("alice", "not it").starts_with("-ERR"));
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let summary = eventually(Duration::from_secs(10), "the summary", || {
+        server
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("session ended") && l.contains(&format!(":{port}")))
+    });
+    let size = |body: &str| format!("Subject: {body}\r\n\r\n{body}\r\n").len();
+    for field in [
+        "listener=POP3S".to_owned(),
+        "tls_version=\"TLSv1.3\"".to_owned(),
+        "mechanism=\"USER\"".to_owned(),
+        format!("maildrop_before=\"2/{}\"", size("one") + size("two")),
+        format!("maildrop_after=\"1/{}\"", size("two")),
+        format!("peer=127.0.0.1:{port}"),
+    ] {
+        assert!(summary.contains(&field), "{field} not in {summary}");
+    }
+    let id = summary
+        .split("session{id=")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_else(|| panic!("no session number in {summary}"))
+        .to_owned();
+    let logs = server.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("authentication failed")
+                && l.contains(&format!("session{{id={id}}}"))),
+        "the failed login does not name session {id}: {logs:?}"
+    );
+}
