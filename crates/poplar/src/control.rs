@@ -127,7 +127,7 @@ pub(crate) fn who(config: &Config, user: Option<&str>, json: bool) -> Result<Exi
     let answers = ask(config, &request)?;
     if json {
         for value in &answers {
-            println!("{value}");
+            crate::say(value)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -136,12 +136,12 @@ pub(crate) fn who(config: &Config, user: Option<&str>, json: bool) -> Result<Exi
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()
         .context("the server's answer is not a session")?;
-    println!(
+    crate::say(&format!(
         "{:<24} {:<40} {:<8} {:<4} {:<20} {:>8}",
         "USER", "ADDRESS", "LISTENER", "TLS", "SINCE", "COMMANDS"
-    );
+    ))?;
     for s in &sessions {
-        println!(
+        crate::say(&format!(
             "{:<24} {:<40} {:<8} {:<4} {:<20} {:>8}",
             s.user.as_deref().unwrap_or("(logging in)"),
             s.peer.to_string(),
@@ -149,9 +149,9 @@ pub(crate) fn who(config: &Config, user: Option<&str>, json: bool) -> Result<Exi
             if s.tls { "yes" } else { "no" },
             poplar_util::clock::utc(i64::try_from(s.since).unwrap_or(0)),
             s.commands
-        );
+        ))?;
     }
-    println!("{} session(s)", sessions.len());
+    crate::say(&format!("{} session(s)", sessions.len()))?;
     Ok(ExitCode::SUCCESS)
 }
 

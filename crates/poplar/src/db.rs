@@ -152,13 +152,25 @@ pub(crate) fn edit_users(config: &Config, cmd: UserEdit) -> Result<()> {
                     records.len() as u64 - added
                 );
             }
-            UserEdit::List => {
-                for record in users::all(&client).await? {
-                    println!("{}", record.name);
-                }
-            }
         }
         Ok(())
+    })
+}
+
+/// Every user name in the users table, in order.
+pub(crate) fn user_names(config: &Config) -> Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = connect(config, &UserReplica::new()).await?;
+        let client = store.admin().await?;
+        Ok(users::all(&client)
+            .await?
+            .into_iter()
+            .map(|r| r.name)
+            .collect())
     })
 }
 
@@ -172,8 +184,6 @@ pub(crate) enum UserEdit {
     Del(String),
     /// Users copied from a passwd-file, hashes as they are.
     Import(Vec<pop3_auth::UserRecord>),
-    /// Print every user.
-    List,
 }
 
 /// `poplar db init`: creates or upgrades the schema in every database of `store.url`; safe

@@ -187,6 +187,9 @@ struct CheckConfigArgs {
     /// anything secret is redacted.
     #[arg(long)]
     dump: bool,
+    /// With --dump: as JSON instead of TOML.
+    #[arg(long, requires = "dump")]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -214,10 +217,19 @@ enum UserCommand {
     /// Remove a user (the maildrop is kept).
     Del(UserNameArgs),
     /// List the users.
-    List(Common),
+    List(UserListArgs),
     /// Copy the users of a Dovecot passwd-file into the PostgreSQL store's users table, hashes
     /// as they are (names already there are left alone).
     Import(UserImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct UserListArgs {
+    /// One JSON object per user (`{"user": NAME}`) instead of one name per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +283,10 @@ struct ExpireArgs {
     /// Only log what would be removed.
     #[arg(long)]
     dry_run: bool,
+    /// Print the outcome as one JSON object (`maildrops`, `messages`, `octets`, `busy`,
+    /// `failed`, `dry_run`); each message is in the log either way.
+    #[arg(long)]
+    json: bool,
     /// Judge as of this Unix time instead of now, e.g. what a run in a week would remove:
     /// `--dry-run --as-of $(date -d '+7 days' +%s)`.
     #[arg(long, value_name = "UNIX_SECONDS")]
@@ -460,6 +476,21 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
             }
         })
     })?;
+    if args.json {
+        say(&serde_json::json!({
+            "maildrops": report.maildrops,
+            "messages": report.messages,
+            "octets": report.octets,
+            "busy": report.busy,
+            "failed": report.failed.iter().map(|(user, why)| serde_json::json!({"user": user, "error": why})).collect::<Vec<_>>(),
+            "dry_run": args.dry_run,
+        }))?;
+        return Ok(if report.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let verb = if args.dry_run {
         "due for removal"
     } else {
@@ -501,6 +532,10 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
         shown.auth.users_file = Some(config.users_file());
         let mut value = toml::Value::try_from(&shown).context("cannot show the configuration")?;
         redact(&mut value);
+        if args.json {
+            say(&serde_json::to_value(&value).context("cannot show the configuration")?)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         println!("# the effective configuration: {}", common.source());
         print!(
             "{}",
@@ -622,6 +657,16 @@ fn redact(value: &mut toml::Value) {
         }
         toml::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
+    }
+}
+
+/// Prints one line of a listing. A reader that stopped reading (`| head`) ends the program
+/// quietly instead of making it panic, as `println!` would.
+pub(crate) fn say(line: &dyn std::fmt::Display) -> Result<()> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => other.context("cannot write to standard output"),
     }
 }
 

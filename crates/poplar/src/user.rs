@@ -114,14 +114,19 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             }
             crate::db::edit_users(&config, UserEdit::Import(usable))?;
         }
-        UserCommand::List(common) => {
-            let config = common.load()?;
-            if in_database(&config) {
-                crate::db::edit_users(&config, UserEdit::List)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            for name in edit::list(&config.users_file())? {
-                println!("{name}");
+        UserCommand::List(args) => {
+            let config = args.common.load()?;
+            let names = if in_database(&config) {
+                crate::db::user_names(&config)?
+            } else {
+                edit::list(&config.users_file())?
+            };
+            for name in names {
+                if args.json {
+                    crate::say(&serde_json::json!({ "user": name }))?;
+                } else {
+                    crate::say(&name)?;
+                }
             }
         }
     }

@@ -1346,3 +1346,64 @@ fn the_session_summary_tells_the_whole_story() {
         "the failed login does not name session {id}: {logs:?}"
     );
 }
+
+/// Listing commands speak JSON on request (`user list`, `check-config --dump`, `expire`), and
+/// a reader that stops early (`| head -1`) ends a listing quietly, without a panic.
+#[test]
+fn listings_in_json_and_a_reader_that_stops_early() {
+    let mut b = ServerBuilder::new();
+    b.set("pop3.expire", 30);
+    let config = b.write_config();
+    let poplar = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let passwd: String = (0..20_000)
+        .map(|i| format!("user{i}:{{PLAIN}}pw\n"))
+        .collect();
+    std::fs::create_dir_all(b.data_dir()).unwrap();
+    std::fs::write(b.data_dir().join("users"), passwd).unwrap();
+    let listed: Vec<serde_json::Value> = poplar(&["user", "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 20_000);
+    assert_eq!(listed[0]["user"], "user0");
+    let dump: serde_json::Value =
+        serde_json::from_str(&poplar(&["check-config", "--dump", "--json"])).unwrap();
+    assert_eq!(dump["pop3"]["expire"], 30);
+    let report: serde_json::Value =
+        serde_json::from_str(&poplar(&["expire", "--dry-run", "--json"])).unwrap();
+    assert_eq!(report["messages"], 0);
+    assert_eq!(report["dry_run"], true);
+    // `poplar user list | head -1`.
+    let mut list = Command::new(BIN)
+        .args(["user", "list", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(list.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(first, "user0\n");
+    let out = list.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
