@@ -1,7 +1,7 @@
 //! The control socket, `DATA/control` (mode 0600, the service user's): how `poplar who` and
-//! `poplar kick` reach a running `poplar serve` on this machine. A client sends one line,
-//! `who`, `who USER` or `kick USER`, and reads JSON lines back: one session each for `who`,
-//! `{"kicked": N}` for `kick`, `{"error": "..."}` for anything else. Only root and the
+//! `poplar kick` and `poplar reload` reach a running `poplar serve` on this machine. A client
+//! sends one line, `who`, `who USER`, `kick USER` or `reload`, and reads JSON lines back: one
+//! session each for `who`, `{"kicked": N}`, `{"reloaded": "what"}`, or `{"error": "..."}`. Only root and the
 //! service user can open it.
 
 use anyhow::{Context, Result, bail};
@@ -9,6 +9,7 @@ use pop3_server::{Config, SessionInfo, Sessions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// The socket's path.
 pub(crate) fn path(config: &Config) -> PathBuf {
@@ -17,7 +18,11 @@ pub(crate) fn path(config: &Config) -> PathBuf {
 
 /// Listens on the control socket until the server stops (after privileges were given up,
 /// so the socket is the service user's).
-pub(crate) fn listen(config: &Config, sessions: Sessions) -> Result<()> {
+pub(crate) fn listen(
+    config: &Config,
+    sessions: Sessions,
+    reloader: Option<Arc<pop3_server::TlsReloader>>,
+) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let path = path(config);
     // A socket left by an earlier run is replaced; anything else in its place is not.
@@ -41,8 +46,9 @@ pub(crate) fn listen(config: &Config, sessions: Sessions) -> Result<()> {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let sessions = sessions.clone();
+                    let reloader = reloader.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &sessions).await {
+                        if let Err(e) = answer(stream, &sessions, reloader.as_deref()).await {
                             tracing::debug!(error = %e, "control connection failed");
                         }
                     });
@@ -60,7 +66,11 @@ pub(crate) fn listen(config: &Config, sessions: Sessions) -> Result<()> {
 /// Longest request line read.
 const MAX_REQUEST: u64 = 1024;
 
-async fn answer(stream: tokio::net::UnixStream, sessions: &Sessions) -> std::io::Result<()> {
+async fn answer(
+    stream: tokio::net::UnixStream,
+    sessions: &Sessions,
+    reloader: Option<&pop3_server::TlsReloader>,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -87,9 +97,13 @@ async fn answer(stream: tokio::net::UnixStream, sessions: &Sessions) -> std::io:
             tracing::info!(user, sessions = kicked, "poplar kick");
             push(&mut reply, serde_json::json!({ "kicked": kicked }));
         }
+        ["reload"] => match crate::serve::reload(reloader) {
+            Ok(done) => push(&mut reply, serde_json::json!({ "reloaded": done })),
+            Err(e) => push(&mut reply, serde_json::json!({ "error": e })),
+        },
         _ => push(
             &mut reply,
-            serde_json::json!({ "error": "unknown request: send who, who USER or kick USER" }),
+            serde_json::json!({ "error": "unknown request: send who, who USER, kick USER or reload" }),
         ),
     }
     write.write_all(reply.as_bytes()).await?;
@@ -152,6 +166,19 @@ pub(crate) fn who(config: &Config, user: Option<&str>, json: bool) -> Result<Exi
         ))?;
     }
     crate::say(&format!("{} session(s)", sessions.len()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `poplar reload`: what SIGHUP does, with the outcome shown (a refused certificate's reason
+/// included) and the exit status set by it.
+pub(crate) fn reload(config: &Config) -> Result<ExitCode> {
+    let answers = ask(config, "reload")?;
+    let done = answers
+        .first()
+        .and_then(|v| v.get("reloaded"))
+        .and_then(serde_json::Value::as_str)
+        .context("the server's answer says nothing about the reload")?;
+    crate::say(&done)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -64,6 +64,9 @@ enum Command {
     /// End every session of a user on the running server, as a dropped connection would:
     /// nothing the session deleted is applied.
     Kick(KickArgs),
+    /// Reload the running server's TLS certificate and key (what SIGHUP does), and say how it
+    /// went: a refused certificate's reason, and exit status 1.
+    Reload(DbArgs),
     /// Write the manual pages (poplar(1), one per subcommand, poplar.toml(5)) into a directory.
     Man(ManArgs),
     /// Print the shell completion script for bash, zsh or fish.
@@ -395,6 +398,7 @@ fn main() -> ExitCode {
             .common
             .load()
             .and_then(|c| control::kick(&c, &pop3_auth::directory::normalize_name(&args.user))),
+        Command::Reload(args) => args.common.load().and_then(|c| control::reload(&c)),
         Command::Man(args) => man::write_pages(&args.dir).map(|written| {
             for page in written {
                 println!("{}", page.display());

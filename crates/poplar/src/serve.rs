@@ -6,6 +6,7 @@ use pop3_server::config::StoreBackend;
 use pop3_server::{Config, Server};
 use pop3_store::MailStore;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     let mut config = args.common.load()?;
@@ -101,8 +102,9 @@ async fn run_bound<S: MailStore>(
             welcome::print_hint(password, addr);
         }
     }
-    tokio::spawn(reload_on_sighup(server.tls_reloader(config)));
-    if let Err(e) = crate::control::listen(config, server.sessions()) {
+    let reloader = server.tls_reloader(config).map(Arc::new);
+    tokio::spawn(reload_on_sighup(reloader.clone()));
+    if let Err(e) = crate::control::listen(config, server.sessions(), reloader) {
         tracing::warn!("{e:#}; `poplar who` and `poplar kick` cannot reach this server");
     }
     crate::systemd::serving(server.status());
@@ -118,33 +120,43 @@ async fn run_bound<S: MailStore>(
 
 /// Reloads the TLS certificate and key on every SIGHUP (after a renewal), without touching
 /// running sessions. A failed reload keeps the previous certificate.
-async fn reload_on_sighup(reloader: Option<pop3_server::TlsReloader>) {
+/// Reloads what can change while the server runs: the TLS certificate and key (users need
+/// nothing: they are re-read as they change). Tells systemd around it. Returns what happened,
+/// for the log and for `poplar reload`.
+pub(crate) fn reload(reloader: Option<&pop3_server::TlsReloader>) -> Result<String, String> {
+    crate::systemd::reloading();
+    let outcome = match reloader {
+        None => Ok("nothing to reload (TLS is off; users are re-read when they change)".to_owned()),
+        Some(reloader) => reloader
+            .reload()
+            .map(|()| "reloaded the TLS certificate and key".to_owned())
+            .map_err(|e| {
+                format!(
+                    "{e}; still using the previous certificate. Fix the files (after giving up \
+                     root, the configured user must be able to read them) and reload again"
+                )
+            }),
+    };
+    crate::systemd::reloaded();
+    match &outcome {
+        Ok(done) => tracing::info!("reload: {done}"),
+        Err(e) => tracing::error!("reload: {e}"),
+    }
+    outcome
+}
+
+/// Reloads on every SIGHUP (after a certificate renewal), without touching running sessions.
+async fn reload_on_sighup(reloader: Option<Arc<pop3_server::TlsReloader>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGHUP; certificate reloads need a restart");
+            tracing::error!(error = %e, "cannot watch SIGHUP; reloads need `poplar reload` or a restart");
             return;
         }
     };
     while hup.recv().await.is_some() {
-        crate::systemd::reloading();
-        let Some(reloader) = &reloader else {
-            tracing::info!(
-                "SIGHUP: nothing to reload (TLS is off; users are re-read when they change)"
-            );
-            crate::systemd::reloaded();
-            continue;
-        };
-        let outcome = reloader.reload();
-        crate::systemd::reloaded();
-        match outcome {
-            Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
-            Err(e) => tracing::error!(
-                "SIGHUP: {e}; still using the previous certificate. Fix the files (after giving \
-                 up root, the configured user must be able to read them) and send SIGHUP again"
-            ),
-        }
+        let _ = reload(reloader.as_deref());
     }
 }
 

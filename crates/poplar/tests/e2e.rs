@@ -1407,3 +1407,29 @@ fn listings_in_json_and_a_reader_that_stops_early() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// `poplar reload` does what SIGHUP does and says how it went: success, or the reason a
+/// broken certificate was refused (exit 1), the server serving on with the previous one.
+#[test]
+fn reload_over_the_control_socket_reports_its_outcome() {
+    let server = ServerBuilder::new().start();
+    let out = server.poplar(&["reload"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded the TLS certificate"));
+    let trusted = server.dir().join("trusted.pem");
+    std::fs::copy(server.cert(), &trusted).unwrap();
+    std::fs::write(server.cert(), "not a certificate\n").unwrap();
+    let out = server.poplar(&["reload"]).output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("still using the previous certificate"),
+        "{said}"
+    );
+    let (_, greeting) = Client::connect_tls(server.pop3s, &trusted);
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+}
