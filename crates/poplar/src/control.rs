@@ -97,7 +97,7 @@ async fn answer(
             tracing::info!(user, sessions = kicked, "poplar kick");
             push(&mut reply, serde_json::json!({ "kicked": kicked }));
         }
-        ["reload"] => match crate::serve::reload(reloader) {
+        ["reload"] => match crate::serve::reload("poplar reload", reloader) {
             Ok(done) => push(&mut reply, serde_json::json!({ "reloaded": done })),
             Err(e) => push(&mut reply, serde_json::json!({ "error": e })),
         },

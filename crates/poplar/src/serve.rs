@@ -123,7 +123,11 @@ async fn run_bound<S: MailStore>(
 /// Reloads what can change while the server runs: the TLS certificate and key (users need
 /// nothing: they are re-read as they change). Tells systemd around it. Returns what happened,
 /// for the log and for `poplar reload`.
-pub(crate) fn reload(reloader: Option<&pop3_server::TlsReloader>) -> Result<String, String> {
+/// `trigger` (`SIGHUP`, `poplar reload`) starts each log line.
+pub(crate) fn reload(
+    trigger: &str,
+    reloader: Option<&pop3_server::TlsReloader>,
+) -> Result<String, String> {
     crate::systemd::reloading();
     let outcome = match reloader {
         None => Ok("nothing to reload (TLS is off; users are re-read when they change)".to_owned()),
@@ -139,8 +143,8 @@ pub(crate) fn reload(reloader: Option<&pop3_server::TlsReloader>) -> Result<Stri
     };
     crate::systemd::reloaded();
     match &outcome {
-        Ok(done) => tracing::info!("reload: {done}"),
-        Err(e) => tracing::error!("reload: {e}"),
+        Ok(done) => tracing::info!("{trigger}: {done}"),
+        Err(e) => tracing::error!("{trigger}: {e}"),
     }
     outcome
 }
@@ -156,7 +160,7 @@ async fn reload_on_sighup(reloader: Option<Arc<pop3_server::TlsReloader>>) {
         }
     };
     while hup.recv().await.is_some() {
-        let _ = reload(reloader.as_deref());
+        let _ = reload("SIGHUP", reloader.as_deref());
     }
 }
 
