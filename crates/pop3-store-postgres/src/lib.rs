@@ -407,12 +407,9 @@ impl PgStore {
         };
         let generation = self.lock(id).await?;
         let mut maildrop = PgMaildrop {
-            store: self.clone(),
-            id,
-            generation,
+            lock: MaildropLock::new(self, id, generation),
             messages: Vec::new(),
             prefetched: std::collections::HashMap::new(),
-            open: true,
         };
         // The maildrop's row comes with the listing: a move that finished while this session
         // waited for nothing shows here, under the lock, as the shard it went to.
@@ -831,10 +828,7 @@ impl PgStore {
         };
         let generation = self.lock(id).await?;
         let import = PgImport {
-            store: self.clone(),
-            id,
-            generation,
-            open: true,
+            lock: MaildropLock::new(self, id, generation),
         };
         let row = client
             .query_one(
@@ -852,10 +846,7 @@ impl PgStore {
 
 /// A maildrop being filled by `poplar migrate`, locked like a session.
 pub struct PgImport {
-    store: PgStore,
-    id: i64,
-    generation: u64,
-    open: bool,
+    lock: MaildropLock,
 }
 
 /// A message a maildrop already holds, as an import sees it.
@@ -871,11 +862,11 @@ pub struct Held {
 impl PgImport {
     /// The messages the maildrop holds.
     pub async fn held(&self) -> Result<Vec<Held>, StoreError> {
-        let client = self.store.client().await?;
+        let client = self.lock.store.client().await?;
         let rows = client
             .query(
                 "SELECT uidl, origin FROM poplar_messages WHERE maildrop = $1 ORDER BY uid",
-                &[&self.id],
+                &[&self.lock.id],
             )
             .await
             .map_err(db)?;
@@ -897,11 +888,12 @@ impl PgImport {
         uidl: Option<&str>,
         message: &mut (impl tokio::io::AsyncRead + Unpin + Send),
     ) -> Result<u64, StoreError> {
-        self.store.ensure_held(self.generation).await?;
-        let mut client = self.store.client().await?;
+        self.lock.store.ensure_held(self.lock.generation).await?;
+        let mut client = self.lock.store.client().await?;
         let origin = Origin { key: origin, uidl };
-        self.store
-            .write_message(&mut client, self.id, b"", message, None, Some(origin))
+        self.lock
+            .store
+            .write_message(&mut client, self.lock.id, b"", message, None, Some(origin))
             .await
             .map_err(|e| match e {
                 WriteError::Read(e) => StoreError::Internal(format!("reading the message: {e}")),
@@ -911,13 +903,38 @@ impl PgImport {
     }
 
     /// Releases the maildrop.
-    pub async fn finish(mut self) {
+    pub async fn finish(self) {
+        self.lock.release().await;
+    }
+}
+
+/// A maildrop's cluster-wide lock held by a session or an import: released by
+/// [`MaildropLock::release`], or, when dropped unreleased (a dropped connection, an interrupted
+/// import), in a task of its own, nothing else done.
+struct MaildropLock {
+    store: PgStore,
+    id: i64,
+    generation: u64,
+    open: bool,
+}
+
+impl MaildropLock {
+    fn new(store: &PgStore, id: i64, generation: u64) -> Self {
+        Self {
+            store: store.clone(),
+            id,
+            generation,
+            open: true,
+        }
+    }
+
+    async fn release(mut self) {
         self.open = false;
         self.store.unlock(self.id, self.generation).await;
     }
 }
 
-impl Drop for PgImport {
+impl Drop for MaildropLock {
     fn drop(&mut self) {
         if self.open {
             let (store, id, generation) = (self.store.clone(), self.id, self.generation);
@@ -1009,15 +1026,11 @@ const PREFETCH: u64 = 256 * 1024;
 
 /// A maildrop locked for one session.
 pub struct PgMaildrop {
-    store: PgStore,
-    id: i64,
-    generation: u64,
+    lock: MaildropLock,
     /// The session's listing, in order.
     messages: Vec<Listed>,
     /// Bodies of small messages fetched ahead, by listing index (see [`PREFETCH`]).
     prefetched: std::collections::HashMap<usize, Vec<u8>>,
-    /// Locked and not yet committed.
-    open: bool,
 }
 
 impl PgMaildrop {
@@ -1041,7 +1054,7 @@ impl PgMaildrop {
             .filter(|&i| self.messages[i].chunks == 1 && !self.prefetched.contains_key(&i))
             .collect();
         let uids: Vec<i64> = batch.iter().map(|&i| self.messages[i].uid).collect();
-        let client = self.store.client().await?;
+        let client = self.lock.store.client().await?;
         let select = client
             .prepare_cached(
                 "SELECT uid, data FROM poplar_chunks WHERE maildrop = $1 AND uid = ANY($2) AND seq = 0",
@@ -1049,7 +1062,7 @@ impl PgMaildrop {
             .await
             .map_err(db)?;
         for row in client
-            .query(&select, &[&self.id, &uids])
+            .query(&select, &[&self.lock.id, &uids])
             .await
             .map_err(db)?
         {
@@ -1064,7 +1077,7 @@ impl PgMaildrop {
     /// Fails when the lock this session took has gone with its connection: another node may
     /// hold the maildrop now.
     async fn ensure_locked(&self) -> Result<(), StoreError> {
-        self.store.ensure_held(self.generation).await
+        self.lock.store.ensure_held(self.lock.generation).await
     }
 }
 
@@ -1085,8 +1098,8 @@ impl Maildrop for PgMaildrop {
             None => (Vec::new(), 0),
         };
         Ok(PgReader {
-            store: self.store.clone(),
-            maildrop: self.id,
+            store: self.lock.store.clone(),
+            maildrop: self.lock.id,
             uid,
             chunks,
             seq,
@@ -1106,7 +1119,7 @@ impl Maildrop for PgMaildrop {
         if uids.is_empty() {
             return Ok(());
         }
-        let client = self.store.client().await?;
+        let client = self.lock.store.client().await?;
         let note = client
             .prepare_cached(
                 "UPDATE poplar_messages SET retrieved = now() \
@@ -1115,15 +1128,15 @@ impl Maildrop for PgMaildrop {
             .await
             .map_err(db)?;
         client
-            .execute(&note, &[&self.id, &uids])
+            .execute(&note, &[&self.lock.id, &uids])
             .await
             .map_err(db)?;
         Ok(())
     }
 
     fn lock_lost(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
-        let mut lost = self.store.inner.lost.subscribe();
-        let generation = self.generation;
+        let mut lost = self.lock.store.inner.lost.subscribe();
+        let generation = self.lock.generation;
         async move {
             // A later lock connection exists only once this one has ended. A store dropped
             // meanwhile (the sender gone) ends the wait too.
@@ -1131,43 +1144,29 @@ impl Maildrop for PgMaildrop {
         }
     }
 
-    async fn commit(mut self, deleted: Vec<usize>) -> Result<(), StoreError> {
+    async fn commit(self, deleted: Vec<usize>) -> Result<(), StoreError> {
         let uids: Vec<i64> = deleted.iter().filter_map(|i| self.uid(*i).ok()).collect();
         let result = async {
             if uids.is_empty() {
                 return Ok(());
             }
             self.ensure_locked().await?;
-            let client = self.store.client().await?;
+            let client = self.lock.store.client().await?;
             let delete = client
                 .prepare_cached("DELETE FROM poplar_messages WHERE maildrop = $1 AND uid = ANY($2)")
                 .await
                 .map_err(db)?;
             client
-                .execute(&delete, &[&self.id, &uids])
+                .execute(&delete, &[&self.lock.id, &uids])
                 .await
                 .map_err(db)?;
             Ok(())
         }
         .await;
-        self.open = false;
-        self.store.unlock(self.id, self.generation).await;
+        // A session that ends without QUIT (a dropped connection) deletes nothing: dropping
+        // the maildrop releases the lock.
+        self.lock.release().await;
         result
-    }
-}
-
-impl Drop for PgMaildrop {
-    /// A session that ends without QUIT (a dropped connection) deletes nothing and releases
-    /// the lock.
-    fn drop(&mut self) {
-        if self.open {
-            let (store, id, generation) = (self.store.clone(), self.id, self.generation);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { store.unlock(id, generation).await });
-            } else {
-                store.forget(id);
-            }
-        }
     }
 }
 

@@ -185,12 +185,21 @@ impl PgCluster {
         self.directory().admin().await
     }
 
-    /// Locks `user`'s maildrop, in whichever shard it lives, for `poplar migrate`.
-    pub async fn import_to(&self, user: &str) -> Result<PgImport, StoreError> {
+    /// Does `act` in the shard `user`'s maildrop lives in, following the marks moves left
+    /// behind (a stale placement lands on a mark, never on a wrong maildrop).
+    async fn where_it_lives<'a, T, F, Fut>(
+        &'a self,
+        user: &str,
+        mut act: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(&'a PgStore) -> Fut,
+        Fut: Future<Output = Result<Here<T>, StoreError>>,
+    {
         let mut shard = self.placement(user).await?;
         for _ in 0..HOPS {
-            match self.shards[shard].import_here(user).await? {
-                Here::Yes(import) => return Ok(import),
+            match act(&self.shards[shard]).await? {
+                Here::Yes(done) => return Ok(done),
                 Here::MovedTo(next) => {
                     shard = self.shard(next)?;
                     self.remember(user, shard);
@@ -198,6 +207,12 @@ impl PgCluster {
             }
         }
         Err(still_moving(user))
+    }
+
+    /// Locks `user`'s maildrop, in whichever shard it lives, for `poplar migrate`.
+    pub async fn import_to(&self, user: &str) -> Result<PgImport, StoreError> {
+        self.where_it_lives(user, |shard| shard.import_here(user))
+            .await
     }
 
     /// Moves `user`'s maildrop to shard `to`, keeping every UID and UIDL. Fails with
@@ -387,17 +402,8 @@ impl MailStore for PgCluster {
     type Maildrop = PgMaildrop;
 
     async fn open(&self, user: &str) -> Result<(PgMaildrop, Vec<MessageInfo>), StoreError> {
-        let mut shard = self.placement(user).await?;
-        for _ in 0..HOPS {
-            match self.shards[shard].open_here(user).await? {
-                Here::Yes(opened) => return Ok(opened),
-                Here::MovedTo(next) => {
-                    shard = self.shard(next)?;
-                    self.remember(user, shard);
-                }
-            }
-        }
-        Err(still_moving(user))
+        self.where_it_lives(user, |shard| shard.open_here(user))
+            .await
     }
 
     /// Kept in the first database, with the users: logins do not depend on where mail lives.
@@ -415,17 +421,8 @@ impl MailStore for PgCluster {
         prefix: &[u8],
         spool: &Path,
     ) -> Result<u64, StoreError> {
-        let mut shard = self.placement(user).await?;
-        for _ in 0..HOPS {
-            match self.shards[shard].deliver_here(user, prefix, spool).await? {
-                Here::Yes(octets) => return Ok(octets),
-                Here::MovedTo(next) => {
-                    shard = self.shard(next)?;
-                    self.remember(user, shard);
-                }
-            }
-        }
-        Err(still_moving(user))
+        self.where_it_lives(user, |shard| shard.deliver_here(user, prefix, spool))
+            .await
     }
 }
 

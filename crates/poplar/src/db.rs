@@ -121,10 +121,7 @@ pub(crate) async fn load_users(config: &Config) -> Result<(PgCluster, Arc<pop3_a
 
 /// `poplar user add|passwd|del|list` on the database's `poplar_users` table.
 pub(crate) fn edit_users(config: &Config, cmd: UserEdit) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async {
         let store = connect(config, &UserReplica::new()).await?;
         let client = store.admin().await?;
@@ -159,10 +156,7 @@ pub(crate) fn edit_users(config: &Config, cmd: UserEdit) -> Result<()> {
 
 /// Every user name in the users table, in order.
 pub(crate) fn user_names(config: &Config) -> Result<Vec<String>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async {
         let store = connect(config, &UserReplica::new()).await?;
         let client = store.admin().await?;
@@ -190,10 +184,7 @@ pub(crate) enum UserEdit {
 /// to run again.
 pub(crate) fn init(config: &Config) -> Result<ExitCode> {
     let urls = urls(config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async {
         for url in urls {
             let mut client = pop3_store_postgres::connect_one(url, config.store.ca_file.as_deref())
@@ -226,10 +217,7 @@ pub(crate) fn init(config: &Config) -> Result<ExitCode> {
 /// `poplar db move-user NAME --to SHARD`: moves a maildrop between shards, every UIDL kept.
 pub(crate) fn move_user(config: &Config, name: &str, to: usize) -> Result<ExitCode> {
     let urls = urls(config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::runtime()?;
     runtime.block_on(async {
         let store = connect(config, &UserReplica::new()).await?;
         let started = std::time::Instant::now();

@@ -464,10 +464,7 @@ fn expire(args: &ExpireArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = args.as_of.unwrap_or_else(poplar_util::clock::unix_now);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::runtime()?;
     let report = runtime.block_on(async {
         anyhow::Ok(match config.store.backend {
             pop3_server::config::StoreBackend::Maildir => {
@@ -562,11 +559,7 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
     }
     if errors == 0 && config.store.backend == pop3_server::config::StoreBackend::Postgres {
         // The database must be reachable and carry this version's schema.
-        let reached = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?
-            .block_on(db::load_users(&config));
+        let reached = crate::runtime()?.block_on(db::load_users(&config));
         match reached {
             Ok((_, users)) => {
                 println!(
@@ -662,6 +655,15 @@ fn redact(value: &mut toml::Value) {
         toml::Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }
+}
+
+/// The runtime a one-shot command (`db`, `user` on PostgreSQL, `expire`, ...) runs its async
+/// work on: one thread is plenty.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Prints one line of a listing. A reader that stopped reading (`| head`) ends the program

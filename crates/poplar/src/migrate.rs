@@ -121,9 +121,7 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
     crate::init_logging(&config);
     crate::privileges::become_configured_user(&config, false)?;
     let to = pop3_auth::directory::normalize_name(&args.to);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = crate::runtime()?;
     let started = Instant::now();
     let tally = runtime.block_on(async {
         let (users, target) = match config.store.backend {
