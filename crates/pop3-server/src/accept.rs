@@ -92,6 +92,7 @@ pub(crate) fn admit<S, IO>(
     S: MailStore,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    crate::metrics::connection_accepted(kind);
     let ip = peer.ip().to_canonical();
     let peer = SocketAddr::new(ip, peer.port());
     let net = limits::client_net(ip);
@@ -144,6 +145,7 @@ fn refuse<IO>(
 ) where
     IO: AsyncWrite + Unpin + Send + 'static,
 {
+    crate::metrics::connection_refused(kind);
     log.record(peer, text, tokio::time::Instant::now());
     if kind == Kind::Pop3s {
         return;

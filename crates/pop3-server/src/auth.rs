@@ -40,7 +40,7 @@ pub(crate) struct Authenticator {
     users: Users,
     decoy: Arc<str>,
     hashing: HashPool,
-    pub(crate) penalties: Penalties,
+    pub(crate) penalties: Arc<Penalties>,
     oauth: Option<Arc<JwtVerifier>>,
     salt_key: Arc<[u8]>,
     /// Mechanisms the configuration lists explicitly (offered when some user can use them);
@@ -70,12 +70,12 @@ impl Authenticator {
             users,
             decoy: decoy.into(),
             hashing: HashPool::new(cores.min(8)),
-            penalties: Penalties::new(
+            penalties: Arc::new(Penalties::new(
                 auth.failure_delay,
                 auth.penalty_cap,
                 auth.penalty_reset_after,
                 auth.trusted_networks.clone(),
-            ),
+            )),
             oauth: oauth.map(Arc::new),
             salt_key: salt_key.into(),
             listed: auth
@@ -93,6 +93,11 @@ impl Authenticator {
             hostname: config.hostname(),
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// Whether `user` has an entry (for the metrics' `unknown_user`; clients are never told).
+    pub(crate) fn knows(&self, user: &str) -> bool {
+        self.database().is_some_and(|db| db.get(user).is_some())
     }
 
     /// The current user database; `None` (and an error logged) when it cannot be read.

@@ -12,6 +12,7 @@
 //! drives again.
 
 use crate::auth::{self, ConnInfo};
+use crate::metrics::{self, LoginResult};
 use crate::penalty::{Answer, Outcome};
 use crate::{Kind, Shared};
 use pop3_auth::sasl::{FailureKind, ServerMechanism, Step};
@@ -43,6 +44,8 @@ enum Driven<IO> {
 pub(crate) struct Connection<S: MailStore> {
     shared: Arc<Shared<S>>,
     peer: SocketAddr,
+    /// The listener it arrived on.
+    kind: Kind,
     session: ServerSession,
     out: Vec<u8>,
     maildrop: Option<S::Maildrop>,
@@ -110,6 +113,7 @@ pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
     let mut conn = Connection {
         shared,
         peer,
+        kind,
         session,
         out: Vec::new(),
         maildrop: None,
@@ -128,16 +132,13 @@ pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
     };
     // Every line the session logs carries its number (text: `session{id=7}:`; JSON: "span").
     let span = tracing::info_span!("session", id = conn.registration.id());
-    let result = tracing::Instrument::instrument(conn.run(tcp, kind), span.clone()).await;
-    span.in_scope(|| conn.summary(kind, started, result.err()));
+    let result = tracing::Instrument::instrument(conn.run(tcp), span.clone()).await;
+    span.in_scope(|| conn.summary(started, result.err()));
 }
 
 impl<S: MailStore> Connection<S> {
-    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        tcp: IO,
-        kind: Kind,
-    ) -> io::Result<()> {
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(&mut self, tcp: IO) -> io::Result<()> {
+        let kind = self.kind;
         let plain = match kind {
             Kind::Pop3s => {
                 let tls = self.handshake(tcp).await?;
@@ -167,6 +168,20 @@ impl<S: MailStore> Connection<S> {
         &mut self,
         tcp: IO,
     ) -> io::Result<tokio_rustls::server::TlsStream<IO>> {
+        let result = self.tls_handshake(tcp).await;
+        metrics::tls_handshake(
+            self.kind,
+            result
+                .is_ok()
+                .then_some(self.tls_version.unwrap_or("other")),
+        );
+        result
+    }
+
+    async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        tcp: IO,
+    ) -> io::Result<tokio_rustls::server::TlsStream<IO>> {
         let setup = self
             .shared
             .current_tls()
@@ -187,6 +202,7 @@ impl<S: MailStore> Connection<S> {
                 }
             },
             () = evicted(&self.waiting) => {
+                metrics::evicted(self.kind);
                 return Err(io::Error::other(
                     "closed during the TLS handshake to make room at the connection limit",
                 ));
@@ -252,6 +268,7 @@ impl<S: MailStore> Connection<S> {
                             continue;
                         }
                         () = evicted(&self.waiting) => {
+                            metrics::evicted(self.kind);
                             self.session.evicted(&mut self.out).map_err(misuse)?;
                             continue;
                         }
@@ -322,6 +339,7 @@ impl<S: MailStore> Connection<S> {
                         None => {
                             // The session only starts mechanisms it offered; a configuration
                             // change between offer and use lands here.
+                            metrics::login(&mechanism, LoginResult::Temporary);
                             self.session
                                 .auth_failed(&mut self.out, AuthFailure::Temporary)
                                 .map_err(misuse)?;
@@ -385,6 +403,7 @@ impl<S: MailStore> Connection<S> {
             Ok(Some(admitted)) => admitted,
             Ok(None) => self.shared.auth.login_allowed(user),
             Err(e) => {
+                metrics::store_error("login_delay");
                 tracing::warn!(user, error = %e, "cannot check LOGIN-DELAY in the store; the login is admitted");
                 true
             }
@@ -426,6 +445,7 @@ impl<S: MailStore> Connection<S> {
             "the client abandoned the exchange",
             answer,
         );
+        metrics::login(&name, penalised(answer, LoginResult::Protocol));
         if self.hold(answer).await? {
             self.session.sasl_abandoned(&mut self.out).map_err(misuse)?;
         }
@@ -449,6 +469,7 @@ impl<S: MailStore> Connection<S> {
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(true),
             () = evicted(&self.waiting) => {
+                metrics::evicted(self.kind);
                 self.session.evicted(&mut self.out).map_err(misuse)?;
                 Ok(false)
             }
@@ -484,15 +505,18 @@ impl<S: MailStore> Connection<S> {
                     Instant::now(),
                 );
                 if answer == Answer::Close {
+                    metrics::login(mechanism, LoginResult::Penalty);
                     tracing::info!(user = ?user, peer = %ip, "login attempt closed unanswered: too many failed logins from this address");
                 }
                 if !self.hold(answer).await? {
                     return Ok(());
                 }
                 if !self.login_allowed(&user).await {
+                    metrics::login(mechanism, LoginResult::LoginDelay);
                     tracing::info!(user = ?user, peer = %ip, "login refused: LOGIN-DELAY not yet passed");
                     AuthFailure::LoginDelay
                 } else if !self.take_user_slot(&user) {
+                    metrics::login(mechanism, LoginResult::TooManyConnections);
                     tracing::info!(user = ?user, peer = %ip, "login refused: too many connections for this user");
                     AuthFailure::TooManyConnections
                 } else {
@@ -503,7 +527,10 @@ impl<S: MailStore> Connection<S> {
             Step::Failure(f) => {
                 self.sasl = None;
                 match f.kind {
-                    FailureKind::Temporary => AuthFailure::Temporary,
+                    FailureKind::Temporary => {
+                        metrics::login(mechanism, LoginResult::Temporary);
+                        AuthFailure::Temporary
+                    }
                     kind => {
                         let user = f.user.as_deref().map(pop3_auth::directory::normalize_name);
                         let answer = self.shared.auth.penalties.conclude(
@@ -519,6 +546,16 @@ impl<S: MailStore> Connection<S> {
                             &f.reason,
                             answer,
                         );
+                        let result = match (kind, user) {
+                            (FailureKind::InvalidCredentials, Some(user))
+                                if !self.shared.auth.knows(&user) =>
+                            {
+                                LoginResult::UnknownUser
+                            }
+                            (FailureKind::InvalidCredentials, _) => LoginResult::BadPassword,
+                            _ => LoginResult::Protocol,
+                        };
+                        metrics::login(mechanism, penalised(answer, result));
                         if !self.hold(answer).await? {
                             return Ok(());
                         }
@@ -539,6 +576,7 @@ impl<S: MailStore> Connection<S> {
     async fn open_maildrop(&mut self, user: String) -> io::Result<()> {
         match self.shared.store.open(&user).await {
             Ok((maildrop, listing)) => {
+                metrics::login(self.mechanism.as_deref().unwrap_or("-"), LoginResult::Ok);
                 self.shared.auth.record_login(&user);
                 self.registration.set_user(&user);
                 self.maildrop_at_login =
@@ -568,6 +606,13 @@ impl<S: MailStore> Connection<S> {
                     e if e.is_temporary() => MaildropFailure::Temporary,
                     _ => MaildropFailure::Permanent,
                 };
+                let result = if why == MaildropFailure::InUse {
+                    LoginResult::InUse
+                } else {
+                    metrics::store_error("open");
+                    LoginResult::Temporary
+                };
+                metrics::login(self.mechanism.as_deref().unwrap_or("-"), result);
                 if why == MaildropFailure::InUse {
                     tracing::info!(user = ?user, peer = %self.peer, "maildrop in use by another session");
                 } else {
@@ -585,6 +630,20 @@ impl<S: MailStore> Connection<S> {
         io: &mut IO,
         request: MessageRequest,
     ) -> io::Result<()> {
+        let started = Instant::now();
+        let top = request.body_lines.is_some();
+        if self.send(io, request).await? {
+            metrics::message_sent(top, started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Sends the message (`true`), or tells the client it cannot be read (`false`).
+    async fn send<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        request: MessageRequest,
+    ) -> io::Result<bool> {
         let opened = match self.maildrop.as_mut() {
             Some(maildrop) => maildrop.read(request.index).await,
             None => Err(StoreError::MessageGone(request.index)),
@@ -592,8 +651,10 @@ impl<S: MailStore> Connection<S> {
         let mut reader = match opened {
             Ok(reader) => reader,
             Err(e) => {
+                metrics::store_error("read");
                 tracing::warn!(user = ?self.session.user(), message = request.index + 1, error = %e, "cannot read a message");
-                return self.session.message_failed(&mut self.out).map_err(misuse);
+                self.session.message_failed(&mut self.out).map_err(misuse)?;
+                return Ok(false);
             }
         };
         let mut encoder = self.session.message_start(&mut self.out).map_err(misuse)?;
@@ -633,6 +694,7 @@ impl<S: MailStore> Connection<S> {
             && let Some(maildrop) = self.maildrop.as_mut()
             && let Err(e) = maildrop.mark_seen(request.index).await
         {
+            metrics::store_error("mark_seen");
             tracing::warn!(user = ?self.session.user(), message = request.index + 1, error = %e, "cannot mark a message seen");
         }
         if request.body_lines.is_none() && sent != request.size {
@@ -641,7 +703,7 @@ impl<S: MailStore> Connection<S> {
                 "message size differs from the index (a wrong ,W= hint in its file name?)"
             );
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn commit(&mut self, deleted: Vec<usize>, retrieved: Vec<usize>) -> io::Result<()> {
@@ -654,6 +716,7 @@ impl<S: MailStore> Connection<S> {
                     // The retention period starts now. Without the record the messages are
                     // kept longer, never removed early: a failure here only warrants a warning.
                     if let Err(e) = maildrop.note_retrieved(&retrieved).await {
+                        metrics::store_error("note_retrieved");
                         tracing::warn!(user, error = %e, "cannot record retrieval times; these messages will not expire");
                     }
                 }
@@ -662,6 +725,7 @@ impl<S: MailStore> Connection<S> {
             None => Ok(()),
         };
         let result = result.map_err(|e| {
+            metrics::store_error("commit");
             tracing::error!(user = ?self.session.user(), error = %e, "UPDATE failed");
             CommitFailure::Partial
         });
@@ -670,7 +734,8 @@ impl<S: MailStore> Connection<S> {
             .map_err(misuse)
     }
 
-    fn summary(&self, listener: Kind, started: Instant, error: Option<io::Error>) {
+    fn summary(&self, started: Instant, error: Option<io::Error>) {
+        let listener = self.kind;
         let s = self.session.stats();
         // Like Dovecot's `del=N/M size=`: the maildrop before the session and after its QUIT.
         let (before, after) = match self.maildrop_at_login {
@@ -688,18 +753,23 @@ impl<S: MailStore> Connection<S> {
             }
             None => ("-".to_owned(), "-".to_owned()),
         };
-        let end = match (self.session.end_reason(), &error) {
-            (EndReason::Quit, _) => "quit",
-            (EndReason::Timeout, _) => "timeout",
-            (EndReason::Shutdown, _) => "shutdown",
-            (EndReason::Evicted, _) => "evicted to make room",
-            (EndReason::TooManyFailures, _) => "closed: too many failed logins",
-            (EndReason::MaildropLost, _) => "the maildrop's lock was lost",
-            (EndReason::Kicked, _) => "ended by the administrator",
-            (EndReason::TooManyBadCommands, _) => "too many bad commands",
-            (EndReason::Open, Some(_)) => "error",
-            (EndReason::Open, None) => "disconnected",
+        // In words for the log line, and as the metrics' `end` label.
+        let (end, label) = match (self.session.end_reason(), &error) {
+            (EndReason::Quit, _) => ("quit", "quit"),
+            (EndReason::Timeout, _) => ("timeout", "timeout"),
+            (EndReason::Shutdown, _) => ("shutdown", "shutdown"),
+            (EndReason::Evicted, _) => ("evicted to make room", "evicted"),
+            (EndReason::TooManyFailures, _) => {
+                ("closed: too many failed logins", "too_many_failures")
+            }
+            (EndReason::MaildropLost, _) => ("the maildrop's lock was lost", "lock_lost"),
+            (EndReason::Kicked, _) => ("ended by the administrator", "kicked"),
+            (EndReason::TooManyBadCommands, _) => ("too many bad commands", "bad_commands"),
+            (EndReason::Open, Some(_)) => ("error", "error"),
+            (EndReason::Open, None) => ("disconnected", "disconnected"),
         };
+        let took = started.elapsed();
+        metrics::session_ended(listener, self.session.tls_active(), label, &s, took);
         tracing::info!(
             peer = %self.peer,
             listener = %listener,
@@ -718,11 +788,20 @@ impl<S: MailStore> Connection<S> {
             committed = s.committed,
             bad_commands = s.bad_commands,
             auth_failures = s.auth_failures,
-            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             end,
             error = error.as_ref().map(|e| e.to_string()),
             "session ended"
         );
+    }
+}
+
+/// A failed attempt's metrics result, or `penalty` when it was closed unanswered.
+fn penalised(answer: Answer, result: LoginResult) -> LoginResult {
+    if answer == Answer::Close {
+        LoginResult::Penalty
+    } else {
+        result
     }
 }
 

@@ -45,6 +45,7 @@ pub async fn purge<S: Retention>(
     let users = match store.retaining_users().await {
         Ok(u) => u,
         Err(e) => {
+            crate::metrics::store_error("expire");
             report.failed.push(("*".into(), e.to_string()));
             tracing::error!(error = %e, "retention purge: cannot list the maildrops");
             return report;
@@ -73,9 +74,13 @@ pub async fn purge<S: Retention>(
                     report.octets += m.size;
                 }
                 report.messages += expired.len();
+                if !dry_run {
+                    crate::metrics::expired(expired.len());
+                }
             }
             Err(StoreError::InUse) => report.busy.push(user),
             Err(e) => {
+                crate::metrics::store_error("expire");
                 tracing::warn!(user, error = %e, "retention purge failed for this maildrop");
                 report.failed.push((user, e.to_string()));
             }

@@ -27,6 +27,7 @@ mod error;
 pub mod expire;
 mod limits;
 pub mod lmtp;
+pub mod metrics;
 mod penalty;
 mod proxy;
 mod registry;
@@ -185,9 +186,29 @@ pub struct Status {
     connections: Arc<Semaphore>,
     max_connections: usize,
     per_user: Arc<limits::Slots<String>>,
+    penalties: Arc<penalty::Penalties>,
+    shutdown: watch::Receiver<bool>,
+    probe: StoreProbe,
 }
 
+/// Asks the store whether it answers ([`MailStore::check`]), whatever its type.
+type StoreProbe = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
 impl Status {
+    /// Whether the server can serve a new session now: its listeners are bound (a `Server`
+    /// exists only once all are), it is not shutting down, and the store answers. The error
+    /// says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        if *self.shutdown.borrow() {
+            return Err("shutting down".into());
+        }
+        (self.probe)()
+            .await
+            .map_err(|e| format!("the store does not answer: {e}"))
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.max_connections
@@ -197,6 +218,11 @@ impl Status {
     /// Sessions logged in now.
     pub fn logged_in(&self) -> usize {
         self.per_user.total()
+    }
+
+    /// Addresses and accounts whose login attempts are delayed now after failures.
+    pub fn penalties_in_force(&self) -> usize {
+        self.penalties.in_force(tokio::time::Instant::now())
     }
 }
 
@@ -388,6 +414,15 @@ impl<S: MailStore> Server<S> {
             connections: Arc::clone(&self.shared.connections),
             max_connections: self.shared.settings.max_connections,
             per_user: Arc::clone(&self.shared.per_user),
+            penalties: Arc::clone(&self.shared.auth.penalties),
+            shutdown: self.shared.shutdown.subscribe(),
+            probe: {
+                let shared = Arc::clone(&self.shared);
+                Arc::new(move || {
+                    let shared = Arc::clone(&shared);
+                    Box::pin(async move { shared.store.check().await.map_err(|e| e.to_string()) })
+                })
+            },
         }
     }
 

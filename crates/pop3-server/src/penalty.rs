@@ -132,6 +132,16 @@ impl Penalties {
         }
     }
 
+    /// Addresses and accounts with failures not yet forgotten: their next attempt waits.
+    pub(crate) fn in_force(&self, now: Instant) -> usize {
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let live = |r: &&Record| {
+            r.failures > 0 && now.saturating_duration_since(r.last) < self.reset_after
+        };
+        tables.addresses.values().filter(live).count()
+            + tables.accounts.values().filter(live).count()
+    }
+
     fn trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|n| n.contains(&ip))
     }

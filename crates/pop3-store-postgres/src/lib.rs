@@ -354,6 +354,13 @@ impl PgStore {
             .map_err(|e| PgError::Config(chain(&e)))
     }
 
+    /// A query answered by this database (for [`MailStore::check`]).
+    pub(crate) async fn check_here(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(db)?;
+        Ok(())
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.inner.pool.get().await.map_err(db)
     }
@@ -594,6 +601,10 @@ fn moved(user: &str, shard: i32) -> StoreError {
 
 impl MailStore for PgStore {
     type Maildrop = PgMaildrop;
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.check_here().await
+    }
 
     async fn open(&self, user: &str) -> Result<(PgMaildrop, Vec<MessageInfo>), StoreError> {
         match self.open_here(user).await? {

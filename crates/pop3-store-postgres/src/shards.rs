@@ -401,6 +401,14 @@ async fn copy(
 impl MailStore for PgCluster {
     type Maildrop = PgMaildrop;
 
+    /// Every shard must answer: a user on a silent one could not log in.
+    async fn check(&self) -> Result<(), StoreError> {
+        for shard in self.shards.iter() {
+            shard.check_here().await?;
+        }
+        Ok(())
+    }
+
     async fn open(&self, user: &str) -> Result<(PgMaildrop, Vec<MessageInfo>), StoreError> {
         self.where_it_lives(user, |shard| shard.open_here(user))
             .await

@@ -164,6 +164,11 @@ pub trait MailStore: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// Whether the store answers now, for a health check (`/healthz`): the cheapest round trip
+    /// that proves maildrops can be opened (the Maildir root readable, each database
+    /// answering a query). The error says what is wrong.
+    fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Stores `prefix` (header lines delivery adds, often none) followed by the message held
     /// in the file `spool`, exactly as it is there, in `user`'s maildrop, durably: once this
     /// returns `Ok`, a crash cannot lose it. Returns the octets stored.

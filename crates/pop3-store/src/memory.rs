@@ -60,6 +60,10 @@ pub struct MemoryDrop {
 impl MailStore for MemoryStore {
     type Maildrop = MemoryDrop;
 
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn deliver_file(
         &self,
         user: &str,

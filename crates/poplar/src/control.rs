@@ -1,8 +1,8 @@
-//! The control socket, `DATA/control` (mode 0600, the service user's): how `poplar who` and
-//! `poplar kick` and `poplar reload` reach a running `poplar serve` on this machine. A client
-//! sends one line, `who`, `who USER`, `kick USER` or `reload`, and reads JSON lines back: one
-//! session each for `who`, `{"kicked": N}`, `{"reloaded": "what"}`, or `{"error": "..."}`. Only root and the
-//! service user can open it.
+//! The control socket, `DATA/control` (mode 0600, the service user's): how `poplar who`,
+//! `kick`, `reload` and `stats` reach a running `poplar serve` on this machine. A client sends
+//! one line, `who`, `who USER`, `kick USER`, `reload` or `stats`, and reads JSON lines back: one
+//! session each for `who`, `{"kicked": N}`, `{"reloaded": "what"}`, `{"metrics": "text"}`, or
+//! `{"error": "..."}`. Only root and the service user can open it.
 
 use anyhow::{Context, Result, bail};
 use pop3_server::{Config, SessionInfo, Sessions};
@@ -18,11 +18,15 @@ pub(crate) fn path(config: &Config) -> PathBuf {
 
 /// Listens on the control socket until the server stops (after privileges were given up,
 /// so the socket is the service user's).
-pub(crate) fn listen(
-    config: &Config,
-    sessions: Sessions,
-    reloader: Option<Arc<pop3_server::TlsReloader>>,
-) -> Result<()> {
+/// What the control socket answers from.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub(crate) sessions: Sessions,
+    pub(crate) reloader: Option<Arc<pop3_server::TlsReloader>>,
+    pub(crate) metrics: crate::metrics::Metrics,
+}
+
+pub(crate) fn listen(config: &Config, served: Served) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let path = path(config);
     // A socket left by an earlier run is replaced; anything else in its place is not.
@@ -38,17 +42,16 @@ pub(crate) fn listen(
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
     tracing::info!(
-        "control socket on {} (poplar who, poplar kick)",
+        "control socket on {} (poplar who, kick, reload, stats)",
         path.display()
     );
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let sessions = sessions.clone();
-                    let reloader = reloader.clone();
+                    let served = served.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &sessions, reloader.as_deref()).await {
+                        if let Err(e) = answer(stream, &served).await {
                             tracing::debug!(error = %e, "control connection failed");
                         }
                     });
@@ -66,11 +69,7 @@ pub(crate) fn listen(
 /// Longest request line read.
 const MAX_REQUEST: u64 = 1024;
 
-async fn answer(
-    stream: tokio::net::UnixStream,
-    sessions: &Sessions,
-    reloader: Option<&pop3_server::TlsReloader>,
-) -> std::io::Result<()> {
+async fn answer(stream: tokio::net::UnixStream, served: &Served) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -88,22 +87,26 @@ async fn answer(
     };
     match words.as_slice() {
         ["who"] | ["who", _] => {
-            for session in sessions.list(words.get(1).copied()) {
+            for session in served.sessions.list(words.get(1).copied()) {
                 push(&mut reply, serde_json::json!(session));
             }
         }
         ["kick", user] => {
-            let kicked = sessions.kick(user);
+            let kicked = served.sessions.kick(user);
             tracing::info!(user, sessions = kicked, "poplar kick");
             push(&mut reply, serde_json::json!({ "kicked": kicked }));
         }
-        ["reload"] => match crate::serve::reload("poplar reload", reloader) {
+        ["reload"] => match crate::serve::reload("poplar reload", served.reloader.as_deref()) {
             Ok(done) => push(&mut reply, serde_json::json!({ "reloaded": done })),
             Err(e) => push(&mut reply, serde_json::json!({ "error": e })),
         },
+        ["stats"] => push(
+            &mut reply,
+            serde_json::json!({ "metrics": served.metrics.render() }),
+        ),
         _ => push(
             &mut reply,
-            serde_json::json!({ "error": "unknown request: send who, who USER, kick USER or reload" }),
+            serde_json::json!({ "error": "unknown request: send who, who USER, kick USER, reload or stats" }),
         ),
     }
     write.write_all(reply.as_bytes()).await?;
@@ -179,6 +182,24 @@ pub(crate) fn reload(config: &Config) -> Result<ExitCode> {
         .and_then(serde_json::Value::as_str)
         .context("the server's answer says nothing about the reload")?;
     crate::say(&done)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `poplar stats [--prometheus]`.
+pub(crate) fn stats(config: &Config, prometheus: bool) -> Result<ExitCode> {
+    let answers = ask(config, "stats")?;
+    let text = answers
+        .first()
+        .and_then(|v| v.get("metrics"))
+        .and_then(serde_json::Value::as_str)
+        .context("the server's answer holds no metrics")?;
+    if prometheus {
+        crate::say(&text.trim_end())?;
+    } else {
+        for line in crate::metrics::in_words(text) {
+            crate::say(&line)?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@ mod db;
 mod deliver;
 mod fetch;
 mod man;
+mod metrics;
 mod migrate;
 mod privileges;
 mod serve;
@@ -67,6 +68,9 @@ enum Command {
     /// Reload the running server's TLS certificate and key (what SIGHUP does), and say how it
     /// went: a refused certificate's reason, and exit status 1.
     Reload(DbArgs),
+    /// Show the running server's metrics in words (what Prometheus scrapes from /metrics),
+    /// or the Prometheus text itself with --prometheus.
+    Stats(StatsArgs),
     /// Write the manual pages (poplar(1), one per subcommand, poplar.toml(5)) into a directory.
     Man(ManArgs),
     /// Print the shell completion script for bash, zsh or fish.
@@ -80,6 +84,15 @@ struct WhoArgs {
     /// One JSON object per session instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// The Prometheus text exposition instead of words.
+    #[arg(long)]
+    prometheus: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -399,6 +412,10 @@ fn main() -> ExitCode {
             .load()
             .and_then(|c| control::kick(&c, &pop3_auth::directory::normalize_name(&args.user))),
         Command::Reload(args) => args.common.load().and_then(|c| control::reload(&c)),
+        Command::Stats(args) => args
+            .common
+            .load()
+            .and_then(|c| control::stats(&c, args.prometheus)),
         Command::Man(args) => man::write_pages(&args.dir).map(|written| {
             for page in written {
                 println!("{}", page.display());

@@ -104,8 +104,26 @@ async fn run_bound<S: MailStore>(
     }
     let reloader = server.tls_reloader(config).map(Arc::new);
     tokio::spawn(reload_on_sighup(reloader.clone()));
-    if let Err(e) = crate::control::listen(config, server.sessions(), reloader) {
-        tracing::warn!("{e:#}; `poplar who` and `poplar kick` cannot reach this server");
+    let store = match config.store.backend {
+        StoreBackend::Maildir => "maildir",
+        StoreBackend::Postgres => "postgres",
+    };
+    let metrics = crate::metrics::Metrics::install(server.status(), store)?;
+    if let Some(addr) = config.metrics.listen {
+        let bound = metrics
+            .listen(addr, config.metrics.allow_from.clone())
+            .await?;
+        tracing::info!("metrics on http://{bound}/metrics, health check on http://{bound}/healthz");
+    }
+    let served = crate::control::Served {
+        sessions: server.sessions(),
+        reloader,
+        metrics,
+    };
+    if let Err(e) = crate::control::listen(config, served) {
+        tracing::warn!(
+            "{e:#}; `poplar who`, `kick`, `reload` and `stats` cannot reach this server"
+        );
     }
     crate::systemd::serving(server.status());
     server
@@ -118,8 +136,6 @@ async fn run_bound<S: MailStore>(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reloads the TLS certificate and key on every SIGHUP (after a renewal), without touching
-/// running sessions. A failed reload keeps the previous certificate.
 /// Reloads what can change while the server runs: the TLS certificate and key (users need
 /// nothing: they are re-read as they change). Tells systemd around it. Returns what happened,
 /// for the log and for `poplar reload`.

@@ -34,6 +34,20 @@ impl Config {
                 ));
             }
         }
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+            && self
+                .metrics
+                .allow_from
+                .iter()
+                .all(|n| n.addr().is_loopback())
+        {
+            error(format!(
+                "metrics.listen {addr} is not a loopback address but metrics.allow_from admits \
+                 only loopback: list the networks of your Prometheus servers in \
+                 metrics.allow_from (metrics tell who is busy and when), or listen on 127.0.0.1."
+            ));
+        }
         for addr in &self.listen.lmtp {
             if let LmtpAddr::Tcp(a) = addr
                 && !a.ip().is_loopback()

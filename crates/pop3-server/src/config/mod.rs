@@ -52,6 +52,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// How log lines are written.
     pub log: LogConfig,
+    /// Prometheus metrics and the health check.
+    pub metrics: MetricsConfig,
     /// Whether `serve` creates a user `demo` (and a welcome message) when the users file has
     /// none: set by the binary for the embedded default only, never from a file, so a
     /// configured server never invents an account.
@@ -186,6 +188,7 @@ impl Default for Config {
             quota: QuotaConfig::default(),
             store: StoreConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             demo_user: false,
         }
     }
@@ -262,6 +265,35 @@ pub struct LogConfig {
     /// `"text"` (default: one readable line per event, as journald and log files want) or
     /// `"json"` (one JSON object per line, every field separate, for log shippers).
     pub format: LogFormat,
+}
+
+/// Where Prometheus scrapes `/metrics` and a load balancer asks `/healthz`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The HTTP listener, e.g. `"127.0.0.1:9187"`. Default: none (no listener: nothing is
+    /// exposed that the administrator did not ask for).
+    pub listen: Option<SocketAddr>,
+    /// Who may connect to it; others are closed before a byte is read. Default: loopback
+    /// only, so a non-loopback `listen` needs the Prometheus servers' networks named here.
+    pub allow_from: Vec<IpNet>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allow_from: loopback_networks(),
+        }
+    }
+}
+
+/// 127.0.0.0/8 and ::1.
+fn loopback_networks() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// The shapes of a log line.
@@ -554,10 +586,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             users_file: None,
-            plaintext_networks: ["127.0.0.0/8", "::1/128"]
-                .iter()
-                .filter_map(|n| n.parse().ok())
-                .collect(),
+            plaintext_networks: loopback_networks(),
             failure_delay: Duration::from_secs(2),
             apop: false,
             mechanisms: None,

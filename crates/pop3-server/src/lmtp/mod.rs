@@ -282,24 +282,41 @@ pub(crate) fn user_of(auth: &Authenticator, address: &str) -> Option<String> {
     db.get(local).is_some().then(|| normalize_name(local))
 }
 
-/// The reply for one recipient after the message was stored for it (or not).
+/// The reply for one recipient after the message was stored for it (or not), counted in the
+/// metrics by result.
 fn delivered_reply(address: &str, result: &Result<u64, StoreError>) -> String {
-    match result {
-        Ok(_) => format!("250 2.1.5 <{address}> Delivered\r\n"),
-        Err(StoreError::MessageTooLarge { limit }) => {
-            format!("552 5.3.4 <{address}> Message too large: the limit is {limit} octets\r\n")
-        }
-        Err(StoreError::EmptyMessage) => format!("554 5.6.0 <{address}> The message is empty\r\n"),
+    let (outcome, reply) = match result {
+        Ok(_) => ("delivered", format!("250 2.1.5 <{address}> Delivered\r\n")),
+        Err(StoreError::MessageTooLarge { limit }) => (
+            "too_large",
+            format!("552 5.3.4 <{address}> Message too large: the limit is {limit} octets\r\n"),
+        ),
+        Err(StoreError::EmptyMessage) => (
+            "empty",
+            format!("554 5.6.0 <{address}> The message is empty\r\n"),
+        ),
         // RFC 3463 X.2.2: mailbox full.
         Err(StoreError::OverQuota { usage, permanent }) => {
             let (code, class) = if *permanent { ("552", 5) } else { ("452", 4) };
-            format!("{code} {class}.2.2 <{address}> Mailbox full ({usage})\r\n")
+            (
+                "over_quota",
+                format!("{code} {class}.2.2 <{address}> Mailbox full ({usage})\r\n"),
+            )
         }
-        Err(StoreError::InvalidMailbox(..)) => {
-            format!("550 5.1.1 <{address}> No such mailbox\r\n")
+        Err(StoreError::InvalidMailbox(..)) => (
+            "no_mailbox",
+            format!("550 5.1.1 <{address}> No such mailbox\r\n"),
+        ),
+        Err(_) => {
+            crate::metrics::store_error("deliver");
+            (
+                "temporary",
+                format!("451 4.3.0 <{address}> Temporary failure; try again later\r\n"),
+            )
         }
-        Err(_) => format!("451 4.3.0 <{address}> Temporary failure; try again later\r\n"),
-    }
+    };
+    crate::metrics::lmtp_delivery(outcome);
+    reply
 }
 
 /// Removes spool files left by LMTP servers that are no longer running (killed in the middle

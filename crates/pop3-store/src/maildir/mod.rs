@@ -385,6 +385,23 @@ impl MailStore for MaildirStore {
         blocking(move || store.open_blocking(&user)).await
     }
 
+    async fn check(&self) -> Result<(), StoreError> {
+        let root = self.root().to_owned();
+        blocking(move || match std::fs::read_dir(&root) {
+            Ok(_) => Ok(()),
+            // Nothing delivered yet: the root is made with the first maildrop, so its parent
+            // must be there to make it in.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = root.parent().unwrap_or(&root);
+                std::fs::read_dir(parent)
+                    .map(drop)
+                    .map_err(|e| StoreError::io(parent, e))
+            }
+            Err(e) => Err(StoreError::io(&root, e)),
+        })
+        .await
+    }
+
     async fn deliver_file(
         &self,
         user: &str,
