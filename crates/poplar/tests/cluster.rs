@@ -338,7 +338,10 @@ fn clients_keeping_mail_poll_any_node_through_haproxy() {
 #[test]
 fn a_node_rides_out_postgresql_going_away() {
     let pg = pg::Pg::start();
-    let b = node_builder(&pg);
+    let mut b = node_builder(&pg);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    b.set("metrics.listen", metrics.as_str());
+    let metrics: std::net::SocketAddr = metrics.parse().unwrap();
     db_init(&b.write_config());
     let node = b.start();
     add_user(&node, "alice", "wonderland");
@@ -400,6 +403,10 @@ fn a_node_rides_out_postgresql_going_away() {
         "{told}"
     );
     assert!(held.closed_within(Duration::from_secs(5)));
+    // The health check tells the load balancer.
+    let (code, why) = common::http_get(metrics, "/healthz");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.starts_with("the store does not answer"), "{why}");
     let (_, refused) = login(&node);
     assert!(refused.starts_with("-ERR [SYS/TEMP]"), "{refused}");
     assert_eq!(
@@ -408,6 +415,9 @@ fn a_node_rides_out_postgresql_going_away() {
         Some(75)
     );
     pg.start_server();
+    common::eventually(Duration::from_secs(10), "healthy again", || {
+        (common::http_get(metrics, "/healthz").0 == 200).then_some(())
+    });
     let mut back = common::eventually(Duration::from_secs(10), "service back", || {
         let (c, reply) = login(&node);
         reply.starts_with("+OK Logged in").then_some(c)

@@ -5,32 +5,12 @@
 
 mod common;
 
-use common::{Client, ServerBuilder, free_port};
+use common::{Client, ServerBuilder, free_port, http_get};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// GET over HTTP/1.1: the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_owned())
-}
 
 /// A Prometheus server scraping `target` every second, with its data in a temporary directory.
 struct Prometheus {
@@ -81,7 +61,7 @@ impl Prometheus {
                 encoded.push_str(&format!("%{b:02X}"));
             }
         }
-        let (code, body) = get(self.api, &format!("/api/v1/query?query={encoded}"));
+        let (code, body) = http_get(self.api, &format!("/api/v1/query?query={encoded}"));
         assert_eq!(code, 200, "{body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         let mut out = BTreeMap::new();
@@ -350,7 +330,7 @@ fn prometheus_scrapes_every_metric_as_sessions_happen() {
     let n = refused.read(&mut line).unwrap();
     assert!(String::from_utf8_lossy(&line[..n]).contains("[SYS/TEMP]"));
     let text = common::eventually(Duration::from_secs(10), "eviction counted", || {
-        let (_, text) = get(metrics2, "/metrics");
+        let (_, text) = http_get(metrics2, "/metrics");
         text.contains("poplar_connections_evicted_total{listener=\"pop3\"} 1")
             .then_some(text)
     });
@@ -375,23 +355,23 @@ fn healthz_follows_the_store_and_the_listener_admits_only_its_networks() {
     let server = b.start();
     server.add_user("alice", "wonderland");
     // Ready before anything was delivered, and after.
-    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(metrics, "/healthz"), (200, "ok\n".into()));
     assert!(
         server
             .deliver(&["alice"], b"Subject: 1\r\n\r\n1\r\n")
             .success()
     );
-    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(metrics, "/healthz"), (200, "ok\n".into()));
     // The Maildir root and the directory it lives in gone (a lost mount): not ready.
     let mail = server.data_dir();
     let away = server.dir().join("data.away");
     std::fs::rename(&mail, &away).unwrap();
-    let (code, body) = get(metrics, "/healthz");
+    let (code, body) = http_get(metrics, "/healthz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("the store does not answer"), "{body}");
     std::fs::rename(&away, &mail).unwrap();
-    assert_eq!(get(metrics, "/healthz").0, 200);
-    assert_eq!(get(metrics, "/nothing").0, 404);
+    assert_eq!(http_get(metrics, "/healthz").0, 200);
+    assert_eq!(http_get(metrics, "/nothing").0, 404);
     let mut s = TcpStream::connect(metrics).unwrap();
     write!(
         s,
