@@ -18,15 +18,20 @@ use tokio::net::TcpListener;
 const LISTEN_BACKLOG: u32 = 1024;
 
 pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // `[::]:110` means IPv6 only, so that it can be listed next to `0.0.0.0:110` (as the
+        // production example does): a dual-stack socket would hold the IPv4 port too, and
+        // the second bind would fail with "address in use".
+        socket.set_only_v6(true)?;
+    }
     // A restarted server must not wait for the old connections' TIME_WAIT to pass.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(LISTEN_BACKLOG).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
 }
 
 pub(crate) async fn accept_loop<S: MailStore>(shared: Arc<Shared<S>>, listener: Listener) {

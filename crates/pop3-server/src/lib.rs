@@ -257,6 +257,20 @@ impl<S: MailStore> Server<S> {
         store: S,
         users: Users,
     ) -> Result<Self, ServerError> {
+        Self::bind_with_sockets(config, store, users, Vec::new()).await
+    }
+
+    /// [`Server::bind_with_users`], serving POP3 and POP3S on `inherited` sockets (systemd
+    /// socket activation) instead of binding `listen.pop3` and `listen.pop3s` itself, when
+    /// there are any. Each socket serves the listener whose addresses have its port (so
+    /// systemd's `ListenStream=995` is `pop3s = ["0.0.0.0:995", "[::]:995"]`); one whose port
+    /// is in neither list is refused.
+    pub async fn bind_with_sockets(
+        config: &Config,
+        store: S,
+        users: Users,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> Result<Self, ServerError> {
         let errors: Vec<String> = config
             .problems(false)
             .into_iter()
@@ -304,23 +318,55 @@ impl<S: MailStore> Server<S> {
                 "Poplar".to_owned()
             },
         };
+        let wanted = &config.tls.client_ca_listeners;
+        let client_certs = |addr: SocketAddr| {
+            config.tls.client_ca.is_some()
+                && (wanted.is_empty() || wanted.iter().any(|w| w.port() == addr.port()))
+        };
         let mut listeners = Vec::new();
-        for (kind, addrs) in [
-            (Kind::Pop3, &config.listen.pop3),
-            (Kind::Pop3s, &config.listen.pop3s),
-        ] {
-            for &addr in addrs {
-                let listener =
-                    accept::listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
-                let wanted = &config.tls.client_ca_listeners;
-                let client_certs =
-                    config.tls.client_ca.is_some() && (wanted.is_empty() || wanted.contains(&addr));
-                listeners.push(Listener {
-                    kind,
-                    client_certs,
-                    socket: listener,
-                });
+        if inherited.is_empty() {
+            for (kind, addrs) in [
+                (Kind::Pop3, &config.listen.pop3),
+                (Kind::Pop3s, &config.listen.pop3s),
+            ] {
+                for &addr in addrs {
+                    let listener = accept::listen(addr)
+                        .map_err(|source| ServerError::Bind { addr, source })?;
+                    listeners.push(Listener {
+                        kind,
+                        client_certs: client_certs(addr),
+                        socket: listener,
+                    });
+                }
             }
+        }
+        for socket in inherited {
+            let addr = socket.local_addr().map_err(|source| ServerError::Io {
+                path: "(a socket from systemd)".into(),
+                source,
+            })?;
+            let has_port = |addrs: &[SocketAddr]| addrs.iter().any(|a| a.port() == addr.port());
+            let kind = if has_port(&config.listen.pop3s) {
+                Kind::Pop3s
+            } else if has_port(&config.listen.pop3) {
+                Kind::Pop3
+            } else {
+                return Err(ServerError::Config(format!(
+                    "systemd passed a socket on {addr}, but port {} is in neither listen.pop3 \
+                     nor listen.pop3s: make poplar.socket's ListenStream= and [listen] agree",
+                    addr.port()
+                )));
+            };
+            socket
+                .set_nonblocking(true)
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let socket = TcpListener::from_std(socket)
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push(Listener {
+                kind,
+                client_certs: client_certs(addr),
+                socket,
+            });
         }
         let mut lmtp_listeners = Vec::new();
         for addr in &config.listen.lmtp {

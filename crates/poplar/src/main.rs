@@ -718,6 +718,14 @@ fn init_logging(config: &Config) {
         .with_target(false)
         .with_ansi(false);
     match config.log.format {
+        // journald stamps each line itself and reads its priority from a `<N>` prefix.
+        LogFormat::Text if systemd::stderr_is_journal() => builder
+            .event_format(systemd::JournalPriority(
+                tracing_subscriber::fmt::format()
+                    .with_target(false)
+                    .without_time(),
+            ))
+            .init(),
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }

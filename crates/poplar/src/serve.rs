@@ -47,6 +47,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    let sockets = crate::systemd::sockets()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         match config.store.backend {
@@ -54,7 +55,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
                 // One users file, parsed once, for logins and per-user quota rules.
                 let users = config.users_source();
                 let store = config.maildir_store_with_users(&users);
-                let server = Server::bind_with_users(&config, store.clone(), users).await?;
+                let server =
+                    Server::bind_with_sockets(&config, store.clone(), users, sockets).await?;
                 let policy = config.expire_policy();
                 if policy.purges() {
                     tokio::spawn(pop3_server::expire::run_periodically(store, policy));
@@ -63,7 +65,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
             }
             StoreBackend::Postgres => {
                 let (store, users) = crate::db::connect_following_patiently(&config).await?;
-                let server = Server::bind_with_users(&config, store.clone(), users).await?;
+                let server =
+                    Server::bind_with_sockets(&config, store.clone(), users, sockets).await?;
                 let policy = config.expire_policy();
                 if policy.purges() {
                     tokio::spawn(pop3_server::expire::run_periodically(store, policy));

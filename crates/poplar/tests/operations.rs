@@ -435,3 +435,224 @@ fn stats_in_words_from_the_control_socket() {
         "{text}"
     );
 }
+
+/// Socket activation as systemd does it (systemd-socket-activate, from systemd): the sockets
+/// are bound before Poplar runs, the first connection starts it, and each socket serves the
+/// listener whose port it has; a socket on a port the configuration does not list is refused.
+#[test]
+fn socket_activation_serves_the_sockets_systemd_hands_over() {
+    let (pop3, pop3s) = (free_port(), free_port());
+    let mut b = ServerBuilder::new();
+    b.set(
+        "listen.pop3",
+        toml::Value::Array(vec![format!("127.0.0.1:{pop3}").into()]),
+    );
+    b.set(
+        "listen.pop3s",
+        toml::Value::Array(vec![format!("127.0.0.1:{pop3s}").into()]),
+    );
+    let config = b.write_config();
+    let data = b.data_dir();
+    let add = Command::new(common::BIN)
+        .args([
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .as_ref()
+        .unwrap()
+        .write_all(b"wonderland\n")
+        .unwrap();
+    assert!(add.wait_with_output().unwrap().status.success());
+    let mut activator = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &format!("127.0.0.1:{pop3}"),
+            "-l",
+            &format!("127.0.0.1:{pop3s}"),
+        ])
+        .args([common::BIN, "serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (Debian package systemd)");
+    // Bound before Poplar runs: the first connection waits in the backlog and starts it.
+    let addr: SocketAddr = format!("127.0.0.1:{pop3}").parse().unwrap();
+    common::eventually(Duration::from_secs(20), "the socket", || {
+        TcpStream::connect(addr).ok()
+    });
+    let (mut c, greeting) = Client::connect(addr);
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let tls: SocketAddr = format!("127.0.0.1:{pop3s}").parse().unwrap();
+    let (mut c, greeting) = Client::connect_tls(tls, &data.join("tls/cert.pem"));
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let _ = Command::new("kill")
+        .arg(activator.id().to_string())
+        .status();
+    let out = activator.wait_with_output_timeout();
+    assert!(
+        out.contains("socket activation: 2 listening socket(s) from systemd"),
+        "{out}"
+    );
+
+    // A socket on a port [listen] does not name: refused, and the log says what to change.
+    let other = free_port();
+    let mut activator = Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{other}")])
+        .args([common::BIN, "serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{other}").parse().unwrap();
+    common::eventually(Duration::from_secs(20), "the socket", || {
+        TcpStream::connect(addr).ok()
+    });
+    let out = activator.wait_with_output_timeout();
+    assert!(
+        out.contains("in neither listen.pop3 nor listen.pop3s"),
+        "{out}"
+    );
+}
+
+/// Collects a child's standard error once it exits (killing it after 20 s).
+trait WaitWithTimeout {
+    fn wait_with_output_timeout(&mut self) -> String;
+}
+
+impl WaitWithTimeout for Child {
+    fn wait_with_output_timeout(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut text = String::new();
+        self.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+}
+
+/// Under systemd (standard error is the journal, as `JOURNAL_STREAM` says), each line starts
+/// with its level's syslog priority and carries no timestamp of its own; elsewhere lines
+/// keep their timestamps and no prefix.
+#[test]
+fn journald_gets_a_priority_per_level() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let file = std::fs::File::create(&journal).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut b = ServerBuilder::new();
+    b.set(
+        "listen.pop3",
+        toml::Value::Array(vec!["127.0.0.1:0".into()]),
+    );
+    b.set("listen.pop3s", toml::Value::Array(vec![]));
+    let config = b.write_config();
+    let mut child = Command::new(common::BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&journal).unwrap();
+    let line = common::eventually(Duration::from_secs(20), "listening", || {
+        read()
+            .lines()
+            .find(|l| l.contains("listening for POP3 on"))
+            .map(str::to_owned)
+    });
+    assert!(line.starts_with("<6> INFO listening for POP3 on"), "{line}");
+    let addr: SocketAddr = line
+        .split("listening for POP3 on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (mut c, _) = Client::connect(addr);
+    assert!(c.login("nobody", "secret-password").contains("[AUTH]"));
+    c.cmd("QUIT");
+    let text = common::eventually(Duration::from_secs(10), "the failure", || {
+        let text = read();
+        text.contains("session ended").then_some(text)
+    });
+    let failure = text
+        .lines()
+        .find(|l| l.contains("authentication failed"))
+        .unwrap();
+    assert!(failure.starts_with("<4> WARN "), "{failure}");
+    assert!(!text.contains("secret-password"));
+    for line in text.lines() {
+        assert!(line.starts_with('<'), "every line has its priority: {line}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // Without the journal: timestamps, no prefix.
+    let server = ServerBuilder::new().start();
+    let logs = server.logs();
+    assert!(logs.iter().all(|l| !l.starts_with('<')), "{logs:?}");
+    assert!(logs[0].starts_with("20"), "{logs:?}");
+}
+
+/// The shipped unit confines the service as far as a POP3 server that starts as root allows:
+/// `systemd-analyze security` rates its exposure 3.0 or lower ("OK"; 10 is unconfined).
+#[test]
+fn the_service_unit_is_hardened() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/poplar.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=30", unit])
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let overall = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap();
+    assert!(overall.contains("OK"), "{overall}");
+    // The socket unit hands over exactly the ports the packaged configuration serves.
+    let socket = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../dist/poplar.socket"
+    ))
+    .unwrap();
+    let config: toml::Table = toml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../dist/poplar.toml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let ports = |key: &str| -> Vec<String> {
+        config["listen"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().rsplit(':').next().unwrap().to_owned())
+            .collect()
+    };
+    for port in ports("pop3").into_iter().chain(ports("pop3s")) {
+        assert!(socket.contains(&format!("ListenStream={port}\n")), "{port}");
+    }
+}
