@@ -299,6 +299,37 @@ fn prometheus_scrapes_every_metric_as_sessions_happen() {
         prometheus.query("poplar_build_info").keys().next().unwrap(),
         &format!("store=maildir,version={}", env!("CARGO_PKG_VERSION"))
     );
+    // The Grafana dashboard in dist/ charts every metric, and Prometheus accepts each of its
+    // queries (Grafana's variables given values) and has data for it.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../dist/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    for metric in pop3_server::metrics::METRICS {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric.name)),
+            "the dashboard does not chart {}",
+            metric.name
+        );
+    }
+    for expr in &exprs {
+        let expr = expr
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "1m");
+        // query() fails on anything but 200: a query Prometheus cannot parse is a 400.
+        prometheus.query(&expr);
+    }
     // Open connections and logged-in sessions are gauges of now.
     let (mut held, _) = Client::connect(server.pop3);
     assert!(held.login("bob", "builder").starts_with("+OK"));
