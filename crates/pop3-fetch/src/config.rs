@@ -136,12 +136,22 @@ impl AccountConfig {
             .unwrap_or_else(|| format!("{}@{}", self.user, self.host))
     }
 
-    /// The connection's security, checked against `allow_insecure`.
+    /// Whether the login is Kerberos (`auth = "GSSAPI"`): the user's ticket, no password.
+    pub fn uses_kerberos(&self) -> bool {
+        self.auth
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case("GSSAPI"))
+    }
+
+    /// The connection's security, checked against `allow_insecure` (Kerberos logins may go
+    /// without TLS).
     pub fn tls_mode(&self) -> Result<TlsMode, FetchError> {
         Ok(match self.tls {
             TlsSetting::Implicit => TlsMode::Implicit,
             TlsSetting::Starttls => TlsMode::Starttls,
-            TlsSetting::None if self.allow_insecure => TlsMode::None,
+            // Kerberos proves who logs in without a password on the wire (KPOP's design);
+            // the mail itself then travels unencrypted, as the user chose.
+            TlsSetting::None if self.allow_insecure || self.uses_kerberos() => TlsMode::None,
             TlsSetting::None => {
                 return Err(FetchError::File {
                     path: PathBuf::from(self.label()),

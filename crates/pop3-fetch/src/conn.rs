@@ -69,6 +69,8 @@ pub struct Dialer {
     tls: Option<(TlsMode, TlsConnector, rustls_pki_types::ServerName<'static>)>,
     trust: Option<Arc<ServerTrust>>,
     timeouts: Timeouts,
+    /// The server's name, for GSSAPI's service principal (`pop@HOST`).
+    host: String,
 }
 
 impl Dialer {
@@ -103,6 +105,7 @@ impl Dialer {
                 tls: None,
                 trust: None,
                 timeouts: Timeouts::default(),
+                host: server_name.to_owned(),
             });
         }
         let verifier = Arc::new(ServerTrust::new(trust, record_only)?);
@@ -121,6 +124,7 @@ impl Dialer {
             tls: Some((mode, TlsConnector::from(Arc::new(config)), name)),
             trust: Some(verifier),
             timeouts: Timeouts::default(),
+            host: server_name.to_owned(),
         })
     }
 
@@ -152,17 +156,17 @@ impl Dialer {
         tcp.set_nodelay(true)
             .map_err(FetchError::io("setting TCP_NODELAY"))?;
         let Some((mode, connector, name)) = &self.tls else {
-            let mut c = Conn::new(Stream::Plain(tcp), t.reply);
+            let mut c = Conn::new(Stream::Plain(tcp), t.reply, &self.host);
             let greeting = c.greeting_within(t.greeting, addr, PLAIN_SILENCE).await?;
             return Ok((c, greeting));
         };
         if *mode == TlsMode::Implicit {
             let tls = self.handshake(connector, name, tcp).await?;
-            let mut c = Conn::new(Stream::Tls(Box::new(tls)), t.reply);
+            let mut c = Conn::new(Stream::Tls(Box::new(tls)), t.reply, &self.host);
             let greeting = c.greeting_within(t.greeting, addr, TLS_SILENCE).await?;
             return Ok((c, greeting));
         }
-        let mut c = Conn::new(Stream::Plain(tcp), t.reply);
+        let mut c = Conn::new(Stream::Plain(tcp), t.reply, &self.host);
         let greeting = c.greeting_within(t.greeting, addr, PLAIN_SILENCE).await?;
         match c.command(&Command::Stls).await? {
             s if s.ok => {}
@@ -187,7 +191,7 @@ impl Dialer {
         };
         let tls = self.handshake(connector, name, tcp).await?;
         session.tls_established();
-        let mut conn = Conn::new(Stream::Tls(Box::new(tls)), t.reply);
+        let mut conn = Conn::new(Stream::Tls(Box::new(tls)), t.reply, &self.host);
         conn.session = session;
         Ok((conn, greeting))
     }
@@ -322,11 +326,14 @@ pub struct Conn {
     reply_timeout: Duration,
     /// SCRAM may use fewer iterations than RFC 5802's minimum.
     weak_scram: bool,
+    /// The server's name (GSSAPI's service principal is `pop@HOST`).
+    host: String,
 }
 
 impl Conn {
-    fn new(stream: Stream, reply_timeout: Duration) -> Self {
+    fn new(stream: Stream, reply_timeout: Duration, host: &str) -> Self {
         Conn {
+            host: host.to_owned(),
             reader: BufReader::with_capacity(READ_BUFFER, stream),
             line_buf: Vec::new(),
             line: String::new(),
@@ -531,6 +538,7 @@ impl Conn {
         use pop3_auth::sasl::client::{ClientCredentials, client};
         let exporter = self.tls_exporter();
         let credentials = ClientCredentials {
+            host: &self.host,
             user,
             secret,
             tls_exporter: exporter.as_deref(),

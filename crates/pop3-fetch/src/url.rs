@@ -1,7 +1,9 @@
-//! `pop3s://USER@HOST[:PORT]` and `pop3://USER@HOST[:PORT]`: how scripts name an account.
+//! `pop3s://USER@HOST[:PORT]`, `pop3://USER@HOST[:PORT]` and `kpop://[USER@]HOST[:PORT]`: how
+//! scripts name an account.
 //!
 //! `pop3s` is implicit TLS (RFC 8314, port 995); `pop3` is port 110 with STLS required (RFC
-//! 2595), as in curl and RFC 2384. The user part may be percent-encoded (`alice%40example.org`);
+//! 2595), as in curl and RFC 2384; `kpop` is Kerberized POP (port 1109, no TLS, the login by
+//! Kerberos 5 through SASL GSSAPI with the user's ticket). The user part may be percent-encoded (`alice%40example.org`);
 //! it may be left out where no login happens (`--serverinfo`), and [`ServerUrl::require_user`]
 //! checks it where one does.
 
@@ -19,6 +21,8 @@ pub struct ServerUrl {
     pub host: String,
     /// The port.
     pub port: u16,
+    /// `kpop://`: log in with Kerberos (GSSAPI), on a connection without TLS.
+    pub kerberos: bool,
 }
 
 impl std::str::FromStr for ServerUrl {
@@ -29,9 +33,11 @@ impl std::str::FromStr for ServerUrl {
             (TlsMode::Implicit, rest, 995)
         } else if let Some(rest) = text.strip_prefix("pop3://") {
             (TlsMode::Starttls, rest, 110)
+        } else if let Some(rest) = text.strip_prefix("kpop://") {
+            (TlsMode::None, rest, 1109)
         } else {
             return Err(format!(
-                "{text:?}: give pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT] (STLS)"
+                "{text:?}: give pop3s://USER@HOST[:PORT], pop3://USER@HOST[:PORT] (STLS) or kpop://HOST[:PORT] (Kerberos)"
             ));
         };
         let rest = rest.trim_end_matches('/');
@@ -54,6 +60,7 @@ impl std::str::FromStr for ServerUrl {
             return Err(format!("{text:?}: no host"));
         }
         Ok(ServerUrl {
+            kerberos: tls == TlsMode::None,
             tls,
             user,
             host,
@@ -64,10 +71,10 @@ impl std::str::FromStr for ServerUrl {
 
 impl fmt::Display for ServerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls == TlsMode::Implicit {
-            "pop3s"
-        } else {
-            "pop3"
+        let scheme = match self.tls {
+            TlsMode::Implicit => "pop3s",
+            _ if self.kerberos => "kpop",
+            _ => "pop3",
         };
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -85,7 +92,7 @@ impl fmt::Display for ServerUrl {
 impl ServerUrl {
     /// Fails unless the URL names a user, as a login needs.
     pub fn require_user(&self) -> Result<&str, String> {
-        if self.user.is_empty() {
+        if self.user.is_empty() && !self.kerberos {
             Err(format!(
                 "{self}: the URL needs the user name, {}://USER@HOST",
                 if self.tls == TlsMode::Implicit {
@@ -136,7 +143,8 @@ mod tests {
                 tls: TlsMode::Implicit,
                 user: "alice@example.org".into(),
                 host: "mail.example.org".into(),
-                port: 995
+                port: 995,
+                kerberos: false,
             }
         );
         let u: ServerUrl = "pop3://bob@[::1]:1110/".parse().unwrap();
@@ -151,6 +159,11 @@ mod tests {
         assert_eq!((u.user.as_str(), u.port), ("", 1995));
         assert_eq!(u.to_string(), "pop3s://mail.example.org:1995");
         assert!(u.require_user().is_err());
+        // Kerberized POP: port 1109, no TLS, no user needed (the ticket names it).
+        let u: ServerUrl = "kpop://mail.example.org".parse().unwrap();
+        assert_eq!((u.tls, u.port, u.kerberos), (TlsMode::None, 1109, true));
+        assert!(u.require_user().is_ok());
+        assert_eq!(u.to_string(), "kpop://mail.example.org:1109");
         for bad in [
             "imap://x@y",
             "pop3s://u@",

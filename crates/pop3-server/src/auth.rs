@@ -42,6 +42,9 @@ pub(crate) struct Authenticator {
     hashing: HashPool,
     pub(crate) penalties: Arc<Penalties>,
     oauth: Option<Arc<JwtVerifier>>,
+    /// Kerberos (`[auth.gssapi]`), in a build with the `gssapi` feature.
+    #[cfg(feature = "gssapi")]
+    gssapi: Option<pop3_auth::sasl::gssapi::GssapiSettings>,
     salt_key: Arc<[u8]>,
     /// Mechanisms the configuration lists explicitly (offered when some user can use them);
     /// `None`: automatic (challenge-response ones only when every user can).
@@ -77,6 +80,20 @@ impl Authenticator {
                 auth.trusted_networks.clone(),
             )),
             oauth: oauth.map(Arc::new),
+            #[cfg(feature = "gssapi")]
+            gssapi: auth
+                .gssapi
+                .as_ref()
+                .map(|g| pop3_auth::sasl::gssapi::GssapiSettings {
+                    acceptor: format!(
+                        "{}@{}",
+                        g.service,
+                        g.host.clone().unwrap_or_else(|| config.hostname())
+                    ),
+                    map: Arc::new(pop3_auth::sasl::gssapi::PrincipalMap {
+                        explicit: g.map.clone(),
+                    }),
+                }),
             salt_key: salt_key.into(),
             listed: auth
                 .mechanisms
@@ -93,6 +110,14 @@ impl Authenticator {
             hostname: config.hostname(),
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// Whether Kerberos logins (GSSAPI) are configured and built in.
+    pub(crate) fn kerberos(&self) -> bool {
+        #[cfg(feature = "gssapi")]
+        return self.gssapi.is_some();
+        #[cfg(not(feature = "gssapi"))]
+        false
     }
 
     /// Whether `user` has an entry (for the metrics' `unknown_user`; clients are never told).
@@ -152,6 +177,7 @@ impl Authenticator {
                     "SCRAM-SHA-256-PLUS" => usable(SecretKind::Scram(ScramHash::Sha256)) && binding,
                     "OAUTHBEARER" | "XOAUTH2" => self.oauth.is_some(),
                     "EXTERNAL" => conn.tls && conn.client_identity.is_some(),
+                    "GSSAPI" => self.kerberos(),
                     _ => false,
                 };
                 // Passwords and bearer tokens are readable on the wire; the others are not.
@@ -235,6 +261,10 @@ impl Authenticator {
             )),
             "XOAUTH2" => Box::new(OauthServer::new(Flavor::Xoauth2, self.oauth.clone()?, now)),
             "EXTERNAL" => Box::new(ExternalServer::new(conn.client_identity.clone())),
+            #[cfg(feature = "gssapi")]
+            "GSSAPI" => Box::new(pop3_auth::sasl::gssapi::GssapiServer::new(
+                self.gssapi.clone()?,
+            )),
             _ => return None,
         })
     }

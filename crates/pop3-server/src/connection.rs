@@ -107,8 +107,7 @@ pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
     let shutdown = shared.shutdown.subscribe();
     let login_deadline = started + shared.settings.login;
     // A POP3S connection's session is replaced after the handshake, when TLS facts are known.
-    let session =
-        ServerSession::new(shared.session_config(Kind::Pop3, peer.ip(), &ConnInfo::default()));
+    let session = ServerSession::new(shared.session_config(kind, peer.ip(), &ConnInfo::default()));
     let registration = shared.sessions.register(peer, kind);
     let mut conn = Connection {
         shared,
@@ -150,7 +149,7 @@ impl<S: MailStore> Connection<S> {
                 self.drive(tls).await?;
                 return Ok(());
             }
-            Kind::Pop3 => tcp,
+            Kind::Pop3 | Kind::Kpop => tcp,
         };
         match self.drive(plain).await? {
             Driven::Closed => Ok(()),

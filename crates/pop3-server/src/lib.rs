@@ -59,6 +59,8 @@ pub enum Kind {
     Pop3,
     /// POP3 over implicit TLS, port 995 style.
     Pop3s,
+    /// Kerberized POP, port 1109: GSSAPI is the only login.
+    Kpop,
 }
 
 impl std::fmt::Display for Kind {
@@ -66,6 +68,7 @@ impl std::fmt::Display for Kind {
         f.write_str(match self {
             Kind::Pop3 => "POP3",
             Kind::Pop3s => "POP3S",
+            Kind::Kpop => "KPOP",
         })
     }
 }
@@ -122,8 +125,25 @@ impl<S: MailStore> Shared<S> {
         let tls = match (kind, &self.tls) {
             (Kind::Pop3s, _) => Tls::Active,
             (Kind::Pop3, Some(_)) => Tls::Available,
-            (Kind::Pop3, None) => Tls::Unavailable,
+            (Kind::Pop3, None) | (Kind::Kpop, _) => Tls::Unavailable,
         };
+        if kind == Kind::Kpop {
+            // Kerberos or nothing: no passwords, no APOP, no TLS.
+            return SessionConfig {
+                capabilities: Arc::clone(&self.capabilities),
+                apop_timestamp: None,
+                tls,
+                plaintext_without_tls: false,
+                mechanisms: self
+                    .auth
+                    .mechanisms(conn)
+                    .into_iter()
+                    .filter(|m| m.name == "GSSAPI")
+                    .collect(),
+                max_bad_commands: self.settings.max_bad_commands,
+                max_sasl_line: self.settings.max_sasl_line,
+            };
+        }
         SessionConfig {
             capabilities: Arc::clone(&self.capabilities),
             apop_timestamp: self.settings.apop.then(|| self.auth.unique_msg_id()),
@@ -328,6 +348,7 @@ impl<S: MailStore> Server<S> {
             for (kind, addrs) in [
                 (Kind::Pop3, &config.listen.pop3),
                 (Kind::Pop3s, &config.listen.pop3s),
+                (Kind::Kpop, &config.listen.kpop),
             ] {
                 for &addr in addrs {
                     let listener = accept::listen(addr)
@@ -348,6 +369,8 @@ impl<S: MailStore> Server<S> {
             let has_port = |addrs: &[SocketAddr]| addrs.iter().any(|a| a.port() == addr.port());
             let kind = if has_port(&config.listen.pop3s) {
                 Kind::Pop3s
+            } else if has_port(&config.listen.kpop) {
+                Kind::Kpop
             } else if has_port(&config.listen.pop3) {
                 Kind::Pop3
             } else {

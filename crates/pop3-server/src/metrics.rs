@@ -105,6 +105,7 @@ fn listener(kind: Kind) -> &'static str {
     match kind {
         Kind::Pop3 => "pop3",
         Kind::Pop3s => "pop3s",
+        Kind::Kpop => "kpop",
     }
 }
 

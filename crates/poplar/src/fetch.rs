@@ -319,7 +319,15 @@ fn one_shot(args: &FetchArgs, url: &str) -> Result<Job> {
         .to
         .clone()
         .context("say where the mail goes: --to maildir:PATH or --to mbox:PATH")?;
-    let password = if args.password_stdin {
+    let kerberos = url.kerberos
+        || args
+            .auth
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case("GSSAPI"));
+    let password = if kerberos {
+        // The ticket cache (kinit) is the credential.
+        String::new()
+    } else if args.password_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
         line.trim_end_matches(['\r', '\n']).to_owned()
@@ -336,9 +344,15 @@ fn one_shot(args: &FetchArgs, url: &str) -> Result<Job> {
 /// The account a URL and the command line's options describe.
 fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
     let tls = match (url.tls, args.allow_insecure) {
+        (TlsMode::None, _) => TlsSetting::None,
         (TlsMode::Starttls, true) => TlsSetting::None,
         (TlsMode::Starttls, false) => TlsSetting::Starttls,
         _ => TlsSetting::Implicit,
+    };
+    let auth = if url.kerberos {
+        Some("GSSAPI".to_owned())
+    } else {
+        args.auth.clone()
     };
     AccountConfig {
         name: Some(url.to_string()),
@@ -349,7 +363,7 @@ fn url_account(args: &FetchArgs, url: &ServerUrl, to: Target) -> AccountConfig {
         user: url.user.clone(),
         password: None,
         password_command: None,
-        auth: args.auth.clone(),
+        auth,
         ca_file: args.trust.ca_file.clone(),
         tls_fingerprint: args.trust.tls_fingerprint.clone(),
         server_name: args.trust.server_name.clone(),
@@ -391,6 +405,7 @@ fn from_config(args: &FetchArgs) -> Result<Vec<Job>> {
         }
         let password = match account.password()? {
             Some(p) => p,
+            None if account.uses_kerberos() => String::new(),
             None => rpassword::prompt_password(format!("Password for {label}: ")).with_context(
                 || format!("no password for {label}: set password_command, use ~/.netrc or run on a terminal"),
             )?,

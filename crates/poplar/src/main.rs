@@ -222,6 +222,10 @@ struct ServeArgs {
     /// addresses; repeatable.
     #[arg(long, value_name = "ADDR|unix:PATH")]
     lmtp: Vec<pop3_server::config::LmtpAddr>,
+    /// Listen for Kerberized POP (KPOP, port 1109: Kerberos logins only) on ADDR instead of
+    /// the configured listen.kpop addresses; repeatable. Needs [auth.gssapi].
+    #[arg(long, value_name = "ADDR")]
+    kpop: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

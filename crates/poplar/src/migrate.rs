@@ -396,6 +396,7 @@ async fn from_server(
         user,
         host,
         port,
+        ..
     }) = &args.source
     else {
         unreachable!("called for POP3 sources only")

@@ -17,6 +17,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     if !args.lmtp.is_empty() {
         config.listen.lmtp = args.lmtp;
     }
+    if !args.kpop.is_empty() {
+        config.listen.kpop = args.kpop;
+    }
+    use_keytab(&config)?;
     init_logging(&config);
     tracing::info!(
         "configuration: {}; data directory: {}",
@@ -75,6 +79,28 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
             }
         }
     })
+}
+
+/// MIT Kerberos reads the acceptor's keytab from `KRB5_KTNAME`; a process can only set its
+/// own environment safely before it has threads, which is before this point in no Rust
+/// program that may have started one. So when `auth.gssapi.keytab` names a keytab the
+/// environment does not, `serve` runs itself again with it set (the same process, by exec:
+/// the PID, the descriptors systemd passed and `NOTIFY_SOCKET` stay valid).
+fn use_keytab(config: &Config) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let Some(keytab) = config.auth.gssapi.as_ref().and_then(|g| g.keytab.as_ref()) else {
+        return Ok(());
+    };
+    let wanted = format!("FILE:{}", keytab.display());
+    if std::env::var_os("KRB5_KTNAME").is_some_and(|v| v == wanted.as_str()) {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("cannot find the poplar binary to run it again")?;
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("KRB5_KTNAME", &wanted)
+        .exec();
+    Err(error).context("cannot run poplar again with the keytab of auth.gssapi.keytab")
 }
 
 /// Serves from bound listeners until SIGTERM or SIGINT, whatever the store.

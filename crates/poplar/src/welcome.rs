@@ -81,6 +81,7 @@ fn welcome_message(
             pop3_server::Kind::Pop3 if config.tls.enabled => "POP3 with STARTTLS",
             pop3_server::Kind::Pop3 => "POP3 (no TLS)     ",
             pop3_server::Kind::Pop3s => "POP3 over TLS     ",
+            pop3_server::Kind::Kpop => "KPOP (Kerberos)   ",
         };
         listeners.push_str(&format!("   {what} {addr}\r\n"));
     }

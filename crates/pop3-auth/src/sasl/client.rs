@@ -29,6 +29,8 @@ pub trait ClientMechanism: Send {
 /// What a client authenticates with.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientCredentials<'a> {
+    /// The server's host name (GSSAPI asks Kerberos for a ticket to `pop@HOST`).
+    pub host: &'a str,
     /// The user name.
     pub user: &'a str,
     /// The password, or the access token for OAUTHBEARER and XOAUTH2.
@@ -97,12 +99,46 @@ pub fn client(
             })
         }
         "EXTERNAL" => Box::new(External { sent: false }),
+        #[cfg(feature = "gssapi")]
+        "GSSAPI" => {
+            // The user name is the authorization identity: empty, or one other than the
+            // ticket's principal (which a server allows only to master users).
+            let client = super::gssapi::GssapiClient::new(&format!("pop@{}", c.host), c.user)
+                .map_err(AuthError::ServerRejected)?;
+            Box::new(Gssapi { client })
+        }
         other => {
             return Err(AuthError::UnsupportedMechanism(format!(
                 "login mechanism {other} is not implemented"
             )));
         }
     })
+}
+
+/// GSSAPI (RFC 4752): the Kerberos context, then "no security layer".
+#[cfg(feature = "gssapi")]
+struct Gssapi {
+    client: super::gssapi::GssapiClient,
+}
+
+#[cfg(feature = "gssapi")]
+impl ClientMechanism for Gssapi {
+    fn name(&self) -> &'static str {
+        "GSSAPI"
+    }
+
+    fn initial_response(&mut self) -> Result<Option<Vec<u8>>, AuthError> {
+        self.client
+            .initial()
+            .map(Some)
+            .map_err(AuthError::ServerRejected)
+    }
+
+    fn respond(&mut self, challenge: &[u8]) -> Result<Vec<u8>, AuthError> {
+        self.client
+            .respond(challenge)
+            .map_err(AuthError::ServerRejected)
+    }
 }
 
 /// A challenge a mechanism has no answer for.
@@ -313,6 +349,7 @@ mod tests {
 
     fn credentials<'a>(secret: &'a [u8], exporter: Option<&'a [u8]>) -> ClientCredentials<'a> {
         ClientCredentials {
+            host: "localhost",
             user: "alice",
             secret,
             tls_exporter: exporter,
@@ -444,6 +481,7 @@ mod tests {
                 let mut server =
                     super::super::oauth::OauthServer::new(flavor, verifier.clone(), now);
                 let creds = ClientCredentials {
+                    host: "localhost",
                     user: "alice@example.org",
                     secret: token.as_bytes(),
                     tls_exporter: None,
@@ -479,7 +517,7 @@ mod tests {
     #[test]
     fn unknown_mechanisms_are_refused() {
         assert!(matches!(
-            client("GSSAPI", &credentials(b"", None)),
+            client("NTLM", &credentials(b"", None)),
             Err(AuthError::UnsupportedMechanism(_))
         ));
     }

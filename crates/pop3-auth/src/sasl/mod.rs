@@ -12,11 +12,13 @@
 //!
 //! Mechanisms: PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195), SCRAM-SHA-1/-256 and their -PLUS
 //! variants (RFC 5802, 7677, 9266), OAUTHBEARER (RFC 7628), XOAUTH2, EXTERNAL (RFC 4422 appendix
-//! A). Each has a client side for `poplar fetch`.
+//! A), and GSSAPI (RFC 4752, Kerberos 5; its Kerberos half with the `gssapi` feature). Each has
+//! a client side for `poplar fetch`.
 
 pub mod client;
 pub mod cram_md5;
 pub mod external;
+pub mod gssapi;
 pub mod login;
 pub mod oauth;
 pub mod plain;

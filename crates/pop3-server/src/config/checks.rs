@@ -115,6 +115,32 @@ impl Config {
                 ));
             }
         }
+        if self.auth.gssapi.is_some() && !cfg!(feature = "gssapi") {
+            error(
+                "[auth.gssapi] is set, but this poplar was built without Kerberos: install the \
+                 Debian package (built with it), or build with `cargo build --release --features \
+                 gssapi` (needs libkrb5-dev and libclang-dev)."
+                    .into(),
+            );
+        }
+        if !self.listen.kpop.is_empty() && self.auth.gssapi.is_none() {
+            error(
+                "listen.kpop is set but [auth.gssapi] is not: KPOP's only login is Kerberos. Add \
+                 [auth.gssapi] with the keytab of pop/HOST (see docs/kerberos.md)."
+                    .into(),
+            );
+        }
+        if let Some(keytab) = self.auth.gssapi.as_ref().and_then(|g| g.keytab.as_ref())
+            && check_files
+            && let Err(e) = std::fs::File::open(keytab)
+        {
+            error(format!(
+                "auth.gssapi.keytab {}: {e}. Export the service key with `kadmin -q \"ktadd -k {} \
+                 pop/HOST\"` and make it readable by the service user only.",
+                keytab.display(),
+                keytab.display()
+            ));
+        }
         if self.store.backend == StoreBackend::Postgres
             && self.store.url.as_ref().is_none_or(|u| u.list().is_empty())
         {

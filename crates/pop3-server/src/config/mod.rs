@@ -267,6 +267,29 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// Kerberos 5 logins (RFC 4752 SASL GSSAPI).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GssapiConfig {
+    /// The keytab holding the service principal's key (`pop/HOST@REALM`). Default: the
+    /// Kerberos library's (`KRB5_KTNAME`, else `/etc/krb5.keytab`).
+    pub keytab: Option<PathBuf>,
+    /// The service part of the principal. Default `pop` (RFC 1939's KPOP and every client).
+    #[serde(default = "default_gssapi_service")]
+    pub service: String,
+    /// The host part of the principal. Default: `hostname`.
+    pub host: Option<String>,
+    /// Principals (`name@REALM`) and the users they log in as, checked before the Kerberos
+    /// library's own rule (by default: a principal of the default realm is the user of the
+    /// same name without the realm).
+    #[serde(default)]
+    pub map: std::collections::BTreeMap<String, String>,
+}
+
+fn default_gssapi_service() -> String {
+    "pop".into()
+}
+
 /// Where Prometheus scrapes `/metrics` and a load balancer asks `/healthz`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -330,6 +353,10 @@ pub struct Listen {
     pub pop3: Vec<SocketAddr>,
     /// POP3 over implicit TLS (RFC 8314). Default `127.0.0.1:1995`; production uses port 995.
     pub pop3s: Vec<SocketAddr>,
+    /// Kerberized POP (MIT Athena's KPOP, TCP port 1109): POP3 whose only login is Kerberos 5
+    /// through SASL GSSAPI (`[auth.gssapi]`), as fetchmail's `proto KPOP` expects; no USER, no
+    /// PLAIN, no TLS. Default: none.
+    pub kpop: Vec<SocketAddr>,
     /// LMTP intake (RFC 2033) for Postfix or Exim: `"unix:/path/to/socket"` or a loopback
     /// `"127.0.0.1:24"`. LMTP has no authentication, so only the local MTA may reach it.
     /// Default: none.
@@ -356,6 +383,7 @@ impl Default for Listen {
         Self {
             pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
             pop3s: vec![SocketAddr::from(([127, 0, 0, 1], 1995))],
+            kpop: Vec::new(),
             lmtp: Vec::new(),
             lmtp_socket_mode: 0o660,
             lmtp_socket_group: None,
@@ -547,6 +575,8 @@ pub struct AuthConfig {
     pub master_users: Vec<String>,
     /// OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2), verified locally as JWTs.
     pub oauth: Option<OauthConfig>,
+    /// Kerberos 5 (SASL GSSAPI, and the KPOP listener). Present: GSSAPI is offered.
+    pub gssapi: Option<GssapiConfig>,
 }
 
 /// Local verification of OAuth access tokens.
@@ -575,6 +605,7 @@ pub const MECHANISMS: &[&str] = &[
     "SCRAM-SHA-1-PLUS",
     "SCRAM-SHA-1",
     "CRAM-MD5",
+    "GSSAPI",
     "EXTERNAL",
     "OAUTHBEARER",
     "XOAUTH2",
@@ -595,6 +626,7 @@ impl Default for AuthConfig {
             trusted_networks: Vec::new(),
             master_users: Vec::new(),
             oauth: None,
+            gssapi: None,
         }
     }
 }

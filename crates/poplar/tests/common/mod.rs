@@ -5,6 +5,7 @@
 
 pub mod dovecot;
 pub mod haproxy;
+pub mod kdc;
 pub mod postfix;
 
 use std::io::{BufRead, BufReader, Read, Write};
