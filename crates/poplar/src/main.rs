@@ -634,8 +634,22 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
     for addr in &config.listen.pop3s {
         println!("  POP3S:          {addr}");
     }
+    for addr in &config.listen.kpop {
+        println!("  KPOP:           {addr}");
+    }
     for addr in &config.listen.lmtp {
         println!("  LMTP:           {addr}");
+    }
+    if let Some(g) = &config.auth.gssapi {
+        let keytab = g.keytab.as_ref().map_or_else(
+            || "the default keytab".to_owned(),
+            |k| k.display().to_string(),
+        );
+        println!(
+            "  Kerberos:       {}/{} from {keytab}",
+            g.service,
+            g.host.clone().unwrap_or_else(|| config.hostname())
+        );
     }
     if config.tls.enabled {
         let how = if generated {

@@ -111,16 +111,6 @@ async fn run_bound<S: MailStore>(
 ) -> Result<ExitCode> {
     // Ports are bound and the TLS key is loaded: root is no longer needed.
     privileges::become_configured_user(config, true)?;
-    for (kind, addr) in server.local_addrs() {
-        let how = match kind {
-            pop3_server::Kind::Pop3 if config.tls.enabled => " (STLS available)",
-            _ => "",
-        };
-        tracing::info!("listening for {kind} on {addr}{how}");
-    }
-    for addr in server.lmtp_addrs() {
-        tracing::info!("listening for LMTP on {addr}");
-    }
     if let Some(password) = demo_password {
         welcome::deliver_welcome(config, &server.local_addrs())?;
         let first_pop3 = server
@@ -153,6 +143,18 @@ async fn run_bound<S: MailStore>(
         tracing::warn!(
             "{e:#}; `poplar who`, `kick`, `reload` and `stats` cannot reach this server"
         );
+    }
+    // Said last, once the control socket and the metrics listener are up too: whoever waits
+    // for these lines (an administrator, a test) can use all of them.
+    for (kind, addr) in server.local_addrs() {
+        let how = match kind {
+            pop3_server::Kind::Pop3 if config.tls.enabled => " (STLS available)",
+            _ => "",
+        };
+        tracing::info!("listening for {kind} on {addr}{how}");
+    }
+    for addr in server.lmtp_addrs() {
+        tracing::info!("listening for LMTP on {addr}");
     }
     crate::systemd::serving(server.status());
     server
