@@ -447,9 +447,13 @@ fn stats_in_words_from_the_control_socket() {
     let (mut c, _) = Client::connect(server.pop3);
     assert!(c.login("alice", "wonderland").starts_with("+OK"));
     assert!(c.cmd("QUIT").starts_with("+OK"));
-    let out = server.poplar(&["stats"]).output().unwrap();
-    assert!(out.status.success());
-    let words = String::from_utf8(out.stdout).unwrap();
+    // The session's totals are counted as it ends, just after its QUIT is answered.
+    let words = common::eventually(Duration::from_secs(10), "the session counted", || {
+        let out = server.poplar(&["stats"]).output().unwrap();
+        assert!(out.status.success());
+        let words = String::from_utf8(out.stdout).unwrap();
+        words.contains("end quit").then_some(words)
+    });
     assert!(
         words.contains("Login attempts, by mechanism and result:\n  1 (mechanism USER, result ok)"),
         "{words}"
