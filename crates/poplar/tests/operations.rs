@@ -80,16 +80,17 @@ impl Prometheus {
         out
     }
 
-    /// Waits until Prometheus has scraped something newer than `since`.
-    fn wait_for_scrape_after(&self, since: Instant) {
-        let wanted = since.elapsed();
-        // A scrape starts at most 1 s after any moment; give Prometheus a few.
-        std::thread::sleep(
-            Duration::from_millis(2500).saturating_sub(wanted.min(Duration::from_millis(2500))),
-        );
-        common::eventually(Duration::from_secs(20), "a scrape", || {
-            let up = self.query("up");
-            (up.values().next() == Some(&1.0)).then_some(())
+    /// Waits until Prometheus has scraped the server after what happened before this call:
+    /// the last sessions' totals are counted just after their QUIT is answered, and a scrape
+    /// comes every second, so one taken 1.5 s later or more holds them.
+    fn wait_for_fresh_scrape(&self) {
+        let asked = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        common::eventually(Duration::from_secs(30), "a fresh scrape", || {
+            let last = self.query("timestamp(up)").values().next().copied()?;
+            (last >= asked + 1.5).then_some(())
         });
     }
 }
@@ -165,7 +166,6 @@ fn prometheus_scrapes_every_metric_as_sessions_happen() {
          \x20   except smtplib.SMTPException as e: print(e)\n\
          c.quit()\n"
     ));
-    let started = Instant::now();
     // alice: RETR, TOP, DELE, QUIT over STLS; a second session finds the maildrop in use.
     let (c, _) = Client::connect(server.pop3);
     let mut c = c.starttls(&data.join("tls/cert.pem"));
@@ -203,7 +203,7 @@ fn prometheus_scrapes_every_metric_as_sessions_happen() {
     let mut junk = TcpStream::connect(server.pop3s).unwrap();
     junk.write_all(b"USER alice\r\n\r\n").unwrap();
     let _ = junk.read(&mut [0u8; 64]);
-    prometheus.wait_for_scrape_after(started);
+    prometheus.wait_for_fresh_scrape();
 
     let logins = prometheus.query("poplar_logins_total");
     for (labels, want) in [
@@ -333,8 +333,7 @@ fn prometheus_scrapes_every_metric_as_sessions_happen() {
     // Open connections and logged-in sessions are gauges of now.
     let (mut held, _) = Client::connect(server.pop3);
     assert!(held.login("bob", "builder").starts_with("+OK"));
-    let now = Instant::now();
-    prometheus.wait_for_scrape_after(now);
+    prometheus.wait_for_fresh_scrape();
     common::eventually(Duration::from_secs(10), "gauges", || {
         (value(&prometheus, "poplar_sessions_logged_in") == 1.0
             && value(&prometheus, "poplar_connections_open") >= 1.0)
