@@ -45,9 +45,9 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// Installs the process's recorder (once; `serve` calls it before serving) and names every
-    /// metric.
-    pub(crate) fn install(status: Status, store: &'static str) -> Result<Self> {
+    /// Installs the process's recorder (once; `serve` calls it before anything that counts
+    /// starts, the retention purge at start included) and names every metric.
+    pub(crate) fn install_recorder(store: &'static str) -> Result<PrometheusHandle> {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(pop3_server::metrics::SESSION_SECONDS.into()),
@@ -73,7 +73,12 @@ impl Metrics {
                 upkeep.run_upkeep();
             }
         });
-        Ok(Self { handle, status })
+        Ok(handle)
+    }
+
+    /// The installed recorder's figures, with the gauges of `status`.
+    pub(crate) fn new(handle: PrometheusHandle, status: Status) -> Self {
+        Self { handle, status }
     }
 
     /// The Prometheus text exposition, gauges refreshed.

@@ -54,6 +54,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
     let sockets = crate::systemd::sockets()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let store = match config.store.backend {
+            StoreBackend::Maildir => "maildir",
+            StoreBackend::Postgres => "postgres",
+        };
+        // Before anything counts: the retention purge at start, the first connections.
+        let metrics = crate::metrics::Metrics::install_recorder(store)?;
         match config.store.backend {
             StoreBackend::Maildir => {
                 // One users file, parsed once, for logins and per-user quota rules.
@@ -65,7 +71,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
                 if policy.purges() {
                     tokio::spawn(pop3_server::expire::run_periodically(store, policy));
                 }
-                run_bound(&config, server, demo_password.as_deref()).await
+                run_bound(&config, server, demo_password.as_deref(), metrics).await
             }
             StoreBackend::Postgres => {
                 let (store, users) = crate::db::connect_following_patiently(&config).await?;
@@ -75,7 +81,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<ExitCode> {
                 if policy.purges() {
                     tokio::spawn(pop3_server::expire::run_periodically(store, policy));
                 }
-                run_bound(&config, server, demo_password.as_deref()).await
+                run_bound(&config, server, demo_password.as_deref(), metrics).await
             }
         }
     })
@@ -108,6 +114,7 @@ async fn run_bound<S: MailStore>(
     config: &Config,
     server: Server<S>,
     demo_password: Option<&str>,
+    recorder: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<ExitCode> {
     // Ports are bound and the TLS key is loaded: root is no longer needed.
     privileges::become_configured_user(config, true)?;
@@ -123,11 +130,7 @@ async fn run_bound<S: MailStore>(
     }
     let reloader = server.tls_reloader(config).map(Arc::new);
     tokio::spawn(reload_on_sighup(reloader.clone()));
-    let store = match config.store.backend {
-        StoreBackend::Maildir => "maildir",
-        StoreBackend::Postgres => "postgres",
-    };
-    let metrics = crate::metrics::Metrics::install(server.status(), store)?;
+    let metrics = crate::metrics::Metrics::new(recorder, server.status());
     if let Some(addr) = config.metrics.listen {
         let bound = metrics
             .listen(addr, config.metrics.allow_from.clone())
