@@ -61,6 +61,30 @@ fn as_user(kdc: &Kdc, cache: &str, program: &str) -> Command {
     cmd
 }
 
+/// Message 1 by curl, logging in with alice's ticket (curl names her principal as the identity
+/// to act as).
+fn curl_gssapi(kdc: &Kdc, url: &str) -> Vec<u8> {
+    let out = as_user(kdc, "alice", "curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "--login-options",
+            "AUTH=GSSAPI",
+            "-u",
+        ])
+        .arg(format!("alice@{}:", common::kdc::REALM))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn real_clients_log_in_with_kerberos_and_retrieve_mail_byte_exact() {
     let s = setup();
@@ -97,51 +121,24 @@ fn real_clients_log_in_with_kerberos_and_retrieve_mail_byte_exact() {
         MESSAGE
     );
 
-    // curl, which names the principal as the identity to act as.
-    let out = as_user(&s.kdc, "alice", "curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "30",
-            "--login-options",
-            "AUTH=GSSAPI",
-            "-u",
-        ])
-        .arg(format!("alice@{}:", common::kdc::REALM))
-        .arg(format!("pop3://localhost:{port}/1"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // curl.
+    assert_eq!(
+        curl_gssapi(&s.kdc, &format!("pop3://localhost:{port}/1")),
+        MESSAGE
     );
-    assert_eq!(out.stdout, MESSAGE);
 
     // fetchmail, proto KPOP with auth gssapi, handing the message to an MDA.
     let fm = home.path().join("fetchmail.out");
-    let rc = home.path().join("fetchmailrc");
-    std::fs::write(
-        &rc,
-        format!(
+    let (code, text) = common::fetchmail_with_env(
+        home.path(),
+        &format!(
             "poll localhost proto KPOP port {port} auth gssapi user alice is root sslproto '' keep\n  mda \"cat > {}\"\n",
             fm.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = as_user(&s.kdc, "alice", "fetchmail")
-        .arg("-f")
-        .arg(&rc)
-        .args(["--nosyslog", "-v"])
-        .arg("--pidfile")
-        .arg(home.path().join("fetchmail.pid"))
-        .env("FETCHMAILHOME", home.path())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+        &["-v".as_ref()],
+        &s.kdc.env("alice"),
+    );
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("AUTH GSSAPI"), "{text}");
     // fetchmail adds its Received: line and writes LF line ends.
     let got = std::fs::read_to_string(&fm).unwrap();
@@ -150,50 +147,28 @@ fn real_clients_log_in_with_kerberos_and_retrieve_mail_byte_exact() {
 
     // mpop, auth gssapi over the KPOP listener (tls off: Kerberos protects the login).
     let mp = home.path().join("mpop.out");
-    let rc = home.path().join("mpoprc");
-    std::fs::write(
-        &rc,
-        format!(
+    let (ok, text) = common::mpop_with_env(
+        &home.path().join("mpoprc"),
+        &format!(
             "account k\nhost localhost\nport {port}\ntls off\nauth gssapi\nuser alice\nkeep on\ndelivery mda \"cat > {}\"\n",
             mp.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = as_user(&s.kdc, "alice", "mpop")
-        .args(["-C", rc.to_str().unwrap(), "k"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "k",
+        &s.kdc.env("alice"),
     );
+    assert!(ok, "{text}");
     // mpop prepends its Received: header and, like fetchmail, hands the MDA LF line ends.
     let got = std::fs::read_to_string(&mp).unwrap();
     assert!(got.ends_with(&body), "{got:?}");
 
     // The POP3 listener offers GSSAPI too, beside the other logins.
-    let out = as_user(&s.kdc, "alice", "curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "30",
-            "--login-options",
-            "AUTH=GSSAPI",
-            "-u",
-        ])
-        .arg(format!("alice@{}:", common::kdc::REALM))
-        .arg(format!("pop3://localhost:{}/1", s.server.pop3.port()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        curl_gssapi(
+            &s.kdc,
+            &format!("pop3://localhost:{}/1", s.server.pop3.port())
+        ),
+        MESSAGE
     );
-    assert_eq!(out.stdout, MESSAGE);
     // Every login above was Kerberos (the last summary line may follow curl's exit).
     let sessions = common::eventually(Duration::from_secs(10), "five sessions", || {
         let sessions: Vec<String> = s

@@ -487,24 +487,10 @@ fn socket_activation_serves_the_sockets_systemd_hands_over() {
     );
     let config = b.write_config();
     let data = b.data_dir();
-    let add = Command::new(common::BIN)
-        .args([
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    add.stdin
-        .as_ref()
-        .unwrap()
-        .write_all(b"wonderland\n")
-        .unwrap();
-    assert!(add.wait_with_output().unwrap().status.success());
+    let mut add = Command::new(common::BIN);
+    add.args(["user", "add", "alice", "--password-stdin", "--config"])
+        .arg(&config);
+    assert!(common::run_with_stdin(add, b"wonderland\n").success());
     let mut activator = Command::new("systemd-socket-activate")
         .args([
             "-l",

@@ -220,9 +220,20 @@ pub fn demo_password(line: &str) -> String {
 /// Runs mpop on the account `account` of the configuration `rc` (written with `contents`,
 /// mode 0600 as mpop demands): whether it succeeded, and everything it printed.
 pub fn mpop(rc: &Path, contents: &str, account: &str) -> (bool, String) {
+    mpop_with_env(rc, contents, account, &[])
+}
+
+/// [`mpop`] with environment variables set (a Kerberos ticket cache, say).
+pub fn mpop_with_env(
+    rc: &Path,
+    contents: &str,
+    account: &str,
+    env: &[(String, String)],
+) -> (bool, String) {
     std::fs::write(rc, contents).unwrap();
     std::fs::set_permissions(rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = tool("mpop")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(["-C", rc.to_str().unwrap(), account])
         .output()
         .unwrap();
@@ -238,10 +249,21 @@ pub fn mpop(rc: &Path, contents: &str, account: &str) -> (bool, String) {
 /// 0600), its home, lock and pid file inside `home` (as root it would otherwise take
 /// /var/run's, and tests run in parallel): its exit status, and everything it printed.
 pub fn fetchmail(home: &Path, contents: &str, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    fetchmail_with_env(home, contents, args, &[])
+}
+
+/// [`fetchmail`] with environment variables set (a Kerberos ticket cache, say).
+pub fn fetchmail_with_env(
+    home: &Path,
+    contents: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(String, String)],
+) -> (Option<i32>, String) {
     let rc = home.join("fetchmailrc");
     std::fs::write(&rc, contents).unwrap();
     std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = tool("fetchmail")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("-f")
         .arg(&rc)
         .arg("--nosyslog")
