@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 /// Connections the kernel may queue before `accept` (capped by `net.core.somaxconn`). The
 /// usual default of 128 drops SYNs, and so costs clients a one-second retransmission, as soon
 /// as a burst of connections arrives faster than one accept loop iteration.
-const LISTEN_BACKLOG: u32 = 1024;
+const LISTEN_BACKLOG: i32 = 1024;
 
 pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
@@ -30,7 +30,7 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(LISTEN_BACKLOG).unwrap_or(i32::MAX))?;
+    socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 

@@ -127,33 +127,24 @@ impl<S: MailStore> Shared<S> {
             (Kind::Pop3, Some(_)) => Tls::Available,
             (Kind::Pop3, None) | (Kind::Kpop, _) => Tls::Unavailable,
         };
-        if kind == Kind::Kpop {
-            // Kerberos or nothing: no passwords, no APOP, no TLS.
-            return SessionConfig {
-                capabilities: Arc::clone(&self.capabilities),
-                apop_timestamp: None,
-                tls,
-                plaintext_without_tls: false,
-                mechanisms: self
-                    .auth
-                    .mechanisms(conn)
-                    .into_iter()
-                    .filter(|m| m.name == "GSSAPI")
-                    .collect(),
-                max_bad_commands: self.settings.max_bad_commands,
-                max_sasl_line: self.settings.max_sasl_line,
-            };
+        // KPOP is Kerberos or nothing: no passwords, no APOP, no TLS.
+        let kerberos_only = kind == Kind::Kpop;
+        let mut mechanisms = self.auth.mechanisms(conn);
+        if kerberos_only {
+            mechanisms.retain(|m| m.name == "GSSAPI");
         }
         SessionConfig {
             capabilities: Arc::clone(&self.capabilities),
-            apop_timestamp: self.settings.apop.then(|| self.auth.unique_msg_id()),
+            apop_timestamp: (self.settings.apop && !kerberos_only)
+                .then(|| self.auth.unique_msg_id()),
             tls,
-            plaintext_without_tls: self
-                .settings
-                .plaintext_networks
-                .iter()
-                .any(|n| n.contains(&peer)),
-            mechanisms: self.auth.mechanisms(conn),
+            plaintext_without_tls: !kerberos_only
+                && self
+                    .settings
+                    .plaintext_networks
+                    .iter()
+                    .any(|n| n.contains(&peer)),
+            mechanisms,
             max_bad_commands: self.settings.max_bad_commands,
             max_sasl_line: self.settings.max_sasl_line,
         }
