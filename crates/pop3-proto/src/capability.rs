@@ -156,7 +156,7 @@ impl Capabilities {
             let tag = user_tag(self.login_delay_per_user);
             let _ = write!(out, "LOGIN-DELAY {delay}{tag}\r\n");
         }
-        out.extend_from_slice(b"UTF8 USER\r\n");
+        out.extend_from_slice(b"UTF8 USER\r\nLANG\r\n");
         if ctx.logged_in {
             let _ = write!(out, "IMPLEMENTATION {}\r\n", self.implementation);
         }

@@ -229,7 +229,9 @@ impl ClientSession {
         }
         let shape = match command {
             Command::Capa | Command::Retr(_) | Command::Top(..) => ReplyShape::MultiLine,
-            Command::List(None) | Command::Uidl(None) => ReplyShape::MultiLine,
+            Command::List(None) | Command::Uidl(None) | Command::Lang(None) => {
+                ReplyShape::MultiLine
+            }
             // A bare AUTH lists the mechanisms (a multi-line reply on most servers).
             Command::Auth {
                 mechanism: None, ..

@@ -10,6 +10,7 @@
 //! that contains NUL is refused whole so that `USER alice<NUL>bob` can never be read as
 //! `USER alice`. `PASS` takes the rest of the line verbatim, spaces included (RFC 1939 section 7).
 
+use crate::lang::{Language, Text};
 use crate::secret::Secret;
 use std::fmt;
 
@@ -43,6 +44,8 @@ pub enum Command {
     Stls,
     /// `UTF8` (RFC 6856)
     Utf8,
+    /// `LANG [language-range]` (RFC 6856 section 4). Without a range: list the languages.
+    Lang(Option<String>),
     /// `QUIT`
     Quit,
     /// `STAT`
@@ -81,6 +84,8 @@ pub enum Keyword {
     Stls,
     /// `UTF8` (RFC 6856)
     Utf8,
+    /// `LANG` (RFC 6856)
+    Lang,
     /// `QUIT`
     Quit,
     /// `STAT`
@@ -103,7 +108,7 @@ pub enum Keyword {
 
 impl Keyword {
     /// Every keyword.
-    pub const ALL: [Keyword; 16] = [
+    pub const ALL: [Keyword; 17] = [
         Keyword::User,
         Keyword::Pass,
         Keyword::Apop,
@@ -111,6 +116,7 @@ impl Keyword {
         Keyword::Capa,
         Keyword::Stls,
         Keyword::Utf8,
+        Keyword::Lang,
         Keyword::Quit,
         Keyword::Stat,
         Keyword::List,
@@ -132,6 +138,7 @@ impl Keyword {
             Keyword::Capa => "CAPA",
             Keyword::Stls => "STLS",
             Keyword::Utf8 => "UTF8",
+            Keyword::Lang => "LANG",
             Keyword::Quit => "QUIT",
             Keyword::Stat => "STAT",
             Keyword::List => "LIST",
@@ -151,8 +158,8 @@ impl Keyword {
             .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(word))
     }
 
-    /// Valid in the AUTHORIZATION state (RFC 1939 section 4; CAPA, STLS, AUTH and UTF8 from
-    /// their RFCs).
+    /// Valid in the AUTHORIZATION state (RFC 1939 section 4; CAPA, STLS, AUTH, UTF8 and LANG
+    /// from their RFCs).
     pub fn before_login(self) -> bool {
         matches!(
             self,
@@ -162,16 +169,19 @@ impl Keyword {
                 | Keyword::Auth
                 | Keyword::Stls
                 | Keyword::Utf8
+                | Keyword::Lang
                 | Keyword::Capa
                 | Keyword::Quit
         )
     }
 
-    /// Valid in the TRANSACTION state (RFC 1939 section 5; CAPA from RFC 2449).
+    /// Valid in the TRANSACTION state (RFC 1939 section 5; CAPA from RFC 2449, LANG from RFC
+    /// 6856).
     pub fn after_login(self) -> bool {
         matches!(
             self,
             Keyword::Capa
+                | Keyword::Lang
                 | Keyword::Quit
                 | Keyword::Stat
                 | Keyword::List
@@ -202,6 +212,7 @@ impl Command {
             Command::Capa => Keyword::Capa,
             Command::Stls => Keyword::Stls,
             Command::Utf8 => Keyword::Utf8,
+            Command::Lang(_) => Keyword::Lang,
             Command::Quit => Keyword::Quit,
             Command::Stat => Keyword::Stat,
             Command::List(_) => Keyword::List,
@@ -281,6 +292,11 @@ impl Command {
                     }
                 }
             },
+            Command::Lang(range) => {
+                if let Some(range) = range {
+                    arg(encodable_name(range)?);
+                }
+            }
             Command::List(n) | Command::Uidl(n) => {
                 if let Some(n) = n {
                     arg(message_number_text(*n)?.as_bytes());
@@ -401,18 +417,7 @@ pub enum ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ParseError::Empty => "Empty command",
-            ParseError::ContainsNul => "Command contains a NUL octet",
-            ParseError::UnknownCommand => "Unknown command",
-            ParseError::MissingArgument => "Missing argument",
-            ParseError::TooManyArguments => "Too many arguments",
-            ParseError::InvalidNumber => "Invalid number",
-            ParseError::NoSuchMessage => "No such message",
-            ParseError::InvalidName => "Invalid name",
-            ParseError::InvalidDigest => "Invalid APOP digest",
-            ParseError::InvalidMechanism => "Invalid SASL mechanism name",
-        })
+        write!(f, "{}", Language::English.text(Text::Invalid(*self)))
     }
 }
 
@@ -469,6 +474,11 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         Keyword::Capa => args.none().map(|()| Command::Capa),
         Keyword::Stls => args.none().map(|()| Command::Stls),
         Keyword::Utf8 => args.none().map(|()| Command::Utf8),
+        Keyword::Lang => args
+            .optional()?
+            .map(name_arg)
+            .transpose()
+            .map(Command::Lang),
         Keyword::Quit => args.none().map(|()| Command::Quit),
         Keyword::Stat => args.none().map(|()| Command::Stat),
         Keyword::Noop => args.none().map(|()| Command::Noop),
@@ -617,6 +627,7 @@ mod tests {
             Just(Command::Capa),
             Just(Command::Stls),
             Just(Command::Utf8),
+            proptest::option::of(text()).prop_map(Command::Lang),
             Just(Command::Quit),
             Just(Command::Stat),
             Just(Command::Noop),

@@ -67,8 +67,15 @@ fn status(out: &mut Vec<u8>, indicator: &str, code: Option<ResponseCode>, text: 
         out.truncate(before_text);
     }
     // RFC 2449 section 4: a status line is at most 512 octets including CRLF. Our texts are far
-    // shorter, but a long user-supplied name must not push a line over the limit.
-    out.truncate(start + 510);
+    // shorter, but a long user-supplied name must not push a line over the limit; the cut never
+    // splits a UTF-8 character (RFC 6856 texts are UTF-8).
+    if out.len() > start + 510 {
+        let mut end = start + 510;
+        while end > before_text && (out[end] & 0xC0) == 0x80 {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -87,6 +94,15 @@ mod tests {
             out,
             b"+OK 2 320\r\n+OK\r\n-ERR [IN-USE] Maildrop is locked\r\n-ERR No such message\r\n"
         );
+    }
+
+    #[test]
+    fn long_lines_are_cut_between_characters() {
+        let mut out = Vec::new();
+        err(&mut out, None, "я".repeat(600));
+        assert!(out.len() <= 512);
+        assert!(std::str::from_utf8(&out).is_ok());
+        assert!(out.ends_with("я\r\n".as_bytes()));
     }
 
     #[test]

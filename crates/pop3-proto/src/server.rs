@@ -17,6 +17,7 @@
 use crate::capability::{CapaContext, Capabilities, Expire, Mechanism, usable};
 use crate::command::{Command, Keyword, MessageNumber, ParseError, command_keyword, parse_command};
 use crate::error::Error;
+use crate::lang::{Language, Text};
 use crate::line::{Frame, LineFramer};
 use crate::response::{ResponseCode, err, ok};
 use crate::{MessageEncoder, Secret};
@@ -61,6 +62,9 @@ pub struct SessionConfig {
     pub max_bad_commands: u32,
     /// Largest SASL response line (and AUTH command line) accepted, terminator included.
     pub max_sasl_line: usize,
+    /// The language of response texts until the client chooses one with LANG, and the one
+    /// `LANG *` selects (RFC 6856 section 4: the administrator's preferred language).
+    pub language: Language,
 }
 
 impl Default for SessionConfig {
@@ -73,6 +77,7 @@ impl Default for SessionConfig {
             mechanisms: vec![Mechanism::plaintext("PLAIN")],
             max_bad_commands: 10,
             max_sasl_line: 16 * 1024,
+            language: Language::English,
         }
     }
 }
@@ -272,16 +277,15 @@ impl Snapshot {
     }
 
     /// The index of a visible (existing, not deleted) message, or the -ERR text.
-    fn visible(&self, n: MessageNumber) -> Result<usize, String> {
+    fn visible(&self, n: MessageNumber) -> Result<usize, Text<'static>> {
         let idx = n as usize - 1;
         if idx >= self.messages.len() {
-            return Err(format!(
-                "No such message, only {} in maildrop",
-                plural(self.messages.len(), "message")
-            ));
+            return Err(Text::NoSuchMessageOf {
+                messages: self.messages.len(),
+            });
         }
         if self.deleted[idx] {
-            return Err(format!("Message {n} is deleted"));
+            return Err(Text::MessageIsDeleted(n));
         }
         Ok(idx)
     }
@@ -293,20 +297,9 @@ impl Snapshot {
             .filter(|(i, _)| !self.deleted[*i])
     }
 
-    fn summary(&self) -> String {
-        format!(
-            "{} ({} octets)",
-            plural(self.live_count, "message"),
-            self.live_octets
-        )
-    }
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
+    /// What is left: `(messages, octets)`.
+    fn live(&self) -> (usize, u64) {
+        (self.live_count, self.live_octets)
     }
 }
 
@@ -362,13 +355,15 @@ pub struct ServerSession {
     user_hint: Option<String>,
     tls_active: bool,
     utf8: bool,
+    /// The language of response texts (RFC 6856 LANG).
+    lang: Language,
     greeted: bool,
     user: Option<String>,
     user_login_delay: Option<u32>,
     user_expire: Option<Expire>,
     stats: SessionStats,
     /// What to answer once the driver has dealt with an abandoned SASL exchange.
-    abandoned: Option<&'static str>,
+    abandoned: Option<Text<'static>>,
 }
 
 impl ServerSession {
@@ -376,6 +371,7 @@ impl ServerSession {
     pub fn new(config: SessionConfig) -> Self {
         Self {
             tls_active: config.tls == Tls::Active,
+            lang: config.language,
             config,
             phase: Phase::Authorization,
             pending: Pending::None,
@@ -431,6 +427,11 @@ impl ServerSession {
     /// Whether UTF-8 mode was enabled with the UTF8 command (RFC 6856).
     pub fn utf8_enabled(&self) -> bool {
         self.utf8
+    }
+
+    /// The language response texts are in now.
+    pub fn language(&self) -> Language {
+        self.lang
     }
 
     /// Whether the connection is encrypted.
@@ -506,7 +507,7 @@ impl ServerSession {
                     if in_sasl {
                         self.phase = Phase::Authorization;
                     }
-                    self.bad_command(out, "Line too long");
+                    self.bad_command(out, Text::LineTooLong);
                     None
                 }
                 Err(LineError::Parse(_, Some(keyword))) if !self.state_allows(keyword) => {
@@ -514,11 +515,11 @@ impl ServerSession {
                     None
                 }
                 Err(LineError::Parse(ParseError::NoSuchMessage, _)) if self.is_logged_in() => {
-                    err(out, None, "No such message");
+                    err(out, None, self.lang.text(Text::NoSuchMessage));
                     None
                 }
                 Err(LineError::Parse(e, _)) => {
-                    self.bad_command(out, e);
+                    self.bad_command(out, Text::Invalid(e));
                     None
                 }
             };
@@ -529,19 +530,20 @@ impl ServerSession {
     }
 
     fn greet(&mut self, out: &mut Vec<u8>) {
+        let greeting = self.lang.text(Text::Greeting);
         match &self.config.apop_timestamp {
-            Some(ts) => ok(out, format_args!("Poplar POP3 server ready {ts}")),
-            None => ok(out, "Poplar POP3 server ready"),
+            Some(ts) => ok(out, format_args!("{greeting} {ts}")),
+            None => ok(out, greeting),
         }
     }
 
-    fn bad_command(&mut self, out: &mut Vec<u8>, text: impl std::fmt::Display) {
+    fn bad_command(&mut self, out: &mut Vec<u8>, text: Text<'_>) {
         self.stats.bad_commands += 1;
         if self.stats.bad_commands >= self.config.max_bad_commands {
-            err(out, None, "Too many invalid commands, closing connection");
+            err(out, None, self.lang.text(Text::TooManyBadCommands));
             self.phase = Phase::Closed(EndReason::TooManyBadCommands);
         } else {
-            err(out, None, text);
+            err(out, None, self.lang.text(text));
         }
     }
 
@@ -561,25 +563,47 @@ impl ServerSession {
     }
 
     fn wrong_state(&mut self, out: &mut Vec<u8>, keyword: &str) {
-        let when = if self.is_logged_in() {
-            "after"
-        } else {
-            "before"
+        let logged_in = self.is_logged_in();
+        self.bad_command(out, Text::WrongState { keyword, logged_in });
+    }
+
+    /// LANG (RFC 6856 section 4): list the languages, or switch to the one a range selects.
+    fn on_lang(&mut self, out: &mut Vec<u8>, range: Option<String>) {
+        let Some(range) = range else {
+            ok(out, self.lang.text(Text::LanguagesFollow));
+            for language in Language::ALL {
+                write_line(out, format_args!("{} {}", language.tag(), language.name()));
+            }
+            out.extend_from_slice(b".\r\n");
+            return;
         };
-        self.bad_command(out, format_args!("{keyword} is not valid {when} login"));
+        let selected = if range == "*" {
+            Ok(Some(self.config.language))
+        } else {
+            Language::matching(&range)
+        };
+        match selected {
+            Ok(Some(language)) => {
+                self.lang = language;
+                let text = language.text(Text::LanguageChanged);
+                ok(out, format_args!("{} {text}", language.tag()));
+            }
+            Ok(None) => err(out, None, self.lang.text(Text::NoSuchLanguage(&range))),
+            Err(_) => err(out, None, self.lang.text(Text::InvalidLanguageRange)),
+        }
     }
 
     fn on_authorization(&mut self, out: &mut Vec<u8>, cmd: Command) -> Option<Event> {
         match cmd {
             Command::Capa => self.write_capa(out),
             Command::Quit => {
-                ok(out, "Poplar POP3 server signing off");
+                ok(out, self.lang.text(Text::SigningOff));
                 self.phase = Phase::Closed(EndReason::Quit);
             }
             Command::User(name) => {
                 if self.plaintext_allowed() {
                     self.user_hint = Some(name);
-                    ok(out, "Send your password");
+                    ok(out, self.lang.text(Text::SendPassword));
                 } else {
                     self.user_hint = None;
                     self.refuse_plaintext(out);
@@ -593,7 +617,7 @@ impl ServerSession {
                         password,
                     }));
                 }
-                None => self.bad_command(out, "Send USER first"),
+                None => self.bad_command(out, Text::SendUserFirst),
             },
             Command::Apop { user, digest } => {
                 self.user_hint = None;
@@ -607,7 +631,7 @@ impl ServerSession {
                             digest,
                         }));
                     }
-                    None => self.bad_command(out, "APOP is not enabled on this server"),
+                    None => self.bad_command(out, Text::ApopDisabled),
                 }
             }
             Command::Auth {
@@ -619,24 +643,26 @@ impl ServerSession {
             }
             Command::Stls => {
                 if self.tls_active {
-                    self.bad_command(out, "TLS is already active");
+                    self.bad_command(out, Text::TlsAlreadyActive);
                 } else if self.config.tls == Tls::Unavailable {
-                    self.bad_command(out, "TLS is not available on this server");
+                    self.bad_command(out, Text::TlsUnavailable);
                 } else {
                     // RFC 2595 section 4: forget what the client said before TLS, and never
                     // execute plaintext that was pipelined after STLS.
+                    ok(out, self.lang.text(Text::BeginTls));
                     self.user_hint = None;
                     self.utf8 = false;
+                    self.lang = self.config.language;
                     self.framer.clear();
-                    ok(out, "Begin TLS negotiation");
                     self.pending = Pending::StartTls;
                     return Some(Event::StartTls);
                 }
             }
             Command::Utf8 => {
                 self.utf8 = true;
-                ok(out, "UTF8 enabled");
+                ok(out, self.lang.text(Text::Utf8Enabled));
             }
+            Command::Lang(range) => self.on_lang(out, range),
             cmd @ (Command::Stat
             | Command::List(_)
             | Command::Retr(_)
@@ -651,12 +677,10 @@ impl ServerSession {
 
     fn refuse_plaintext(&mut self, out: &mut Vec<u8>) {
         self.stats.auth_failures += 1;
-        let text = if self.stls_offered() {
-            "Plaintext authentication disallowed on non-secure connections; use STLS first"
-        } else {
-            "Plaintext authentication disallowed on non-secure connections"
+        let text = Text::PlaintextDisallowed {
+            stls_offered: self.stls_offered(),
         };
-        err(out, Some(ResponseCode::Auth), text);
+        err(out, Some(ResponseCode::Auth), self.lang.text(text));
     }
 
     fn on_auth(
@@ -668,7 +692,7 @@ impl ServerSession {
         let plaintext_allowed = self.plaintext_allowed();
         let Some(mechanism) = mechanism else {
             // The old form Outlook sends: list the mechanisms.
-            ok(out, "Supported mechanisms follow");
+            ok(out, self.lang.text(Text::MechanismsFollow));
             for m in usable(&self.config.mechanisms, plaintext_allowed) {
                 out.extend_from_slice(m.name.as_bytes());
                 out.extend_from_slice(b"\r\n");
@@ -678,7 +702,7 @@ impl ServerSession {
         };
         match self.config.mechanisms.iter().find(|m| m.name == mechanism) {
             None => {
-                self.bad_command(out, "Unsupported authentication mechanism");
+                self.bad_command(out, Text::UnsupportedMechanism);
                 return None;
             }
             Some(m) if m.plaintext && !plaintext_allowed => {
@@ -692,7 +716,7 @@ impl ServerSession {
             Some(Ok(data)) => Some(data),
             Some(Err(())) => {
                 self.stats.auth_failures += 1;
-                err(out, None, "Invalid base64 in the initial response");
+                err(out, None, self.lang.text(Text::InvalidInitialResponse));
                 return None;
             }
         };
@@ -710,8 +734,8 @@ impl ServerSession {
         self.pending = Pending::Auth;
         let text = match response {
             Ok(data) => return Some(Event::SaslResponse(data)),
-            Err(SaslLineError::Cancelled) => "Authentication cancelled",
-            Err(SaslLineError::Invalid) => "Invalid base64 in the SASL response",
+            Err(SaslLineError::Cancelled) => Text::AuthCancelled,
+            Err(SaslLineError::Invalid) => Text::InvalidSaslResponse,
         };
         self.abandoned = Some(text);
         Some(Event::SaslAbandoned)
@@ -719,6 +743,7 @@ impl ServerSession {
 
     fn on_transaction(&mut self, out: &mut Vec<u8>, cmd: Command) -> Option<Event> {
         let expire = self.expire();
+        let lang = self.lang;
         let Phase::Transaction(snap) = &mut self.phase else {
             // UPDATE: nothing can be read until commit_done, which closes the session.
             return None;
@@ -729,7 +754,8 @@ impl ServerSession {
                 format_args!("{} {}", snap.live_count, snap.live_octets),
             ),
             Command::List(None) => {
-                ok(out, snap.summary());
+                let (messages, octets) = snap.live();
+                ok(out, lang.text(Text::Listing { messages, octets }));
                 for (i, m) in snap.visible_messages() {
                     write_line(out, format_args!("{} {}", i + 1, m.size));
                 }
@@ -737,10 +763,10 @@ impl ServerSession {
             }
             Command::List(Some(n)) => match snap.visible(n) {
                 Ok(i) => ok(out, format_args!("{n} {}", snap.messages[i].size)),
-                Err(text) => err(out, None, text),
+                Err(text) => err(out, None, lang.text(text)),
             },
             Command::Uidl(None) => {
-                ok(out, "Unique-id listing follows");
+                ok(out, lang.text(Text::UidlFollows));
                 for (i, m) in snap.visible_messages() {
                     write_line(out, format_args!("{} {}", i + 1, m.uidl));
                 }
@@ -748,29 +774,33 @@ impl ServerSession {
             }
             Command::Uidl(Some(n)) => match snap.visible(n) {
                 Ok(i) => ok(out, format_args!("{n} {}", snap.messages[i].uidl)),
-                Err(text) => err(out, None, text),
+                Err(text) => err(out, None, lang.text(text)),
             },
-            Command::Retr(n) => return request_message(snap, &mut self.pending, out, n, None),
+            Command::Retr(n) => {
+                return request_message(snap, &mut self.pending, out, lang, n, None);
+            }
             Command::Top(n, lines) => {
-                return request_message(snap, &mut self.pending, out, n, Some(lines));
+                let pending = &mut self.pending;
+                return request_message(snap, pending, out, lang, n, Some(lines));
             }
             Command::Dele(n) => match snap.visible(n) {
                 Ok(i) => {
                     snap.deleted[i] = true;
                     snap.live_count -= 1;
                     snap.live_octets -= snap.messages[i].size;
-                    ok(out, format_args!("Message {n} deleted"));
+                    ok(out, lang.text(Text::MessageDeleted(n)));
                 }
                 Err(_) if (n as usize) <= snap.messages.len() => {
-                    err(out, None, format_args!("Message {n} already deleted"));
+                    err(out, None, lang.text(Text::AlreadyDeleted(n)));
                 }
-                Err(text) => err(out, None, text),
+                Err(text) => err(out, None, lang.text(text)),
             },
             Command::Rset => {
                 snap.deleted.iter_mut().for_each(|d| *d = false);
                 snap.live_count = snap.messages.len();
                 snap.live_octets = snap.messages.iter().map(|m| m.size).sum();
-                ok(out, format_args!("Maildrop has {}", snap.summary()));
+                let (messages, octets) = snap.live();
+                ok(out, lang.text(Text::MaildropHas { messages, octets }));
             }
             Command::Quit => {
                 // RFC 2449 section 6.7: with EXPIRE 0, retrieved messages go at the end of the
@@ -788,6 +818,7 @@ impl ServerSession {
             }
             Command::Noop => ok(out, ""),
             Command::Capa => self.write_capa(out),
+            Command::Lang(range) => self.on_lang(out, range),
             cmd @ (Command::User(_)
             | Command::Pass(_)
             | Command::Apop { .. }
@@ -799,7 +830,7 @@ impl ServerSession {
     }
 
     fn write_capa(&self, out: &mut Vec<u8>) {
-        ok(out, "Capability list follows");
+        ok(out, self.lang.text(Text::CapaFollows));
         let ctx = CapaContext {
             logged_in: self.is_logged_in(),
             plaintext_allowed: self.plaintext_allowed(),
@@ -833,38 +864,27 @@ impl ServerSession {
         self.pending = Pending::None;
         self.phase = Phase::Authorization;
         self.stats.auth_failures += 1;
-        match why {
-            AuthFailure::InvalidCredentials => {
-                err(out, Some(ResponseCode::Auth), "Authentication failed")
+        let (code, text) = match why {
+            AuthFailure::InvalidCredentials => (Some(ResponseCode::Auth), Text::AuthFailed),
+            AuthFailure::LoginDelay => (Some(ResponseCode::LoginDelay), Text::LoginDelay),
+            AuthFailure::Temporary => (Some(ResponseCode::SysTemp), Text::AuthTemporary),
+            AuthFailure::Protocol => (None, Text::AuthProtocol),
+            AuthFailure::TooManyConnections => {
+                (Some(ResponseCode::InUse), Text::TooManyConnections)
             }
-            AuthFailure::LoginDelay => err(
-                out,
-                Some(ResponseCode::LoginDelay),
-                "Logged in too recently; wait before logging in again",
-            ),
-            AuthFailure::Temporary => err(
-                out,
-                Some(ResponseCode::SysTemp),
-                "Authentication is temporarily unavailable; try again later",
-            ),
-            AuthFailure::Protocol => err(out, None, "Authentication exchange failed"),
-            AuthFailure::TooManyConnections => err(
-                out,
-                Some(ResponseCode::InUse),
-                "Too many connections for this user; close some and try again",
-            ),
-        }
+        };
+        err(out, code, self.lang.text(text));
         Ok(())
     }
 
     /// Answers `SaslAbandoned`: `-ERR` saying why, back in AUTHORIZATION.
     pub fn sasl_abandoned(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         self.expect("sasl_abandoned", self.pending == Pending::Auth)?;
-        let text = self.abandoned.take().unwrap_or("Authentication cancelled");
+        let text = self.abandoned.take().unwrap_or(Text::AuthCancelled);
         self.pending = Pending::None;
         self.phase = Phase::Authorization;
         self.stats.auth_failures += 1;
-        err(out, None, text);
+        err(out, None, self.lang.text(text));
         Ok(())
     }
 
@@ -875,11 +895,7 @@ impl ServerSession {
         self.expect("refuse_attempt", !self.is_logged_in())?;
         self.abandoned = None;
         self.stats.auth_failures += 1;
-        self.close_temporarily(
-            out,
-            "Too many failed logins from your address; try again later",
-            EndReason::TooManyFailures,
-        );
+        self.close_temporarily(out, Text::TooManyFailures, EndReason::TooManyFailures);
         Ok(())
     }
 
@@ -904,10 +920,8 @@ impl ServerSession {
         self.expect("maildrop_opened", self.pending == Pending::OpenMaildrop)?;
         self.pending = Pending::None;
         let snap = Snapshot::new(messages);
-        ok(
-            out,
-            format_args!("Logged in, maildrop has {}", snap.summary()),
-        );
+        let (messages, octets) = snap.live();
+        ok(out, self.lang.text(Text::LoggedIn { messages, octets }));
         self.user = Some(user);
         self.phase = Phase::Transaction(snap);
         Ok(())
@@ -922,23 +936,12 @@ impl ServerSession {
         self.expect("maildrop_failed", self.pending == Pending::OpenMaildrop)?;
         self.pending = Pending::None;
         self.phase = Phase::Authorization;
-        match why {
-            MaildropFailure::InUse => err(
-                out,
-                Some(ResponseCode::InUse),
-                "Maildrop is locked by another POP3 session; try again later",
-            ),
-            MaildropFailure::Temporary => err(
-                out,
-                Some(ResponseCode::SysTemp),
-                "Maildrop is temporarily unavailable; try again later",
-            ),
-            MaildropFailure::Permanent => err(
-                out,
-                Some(ResponseCode::SysPerm),
-                "Maildrop is unavailable; contact your mail administrator",
-            ),
-        }
+        let (code, text) = match why {
+            MaildropFailure::InUse => (ResponseCode::InUse, Text::MaildropInUse),
+            MaildropFailure::Temporary => (ResponseCode::SysTemp, Text::MaildropTemporary),
+            MaildropFailure::Permanent => (ResponseCode::SysPerm, Text::MaildropPermanent),
+        };
+        err(out, Some(code), self.lang.text(text));
         Ok(())
     }
 
@@ -951,11 +954,11 @@ impl ServerSession {
         self.pending = Pending::Streaming(req);
         Ok(match req.body_lines {
             None => {
-                ok(out, format_args!("{} octets", req.size));
+                ok(out, self.lang.text(Text::Octets(req.size)));
                 MessageEncoder::retr()
             }
             Some(lines) => {
-                ok(out, "Top of message follows");
+                ok(out, self.lang.text(Text::TopFollows));
                 MessageEncoder::top(lines)
             }
         })
@@ -993,14 +996,8 @@ impl ServerSession {
             return Err(self.misuse("message_failed"));
         };
         self.pending = Pending::None;
-        err(
-            out,
-            Some(ResponseCode::SysTemp),
-            format_args!(
-                "Message {} could not be read; try again later",
-                req.index + 1
-            ),
-        );
+        let text = Text::MessageUnreadable(req.index + 1);
+        err(out, Some(ResponseCode::SysTemp), self.lang.text(text));
         Ok(())
     }
 
@@ -1036,24 +1033,14 @@ impl ServerSession {
         self.pending = Pending::None;
         self.phase = Phase::Closed(EndReason::Quit);
         match result {
-            Ok(()) if left == 0 => {
-                self.stats.committed = true;
-                ok(out, "Poplar POP3 server signing off (maildrop empty)");
-            }
             Ok(()) => {
                 self.stats.committed = true;
-                ok(
-                    out,
-                    format_args!(
-                        "Poplar POP3 server signing off ({} left)",
-                        plural(left, "message")
-                    ),
-                );
+                ok(out, self.lang.text(Text::SignedOff { left }));
             }
             Err(CommitFailure::Partial) => err(
                 out,
                 Some(ResponseCode::SysTemp),
-                "Some deleted messages were not removed; they will be offered again",
+                self.lang.text(Text::CommitPartial),
             ),
         }
         Ok(())
@@ -1070,32 +1057,20 @@ impl ServerSession {
     /// longest: tells the client and ends the session. Only valid before login.
     pub fn evicted(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         self.expect("evicted", !self.is_logged_in())?;
-        self.close_temporarily(
-            out,
-            "Server is at its connection limit and this connection has not logged in; try again shortly",
-            EndReason::Evicted,
-        );
+        self.close_temporarily(out, Text::Evicted, EndReason::Evicted);
         Ok(())
     }
 
     /// The server is shutting down: tells the client and ends the session without UPDATE.
     pub fn shutting_down(&mut self, out: &mut Vec<u8>) {
-        self.close_temporarily(
-            out,
-            "Server shutting down; try again shortly",
-            EndReason::Shutdown,
-        );
+        self.close_temporarily(out, Text::ShuttingDown, EndReason::Shutdown);
     }
 
     /// The store lost this session's maildrop lock, so another session may hold the maildrop
     /// now: tells the client and ends the session without UPDATE. Only valid after login.
     pub fn maildrop_lost(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         self.expect("maildrop_lost", self.is_logged_in())?;
-        self.close_temporarily(
-            out,
-            "Lost the lock on your maildrop (the message store failed); nothing was deleted. Log in again shortly",
-            EndReason::MaildropLost,
-        );
+        self.close_temporarily(out, Text::MaildropLost, EndReason::MaildropLost);
         Ok(())
     }
 
@@ -1103,18 +1078,14 @@ impl ServerSession {
     /// driver drops the maildrop without committing).
     pub fn kicked(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         self.expect("kicked", self.is_logged_in())?;
-        self.close_temporarily(
-            out,
-            "Your session was ended by the server's administrator; nothing was deleted",
-            EndReason::Kicked,
-        );
+        self.close_temporarily(out, Text::Kicked, EndReason::Kicked);
         Ok(())
     }
 
     /// Abandons any pending request, answers `-ERR [SYS/TEMP] text` and ends the session.
-    fn close_temporarily(&mut self, out: &mut Vec<u8>, text: &str, why: EndReason) {
+    fn close_temporarily(&mut self, out: &mut Vec<u8>, text: Text<'_>, why: EndReason) {
         self.pending = Pending::None;
-        err(out, Some(ResponseCode::SysTemp), text);
+        err(out, Some(ResponseCode::SysTemp), self.lang.text(text));
         self.phase = Phase::Closed(why);
     }
 }
@@ -1124,6 +1095,7 @@ fn request_message(
     snap: &Snapshot,
     pending: &mut Pending,
     out: &mut Vec<u8>,
+    lang: Language,
     n: MessageNumber,
     body_lines: Option<u64>,
 ) -> Option<Event> {
@@ -1138,7 +1110,7 @@ fn request_message(
             Some(Event::SendMessage(request))
         }
         Err(text) => {
-            err(out, None, text);
+            err(out, None, lang.text(text));
             None
         }
     }

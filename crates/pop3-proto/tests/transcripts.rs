@@ -437,6 +437,7 @@ fn capa_before_and_after_login() {
          S: EXPIRE 30
          S: LOGIN-DELAY 300
          S: UTF8 USER
+         S: LANG
          S: .
          C: USER mrose
          S: +OK Send your password
@@ -452,6 +453,7 @@ fn capa_before_and_after_login() {
          S: EXPIRE 30
          S: LOGIN-DELAY 300
          S: UTF8 USER
+         S: LANG
          S: IMPLEMENTATION Poplar 9.9
          S: .
          C: STLS
@@ -478,6 +480,7 @@ fn plaintext_refused_on_insecure_connection_until_stls() {
          S: STLS
          S: EXPIRE NEVER
          S: UTF8 USER
+         S: LANG
          S: .
          C: USER mrose
          S: -ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first
@@ -501,6 +504,7 @@ fn plaintext_refused_on_insecure_connection_until_stls() {
          S: SASL PLAIN
          S: EXPIRE NEVER
          S: UTF8 USER
+         S: LANG
          S: .
          C: STLS
          S: -ERR TLS is already active
@@ -666,6 +670,7 @@ fn bad_commands_are_tolerated_up_to_the_limit() {
          S: SASL PLAIN
          S: EXPIRE NEVER
          S: UTF8 USER
+         S: LANG
          S: .
          C: NOOP
          S: -ERR Too many invalid commands, closing connection",
@@ -1008,4 +1013,75 @@ fn client_pieces_read_the_servers_pipelined_answers() {
     assert_eq!(status(&mut rest), (true, Follows::End), "QUIT");
     assert!(rest.is_empty());
     assert_eq!(h.committed, Some(vec![0]));
+}
+
+/// RFC 6856 section 4: LANG lists the languages, switches every text (never a response code or
+/// protocol data), refuses what it cannot match and keeps the language it had; `*` is the
+/// configured default; STLS forgets the choice like everything else said before TLS.
+#[test]
+fn lang_switches_every_text_and_nothing_else() {
+    let m1 = message_of_size(120, "one");
+    let mut h = Harness::new(plaintext_ok()).with_messages(vec![m1]);
+    h.transcript(
+        "S: +OK Poplar POP3 server ready
+         C: LANG
+         S: +OK Language listing follows
+         S: en English
+         S: bg Български
+         S: .
+         C: LANG bg-BG
+         S: +OK bg Отговорите вече са на български
+         C: LANG de
+         S: -ERR Няма език, отговарящ на de; LANG показва наличните езици
+         C: LANG en_US
+         S: -ERR Това не е езиков етикет; задайте например bg или en
+         C: USER mrose
+         S: +OK Изпратете паролата си
+         C: PASS wrong
+         S: -ERR [AUTH] Неуспешно удостоверяване
+         C: USER mrose
+         S: +OK Изпратете паролата си
+         C: PASS tanstaaf
+         S: +OK Влязохте, в пощенската кутия има 1 съобщение (120 октета)
+         C: STAT
+         S: +OK 1 120
+         C: LIST 1
+         S: +OK 1 120
+         C: LIST 2
+         S: -ERR Няма такова съобщение, в пощенската кутия има само 1 съобщение
+         C: DELE 1
+         S: +OK Съобщение 1 е изтрито
+         C: RETR 1
+         S: -ERR Съобщение 1 е маркирано за изтриване
+         C: USER x
+         S: -ERR USER не е валидна команда след влизане
+         C: LANG EN
+         S: +OK en Responses are now in English
+         C: RSET
+         S: +OK Maildrop has 1 message (120 octets)
+         C: LANG *
+         S: +OK en Responses are now in English
+         C: QUIT
+         S: +OK Poplar POP3 server signing off (1 message left)",
+    );
+}
+
+#[test]
+fn the_configured_language_greets_and_lang_star_returns_to_it() {
+    let config = SessionConfig {
+        language: pop3_proto::Language::Bulgarian,
+        ..plaintext_ok()
+    };
+    let mut h = Harness::new(config);
+    h.transcript(
+        "S: +OK POP3 сървърът Poplar е готов
+         C: LANG en
+         S: +OK en Responses are now in English
+         C: NOOP
+         S: -ERR NOOP is not valid before login
+         C: LANG *
+         S: +OK bg Отговорите вече са на български
+         C: QUIT
+         S: +OK POP3 сървърът Poplar приключва",
+    );
 }

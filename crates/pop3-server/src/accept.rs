@@ -5,6 +5,7 @@
 //! `accept` fails (running out of descriptors must not spin the CPU).
 
 use crate::{Kind, Listener, Shared, connection, limits, proxy};
+use pop3_proto::{Language, Text};
 use pop3_store::MailStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,13 +108,13 @@ pub(crate) fn admit<S, IO>(
     let (slot, evicted_for_address) = match shared.per_ip.try_take(net) {
         Some(slot) => (slot, false),
         None if shared.waiting.evict_oldest_from(net) => (shared.per_ip.take_over(net), true),
-        None => return refuse(&shared.refusals, stream, peer, kind, AT_ADDRESS_LIMIT),
+        None => return refuse(shared, stream, peer, kind, Text::AtAddressLimit),
     };
     let permit = Arc::clone(&shared.connections).try_acquire_owned().ok();
     // An eviction for the address also frees a global permit; otherwise, at the global
     // limit, the longest-waiting unauthenticated connection of all makes room.
     if permit.is_none() && !evicted_for_address && !shared.waiting.evict_oldest() {
-        return refuse(&shared.refusals, stream, peer, kind, AT_LIMIT);
+        return refuse(shared, stream, peer, kind, Text::AtConnectionLimit);
     }
     // Queued here, not in the task, so the queue is in arrival order.
     let waiting = shared.waiting.enter(net);
@@ -125,7 +126,7 @@ pub(crate) fn admit<S, IO>(
                 let connections = Arc::clone(&shared.connections);
                 match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
                     Ok(Ok(permit)) => permit,
-                    _ => return refuse(&shared.refusals, stream, peer, kind, AT_LIMIT),
+                    _ => return refuse(&shared, stream, peer, kind, Text::AtConnectionLimit),
                 }
             }
         };
@@ -134,29 +135,34 @@ pub(crate) fn admit<S, IO>(
     });
 }
 
-const AT_ADDRESS_LIMIT: &str = "Too many connections from your address; try again shortly";
-const AT_LIMIT: &str = "Server is at its connection limit; try again shortly";
-
 /// How long a newcomer waits for the permit of the connection it evicted.
 const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Tells a client it cannot be served (plaintext only: a POP3S client would not understand).
-fn refuse<IO>(
-    log: &limits::RefusalLog,
+/// The log says why in English; the client reads it in the server's configured language.
+fn refuse<S, IO>(
+    shared: &Shared<S>,
     mut stream: IO,
     peer: SocketAddr,
     kind: Kind,
-    text: &'static str,
+    text: Text<'static>,
 ) where
+    S: MailStore,
     IO: AsyncWrite + Unpin + Send + 'static,
 {
     crate::metrics::connection_refused(kind);
-    log.record(peer, text, tokio::time::Instant::now());
+    let reason = Language::English.text(text).to_string();
+    shared
+        .refusals
+        .record(peer, &reason, tokio::time::Instant::now());
     if kind == Kind::Pop3s {
         return;
     }
+    let line = format!(
+        "-ERR [SYS/TEMP] {}\r\n",
+        shared.settings.language.text(text)
+    );
     tokio::spawn(async move {
-        let line = format!("-ERR [SYS/TEMP] {text}\r\n");
         let _ =
             tokio::time::timeout(Duration::from_secs(2), stream.write_all(line.as_bytes())).await;
     });

@@ -94,6 +94,8 @@ struct Settings {
     mark_seen: bool,
     /// Who has which retention period.
     expire: config::ExpirePolicy,
+    /// The language of response texts until a client chooses with LANG.
+    language: pop3_proto::Language,
 }
 
 /// State shared by every connection.
@@ -147,6 +149,7 @@ impl<S: MailStore> Shared<S> {
             mechanisms,
             max_bad_commands: self.settings.max_bad_commands,
             max_sasl_line: self.settings.max_sasl_line,
+            language: self.settings.language,
         }
     }
 }
@@ -410,6 +413,7 @@ impl<S: MailStore> Server<S> {
             client_identity_cn: config.tls.client_identity == config::ClientIdentity::Cn,
             mark_seen: config.pop3.mark_seen,
             expire: config.expire_policy(),
+            language: config.pop3.language,
         };
         let shared = Arc::new(Shared {
             store,

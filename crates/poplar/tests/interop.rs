@@ -199,3 +199,33 @@ fn dovecot_and_poplar_share_a_maildir_with_the_same_uidls() {
     let _ = running.child.kill();
     let _ = running.child.wait();
 }
+
+/// RFC 6856 LANG with python's poplib sending raw commands: every response a client can
+/// provoke, in English and Bulgarian (same statuses, codes and numbers; Bulgarian text
+/// Cyrillic), on a server whose configured language is English and on one whose is Bulgarian.
+#[test]
+fn lang_through_python_poplib() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/lang_suite.py");
+    for default in ["en", "bg"] {
+        let mut builder = ServerBuilder::new();
+        builder.set("pop3.language", default);
+        // The walk makes a dozen mistakes on purpose in one session.
+        builder.set("limits.max_bad_commands", 20);
+        let server = builder.start();
+        server.add_user("alice", "wonder land");
+        assert!(server.deliver(&["alice"], &corpus()[0].1).success());
+        let out = tool("python3")
+            .arg(&script)
+            .args(["127.0.0.1", &server.pop3.port().to_string()])
+            .args(["alice", "wonder land", default])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "LANG suite (default {default}) failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("default {default}: {}", stdout.trim());
+    }
+}

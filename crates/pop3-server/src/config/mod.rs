@@ -750,6 +750,30 @@ pub struct Pop3Policy {
     /// Mark a message seen (`:2,S`, moved to `cur/`) once RETR has sent it, as Dovecot does,
     /// so webmail or an IMAP client on the same Maildir shows it as read. Default true.
     pub mark_seen: bool,
+    /// The language of response texts (RFC 6856 LANG): `"en"` (default, what every client
+    /// and every help page expects) or `"bg"`. Each client can switch with `LANG`; `LANG *`
+    /// returns to this one.
+    #[serde(with = "language")]
+    pub language: pop3_proto::Language,
+}
+
+mod language {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<pop3_proto::Language, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        l: &pop3_proto::Language,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(l.tag())
+    }
 }
 
 impl Default for Pop3Policy {
@@ -761,6 +785,7 @@ impl Default for Pop3Policy {
             login_delay_overrides: std::collections::BTreeMap::new(),
             show_version: true,
             mark_seen: true,
+            language: pop3_proto::Language::English,
         }
     }
 }
