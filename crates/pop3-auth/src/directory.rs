@@ -61,3 +61,15 @@ pub enum Verdict {
 pub fn normalize_name(name: &str) -> String {
     name.to_ascii_lowercase()
 }
+
+/// An SDPS login at one of `hosts`: `john@example.net` or Demon's `john+example.net`, as
+/// `(john@example.net, example.net)`. `None` for the host itself and for every other name.
+pub fn sdps_login(name: &str, hosts: &[String]) -> Option<(String, String)> {
+    let name = name.to_lowercase();
+    let (local, host) = name.rsplit_once('@').or_else(|| name.rsplit_once('+'))?;
+    let host = hosts
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case(host))?
+        .to_lowercase();
+    (!local.is_empty()).then(|| (format!("{local}@{host}"), host))
+}

@@ -562,13 +562,32 @@ impl UserDb {
         }
     }
 
-    /// A view for SASL mechanisms, with the decoy used for unknown users and the master
-    /// users (who may act as any other user).
-    pub fn directory<'a>(&'a self, decoy: Decoy<'a>, masters: &'a [String]) -> UserDirectory<'a> {
+    /// A view for SASL mechanisms, with the decoy used for unknown users, the master users
+    /// (who may act as any other user) and the SDPS hosts (whose people log in with the host's
+    /// password unless they have their own).
+    pub fn directory<'a>(
+        &'a self,
+        decoy: Decoy<'a>,
+        masters: &'a [String],
+        hosts: &'a [String],
+    ) -> UserDirectory<'a> {
         UserDirectory {
             db: self,
             decoy,
             masters,
+            hosts,
+        }
+    }
+
+    /// For a login name, `(the entry whose credentials it uses, the name the session gets)`.
+    /// Usually both are the normalised name; an SDPS login (`john@example.net`,
+    /// `john+example.net`) without an entry of its own uses the host's entry and keeps the
+    /// person's address as its name.
+    pub fn login_entry(&self, name: &str, hosts: &[String]) -> (String, String) {
+        match crate::directory::sdps_login(name, hosts) {
+            Some((login, _)) if self.get(&login).is_some() => (login.clone(), login),
+            Some((login, host)) => (host, login),
+            None => (normalize_name(name), normalize_name(name)),
         }
     }
 }
@@ -602,11 +621,13 @@ pub struct UserDirectory<'a> {
     db: &'a UserDb,
     decoy: Decoy<'a>,
     masters: &'a [String],
+    hosts: &'a [String],
 }
 
 impl Directory for UserDirectory<'_> {
     fn secret(&self, user: &str, kind: SecretKind) -> Option<MechanismSecret> {
-        let entry = self.db.users.get(normalize_name(user).as_str())?;
+        let (entry, _) = self.db.login_entry(user, self.hosts);
+        let entry = self.db.users.get(entry.as_str())?;
         // Prefer a form made for the mechanism over deriving one from a plaintext.
         let forms: Vec<Stored<'_>> = entry
             .secrets()
@@ -623,11 +644,16 @@ impl Directory for UserDirectory<'_> {
     }
 
     fn check_password(&self, user: &str, password: &[u8]) -> Result<Verdict, AuthError> {
-        self.db.verify(user, password, &self.decoy)
+        let (entry, login) = self.db.login_entry(user, self.hosts);
+        Ok(match self.db.verify(&entry, password, &self.decoy)? {
+            Verdict::Valid(_) => Verdict::Valid(login),
+            Verdict::Invalid => Verdict::Invalid,
+        })
     }
 
     fn exists(&self, user: &str) -> bool {
-        self.db.get(user).is_some()
+        let (entry, _) = self.db.login_entry(user, self.hosts);
+        self.db.get(&entry).is_some()
     }
 
     fn may_act_as(&self, user: &str, authzid: &str) -> bool {
@@ -1171,7 +1197,7 @@ q:{PLAIN}qw
             ),
             (2, 2, 0, 0)
         );
-        let dir = db.directory(decoy, &[]);
+        let dir = db.directory(decoy, &[], &[]);
         assert!(matches!(
             dir.secret("alice", SecretKind::Scram(ScramHash::Sha256)),
             Some(MechanismSecret::Scram(_))

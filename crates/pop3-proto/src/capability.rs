@@ -68,6 +68,10 @@ pub struct Capabilities {
     pub login_delay_per_user: bool,
     /// `IMPLEMENTATION` text, shown after login only.
     pub implementation: String,
+    /// Host maildrops are served: `*ENV` answers with the recorded envelope, advertised as the
+    /// implementation extension `X-SDPS` (RFC 2449 keeps capability names that start with `X`
+    /// for private extensions).
+    pub sdps: bool,
 }
 
 impl Default for Capabilities {
@@ -78,6 +82,7 @@ impl Default for Capabilities {
             login_delay: 0,
             login_delay_per_user: false,
             implementation: String::from("Poplar"),
+            sdps: false,
         }
     }
 }
@@ -157,6 +162,9 @@ impl Capabilities {
             let _ = write!(out, "LOGIN-DELAY {delay}{tag}\r\n");
         }
         out.extend_from_slice(b"UTF8 USER\r\nLANG\r\n");
+        if self.sdps {
+            out.extend_from_slice(b"X-SDPS\r\n");
+        }
         if ctx.logged_in {
             let _ = write!(out, "IMPLEMENTATION {}\r\n", self.implementation);
         }

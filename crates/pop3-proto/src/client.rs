@@ -228,7 +228,9 @@ impl ClientSession {
             return Err(ClientError::WrongPhase(keyword, self.phase));
         }
         let shape = match command {
-            Command::Capa | Command::Retr(_) | Command::Top(..) => ReplyShape::MultiLine,
+            Command::Capa | Command::Retr(_) | Command::Top(..) | Command::Env(_) => {
+                ReplyShape::MultiLine
+            }
             Command::List(None) | Command::Uidl(None) | Command::Lang(None) => {
                 ReplyShape::MultiLine
             }

@@ -64,6 +64,8 @@ pub enum Command {
     Top(MessageNumber, u64),
     /// `UIDL [msg]`
     Uidl(Option<MessageNumber>),
+    /// `*ENV msg`: the message's envelope (Demon Internet's SDPS extension).
+    Env(MessageNumber),
 }
 
 /// The keyword of each command: the one table the parser, the encoder and both sides' state
@@ -104,11 +106,13 @@ pub enum Keyword {
     Noop,
     /// `RSET`
     Rset,
+    /// `*ENV` (SDPS)
+    Env,
 }
 
 impl Keyword {
     /// Every keyword.
-    pub const ALL: [Keyword; 17] = [
+    pub const ALL: [Keyword; 18] = [
         Keyword::User,
         Keyword::Pass,
         Keyword::Apop,
@@ -126,6 +130,7 @@ impl Keyword {
         Keyword::Top,
         Keyword::Noop,
         Keyword::Rset,
+        Keyword::Env,
     ];
 
     /// As sent on the wire (upper case).
@@ -148,6 +153,7 @@ impl Keyword {
             Keyword::Top => "TOP",
             Keyword::Noop => "NOOP",
             Keyword::Rset => "RSET",
+            Keyword::Env => "*ENV",
         }
     }
 
@@ -191,6 +197,7 @@ impl Keyword {
                 | Keyword::Top
                 | Keyword::Noop
                 | Keyword::Rset
+                | Keyword::Env
         )
     }
 }
@@ -222,6 +229,7 @@ impl Command {
             Command::Rset => Keyword::Rset,
             Command::Top(..) => Keyword::Top,
             Command::Uidl(_) => Keyword::Uidl,
+            Command::Env(_) => Keyword::Env,
         }
     }
 
@@ -302,7 +310,9 @@ impl Command {
                     arg(message_number_text(*n)?.as_bytes());
                 }
             }
-            Command::Retr(n) | Command::Dele(n) => arg(message_number_text(*n)?.as_bytes()),
+            Command::Retr(n) | Command::Dele(n) | Command::Env(n) => {
+                arg(message_number_text(*n)?.as_bytes());
+            }
             Command::Top(n, lines) => {
                 arg(message_number_text(*n)?.as_bytes());
                 arg(lines.to_string().as_bytes());
@@ -495,6 +505,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
             .map(Command::Uidl),
         Keyword::Retr => message_number(args.one()?).map(Command::Retr),
         Keyword::Dele => message_number(args.one()?).map(Command::Dele),
+        Keyword::Env => message_number(args.one()?).map(Command::Env),
         Keyword::Top => {
             let (msg, lines) = args.two()?;
             Ok(Command::Top(message_number(msg)?, line_count(lines)?))
@@ -636,6 +647,7 @@ mod tests {
             proptest::option::of(number()).prop_map(Command::Uidl),
             number().prop_map(Command::Retr),
             number().prop_map(Command::Dele),
+            number().prop_map(Command::Env),
             (number(), any::<u64>()).prop_map(|(n, l)| Command::Top(n, l)),
         ]
     }

@@ -35,6 +35,6 @@ pub use lang::{Language, Text};
 pub use response::ResponseCode;
 pub use secret::Secret;
 pub use server::{
-    AuthFailure, CommitFailure, Credentials, EndReason, Event, MaildropFailure, MessageMeta,
-    MessageRequest, ServerSession, SessionConfig, SessionStats, Tls,
+    AuthFailure, CommitFailure, Credentials, EndReason, Envelope, Event, MaildropFailure,
+    MessageMeta, MessageRequest, ServerSession, SessionConfig, SessionStats, Tls,
 };

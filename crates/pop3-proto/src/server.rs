@@ -204,6 +204,18 @@ pub struct MessageMeta {
     pub size: u64,
     /// The unique-id (RFC 1939 section 7: 1 to 70 octets in 0x21..=0x7E).
     pub uidl: String,
+    /// The envelope recorded at delivery (SDPS host maildrops), which `*ENV` reports.
+    pub envelope: Option<Box<Envelope>>,
+}
+
+/// The SMTP envelope of one delivered copy of a message: who sent it and to which address it
+/// was delivered (Demon's SDPS `*ENV`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    /// The envelope sender (MAIL FROM); empty for a bounce (`<>`).
+    pub sender: String,
+    /// The envelope recipient (RCPT TO) this copy was delivered to.
+    pub recipient: String,
 }
 
 /// Counters for the session summary log line.
@@ -551,8 +563,8 @@ impl ServerSession {
     /// authorization commands only before login, the transaction commands only after it.
     fn state_allows(&self, keyword: &str) -> bool {
         const AUTHORIZATION: [&str; 6] = ["USER", "PASS", "APOP", "AUTH", "STLS", "UTF8"];
-        const TRANSACTION: [&str; 8] = [
-            "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL",
+        const TRANSACTION: [&str; 9] = [
+            "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "*ENV",
         ];
         let only_in = if self.is_logged_in() {
             &AUTHORIZATION[..]
@@ -670,6 +682,7 @@ impl ServerSession {
             | Command::Noop
             | Command::Rset
             | Command::Top(..)
+            | Command::Env(_)
             | Command::Uidl(_)) => self.wrong_state(out, cmd.keyword().as_str()),
         }
         None
@@ -819,6 +832,30 @@ impl ServerSession {
             Command::Noop => ok(out, ""),
             Command::Capa => self.write_capa(out),
             Command::Lang(range) => self.on_lang(out, range),
+            Command::Env(n) => match snap.visible(n) {
+                Ok(i) => match &snap.messages[i].envelope {
+                    // Demon's layout: the number, the UIDL, the sender, the recipient.
+                    Some(envelope) => {
+                        ok(out, lang.text(Text::EnvelopeFollows));
+                        let clean = |s: &str| s.chars().filter(|c| !c.is_control()).collect();
+                        let lines: [String; 4] = [
+                            n.to_string(),
+                            snap.messages[i].uidl.clone(),
+                            clean(&envelope.sender),
+                            clean(&envelope.recipient),
+                        ];
+                        for line in lines {
+                            if line.starts_with('.') {
+                                out.push(b'.');
+                            }
+                            write_line(out, format_args!("{line}"));
+                        }
+                        out.extend_from_slice(b".\r\n");
+                    }
+                    None => err(out, None, lang.text(Text::NoEnvelope(n))),
+                },
+                Err(text) => err(out, None, lang.text(text)),
+            },
             cmd @ (Command::User(_)
             | Command::Pass(_)
             | Command::Apop { .. }

@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use pop3_proto::{
-    AuthFailure, Capabilities, CommitFailure, Credentials, Event, Expire, MaildropFailure,
-    Mechanism, MessageMeta, Progress, ServerSession, SessionConfig, Tls, canonical_size,
+    AuthFailure, Capabilities, CommitFailure, Credentials, Envelope, Event, Expire,
+    MaildropFailure, Mechanism, MessageMeta, Progress, ServerSession, SessionConfig, Tls,
+    canonical_size,
 };
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ struct Harness {
     closed: bool,
     tls_started: usize,
     session_mechanisms: Vec<Mechanism>,
+    envelopes: Vec<Option<Envelope>>,
 }
 
 impl Harness {
@@ -34,6 +36,7 @@ impl Harness {
             closed: false,
             tls_started: 0,
             session_mechanisms: vec![Mechanism::plaintext("PLAIN")],
+            envelopes: Vec::new(),
         }
     }
 
@@ -111,9 +114,11 @@ impl Harness {
                         let metas = self
                             .messages
                             .iter()
-                            .map(|(m, uidl)| MessageMeta {
+                            .enumerate()
+                            .map(|(i, (m, uidl))| MessageMeta {
                                 size: canonical_size(m),
                                 uidl: uidl.clone(),
+                                envelope: self.envelopes.get(i).cloned().flatten().map(Box::new),
                             })
                             .collect();
                         self.session.maildrop_opened(&mut out, user, metas).unwrap();
@@ -784,6 +789,7 @@ fn commit_failure_is_reported_as_sys_temp() {
     let meta = MessageMeta {
         size: 3,
         uidl: "x".into(),
+        envelope: None,
     };
     session
         .maildrop_opened(&mut out, "a".into(), vec![meta])
@@ -1083,5 +1089,81 @@ fn the_configured_language_greets_and_lang_star_returns_to_it() {
          S: +OK bg Отговорите вече са на български
          C: QUIT
          S: +OK POP3 сървърът Poplar приключва",
+    );
+}
+
+/// Demon's SDPS `*ENV n`: the number, the UIDL, the envelope sender (empty for a bounce) and
+/// the recipient, as fetchmail (status line then four) and getmail (`lines[2]`, `lines[3]`)
+/// read it; `-ERR` for deleted, unknown or envelope-less messages and before login.
+#[test]
+fn sdps_env_reports_the_recorded_envelope() {
+    let config = SessionConfig {
+        capabilities: Arc::new(Capabilities {
+            sdps: true,
+            ..Capabilities::default()
+        }),
+        ..plaintext_ok()
+    };
+    let mut h = Harness::new(config).with_messages(vec![
+        message_of_size(100, "one"),
+        message_of_size(100, "two"),
+        message_of_size(100, "three"),
+    ]);
+    h.envelopes = vec![
+        Some(Envelope {
+            sender: "carol@example.org".into(),
+            recipient: "john@example.net".into(),
+        }),
+        Some(Envelope {
+            sender: String::new(),
+            recipient: ".odd@example.net".into(),
+        }),
+        None,
+    ];
+    h.transcript(
+        "S: +OK Poplar POP3 server ready
+         C: *ENV 1
+         S: -ERR *ENV is not valid before login
+         C: USER mrose
+         S: +OK Send your password
+         C: PASS tanstaaf
+         S: +OK Logged in, maildrop has 3 messages (300 octets)
+         C: *ENV 1
+         S: +OK Envelope follows
+         S: 1
+         S: uid-1
+         S: carol@example.org
+         S: john@example.net
+         S: .
+         C: *env 2
+         S: +OK Envelope follows
+         S: 2
+         S: uid-2
+         S:
+         S: ..odd@example.net
+         S: .
+         C: *ENV 3
+         S: -ERR No envelope was recorded for message 3
+         C: *ENV 4
+         S: -ERR No such message, only 3 messages in maildrop
+         C: DELE 1
+         S: +OK Message 1 deleted
+         C: *ENV 1
+         S: -ERR Message 1 is deleted
+         C: *ENV
+         S: -ERR Missing argument
+         C: CAPA
+         S: +OK Capability list follows
+         S: TOP
+         S: UIDL
+         S: RESP-CODES
+         S: AUTH-RESP-CODE
+         S: PIPELINING
+         S: EXPIRE NEVER
+         S: UTF8 USER
+         S: LANG
+         S: X-SDPS
+         S: IMPLEMENTATION Poplar
+         S: .",
     );
 }

@@ -50,6 +50,9 @@ pub(crate) struct Authenticator {
     /// `None`: automatic (challenge-response ones only when every user can).
     listed: Option<Vec<String>>,
     masters: Arc<[String]>,
+    /// SDPS host names: `john@host` and `john+host` log in with the host's entry unless they
+    /// have their own.
+    sdps_hosts: Arc<[String]>,
     login_delay: u32,
     login_delay_overrides: BTreeMap<String, u32>,
     last_login: Mutex<HashMap<String, Instant>>,
@@ -104,6 +107,7 @@ impl Authenticator {
                 .iter()
                 .map(|m| pop3_auth::directory::normalize_name(m))
                 .collect(),
+            sdps_hosts: config.sdps.hosts.iter().map(|h| h.to_lowercase()).collect(),
             login_delay: config.pop3.login_delay,
             login_delay_overrides: config.pop3.login_delay_overrides.clone(),
             last_login: Mutex::new(HashMap::new()),
@@ -281,6 +285,7 @@ impl Authenticator {
         let decoy = Arc::clone(&self.decoy);
         let key = Arc::clone(&self.salt_key);
         let masters = Arc::clone(&self.masters);
+        let hosts = Arc::clone(&self.sdps_hosts);
         let ran = self
             .hashing
             .run(move || {
@@ -289,7 +294,7 @@ impl Authenticator {
                     key: &key,
                 };
                 let step = mechanism.step(
-                    &db.directory(decoy, &masters),
+                    &db.directory(decoy, &masters, &hosts),
                     input.as_ref().map(|s| s.expose().as_slice()),
                 );
                 (mechanism, step)
@@ -309,10 +314,11 @@ impl Authenticator {
         let Some(db) = self.database() else {
             return Step::Failure(temporary());
         };
-        let name = user.clone();
+        let (name, login) = db.login_entry(&user, &self.sdps_hosts);
+        let known = db.get(&name).is_some();
         // A fast scheme is checked right here: handing it to a hashing thread and back would
         // cost more than the check.
-        let verdict = if db.verifies_fast(&user, &self.decoy()) {
+        let verdict = if db.verifies_fast(&name, &self.decoy()) {
             Ok(db.verify(&name, password.expose(), &self.decoy()))
         } else {
             let decoy = Arc::clone(&self.decoy);
@@ -329,10 +335,10 @@ impl Authenticator {
                 .await
         };
         match verdict {
-            Ok(Ok(Verdict::Valid(u))) => Step::Success { user: u },
+            Ok(Ok(Verdict::Valid(_))) => Step::Success { user: login },
             Ok(Ok(Verdict::Invalid)) => Step::Failure(Failure {
                 kind: FailureKind::InvalidCredentials,
-                reason: if db.get(&user).is_some() {
+                reason: if known {
                     "wrong password".into()
                 } else {
                     "unknown user".into()
@@ -356,12 +362,13 @@ impl Authenticator {
         let Some(db) = self.database() else {
             return Step::Failure(temporary());
         };
-        match db.verify_apop(user, timestamp, digest) {
-            Verdict::Valid(u) => Step::Success { user: u },
+        let (entry, login) = db.login_entry(user, &self.sdps_hosts);
+        match db.verify_apop(&entry, timestamp, digest) {
+            Verdict::Valid(_) => Step::Success { user: login },
             Verdict::Invalid => Step::Failure(Failure {
                 kind: FailureKind::InvalidCredentials,
                 user: Some(user.to_owned()),
-                reason: match db.get(user) {
+                reason: match db.get(&entry) {
                     None => "unknown user".into(),
                     Some(u) if u.serves(SecretKind::Apop) => "wrong APOP digest".into(),
                     Some(_) => format!(

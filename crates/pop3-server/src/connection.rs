@@ -592,6 +592,7 @@ impl<S: MailStore> Connection<S> {
                     .map(|m| MessageMeta {
                         size: m.size,
                         uidl: m.uidl,
+                        envelope: m.envelope,
                     })
                     .collect();
                 tracing::debug!(user = ?user, peer = %self.peer, "logged in");

@@ -331,6 +331,7 @@ impl<S: MailStore> Server<S> {
             } else {
                 "Poplar".to_owned()
             },
+            sdps: !config.sdps.hosts.is_empty(),
         };
         let wanted = &config.tls.client_ca_listeners;
         let client_certs = |addr: SocketAddr| {

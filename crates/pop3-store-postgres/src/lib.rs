@@ -447,6 +447,7 @@ impl PgStore {
             listing.push(MessageInfo {
                 uidl: row.get(2),
                 size: u64::try_from(row.get::<_, i64>(3)).unwrap_or(0),
+                envelope: None,
             });
         }
         Ok(Here::Yes((maildrop, listing)))

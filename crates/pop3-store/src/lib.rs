@@ -137,6 +137,18 @@ pub struct MessageInfo {
     pub uidl: String,
     /// The exact number of octets RETR sends for it (its canonical CRLF form).
     pub size: u64,
+    /// The envelope recorded at delivery, in SDPS host maildrops (boxed: most messages have
+    /// none, and listings of 100 000 messages are cached).
+    pub envelope: Option<Box<pop3_proto::Envelope>>,
+}
+
+/// A delivery's envelope for an SDPS host maildrop: the sender and the host's recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEnvelope {
+    /// MAIL FROM, empty for a bounce.
+    pub sender: String,
+    /// The RCPT TO addresses at the host.
+    pub recipients: Vec<String>,
 }
 
 /// A place maildrops live.
@@ -178,6 +190,33 @@ pub trait MailStore: Send + Sync + 'static {
         prefix: &[u8],
         spool: &std::path::Path,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The SDPS host maildrop that mail for `address` goes to (its domain is a host name this
+    /// store serves that way), if any. Stores without host maildrops have none.
+    fn host_of(&self, address: &str) -> Option<String> {
+        let _ = address;
+        None
+    }
+
+    /// Stores a message for an SDPS host maildrop once, with its envelope, one copy per
+    /// recipient; durable when it returns `Ok`, like [`deliver_file`](Self::deliver_file).
+    /// Only called for hosts [`host_of`](Self::host_of) named.
+    fn deliver_to_host(
+        &self,
+        host: &str,
+        envelope: HostEnvelope,
+        prefix: &[u8],
+        spool: &std::path::Path,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (envelope, prefix, spool);
+        let host = host.to_owned();
+        async move {
+            Err(StoreError::InvalidMailbox(
+                host,
+                "this store has no SDPS host maildrops",
+            ))
+        }
+    }
 }
 
 /// A store that keeps retrieval times ([`Maildrop::note_retrieved`]) and removes the messages

@@ -92,6 +92,7 @@ impl MailStore for MemoryStore {
             .map(|(uid, m)| MessageInfo {
                 uidl: format!("mem{uid}"),
                 size: canonical_size(m),
+                envelope: None,
             })
             .collect();
         Ok((

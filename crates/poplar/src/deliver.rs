@@ -9,7 +9,8 @@ use pop3_server::Config;
 use pop3_server::config::StoreBackend;
 use pop3_store::MailStore;
 use pop3_store::StoreError;
-use std::io::{BufRead, Seek};
+use pop3_store::maildir::sdps::HostView;
+use std::io::{BufRead, Read, Seek};
 use std::process::ExitCode;
 
 const EX_DATAERR: u8 = 65;
@@ -47,12 +48,19 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
             Ok((db, _)) => db,
             Err(e) => return fail(EX_TEMPFAIL, e.to_string()),
         };
+        let store = config.maildir_store_with_users(&users_source);
+        // Addresses at an SDPS host go to the host's maildrop, with their envelope.
+        // The host's own name is its maildrop, without an envelope: only the owner sees it.
+        let (hosted, names): (Vec<String>, Vec<String>) = names
+            .into_iter()
+            .partition(|n| matches!(store.host_view(n), Some((_, HostView::Recipient(_)))));
         if let Some(unknown) = names.iter().find(|n| users.get(n).is_none()) {
             return fail(EX_NOUSER, format!("unknown user {unknown:?}"));
         }
-        let store = config.maildir_store_with_users(&users_source);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        if trace.any() {
+        if !hosted.is_empty() {
+            to_hosts(&store, &hosted, &refs, args.from.as_deref(), trace)
+        } else if trace.any() {
             let sender = args.from.as_deref();
             store
                 .deliver_each_blocking(&refs, &mut std::io::stdin().lock(), &|name, eol| {
@@ -82,6 +90,50 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
 }
 
 /// Why a delivery to the PostgreSQL store did not happen.
+/// Delivers to SDPS host maildrops (once per host, with the sender and that host's recipients)
+/// and to the ordinary `names`: the message is spooled first, since it is read several times.
+fn to_hosts(
+    store: &pop3_store::MaildirStore,
+    hosted: &[String],
+    names: &[&str],
+    sender: Option<&str>,
+    trace: pop3_store::delivery::TraceHeaders,
+) -> Result<(), StoreError> {
+    let spool_error = |e: std::io::Error| StoreError::io(std::env::temp_dir(), e);
+    let mut spool = tempfile::tempfile().map_err(spool_error)?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut spool).map_err(spool_error)?;
+    let mut hosts: Vec<(String, Vec<String>)> = Vec::new();
+    for name in hosted {
+        // `lee+example.net` is lee@example.net.
+        let Some((host, HostView::Recipient(address))) = store.host_view(name) else {
+            continue;
+        };
+        match hosts.iter_mut().find(|(h, _)| *h == host) {
+            Some((_, recipients)) => recipients.push(address),
+            None => hosts.push((host, vec![address])),
+        }
+    }
+    // As over LMTP: Return-Path if configured, never a Delivered-To naming one recipient to
+    // the others.
+    let return_path = pop3_store::delivery::TraceHeaders {
+        delivered_to: false,
+        ..trace
+    }
+    .lines(sender, "", "\n");
+    for (host, recipients) in hosts {
+        spool.rewind().map_err(spool_error)?;
+        let mut message = return_path.as_bytes().chain(&spool);
+        store.deliver_to_host_blocking(&host, sender.unwrap_or(""), &recipients, &mut message)?;
+    }
+    if !names.is_empty() {
+        spool.rewind().map_err(spool_error)?;
+        store.deliver_each_blocking(names, &mut &spool, &|name, eol| {
+            trace.lines(sender, name, eol)
+        })?;
+    }
+    Ok(())
+}
+
 enum Refusal {
     /// A recipient is not in the users table.
     UnknownUser(String),

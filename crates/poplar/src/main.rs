@@ -593,7 +593,11 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
                         "warning: no users in the database: nobody can log in. Add one with `poplar user add NAME`."
                     );
                 }
-                for p in config.mechanism_problems(&users) {
+                for p in config
+                    .mechanism_problems(&users)
+                    .into_iter()
+                    .chain(config.sdps_problems(&users))
+                {
                     println!("warning: {}", p.message);
                 }
             }

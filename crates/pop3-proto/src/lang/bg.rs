@@ -158,6 +158,10 @@ pub(super) fn write(f: &mut Formatter<'_>, text: Text<'_>) -> fmt::Result {
             );
         }
         Text::InvalidLanguageRange => "Това не е езиков етикет; задайте например bg или en",
+        Text::EnvelopeFollows => "Следва пликът на съобщението",
+        Text::NoEnvelope(n) => {
+            return write!(f, "За съобщение {n} не е записан плик");
+        }
     };
     f.write_str(s)
 }

@@ -121,6 +121,10 @@ pub(super) fn write(f: &mut Formatter<'_>, text: Text<'_>) -> fmt::Result {
             );
         }
         Text::InvalidLanguageRange => "Not a language range; give a tag such as en or bg",
+        Text::EnvelopeFollows => "Envelope follows",
+        Text::NoEnvelope(n) => {
+            return write!(f, "No envelope was recorded for message {n}");
+        }
     };
     f.write_str(s)
 }

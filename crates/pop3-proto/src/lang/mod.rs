@@ -269,6 +269,10 @@ pub enum Text<'a> {
     NoSuchLanguage(&'a str),
     /// LANG with something that is not a language range.
     InvalidLanguageRange,
+    /// `*ENV n`: the envelope follows.
+    EnvelopeFollows,
+    /// `*ENV n` for a message without a recorded envelope.
+    NoEnvelope(u32),
 }
 
 struct Rendered<'a>(Language, Text<'a>);
@@ -440,6 +444,8 @@ mod tests {
             Text::LanguageChanged,
             Text::NoSuchLanguage("PASS"),
             Text::InvalidLanguageRange,
+            Text::EnvelopeFollows,
+            Text::NoEnvelope(7),
         ];
         texts.extend(
             [

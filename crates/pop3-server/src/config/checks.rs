@@ -162,6 +162,21 @@ impl Config {
         if self.tls.client_ca.is_some() && !self.tls.enabled {
             error("tls.client_ca is set but TLS is disabled: client certificates need TLS.".into());
         }
+        for host in &self.sdps.hosts {
+            if pop3_store::MailboxPath::parse(host).is_err() || host.contains(['+', ' ']) {
+                error(format!(
+                    "sdps.hosts: {host:?} is not a host name (give it as example.net)."
+                ));
+            }
+        }
+        if !self.sdps.hosts.is_empty() && self.store.backend == StoreBackend::Postgres {
+            error(
+                "sdps.hosts is set but store.backend = \"postgres\": SDPS host maildrops are \
+                 kept in the Maildir store only. Serve those hosts from a Maildir node or remove \
+                 sdps.hosts."
+                    .into(),
+            );
+        }
         let mut warn = |m: String| {
             out.push(Problem {
                 severity: Severity::Warning,
@@ -295,6 +310,7 @@ impl Config {
             }
             if let Ok((db, _)) = pop3_auth::UserDb::load(&users) {
                 out.extend(self.mechanism_problems(&db));
+                out.extend(self.sdps_problems(&db));
             }
         }
         if let Some(p) = data_dir_problem(&self.data_dir) {
@@ -378,6 +394,25 @@ impl Config {
             });
         }
         out
+    }
+
+    /// SDPS hosts nobody can log in to: the host's own entry holds the password its people
+    /// use when they have none of their own.
+    pub fn sdps_problems(&self, db: &pop3_auth::UserDb) -> Vec<Problem> {
+        self.sdps
+            .hosts
+            .iter()
+            .filter(|host| db.get(host).is_none())
+            .map(|host| Problem {
+                severity: Severity::Warning,
+                message: format!(
+                    "sdps.hosts lists {host} but the users file has no entry {host}: mail for \
+                     *@{host} is kept, yet only people with an entry of their own (name@{host}) \
+                     can log in. Set the host password with `poplar user add {host} \
+                     --password-stdin`."
+                ),
+            })
+            .collect()
     }
 
     /// Challenge-response mechanisms listed in `auth.mechanisms` that some users cannot use.

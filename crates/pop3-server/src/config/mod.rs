@@ -54,6 +54,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Prometheus metrics and the health check.
     pub metrics: MetricsConfig,
+    /// Demon's SDPS: host maildrops.
+    pub sdps: SdpsConfig,
     /// Whether `serve` creates a user `demo` (and a welcome message) when the users file has
     /// none: set by the binary for the embedded default only, never from a file, so a
     /// configured server never invents an account.
@@ -189,6 +191,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            sdps: SdpsConfig::default(),
             demo_user: false,
         }
     }
@@ -288,6 +291,16 @@ pub struct GssapiConfig {
 
 fn default_gssapi_service() -> String {
     "pop".into()
+}
+
+/// Demon Internet's SDPS: host names whose mail goes to one host maildrop.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SdpsConfig {
+    /// Host names (`["example.net"]`): mail for every address at one goes to the maildrop of
+    /// the user named like the host, with its envelope; `USER example.net` opens all of it,
+    /// `USER john@example.net` (or `john+example.net`) john's copies. Default none.
+    pub hosts: Vec<String>,
 }
 
 /// Where Prometheus scrapes `/metrics` and a load balancer asks `/healthz`.
@@ -900,6 +913,7 @@ impl Config {
                 max_snapshot_messages: self.limits.max_snapshot_messages,
             })
             .with_quotas(self.quota_rules_with_users(users))
+            .with_sdps_hosts(&self.sdps.hosts)
     }
 
     /// The quota rules of `[quota]` with the users file's own rules first (read through

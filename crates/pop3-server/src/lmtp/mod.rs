@@ -16,6 +16,7 @@ use crate::Shared;
 use crate::auth::Authenticator;
 use pop3_auth::directory::normalize_name;
 use pop3_store::{MailStore, StoreError};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -282,6 +283,44 @@ pub(crate) fn user_of(auth: &Authenticator, address: &str) -> Option<String> {
     db.get(local).is_some().then(|| normalize_name(local))
 }
 
+/// The SDPS host maildrops among a transaction's recipients, each with its envelope.
+fn host_deliveries<S: MailStore>(
+    store: &S,
+    recipients: &[(String, String)],
+    sender: Option<&str>,
+) -> Vec<(String, pop3_store::HostEnvelope)> {
+    let mut hosts: Vec<(String, pop3_store::HostEnvelope)> = Vec::new();
+    for (address, _) in recipients {
+        let Some(host) = store.host_of(address) else {
+            continue;
+        };
+        match hosts.iter_mut().find(|(h, _)| *h == host) {
+            Some((_, envelope)) => envelope.recipients.push(address.to_lowercase()),
+            None => hosts.push((
+                host,
+                pop3_store::HostEnvelope {
+                    sender: sender.unwrap_or_default().to_owned(),
+                    recipients: vec![address.to_lowercase()],
+                },
+            )),
+        }
+    }
+    hosts
+}
+
+/// A host delivery's error again, for the next recipient it answers.
+fn shared_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::MessageTooLarge { limit } => StoreError::MessageTooLarge { limit: *limit },
+        StoreError::EmptyMessage => StoreError::EmptyMessage,
+        StoreError::OverQuota { usage, permanent } => StoreError::OverQuota {
+            usage: usage.clone(),
+            permanent: *permanent,
+        },
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
 /// The reply for one recipient after the message was stored for it (or not), counted in the
 /// metrics by result.
 fn delivered_reply(address: &str, result: &Result<u64, StoreError>) -> String {
@@ -391,7 +430,8 @@ where
             }
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\r', '\n']);
-            match session.command(text, |a| user_of(auth, a)) {
+            // An address at an SDPS host goes to the host's maildrop, whoever it names.
+            match session.command(text, |a| store.host_of(a).or_else(|| user_of(auth, a))) {
                 Action::Reply(r) => out.push_str(&r),
                 Action::Close(r) => {
                     out.push_str(&r);
@@ -408,19 +448,47 @@ where
                         SPOOLS.fetch_add(1, Ordering::Relaxed)
                     ));
                     let received = receive(&mut reader, &spool, session.max_size()).await;
+                    let refusal = || match &received {
+                        Ok(Some(0)) => Some(StoreError::EmptyMessage),
+                        Ok(Some(_)) => None,
+                        Ok(None) => Some(StoreError::MessageTooLarge {
+                            limit: session.max_size(),
+                        }),
+                        Err(e) => Some(StoreError::Io {
+                            path: spool.clone(),
+                            source: std::io::Error::new(e.kind(), e.to_string()),
+                        }),
+                    };
+                    // SDPS hosts first: the message once per host, with all its recipients
+                    // there; each of them is answered with that one result.
+                    let hosts = host_deliveries(store, session.recipients(), session.sender());
+                    let mut host_results = HashMap::new();
+                    for (host, envelope) in hosts {
+                        // No Delivered-To: the copies share one file, and one recipient must
+                        // not learn who else had it; *ENV tells each their own.
+                        let headers = pop3_store::delivery::TraceHeaders {
+                            delivered_to: false,
+                            ..settings.headers
+                        };
+                        let prefix = headers.lines(session.sender(), "", "\r\n");
+                        let result = match refusal() {
+                            Some(e) => Err(e),
+                            None => {
+                                store
+                                    .deliver_to_host(&host, envelope, prefix.as_bytes(), &spool)
+                                    .await
+                            }
+                        };
+                        host_results.insert(host, result);
+                    }
                     for (address, user) in session.recipients() {
                         // DATA arrives with CRLF line ends (RFC 5321 section 2.3.8).
                         let prefix = settings.headers.lines(session.sender(), address, "\r\n");
-                        let result = match &received {
-                            Ok(Some(0)) => Err(StoreError::EmptyMessage),
-                            Ok(Some(_)) => store.deliver_file(user, prefix.as_bytes(), &spool).await,
-                            Ok(None) => Err(StoreError::MessageTooLarge {
-                                limit: session.max_size(),
-                            }),
-                            Err(e) => Err(StoreError::Io {
-                                path: spool.clone(),
-                                source: std::io::Error::new(e.kind(), e.to_string()),
-                            }),
+                        let result = match (host_results.get(user), refusal()) {
+                            (Some(Ok(size)), _) => Ok(*size),
+                            (Some(Err(e)), _) => Err(shared_error(e)),
+                            (None, Some(e)) => Err(e),
+                            (None, None) => store.deliver_file(user, prefix.as_bytes(), &spool).await,
                         };
                         match &result {
                             Ok(size) => {

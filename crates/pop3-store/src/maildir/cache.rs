@@ -198,6 +198,7 @@ mod tests {
             .map(|i| MessageInfo {
                 uidl: format!("u{i}"),
                 size: 10,
+                envelope: None,
             })
             .collect();
         Arc::new(Indexed { entries, listing })

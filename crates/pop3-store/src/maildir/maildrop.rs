@@ -66,9 +66,20 @@ pub struct MaildirDrop {
     /// Messages found under another name since the open (renamed by another program).
     pub(super) moved: HashMap<usize, Located>,
     pub(super) cache: Arc<IndexCache>,
+    /// In an SDPS host maildrop, what each of the session's message numbers stands for; the
+    /// indices below (`entry`, `path_of`, ...) are the files'.
+    pub(super) copies: Option<Vec<sdps::CopyOf>>,
 }
 
 impl MaildirDrop {
+    /// The file a session's message number stands for.
+    fn file_of(&self, index: usize) -> usize {
+        match &self.copies {
+            Some(copies) => copies.get(index).map_or(usize::MAX, |c| c.file),
+            None => index,
+        }
+    }
+
     /// The message at this listing index of the session.
     pub(super) fn entry(&self, index: usize) -> Option<&Entry> {
         self.indexed.entries.get(self.first.checked_add(index)?)
@@ -114,7 +125,17 @@ impl MaildirDrop {
     }
 
     pub(super) fn commit_blocking(mut self, deleted: Vec<usize>) -> Result<(), StoreError> {
-        self.remove(deleted)
+        let Some(copies) = self.copies.take() else {
+            return self.remove(deleted);
+        };
+        let base = |file: usize| self.entry(file).map(|e| e.base.clone());
+        let files = sdps::delete(&self.dir, &copies, &base, &deleted)?;
+        let result = self.remove(files);
+        let present: HashSet<String> = scan(&self.dir)?.into_keys().collect();
+        if let Err(e) = sdps::compact(&self.dir, &present) {
+            tracing::warn!(maildir = %self.dir.display(), error = %e, "envelope log not compacted");
+        }
+        result
     }
 
     /// Removes the messages at these listing indices, durably, keeping the lock.
@@ -190,15 +211,24 @@ impl Maildrop for MaildirDrop {
         // Opening a file is a quick metadata operation, and so is reading a small one (from the
         // page cache, where a message about to be retrieved usually is): both happen here.
         // Larger files are read in chunks through tokio's blocking pool.
+        // A copy in an SDPS host maildrop starts with its own Delivered-To line.
+        let trace = self
+            .copies
+            .as_ref()
+            .and_then(|c| c.get(index)?.trace.clone())
+            .unwrap_or_default();
+        let index = self.file_of(index);
         let mut file = self.open_message(index)?;
         let io = |e| StoreError::io(self.path_of(index), e);
         let len = file.metadata().map_err(io)?.len();
         if len <= SMALL_MESSAGE {
-            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0) + 1);
+            let mut bytes = trace;
+            bytes.reserve(usize::try_from(len).unwrap_or(0) + 1);
             file.read_to_end(&mut bytes).map_err(io)?;
             return Ok(MessageReader::Memory(std::io::Cursor::new(bytes)));
         }
         Ok(MessageReader::File {
+            head: trace,
             file: Arc::new(file),
             offset: 0,
         })
@@ -206,6 +236,7 @@ impl Maildrop for MaildirDrop {
 
     async fn mark_seen(&mut self, index: usize) -> Result<(), StoreError> {
         // A rename is a quick metadata operation, like opening the file: done here.
+        let index = self.file_of(index);
         for _ in 0..2 {
             let Some(entry) = self.entry(index) else {
                 return Ok(());
@@ -243,7 +274,7 @@ impl Maildrop for MaildirDrop {
     async fn note_retrieved(&mut self, indices: &[usize]) -> Result<(), StoreError> {
         let bases: Vec<String> = indices
             .iter()
-            .filter_map(|&i| self.entry(i).map(|e| e.base.clone()))
+            .filter_map(|&i| self.entry(self.file_of(i)).map(|e| e.base.clone()))
             .collect();
         let dir = self.dir.clone();
         blocking(move || retention::append(&dir, bases.iter().map(String::as_str), unix_now()))
@@ -271,6 +302,8 @@ pub enum MessageReader {
     /// The open file and the offset of the next chunk, read through tokio's blocking pool
     /// straight into the caller's buffer.
     File {
+        /// Octets sent before the file (an SDPS copy's Delivered-To line), then emptied.
+        head: Vec<u8>,
         /// The message file.
         file: Arc<File>,
         /// Where the next chunk starts.
@@ -282,7 +315,12 @@ impl crate::MessageSource for MessageReader {
     async fn next_chunk(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
         match self {
             MessageReader::Memory(c) => c.next_chunk(buf).await,
-            MessageReader::File { file, offset } => {
+            MessageReader::File { head, .. } if !head.is_empty() => {
+                buf.clear();
+                buf.append(head);
+                Ok(buf)
+            }
+            MessageReader::File { file, offset, .. } => {
                 let file = Arc::clone(file);
                 let at = *offset;
                 let buf = tokio::task::spawn_blocking(move || {

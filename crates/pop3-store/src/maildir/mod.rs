@@ -30,6 +30,7 @@ pub mod migrate;
 mod purge;
 mod quota;
 mod retention;
+pub mod sdps;
 pub mod uidlist;
 pub mod untrusted;
 pub mod writer;
@@ -37,7 +38,7 @@ pub mod writer;
 use crate::dotlock::DotLock;
 use crate::error::StoreError;
 use crate::name::MailboxPath;
-use crate::{MailStore, Maildrop, MessageInfo, QuotaRules};
+use crate::{HostEnvelope, MailStore, Maildrop, MessageInfo, QuotaRules};
 use cache::{Entry, IndexCache, Indexed, Stamp};
 use filename::{base, is_message, size_hints};
 use pop3_proto::canonical::{SizeCounter, canonical_size_from_virtual};
@@ -82,6 +83,8 @@ struct Inner {
     limits: StoreLimits,
     quotas: QuotaRules,
     cache: Arc<IndexCache>,
+    /// SDPS host names (lower case) whose mail goes to one host maildrop.
+    sdps_hosts: Vec<String>,
 }
 
 /// Bounds on what one delivery or one session may cost.
@@ -138,6 +141,7 @@ impl MaildirStore {
                 limits: StoreLimits::default(),
                 quotas: QuotaRules::default(),
                 cache: Arc::new(IndexCache::default()),
+                sdps_hosts: Vec::new(),
             }),
         }
     }
@@ -152,6 +156,38 @@ impl MaildirStore {
         self.rebuilt(|inner| inner.quotas = quotas)
     }
 
+    /// Serves these host names as SDPS host maildrops (see [`sdps`]).
+    pub fn with_sdps_hosts(self, hosts: &[String]) -> Self {
+        let hosts = hosts.iter().map(|h| h.to_lowercase()).collect();
+        self.rebuilt(|inner| inner.sdps_hosts = hosts)
+    }
+
+    /// The host maildrop and view a session name opens: the host itself (`example.net`), or a
+    /// person's address at it (`john@example.net`); `None` for an ordinary maildrop.
+    pub fn host_view(&self, user: &str) -> Option<(String, sdps::HostView)> {
+        let hosts = &self.inner.sdps_hosts;
+        let mut lower = user.to_lowercase();
+        if hosts.contains(&lower) {
+            return Some((lower, sdps::HostView::Whole));
+        }
+        // SDPS's own form, `john+example.net`, is `john@example.net`.
+        if !lower.contains('@')
+            && let Some((local, host)) = lower.rsplit_once('+')
+            && hosts.iter().any(|h| h == host)
+        {
+            lower = format!("{local}@{host}");
+        }
+        let (_, host) = lower.rsplit_once('@')?;
+        hosts
+            .contains(&host.to_owned())
+            .then(|| (host.to_owned(), sdps::HostView::Recipient(lower.clone())))
+    }
+
+    /// The SDPS host maildrop mail for `address` goes to, if its domain is a host.
+    pub fn host_of(&self, address: &str) -> Option<String> {
+        self.host_view(address).map(|(host, _)| host)
+    }
+
     fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Inner {
             root: self.inner.root.clone(),
@@ -161,6 +197,7 @@ impl MaildirStore {
             limits: self.inner.limits,
             quotas: self.inner.quotas.clone(),
             cache: Arc::clone(&self.inner.cache),
+            sdps_hosts: self.inner.sdps_hosts.clone(),
         };
         change(&mut inner);
         Self {
@@ -191,7 +228,11 @@ impl MaildirStore {
     /// Opens and locks a maildrop (blocking; the async [`MailStore::open`] runs this on the
     /// blocking thread pool).
     pub fn open_blocking(&self, user: &str) -> Result<(MaildirDrop, Vec<MessageInfo>), StoreError> {
-        let dir = self.maildir_path(user)?;
+        let view = self.host_view(user);
+        let dir = match &view {
+            Some((host, _)) => self.maildir_path(host)?,
+            None => self.maildir_path(user)?,
+        };
         writer::create_dirs(&dir)?;
         let lock = session_lock(&dir)?;
         clean_tmp(&dir.join("tmp"));
@@ -217,7 +258,7 @@ impl MaildirStore {
             );
         }
         let listing = indexed.listing[excess..].to_vec();
-        let drop = MaildirDrop {
+        let mut drop = MaildirDrop {
             dir,
             host: self.inner.host.clone(),
             lock_timeout: self.inner.lock_timeout,
@@ -226,8 +267,52 @@ impl MaildirStore {
             first: excess,
             moved: HashMap::new(),
             cache: Arc::clone(&self.inner.cache),
+            copies: None,
         };
-        Ok((drop, listing))
+        let Some((_, view)) = view else {
+            return Ok((drop, listing));
+        };
+        let entries = &drop.indexed.entries[excess..];
+        let viewed = sdps::view(&drop.dir, entries, &listing, &view)?;
+        if !viewed.finished.is_empty() {
+            // A commit that recorded the last copies deleted and then stopped: finish it.
+            drop.remove(viewed.finished)?;
+        }
+        drop.copies = Some(viewed.copies);
+        Ok((drop, viewed.listing))
+    }
+
+    /// Delivers one message to an SDPS host maildrop for `recipients` (addresses at the host)
+    /// with its envelope: stored once, one copy per recipient.
+    pub fn deliver_to_host_blocking(
+        &self,
+        host: &str,
+        sender: &str,
+        recipients: &[String],
+        input: &mut dyn Read,
+    ) -> Result<Delivery, StoreError> {
+        let w = Writer::open(&self.maildir_path(host)?, &self.inner.host)?;
+        let mut draft = w.draft(&w.unique_base(), self.inner.limits.max_message_size)?;
+        if let Err(e) = draft.copy_from(input) {
+            draft.discard();
+            return Err(e);
+        }
+        if draft.is_empty() {
+            draft.discard();
+            return Err(StoreError::EmptyMessage);
+        }
+        let written = draft.finish()?;
+        let (base, size) = (written.name().to_owned(), written.size());
+        let rules = &self.inner.quotas;
+        let recorded = quota::check(w.dir(), rules.quota_for(host), size, rules.permanent)
+            .and_then(|()| sdps::record_delivery(w.dir(), &base, sender, recipients));
+        if let Err(e) = recorded {
+            written.discard();
+            return Err(e);
+        }
+        w.commit(vec![written], Folder::New)?;
+        quota::record(w.dir(), i64::try_from(size).unwrap_or(i64::MAX), 1);
+        Ok(Delivery { base, size })
     }
 
     /// Reads the index and the directories, indexing new messages: every message in the
@@ -260,7 +345,11 @@ impl MaildirStore {
                 continue;
             };
             let uidl = served_uidl(&rec, list.uid_validity);
-            listing.push(MessageInfo { uidl, size });
+            listing.push(MessageInfo {
+                uidl,
+                size,
+                envelope: None,
+            });
             entries.push(Entry {
                 uid: rec.uid,
                 base: rec.base,
@@ -416,6 +505,32 @@ impl MailStore for MaildirStore {
             let file = File::open(&spool).map_err(|e| StoreError::io(&spool, e))?;
             let mut message = prefix.as_slice().chain(file);
             Ok(store.deliver_blocking(&[&user], &mut message)?.size)
+        })
+        .await
+    }
+
+    fn host_of(&self, address: &str) -> Option<String> {
+        MaildirStore::host_of(self, address)
+    }
+
+    async fn deliver_to_host(
+        &self,
+        host: &str,
+        envelope: HostEnvelope,
+        prefix: &[u8],
+        spool: &Path,
+    ) -> Result<u64, StoreError> {
+        let store = self.clone();
+        let host = host.to_owned();
+        let prefix = prefix.to_vec();
+        let spool = spool.to_owned();
+        blocking(move || {
+            let file = File::open(&spool).map_err(|e| StoreError::io(&spool, e))?;
+            let mut message = prefix.as_slice().chain(file);
+            let (sender, recipients) = (&envelope.sender, &envelope.recipients);
+            Ok(store
+                .deliver_to_host_blocking(&host, sender, recipients, &mut message)?
+                .size)
         })
         .await
     }
