@@ -29,7 +29,8 @@ fn verifier() -> &'static JwtVerifier {
 
 fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
     let (which, messages) = input;
-    let dir = db().directory(Decoy { fallback: "{PLAIN}decoy", key: b"k" }, &[]);
+    let rules = pop3_auth::directory::LoginRules::default();
+    let dir = db().directory(Decoy { fallback: "{PLAIN}decoy", key: b"k" }, &[], &rules);
     let binding = ChannelBinding { tls_exporter: Some(vec![1; 32]), tls_server_end_point: Some(vec![2; 32]) };
     let mut mechanism: Box<dyn ServerMechanism> = match which % 7 {
         0 => Box::new(PlainServer),

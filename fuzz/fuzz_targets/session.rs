@@ -53,7 +53,15 @@ fuzz_target!(|input: (u8, bool, &[u8])| {
                     let metas = MESSAGES
                         .iter()
                         .enumerate()
-                        .map(|(i, m)| MessageMeta { size: canonical_size(m), uidl: format!("u{i}") })
+                        .map(|(i, m)| MessageMeta {
+                            size: canonical_size(m),
+                            uidl: format!("u{i}"),
+                            // Every other message has an envelope, so *ENV takes both paths.
+                            envelope: (i % 2 == 0).then(|| Box::new(pop3_proto::Envelope {
+                                sender: "s@x".into(),
+                                recipient: format!("r{i}@x"),
+                            })),
+                        })
                         .collect();
                     session.maildrop_opened(&mut out, user, metas).unwrap();
                 }

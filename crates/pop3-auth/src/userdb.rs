@@ -14,7 +14,9 @@
 //! `poplar user ...` take an exclusive lock, write a temporary file (mode 0600), fsync it and
 //! rename it over the old one, so a crash never leaves a half-written users file.
 
-use crate::directory::{Directory, MechanismSecret, SecretKind, Verdict, normalize_name};
+use crate::directory::{
+    Directory, LoginRules, MechanismSecret, SecretKind, Verdict, normalize_name,
+};
 use crate::error::AuthError;
 use crate::sasl::scram::ScramHash;
 use crate::scheme::{self, Stored};
@@ -501,6 +503,11 @@ impl UserDb {
             .map(Arc::as_ref)
     }
 
+    /// Every user name (normalised), in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(|k| k.as_ref())
+    }
+
     /// Number of users.
     pub fn len(&self) -> usize {
         self.users.len()
@@ -569,13 +576,13 @@ impl UserDb {
         &'a self,
         decoy: Decoy<'a>,
         masters: &'a [String],
-        hosts: &'a [String],
+        rules: &'a LoginRules,
     ) -> UserDirectory<'a> {
         UserDirectory {
             db: self,
             decoy,
             masters,
-            hosts,
+            rules,
         }
     }
 
@@ -583,11 +590,14 @@ impl UserDb {
     /// Usually both are the normalised name; an SDPS login (`john@example.net`,
     /// `john+example.net`) without an entry of its own uses the host's entry and keeps the
     /// person's address as its name.
-    pub fn login_entry(&self, name: &str, hosts: &[String]) -> (String, String) {
-        match crate::directory::sdps_login(name, hosts) {
+    pub fn login_entry(&self, name: &str, rules: &LoginRules) -> (String, String) {
+        match rules.sdps_login(name) {
             Some((login, _)) if self.get(&login).is_some() => (login.clone(), login),
             Some((login, host)) => (host, login),
-            None => (normalize_name(name), normalize_name(name)),
+            None => {
+                let name = rules.canonical(name);
+                (name.clone(), name)
+            }
         }
     }
 }
@@ -621,12 +631,12 @@ pub struct UserDirectory<'a> {
     db: &'a UserDb,
     decoy: Decoy<'a>,
     masters: &'a [String],
-    hosts: &'a [String],
+    rules: &'a LoginRules,
 }
 
 impl Directory for UserDirectory<'_> {
     fn secret(&self, user: &str, kind: SecretKind) -> Option<MechanismSecret> {
-        let (entry, _) = self.db.login_entry(user, self.hosts);
+        let (entry, _) = self.db.login_entry(user, self.rules);
         let entry = self.db.users.get(entry.as_str())?;
         // Prefer a form made for the mechanism over deriving one from a plaintext.
         let forms: Vec<Stored<'_>> = entry
@@ -644,7 +654,7 @@ impl Directory for UserDirectory<'_> {
     }
 
     fn check_password(&self, user: &str, password: &[u8]) -> Result<Verdict, AuthError> {
-        let (entry, login) = self.db.login_entry(user, self.hosts);
+        let (entry, login) = self.db.login_entry(user, self.rules);
         Ok(match self.db.verify(&entry, password, &self.decoy)? {
             Verdict::Valid(_) => Verdict::Valid(login),
             Verdict::Invalid => Verdict::Invalid,
@@ -652,13 +662,17 @@ impl Directory for UserDirectory<'_> {
     }
 
     fn exists(&self, user: &str) -> bool {
-        let (entry, _) = self.db.login_entry(user, self.hosts);
+        let (entry, _) = self.db.login_entry(user, self.rules);
         self.db.get(&entry).is_some()
     }
 
     fn may_act_as(&self, user: &str, authzid: &str) -> bool {
         let user = normalize_name(user);
         self.masters.iter().any(|m| normalize_name(m) == user) && self.exists(authzid)
+    }
+
+    fn canonical(&self, name: &str) -> String {
+        self.rules.canonical(name)
     }
 }
 
@@ -1197,7 +1211,8 @@ q:{PLAIN}qw
             ),
             (2, 2, 0, 0)
         );
-        let dir = db.directory(decoy, &[], &[]);
+        let rules = LoginRules::default();
+        let dir = db.directory(decoy, &[], &rules);
         assert!(matches!(
             dir.secret("alice", SecretKind::Scram(ScramHash::Sha256)),
             Some(MechanismSecret::Scram(_))

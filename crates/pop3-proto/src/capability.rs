@@ -161,7 +161,14 @@ impl Capabilities {
             let tag = user_tag(self.login_delay_per_user);
             let _ = write!(out, "LOGIN-DELAY {delay}{tag}\r\n");
         }
-        out.extend_from_slice(b"UTF8 USER\r\nLANG\r\n");
+        // RFC 6856: the USER argument says USER/PASS take UTF-8; where USER can never be used
+        // (no plaintext and no STLS, as on a KPOP listener) it would promise nothing.
+        if ctx.logged_in || ctx.plaintext_allowed || ctx.stls_offered {
+            out.extend_from_slice(b"UTF8 USER\r\n");
+        } else {
+            out.extend_from_slice(b"UTF8\r\n");
+        }
+        out.extend_from_slice(b"LANG\r\n");
         if self.sdps {
             out.extend_from_slice(b"X-SDPS\r\n");
         }

@@ -4,7 +4,7 @@
 
 use crate::config::{Config, MECHANISMS};
 use crate::penalty::Penalties;
-use pop3_auth::directory::SecretKind;
+use pop3_auth::directory::{LoginRules, SecretKind};
 use pop3_auth::jwt::JwtVerifier;
 use pop3_auth::sasl::cram_md5::CramMd5Server;
 use pop3_auth::sasl::external::ExternalServer;
@@ -50,11 +50,13 @@ pub(crate) struct Authenticator {
     /// `None`: automatic (challenge-response ones only when every user can).
     listed: Option<Vec<String>>,
     masters: Arc<[String]>,
-    /// SDPS host names: `john@host` and `john+host` log in with the host's entry unless they
-    /// have their own.
-    sdps_hosts: Arc<[String]>,
+    /// How login names become user names: the default domain, SDPS hosts (`john@host` and
+    /// `john+host` log in with the host's entry unless they have their own).
+    rules: Arc<LoginRules>,
     login_delay: u32,
     login_delay_overrides: BTreeMap<String, u32>,
+    /// Login methods per domain (`[domains."d"] mechanisms`), upper case.
+    domain_mechanisms: BTreeMap<String, Vec<String>>,
     last_login: Mutex<HashMap<String, Instant>>,
     hostname: String,
     counter: AtomicU64,
@@ -107,9 +109,10 @@ impl Authenticator {
                 .iter()
                 .map(|m| pop3_auth::directory::normalize_name(m))
                 .collect(),
-            sdps_hosts: config.sdps.hosts.iter().map(|h| h.to_lowercase()).collect(),
+            rules: Arc::new(config.login_rules()),
             login_delay: config.pop3.login_delay,
-            login_delay_overrides: config.pop3.login_delay_overrides.clone(),
+            login_delay_overrides: config.login_delay_overrides(),
+            domain_mechanisms: config.domain_mechanisms(),
             last_login: Mutex::new(HashMap::new()),
             hostname: config.hostname(),
             counter: AtomicU64::new(0),
@@ -285,7 +288,7 @@ impl Authenticator {
         let decoy = Arc::clone(&self.decoy);
         let key = Arc::clone(&self.salt_key);
         let masters = Arc::clone(&self.masters);
-        let hosts = Arc::clone(&self.sdps_hosts);
+        let rules = Arc::clone(&self.rules);
         let ran = self
             .hashing
             .run(move || {
@@ -294,7 +297,7 @@ impl Authenticator {
                     key: &key,
                 };
                 let step = mechanism.step(
-                    &db.directory(decoy, &masters, &hosts),
+                    &db.directory(decoy, &masters, &rules),
                     input.as_ref().map(|s| s.expose().as_slice()),
                 );
                 (mechanism, step)
@@ -314,7 +317,7 @@ impl Authenticator {
         let Some(db) = self.database() else {
             return Step::Failure(temporary());
         };
-        let (name, login) = db.login_entry(&user, &self.sdps_hosts);
+        let (name, login) = db.login_entry(&user, &self.rules);
         let known = db.get(&name).is_some();
         // A fast scheme is checked right here: handing it to a hashing thread and back would
         // cost more than the check.
@@ -362,7 +365,7 @@ impl Authenticator {
         let Some(db) = self.database() else {
             return Step::Failure(temporary());
         };
-        let (entry, login) = db.login_entry(user, &self.sdps_hosts);
+        let (entry, login) = db.login_entry(user, &self.rules);
         match db.verify_apop(&entry, timestamp, digest) {
             Verdict::Valid(_) => Step::Success { user: login },
             Verdict::Invalid => Step::Failure(Failure {
@@ -379,6 +382,22 @@ impl Authenticator {
                 },
             }),
         }
+    }
+
+    /// The user name a login name or address stands for (default domain, IDNA, `user%domain`).
+    pub(crate) fn canonical(&self, name: &str) -> String {
+        self.rules.canonical(name)
+    }
+
+    /// Whether `user` may log in with `method` (a SASL mechanism, `USER` or `APOP`): its
+    /// domain's `mechanisms` list, if it has one, names it.
+    pub(crate) fn method_allowed(&self, user: &str, method: &str) -> bool {
+        let Some((_, domain)) = user.rsplit_once('@') else {
+            return true;
+        };
+        self.domain_mechanisms
+            .get(domain)
+            .is_none_or(|list| list.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 
     /// The LOGIN-DELAY for a user: its own override, else its domain's, else the default.

@@ -495,6 +495,23 @@ impl<S: MailStore> Connection<S> {
                     .sasl_challenge(&mut self.out, &challenge)
                     .map_err(misuse);
             }
+            Step::Success { user } if !self.shared.auth.method_allowed(&user, mechanism) => {
+                self.sasl = None;
+                // As a wrong password: the client learns nothing it could not guess.
+                let reason = format!(
+                    "{mechanism} is not among the login methods of this user's domain ([domains] mechanisms)"
+                );
+                return Box::pin(self.conclude(
+                    mechanism,
+                    Step::Failure(pop3_auth::sasl::Failure {
+                        kind: FailureKind::InvalidCredentials,
+                        user: Some(user),
+                        reason: reason.into(),
+                    }),
+                    fingerprint,
+                ))
+                .await;
+            }
             Step::Success { user } => {
                 self.sasl = None;
                 let answer = self.shared.auth.penalties.conclude(

@@ -4,7 +4,6 @@
 //! act on: 75 makes them retry later, 67, 65 and 77 bounce.
 
 use crate::DeliverArgs;
-use pop3_auth::directory::normalize_name;
 use pop3_server::Config;
 use pop3_server::config::StoreBackend;
 use pop3_store::MailStore;
@@ -31,7 +30,8 @@ pub(crate) fn run(args: &DeliverArgs) -> ExitCode {
     if let Err(e) = crate::privileges::become_configured_user(&config, false) {
         return fail(EX_TEMPFAIL, format!("{e:#}"));
     }
-    let names: Vec<String> = args.names.iter().map(|n| normalize_name(n)).collect();
+    let rules = config.login_rules();
+    let names: Vec<String> = args.names.iter().map(|n| rules.canonical(n)).collect();
     let trace = config.delivery.trace();
     let result = if config.store.backend == StoreBackend::Postgres {
         match to_postgres(&config, &names, args.from.as_deref()) {

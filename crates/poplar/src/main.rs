@@ -248,6 +248,9 @@ struct UserListArgs {
     /// One JSON object per user (`{"user": NAME}`) instead of one name per line.
     #[arg(long)]
     json: bool,
+    /// Only the users of this domain (UTF-8 or punycode; case does not matter).
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -597,6 +600,7 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
                     .mechanism_problems(&users)
                     .into_iter()
                     .chain(config.sdps_problems(&users))
+                    .chain(config.default_domain_problems(&users))
                 {
                     println!("warning: {}", p.message);
                 }

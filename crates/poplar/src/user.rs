@@ -15,65 +15,61 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
-            pop3_auth::userdb::validate_name(&pop3_auth::directory::normalize_name(&args.name))?;
-            pop3_store::MailboxPath::parse(&args.name)?;
+            let name = config.login_rules().canonical(&args.name);
+            pop3_auth::userdb::validate_name(&name)?;
+            pop3_store::MailboxPath::parse(&name)?;
             let forms = hash_forms(
                 &args.schemes,
                 read_password(args.password_stdin)?.as_bytes(),
             )?;
             if in_database(&config) {
-                let name = pop3_auth::directory::normalize_name(&args.name);
                 let record = pop3_auth::UserRecord::with_forms(name, &forms, "");
                 crate::db::edit_users(&config, UserEdit::Add(record))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            edit::add(&path, &args.name, &forms)?;
-            println!(
-                "added user {} to {}",
-                pop3_auth::directory::normalize_name(&args.name),
-                path.display()
-            );
+            edit::add(&path, &name, &forms)?;
+            println!("added user {name} to {}", path.display());
         }
         UserCommand::Passwd(args) => {
             let config = args.common.load()?;
             args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
             let path = config.users_file();
+            let name = config.login_rules().canonical(&args.name);
             if in_database(&config) {
                 let forms = hash_forms(
                     &args.schemes,
                     read_password(args.password_stdin)?.as_bytes(),
                 )?;
-                let name = pop3_auth::directory::normalize_name(&args.name);
                 crate::db::edit_users(&config, UserEdit::Passwd(name, forms))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            if !edit::list(&path)?.contains(&pop3_auth::directory::normalize_name(&args.name)) {
-                bail!("no such user {:?} in {}", args.name, path.display());
+            let listed = edit::list(&path)?;
+            if !listed
+                .iter()
+                .any(|n| pop3_auth::directory::normalize_name(n) == name)
+            {
+                bail!("no such user {name:?} in {}", path.display());
             }
             let forms = hash_forms(
                 &args.schemes,
                 read_password(args.password_stdin)?.as_bytes(),
             )?;
-            edit::set_password(&path, &args.name, &forms)?;
-            println!(
-                "password changed for {}",
-                pop3_auth::directory::normalize_name(&args.name)
-            );
+            edit::set_password(&path, &name, &forms)?;
+            println!("password changed for {name}");
         }
         UserCommand::Del(args) => {
             let config = args.common.load()?;
             args.common.announce(&config);
             crate::privileges::become_configured_user(&config, false)?;
+            let name = config.login_rules().canonical(&args.name);
             if in_database(&config) {
-                let name = pop3_auth::directory::normalize_name(&args.name);
                 crate::db::edit_users(&config, UserEdit::Del(name))?;
                 return Ok(ExitCode::SUCCESS);
             }
             let path = config.users_file();
-            edit::remove(&path, &args.name)?;
+            edit::remove(&path, &name)?;
             let store = config.maildir_store();
-            let name = pop3_auth::directory::normalize_name(&args.name);
             println!("removed user {name}; the maildrop was kept");
             if config.store.backend == pop3_server::config::StoreBackend::Maildir
                 && let Ok(dir) = store.maildir_path(&name)
@@ -121,7 +117,17 @@ pub(crate) fn run(cmd: UserCommand) -> Result<ExitCode> {
             } else {
                 edit::list(&config.users_file())?
             };
-            for name in names {
+            let domain = args
+                .domain
+                .as_deref()
+                .map(pop3_auth::directory::normalize_domain);
+            let in_domain = |name: &String| match &domain {
+                None => true,
+                Some(d) => pop3_auth::directory::normalize_name(name)
+                    .rsplit_once('@')
+                    .is_some_and(|(_, own)| own == d),
+            };
+            for name in names.into_iter().filter(in_domain) {
                 if args.json {
                     crate::say(&serde_json::json!({ "user": name }))?;
                 } else {

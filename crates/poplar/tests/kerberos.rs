@@ -97,6 +97,7 @@ fn real_clients_log_in_with_kerberos_and_retrieve_mail_byte_exact() {
     ));
     assert!(capa.contains("'SASL': ['GSSAPI']"), "{capa}");
     assert!(!capa.contains("'USER': []"), "{capa}");
+    assert!(capa.contains("'UTF8': []"), "UTF8 without USER: {capa}");
 
     // poplar fetch kpop://
     let home = tempfile::tempdir().unwrap();

@@ -3,7 +3,6 @@
 //! stored CRAM-MD5 states.
 
 use super::{Directory, Failure, ServerMechanism, Step};
-use crate::directory::normalize_name;
 use crate::directory::{MechanismSecret, SecretKind};
 use crate::hmac_md5::CramContext;
 use subtle::ConstantTimeEq;
@@ -62,13 +61,13 @@ impl ServerMechanism for CramMd5Server {
         );
         match (context.is_some(), matches) {
             (true, true) => Step::Success {
-                user: normalize_name(user),
+                user: dir.canonical(user),
             },
             (true, false) => Step::Failure(Failure::invalid(
                 Some(user.to_owned()),
                 "wrong CRAM-MD5 digest",
             )),
-            (false, _) => Step::Failure(Failure::no_secret(dir, &normalize_name(user), "CRAM-MD5")),
+            (false, _) => Step::Failure(Failure::no_secret(dir, &dir.canonical(user), "CRAM-MD5")),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! "whatever the certificate says").
 
 use super::{Directory, Failure, ServerMechanism, Step, authorize};
-use crate::directory::normalize_name;
 
 /// The server side, with the user name the certificate maps to (if any).
 #[derive(Debug)]
@@ -29,7 +28,7 @@ impl ServerMechanism for ExternalServer {
         let Some(identity) = &self.identity else {
             return Step::Failure(Failure::invalid(None, "no usable client certificate"));
         };
-        let user = normalize_name(identity);
+        let user = dir.canonical(identity);
         if !dir.exists(&user) {
             return Step::Failure(Failure::invalid(
                 Some(user),

@@ -30,8 +30,8 @@ use std::borrow::Cow;
 /// The identity a successful authentication yields: `user` itself, or `authzid` when the client
 /// asked for another identity and `user` is a master user allowed to take it.
 pub(crate) fn authorize(dir: &dyn Directory, user: String, authzid: Option<&str>) -> Step {
-    let user = crate::directory::normalize_name(&user);
-    match authzid.map(crate::directory::normalize_name) {
+    let user = dir.canonical(&user);
+    match authzid.filter(|a| !a.is_empty()).map(|a| dir.canonical(a)) {
         None => Step::Success { user },
         Some(a) if a.is_empty() || a == user => Step::Success { user },
         Some(a) if dir.may_act_as(&user, &a) => Step::Success { user: a },

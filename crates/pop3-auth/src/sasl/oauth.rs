@@ -4,7 +4,6 @@
 //! the exchange fails (RFC 7628 section 3.2.3).
 
 use super::{Directory, Failure, ServerMechanism, Step, authorize};
-use crate::directory::normalize_name;
 use crate::jwt::JwtVerifier;
 use std::sync::Arc;
 
@@ -138,7 +137,7 @@ impl ServerMechanism for OauthServer {
                 };
                 let outcome = match self.verifier.verify(msg.token.expose(), self.now) {
                     Ok(subject) => {
-                        let user = normalize_name(&subject);
+                        let user = dir.canonical(&subject);
                         if dir.exists(&user) {
                             // A named identity other than the token's needs a master user.
                             authorize(dir, user, msg.user.as_deref())

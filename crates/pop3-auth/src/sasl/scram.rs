@@ -12,7 +12,6 @@
 //! octets without SASLprep normalisation (as Dovecot does); ASCII is unaffected.
 
 use super::{ChannelBinding, Directory, Failure, ServerMechanism, Step, authorize};
-use crate::directory::normalize_name;
 use crate::directory::{MechanismSecret, SecretKind};
 use crate::error::AuthError;
 use base64::Engine as _;
@@ -345,7 +344,7 @@ impl ScramServer {
             None => new_nonce().map_err(|_| Failure::temporary())?,
         };
         let nonce = format!("{client_nonce}{server_nonce}");
-        let (keys, real) = self.keys_for(dir, &normalize_name(&user));
+        let (keys, real) = self.keys_for(dir, &dir.canonical(&user));
         let server_first = format!(
             "r={nonce},s={},i={}",
             B64.encode(&keys.salt),
@@ -437,7 +436,7 @@ impl ScramServer {
             if !real {
                 return Err(Failure::no_secret(
                     dir,
-                    &normalize_name(&user),
+                    &dir.canonical(&user),
                     self.hash.mechanism(false),
                 ));
             }

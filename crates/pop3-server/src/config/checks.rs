@@ -162,6 +162,66 @@ impl Config {
         if self.tls.client_ca.is_some() && !self.tls.enabled {
             error("tls.client_ca is set but TLS is disabled: client certificates need TLS.".into());
         }
+        let mut domains = std::collections::BTreeMap::new();
+        for (domain, settings) in &self.domains {
+            let key = super::override_key(domain);
+            if let Some(other) = domains.insert(key.clone(), domain) {
+                error(format!(
+                    "[domains.\"{other}\"] and [domains.\"{domain}\"] are the same domain ({key}): merge them."
+                ));
+            }
+            let clashes = [
+                (
+                    "quota.overrides",
+                    settings.quota.is_some()
+                        && self
+                            .quota
+                            .overrides
+                            .keys()
+                            .any(|k| super::override_key(k) == key),
+                ),
+                (
+                    "pop3.expire_overrides",
+                    settings.expire.is_some()
+                        && self
+                            .pop3
+                            .expire_overrides
+                            .keys()
+                            .any(|k| super::override_key(k) == key),
+                ),
+                (
+                    "pop3.login_delay_overrides",
+                    settings.login_delay.is_some()
+                        && self
+                            .pop3
+                            .login_delay_overrides
+                            .keys()
+                            .any(|k| super::override_key(k) == key),
+                ),
+            ];
+            for (table, clash) in clashes {
+                if clash {
+                    error(format!(
+                        "{domain} is set both in [domains.\"{domain}\"] and in {table}: keep one."
+                    ));
+                }
+            }
+            for m in settings.mechanisms.iter().flatten() {
+                let m = m.to_ascii_uppercase();
+                if !MECHANISMS.contains(&m.as_str()) && m != "USER" && m != "APOP" {
+                    error(format!(
+                        "[domains.\"{domain}\"] mechanisms: {m} is not a login method (SASL mechanisms Poplar implements, USER or APOP)."
+                    ));
+                }
+            }
+        }
+        if let Some(domain) = &self.auth.default_domain
+            && (domain.contains('@') || !pop3_auth::directory::valid_domain(domain))
+        {
+            error(format!(
+                "auth.default_domain = {domain:?} is not a domain name (give it as example.org)."
+            ));
+        }
         for host in &self.sdps.hosts {
             if pop3_store::MailboxPath::parse(host).is_err() || host.contains(['+', ' ']) {
                 error(format!(
@@ -311,6 +371,7 @@ impl Config {
             if let Ok((db, _)) = pop3_auth::UserDb::load(&users) {
                 out.extend(self.mechanism_problems(&db));
                 out.extend(self.sdps_problems(&db));
+                out.extend(self.default_domain_problems(&db));
             }
         }
         if let Some(p) = data_dir_problem(&self.data_dir) {
@@ -394,6 +455,32 @@ impl Config {
             });
         }
         out
+    }
+
+    /// Users the default domain hides: with `auth.default_domain` set, a bare login name becomes
+    /// `name@domain`, so entries without a domain can no longer log in.
+    pub fn default_domain_problems(&self, db: &pop3_auth::UserDb) -> Vec<Problem> {
+        let Some(domain) = &self.auth.default_domain else {
+            return Vec::new();
+        };
+        let bare: Vec<&str> = db
+            .names()
+            .filter(|n| !n.contains('@') && !self.sdps.hosts.iter().any(|h| h == n))
+            .take(10)
+            .collect();
+        if bare.is_empty() {
+            return Vec::new();
+        }
+        vec![Problem {
+            severity: Severity::Warning,
+            message: format!(
+                "auth.default_domain = {domain:?} makes the login `alice` mean alice@{domain}, \
+                 so these entries without a domain cannot log in: {}. Rename them to \
+                 name@{domain} in the users file (their maildrops move with them: \
+                 _default_/name to {domain}/name).",
+                bare.join(", ")
+            ),
+        }]
     }
 
     /// SDPS hosts nobody can log in to: the host's own entry holds the password its people

@@ -56,6 +56,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Demon's SDPS: host maildrops.
     pub sdps: SdpsConfig,
+    /// Settings for every user of a domain (`[domains."example.org"]`): quota, EXPIRE,
+    /// LOGIN-DELAY, login mechanisms. Keys are compared case-insensitively in their IDNA
+    /// ASCII form, so `bücher.example` and `xn--bcher-kva.example` are one domain.
+    pub domains: std::collections::BTreeMap<String, DomainConfig>,
     /// Whether `serve` creates a user `demo` (and a welcome message) when the users file has
     /// none: set by the binary for the embedded default only, never from a file, so a
     /// configured server never invents an account.
@@ -87,7 +91,7 @@ pub struct QuotaConfig {
 }
 
 /// One user's or domain's quota.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaOverride {
     /// Octets (or K, M, G); 0 is no limit.
@@ -130,7 +134,7 @@ impl QuotaConfig {
                         storage: o.storage.map_or(default.storage, |s| limit(s.0)),
                         messages: o.messages.map_or(default.messages, limit),
                     };
-                    (name.to_ascii_lowercase(), quota)
+                    (override_key(name), quota)
                 })
                 .collect(),
             permanent: self.permanent,
@@ -192,6 +196,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             sdps: SdpsConfig::default(),
+            domains: std::collections::BTreeMap::new(),
             demo_user: false,
         }
     }
@@ -291,6 +296,32 @@ pub struct GssapiConfig {
 
 fn default_gssapi_service() -> String {
     "pop".into()
+}
+
+/// What one domain's users share (`[domains."example.org"]`). Each key left out follows the
+/// server-wide setting; a user's own entry (users file, `*_overrides`) still wins.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainConfig {
+    /// The domain's quota per user (`{ storage = "1G", messages = 10000 }`).
+    pub quota: Option<QuotaOverride>,
+    /// EXPIRE for the domain's users (`"never"` or days).
+    pub expire: Option<ExpireSetting>,
+    /// LOGIN-DELAY in seconds for the domain's users.
+    pub login_delay: Option<u32>,
+    /// How the domain's users may log in: SASL mechanism names, `USER` (USER/PASS) and `APOP`.
+    /// Others are refused for them as failed logins (`[AUTH]`); unset: every method the server
+    /// offers.
+    pub mechanisms: Option<Vec<String>>,
+}
+
+/// A user or domain key of an override table in the one form names are compared in.
+pub fn override_key(key: &str) -> String {
+    if key.contains('@') {
+        pop3_auth::directory::normalize_name(key)
+    } else {
+        pop3_auth::directory::normalize_domain(key)
+    }
 }
 
 /// Demon Internet's SDPS: host names whose mail goes to one host maildrop.
@@ -548,6 +579,9 @@ pub enum TlsVersion {
 pub struct AuthConfig {
     /// The passwd-file (Dovecot format). Default `DATA/users`.
     pub users_file: Option<PathBuf>,
+    /// Appended to login names without a domain (`alice` logs in as `alice@example.org`), as
+    /// Dovecot's `auth_default_realm`. Default none: names are taken as given.
+    pub default_domain: Option<String>,
     /// Networks from which USER/PASS and AUTH PLAIN are allowed without TLS. Default: loopback
     /// only (`127.0.0.0/8`, `::1/128`), like Dovecot's secure networks; an empty list refuses
     /// plaintext logins on every unencrypted connection.
@@ -630,6 +664,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             users_file: None,
+            default_domain: None,
             plaintext_networks: loopback_networks(),
             failure_delay: Duration::from_secs(2),
             apop: false,
@@ -919,9 +954,20 @@ impl Config {
     /// The quota rules of `[quota]` with the users file's own rules first (read through
     /// `users`, so edits apply at once): what every store enforces.
     pub fn quota_rules_with_users(&self, users: &pop3_auth::Users) -> pop3_store::QuotaRules {
+        let mut rules = self.quota.rules();
+        for (domain, settings) in &self.domains {
+            if let Some(o) = &settings.quota {
+                let limit = |n: u64| (n > 0).then_some(n);
+                let quota = pop3_store::Quota {
+                    storage: o.storage.map_or(rules.default.storage, |s| limit(s.0)),
+                    messages: o.messages.map_or(rules.default.messages, limit),
+                };
+                rules.overrides.entry(override_key(domain)).or_insert(quota);
+            }
+        }
         pop3_store::QuotaRules {
             users: Some(std::sync::Arc::new(UsersFileQuotas(users.clone()))),
-            ..self.quota.rules()
+            ..rules
         }
     }
 
@@ -945,26 +991,60 @@ impl Config {
             .unwrap_or_else(poplar_util::host::name)
     }
 
-    /// Who has which retention period (`pop3.expire` and `pop3.expire_overrides`).
+    /// Who has which retention period (`pop3.expire`, `pop3.expire_overrides` and the
+    /// domains' `expire`).
     pub fn expire_policy(&self) -> ExpirePolicy {
+        let own = self.pop3.expire_overrides.iter().map(|(k, v)| (k, v.0));
         ExpirePolicy {
             default: self.pop3.expire,
-            overrides: self
-                .pop3
-                .expire_overrides
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.0))
-                .collect(),
+            overrides: self.with_domains(own, |d| d.expire.map(|e| e.0)),
         }
+    }
+
+    /// LOGIN-DELAY per user or domain (`pop3.login_delay_overrides` and the domains').
+    pub fn login_delay_overrides(&self) -> std::collections::BTreeMap<String, u32> {
+        let own = self.pop3.login_delay_overrides.iter().map(|(k, v)| (k, *v));
+        self.with_domains(own, |d| d.login_delay)
+    }
+
+    /// An override table with its keys normalised and the domains' values added.
+    fn with_domains<'a, T>(
+        &'a self,
+        own: impl Iterator<Item = (&'a String, T)>,
+        of_domain: impl Fn(&DomainConfig) -> Option<T>,
+    ) -> std::collections::BTreeMap<String, T> {
+        let mut table: std::collections::BTreeMap<String, T> =
+            own.map(|(k, v)| (override_key(k), v)).collect();
+        for (domain, settings) in &self.domains {
+            if let Some(value) = of_domain(settings) {
+                table.entry(override_key(domain)).or_insert(value);
+            }
+        }
+        table
+    }
+
+    /// How login names become user names (`auth.default_domain`, `sdps.hosts`).
+    pub fn login_rules(&self) -> pop3_auth::directory::LoginRules {
+        pop3_auth::directory::LoginRules::new(&self.sdps.hosts, self.auth.default_domain.as_deref())
+    }
+
+    /// The login methods each domain allows (`[domains."d"] mechanisms`), upper case.
+    pub fn domain_mechanisms(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.domains
+            .iter()
+            .filter_map(|(d, s)| {
+                let list = s.mechanisms.as_ref()?;
+                Some((
+                    override_key(d),
+                    list.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                ))
+            })
+            .collect()
     }
 
     /// The LOGIN-DELAY for `user`.
     pub fn login_delay_for(&self, user: &str) -> u32 {
-        login_delay_for(
-            &self.pop3.login_delay_overrides,
-            self.pop3.login_delay,
-            user,
-        )
+        login_delay_for(&self.login_delay_overrides(), self.pop3.login_delay, user)
     }
 }
 

@@ -276,8 +276,9 @@ pub(crate) fn user_of(auth: &Authenticator, address: &str) -> Option<String> {
     if address.is_empty() {
         return None;
     }
-    if db.get(address).is_some() {
-        return Some(normalize_name(address));
+    let canonical = auth.canonical(address);
+    if db.get(&canonical).is_some() {
+        return Some(canonical);
     }
     let (local, _) = address.rsplit_once('@')?;
     db.get(local).is_some().then(|| normalize_name(local))
