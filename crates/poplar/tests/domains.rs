@@ -96,6 +96,15 @@ fn default_domain_percent_form_idna_and_per_domain_settings() {
     assert_eq!(deliver("anna@xn--bcher-kva.example").code(), Some(75));
     assert!(deliver("alice").success());
     assert!(deliver("alice").success(), "no quota for example.org");
+    // Retrieved byte-exact through another spelling of the same user.
+    let (mut c, _) = common::Client::connect(server.pop3);
+    assert!(
+        c.login("anna%Bücher.example", "bücherwurm")
+            .starts_with("+OK")
+    );
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    assert_eq!(c.body(), b"Subject: hi\r\n\r\nthere\r\n");
+    c.cmd("QUIT");
 
     // The domain's EXPIRE and LOGIN-DELAY: tagged USER before login, the user's own after.
     let out = poplib(

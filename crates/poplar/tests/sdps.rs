@@ -121,6 +121,20 @@ fn fetchmail_distributes_a_host_maildrop_by_envelope_and_views_keep_their_copies
     assert!(refused.starts_with("-ERR [AUTH]"), "{refused}");
     assert_eq!(stat(&server, "nobody@example.org", "host secret"), Ok(0));
 
+    // Byte-exact: kim's copy is the stored file after kim's own Delivered-To line.
+    let stored = std::fs::read_dir(maildir.join("new"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .find(|m| String::from_utf8_lossy(m).contains("for all three"))
+        .unwrap();
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("kim@example.org", "host secret").starts_with("+OK"));
+    assert!(c.cmd("RETR 1").starts_with("+OK"));
+    let mut expected = b"Delivered-To: kim@example.org\r\n".to_vec();
+    expected.extend_from_slice(&common::canonical(&stored));
+    assert_eq!(c.body(), expected);
+    c.cmd("QUIT");
+
     // *ENV as getmail reads it (python poplib's _longcmd: lines[2] sender, lines[3] recipient)
     // for every copy in the whole maildrop.
     let envelopes = common::python(&format!(
