@@ -5,10 +5,13 @@
 // Printing to the terminal is this crate's job; the libraries only log.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod autoconfig;
 mod control;
 mod db;
 mod deliver;
+mod dns;
 mod fetch;
+mod http;
 mod man;
 mod metrics;
 mod migrate;
@@ -75,6 +78,32 @@ enum Command {
     Man(ManArgs),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(CompletionsArgs),
+    /// Client autoconfiguration (`[autoconfig]`).
+    #[command(subcommand)]
+    Autoconfig(AutoconfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AutoconfigCommand {
+    /// Print the DNS records that lead mail clients to this server (RFC 6186 SRV for POP3S,
+    /// POP3 and submission; the autoconfig and autodiscover names); with --check, ask a
+    /// resolver for each and say what is missing or different (exit 1).
+    Dns(AutoconfigDnsArgs),
+}
+
+#[derive(Debug, Args)]
+struct AutoconfigDnsArgs {
+    /// The mail domain (as in `autoconfig.domains`).
+    #[arg(long)]
+    domain: String,
+    /// Look the records up and compare.
+    #[arg(long)]
+    check: bool,
+    /// The resolver to ask (`ADDR:PORT`). Default: the first nameserver of /etc/resolv.conf.
+    #[arg(long, value_name = "ADDR:PORT", requires = "check")]
+    resolver: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +457,14 @@ fn main() -> ExitCode {
                 println!("{}", page.display());
             }
             ExitCode::SUCCESS
+        }),
+        Command::Autoconfig(AutoconfigCommand::Dns(args)) => args.common.load().and_then(|c| {
+            let resolver = match (args.check, args.resolver) {
+                (false, _) => None,
+                (true, Some(r)) => Some(r),
+                (true, None) => Some(dns::system_resolver()?),
+            };
+            dns::run(&c, &args.domain, resolver)
         }),
         Command::Completions(args) => {
             man::print_completions(args.shell).map(|()| ExitCode::SUCCESS)

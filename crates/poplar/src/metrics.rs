@@ -8,6 +8,7 @@
 //! connections at once: it is for a Prometheus server and a load balancer's health check, not
 //! for the public.
 
+use crate::http::{reply, typed};
 use anyhow::{Context, Result};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -16,7 +17,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pop3_server::Status;
 use pop3_server::metrics::{METRICS, MetricKind};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Histogram buckets for session lengths (seconds): from a poll that finds nothing to a
@@ -30,8 +30,6 @@ const SEND_BUCKETS: &[f64] = &[
 ];
 /// Scrape connections served at once; more wait in the kernel's queue.
 const MAX_SCRAPERS: usize = 8;
-/// A request must arrive, and its answer leave, within this.
-const REQUEST_TIME: Duration = Duration::from_secs(10);
 /// The store's answer to a health check must come within this.
 const PROBE_TIME: Duration = Duration::from_secs(5);
 /// Histogram samples are folded in at least this often (the recorder keeps them until then).
@@ -93,86 +91,40 @@ impl Metrics {
         addr: std::net::SocketAddr,
         allow_from: Vec<ipnet::IpNet>,
     ) -> Result<std::net::SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        let bound = listener.local_addr()?;
         let this = self.clone();
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let ip = peer.ip().to_canonical();
-                if !allow_from.iter().any(|n| n.contains(&ip)) {
-                    tracing::debug!(%peer, "metrics: closed a connection from outside metrics.allow_from");
-                    continue;
-                }
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    return;
-                };
-                let this = this.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let this = this.clone();
-                        async move { Ok::<_, std::convert::Infallible>(this.answer(request).await) }
-                    });
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(REQUEST_TIME)
-                        .keep_alive(true)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    // Keep-alive lets Prometheus reuse its connection; an idle one is closed.
-                    if let Ok(Err(e)) =
-                        tokio::time::timeout(Duration::from_secs(300), connection).await
-                    {
-                        tracing::debug!(%peer, error = %e, "metrics connection failed");
-                    }
-                    drop(slot);
-                });
-            }
-        });
-        Ok(bound)
+        let rules = crate::http::Listener {
+            what: "metrics",
+            allow_from: Some(allow_from),
+            max_connections: MAX_SCRAPERS,
+        };
+        crate::http::listen(addr, rules, move |request| {
+            let this = this.clone();
+            async move { this.answer(request).await }
+        })
+        .await
     }
 
     async fn answer<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
         match request.uri().path() {
-            "/metrics" => {
-                let mut response = reply(StatusCode::OK, self.render());
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                );
-                response
-            }
+            "/metrics" => typed(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.render(),
+            ),
             "/healthz" => match tokio::time::timeout(PROBE_TIME, self.status.ready()).await {
-                Ok(Ok(())) => reply(StatusCode::OK, "ok\n".into()),
+                Ok(Ok(())) => reply(StatusCode::OK, "ok\n"),
                 Ok(Err(why)) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
                 Err(_) => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the store did not answer within {PROBE_TIME:?}\n"),
                 ),
             },
-            _ => reply(StatusCode::NOT_FOUND, "try /metrics or /healthz\n".into()),
+            _ => reply(StatusCode::NOT_FOUND, "try /metrics or /healthz\n"),
         }
     }
-}
-
-fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
 }
 
 /// One sample of the text exposition: its metric name, labels and value.

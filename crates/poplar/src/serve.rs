@@ -137,6 +137,30 @@ async fn run_bound<S: MailStore>(
             .await?;
         tracing::info!("metrics on http://{bound}/metrics, health check on http://{bound}/healthz");
     }
+    if let Some(addr) = config.autoconfig.listen {
+        let ports = |kind| {
+            let addrs = server.local_addrs().into_iter();
+            addrs
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, a)| a.port())
+                .collect()
+        };
+        let bound = (
+            ports(pop3_server::Kind::Pop3),
+            ports(pop3_server::Kind::Pop3s),
+        );
+        let endpoints = crate::autoconfig::Endpoints::of(config, Some(bound));
+        let autoconfig = crate::autoconfig::Autoconfig::new(
+            Arc::new(config.clone()),
+            endpoints,
+            config.users_source(),
+        );
+        let bound = autoconfig.listen(addr).await?;
+        tracing::info!(
+            "client autoconfiguration for {} on http://{bound}/ (Thunderbird, Autodiscover, Apple profiles)",
+            config.autoconfig.domains.join(", ")
+        );
+    }
     let served = crate::control::Served {
         sessions: server.sessions(),
         reloader,

@@ -120,6 +120,8 @@ fn welcome_message(
          {certificate}\
          Add real users with `poplar user add NAME`, deliver mail with\r\n\
          `poplar deliver NAME < message`, and see docs/configuration.md for the rest.\r\n\
+         Mail clients can fill in these settings themselves: set [autoconfig] and\r\n\
+         publish what `poplar autoconfig dns --domain YOURS` prints (docs/autoconfig.md).\r\n\
          \r\n\
          -- Poplar\r\n",
         date = poplar_util::clock::rfc5322(now),

@@ -222,6 +222,26 @@ impl Config {
                 "auth.default_domain = {domain:?} is not a domain name (give it as example.org)."
             ));
         }
+        let ac = &self.autoconfig;
+        if ac.listen.is_some() && ac.domains.is_empty() {
+            error("autoconfig.listen is set but autoconfig.domains is empty: every client would get 404. List the mail domains.".into());
+        }
+        for domain in &ac.domains {
+            if domain.contains('@') || !pop3_auth::directory::valid_domain(domain) {
+                error(format!(
+                    "autoconfig.domains: {domain:?} is not a domain name."
+                ));
+            }
+        }
+        if let Some(submission) = &ac.submission
+            && !submission
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+        {
+            error(format!(
+                "autoconfig.submission = {submission:?}: give host:port, e.g. \"mail.example.org:587\"."
+            ));
+        }
         for host in &self.sdps.hosts {
             if pop3_store::MailboxPath::parse(host).is_err() || host.contains(['+', ' ']) {
                 error(format!(

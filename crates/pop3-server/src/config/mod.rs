@@ -56,6 +56,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Demon's SDPS: host maildrops.
     pub sdps: SdpsConfig,
+    /// Client autoconfiguration over HTTP (Thunderbird, Outlook, Apple).
+    pub autoconfig: AutoconfigConfig,
     /// Settings for every user of a domain (`[domains."example.org"]`): quota, EXPIRE,
     /// LOGIN-DELAY, login mechanisms. Keys are compared case-insensitively in their IDNA
     /// ASCII form, so `bücher.example` and `xn--bcher-kva.example` are one domain.
@@ -196,6 +198,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             sdps: SdpsConfig::default(),
+            autoconfig: AutoconfigConfig::default(),
             domains: std::collections::BTreeMap::new(),
             demo_user: false,
         }
@@ -322,6 +325,32 @@ pub fn override_key(key: &str) -> String {
     } else {
         pop3_auth::directory::normalize_domain(key)
     }
+}
+
+/// Client autoconfiguration: the settings documents mail clients fetch over HTTP, served from
+/// this configuration so they are always right. See docs/autoconfig.md.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoconfigConfig {
+    /// Where to serve them (plain HTTP, behind the web server or load balancer that answers
+    /// `https://autoconfig.DOMAIN`, `https://DOMAIN/.well-known/...` and
+    /// `https://autodiscover.DOMAIN`). Default none: not served.
+    pub listen: Option<SocketAddr>,
+    /// The mail domains documents are given for; any other gets 404. Default none.
+    pub domains: Vec<String>,
+    /// The host name clients should connect to. Default `hostname`.
+    pub public_host: Option<String>,
+    /// The POP3S port clients use, when it differs from `listen.pop3s` (a load balancer in
+    /// front). Default the first `listen.pop3s` port; none if there is no POP3S listener.
+    pub pop3s_port: Option<u16>,
+    /// The POP3 (STARTTLS) port clients use. Default the first `listen.pop3` port; none if
+    /// there is none or TLS is off.
+    pub pop3_port: Option<u16>,
+    /// The SMTP submission server clients send through, `host:port`: port 465 means implicit
+    /// TLS, any other STARTTLS (RFC 8314). Default `public_host:587`.
+    pub submission: Option<String>,
+    /// What clients show as the provider's name. Default the domain.
+    pub display_name: Option<String>,
 }
 
 /// Demon Internet's SDPS: host names whose mail goes to one host maildrop.
