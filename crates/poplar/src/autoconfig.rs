@@ -16,6 +16,7 @@
 //! challenge-response only where it works for everyone (the same rule as CAPA).
 
 use crate::http::{reply, typed};
+use anyhow::Context as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -91,15 +92,32 @@ pub(crate) struct Autoconfig {
     config: Arc<Config>,
     endpoints: Arc<Endpoints>,
     users: pop3_auth::Users,
+    /// Signs Apple profiles, when `profile_cert` and `profile_key` are set.
+    signer: Option<Arc<crate::signing::ProfileSigner>>,
 }
 
 impl Autoconfig {
-    pub(crate) fn new(config: Arc<Config>, endpoints: Endpoints, users: pop3_auth::Users) -> Self {
-        Self {
+    /// Reads the profile signing key if one is configured.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        endpoints: Endpoints,
+        users: pop3_auth::Users,
+    ) -> anyhow::Result<Self> {
+        let ac = &config.autoconfig;
+        let signer = match (&ac.profile_cert, &ac.profile_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                crate::signing::ProfileSigner::load(cert, key).context(
+                    "cannot sign Apple profiles (autoconfig.profile_cert and profile_key)",
+                )?,
+            )),
+            _ => None,
+        };
+        Ok(Self {
             config,
             endpoints: Arc::new(endpoints),
             users,
-        }
+            signer,
+        })
     }
 
     /// Serves the documents on `[autoconfig] listen`.
@@ -382,6 +400,20 @@ impl Autoconfig {
             uuid_mail = stable_uuid(&value, "payload"),
             uuid_profile = stable_uuid(&value, "profile"),
         );
+        // Signed when a key is configured; never quietly unsigned instead.
+        let body = match &self.signer {
+            Some(signer) => match signer.sign(body.as_bytes()) {
+                Ok(signed) => Bytes::from(signed),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot sign an Apple profile");
+                    return Ok(reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the profile cannot be signed\n",
+                    ));
+                }
+            },
+            None => Bytes::from(body),
+        };
         let mut response = typed(StatusCode::OK, "application/x-apple-aspen-config", body);
         response.headers_mut().insert(
             hyper::header::CONTENT_DISPOSITION,

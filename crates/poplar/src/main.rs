@@ -17,6 +17,7 @@ mod metrics;
 mod migrate;
 mod privileges;
 mod serve;
+mod signing;
 mod systemd;
 mod user;
 mod welcome;
@@ -617,6 +618,19 @@ fn check_config(args: &CheckConfigArgs) -> Result<ExitCode> {
             pop3_server::config::Severity::Warning => "warning",
         };
         println!("{label}: {}", p.message);
+    }
+    // The profile signing key, read and matched to its certificate as `serve` will.
+    if let (Some(cert), Some(key)) = (
+        &config.autoconfig.profile_cert,
+        &config.autoconfig.profile_key,
+    ) {
+        match signing::ProfileSigner::load(cert, key) {
+            Ok(_) => println!("  Apple profiles: signed with {}", cert.display()),
+            Err(e) => {
+                errors += 1;
+                println!("error: cannot sign Apple profiles: {e:#}");
+            }
+        }
     }
     if errors == 0 && config.store.backend == pop3_server::config::StoreBackend::Postgres {
         // The database must be reachable and carry this version's schema.

@@ -154,7 +154,7 @@ async fn run_bound<S: MailStore>(
             Arc::new(config.clone()),
             endpoints,
             config.users_source(),
-        );
+        )?;
         let bound = autoconfig.listen(addr).await?;
         tracing::info!(
             "client autoconfiguration for {} on http://{bound}/ (Thunderbird, Autodiscover, Apple profiles)",

@@ -408,3 +408,109 @@ fn check_config_explains_autoconfig_mistakes() {
     assert!(text.contains("autoconfig.domains is empty"), "{text}");
     assert!(text.contains("give host:port"), "{text}");
 }
+
+/// With `profile_cert` and `profile_key`, the Apple profile is a CMS SignedData that openssl
+/// verifies against the certificate and whose content is the profile; for P-256 and RSA keys.
+/// A key that is not the certificate's is refused by check-config.
+#[test]
+fn apple_profiles_are_signed_when_a_key_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, newkey: &[&str]| {
+        let (cert, key) = (
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+        );
+        let status = tool("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=Profile signer",
+            ])
+            .args(newkey)
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        (cert, key)
+    };
+    let ec = make(
+        "ec",
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+    );
+    let rsa = make("rsa", &["-newkey", "rsa:2048"]);
+    for (cert, key) in [&ec, &rsa] {
+        let mut b = ServerBuilder::new();
+        b.set("autoconfig.listen", "127.0.0.1:0");
+        b.set(
+            "autoconfig.domains",
+            toml::Value::Array(vec!["example.org".into()]),
+        );
+        b.set("autoconfig.public_host", "localhost");
+        b.set("autoconfig.profile_cert", cert.to_str().unwrap());
+        b.set("autoconfig.profile_key", key.to_str().unwrap());
+        let server = b.start();
+        let line = server.wait_for_log("client autoconfiguration for");
+        let http = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let signed = curl(&[&format!(
+            "http://{http}/apple/mail.mobileconfig?email=alice%40example.org"
+        )]);
+        let signed_path = dir.path().join("signed.mobileconfig");
+        let plist_path = dir.path().join("verified.plist");
+        std::fs::write(&signed_path, &signed).unwrap();
+        let out = tool("openssl")
+            .args(["cms", "-verify", "-inform", "DER", "-purpose", "any", "-in"])
+            .arg(&signed_path)
+            .arg("-CAfile")
+            .arg(cert)
+            .arg("-out")
+            .arg(&plist_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let address = python(&format!(
+            "import plistlib\nprint(plistlib.load(open({:?}, 'rb'))['PayloadContent'][0]['EmailAddress'])\n",
+            plist_path.display().to_string()
+        ));
+        assert_eq!(address.trim(), "alice@example.org");
+    }
+
+    // The RSA key with the EC certificate: refused before anything is served.
+    let mut b = ServerBuilder::new();
+    b.set("autoconfig.listen", "127.0.0.1:0");
+    b.set(
+        "autoconfig.domains",
+        toml::Value::Array(vec!["example.org".into()]),
+    );
+    b.set("autoconfig.profile_cert", ec.0.to_str().unwrap());
+    b.set("autoconfig.profile_key", rsa.1.to_str().unwrap());
+    let config = b.write_config();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poplar"))
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("is not the key of the first certificate"),
+        "{text}"
+    );
+}

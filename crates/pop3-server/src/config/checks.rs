@@ -242,6 +242,9 @@ impl Config {
                 "autoconfig.submission = {submission:?}: give host:port, e.g. \"mail.example.org:587\"."
             ));
         }
+        if ac.profile_cert.is_some() != ac.profile_key.is_some() {
+            error("autoconfig.profile_cert and autoconfig.profile_key go together: set both to sign Apple profiles, or neither.".into());
+        }
         for host in &self.sdps.hosts {
             if pop3_store::MailboxPath::parse(host).is_err() || host.contains(['+', ' ']) {
                 error(format!(

@@ -351,6 +351,11 @@ pub struct AutoconfigConfig {
     pub submission: Option<String>,
     /// What clients show as the provider's name. Default the domain.
     pub display_name: Option<String>,
+    /// A certificate (PEM, the signer's first, then its chain) to sign Apple profiles with, so
+    /// devices show them as verified. Default none: profiles are unsigned.
+    pub profile_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: P-256 or RSA).
+    pub profile_key: Option<PathBuf>,
 }
 
 /// Demon Internet's SDPS: host names whose mail goes to one host maildrop.
