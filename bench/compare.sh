@@ -252,3 +252,6 @@ open(path, "w").write(doc)
 PY
 echo "$table"
 echo "written to docs/benchmarks.md"
+
+# Logins with {ARGON2ID} users and the credential cache, against Dovecot's auth cache.
+bench/auth-cache.sh "$seconds"

@@ -7,6 +7,7 @@
 //! - `scheme` (feature `server`): password schemes as `doveadm pw` writes them, constant-time
 //!   checks and the decoys that make unknown users cost what real ones cost;
 //! - [`sasl`]: SASL mechanisms, server and client halves, over decoded messages;
+//! - `cache` (feature `server`): verified credentials remembered in memory for a while;
 //! - [`apop`]: the APOP digest (RFC 1939 section 7); [`cert`]: what X.509 certificates say;
 //!   [`jwt`]: OAuth bearer tokens checked against a JWKS.
 //!
@@ -17,6 +18,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apop;
+#[cfg(feature = "server")]
+pub mod cache;
 pub mod cert;
 pub mod directory;
 mod error;

@@ -14,6 +14,7 @@
 //! `poplar user ...` take an exclusive lock, write a temporary file (mode 0600), fsync it and
 //! rename it over the old one, so a crash never leaves a half-written users file.
 
+use crate::cache::CredentialCache;
 use crate::directory::{
     Directory, LoginRules, MechanismSecret, SecretKind, Verdict, normalize_name,
 };
@@ -27,6 +28,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use std::time::SystemTime;
 
 /// Longest accepted user name, in octets.
@@ -554,6 +556,41 @@ impl UserDb {
         first_error.map_or(Ok(Verdict::Invalid), Err)
     }
 
+    /// Whether `cache` remembers this password as verified for this user's current stored
+    /// forms (microseconds: an HMAC and a lookup).
+    pub fn cached(&self, name: &str, password: &[u8], cache: &CredentialCache) -> bool {
+        let key = normalize_name(name);
+        self.users.get(key.as_str()).is_some_and(|u| {
+            let stored: Vec<&str> = u.secrets().collect();
+            !stored.is_empty() && cache.hit(&key, &stored, password, Instant::now())
+        })
+    }
+
+    /// [`verify`](Self::verify) through `cache`: a password it remembers for the user's
+    /// current stored forms is accepted at once; a verified one is remembered.
+    pub fn verify_cached(
+        &self,
+        name: &str,
+        password: &[u8],
+        decoy: &Decoy<'_>,
+        cache: Option<&CredentialCache>,
+    ) -> Result<Verdict, AuthError> {
+        let Some(cache) = cache else {
+            return self.verify(name, password, decoy);
+        };
+        if self.cached(name, password, cache) {
+            return Ok(Verdict::Valid(normalize_name(name)));
+        }
+        let verdict = self.verify(name, password, decoy)?;
+        if let Verdict::Valid(key) = &verdict
+            && let Some(user) = self.users.get(key.as_str())
+        {
+            let stored: Vec<&str> = user.secrets().collect();
+            cache.remember(key, &stored, password, Instant::now());
+        }
+        Ok(verdict)
+    }
+
     /// Whether [`verify`](Self::verify) for this name takes microseconds: every stored form
     /// uses a fast scheme (see [`Stored::is_fast`]); for a name that is not a user, its decoy
     /// does. Such checks need not wait for a hashing thread.
@@ -583,6 +620,7 @@ impl UserDb {
             decoy,
             masters,
             rules,
+            cache: None,
         }
     }
 
@@ -632,6 +670,17 @@ pub struct UserDirectory<'a> {
     decoy: Decoy<'a>,
     masters: &'a [String],
     rules: &'a LoginRules,
+    cache: Option<&'a CredentialCache>,
+}
+
+impl<'a> UserDirectory<'a> {
+    /// Password checks (PLAIN, LOGIN) go through `cache`.
+    pub fn with_cache(self, cache: &'a CredentialCache) -> Self {
+        Self {
+            cache: Some(cache),
+            ..self
+        }
+    }
 }
 
 impl Directory for UserDirectory<'_> {
@@ -655,10 +704,15 @@ impl Directory for UserDirectory<'_> {
 
     fn check_password(&self, user: &str, password: &[u8]) -> Result<Verdict, AuthError> {
         let (entry, login) = self.db.login_entry(user, self.rules);
-        Ok(match self.db.verify(&entry, password, &self.decoy)? {
-            Verdict::Valid(_) => Verdict::Valid(login),
-            Verdict::Invalid => Verdict::Invalid,
-        })
+        Ok(
+            match self
+                .db
+                .verify_cached(&entry, password, &self.decoy, self.cache)?
+            {
+                Verdict::Valid(_) => Verdict::Valid(login),
+                Verdict::Invalid => Verdict::Invalid,
+            },
+        )
     }
 
     fn exists(&self, user: &str) -> bool {

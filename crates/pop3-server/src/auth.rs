@@ -4,6 +4,7 @@
 
 use crate::config::{Config, MECHANISMS};
 use crate::penalty::Penalties;
+use pop3_auth::cache::CredentialCache;
 use pop3_auth::directory::{LoginRules, SecretKind};
 use pop3_auth::jwt::JwtVerifier;
 use pop3_auth::sasl::cram_md5::CramMd5Server;
@@ -53,6 +54,8 @@ pub(crate) struct Authenticator {
     /// How login names become user names: the default domain, SDPS hosts (`john@host` and
     /// `john+host` log in with the host's entry unless they have their own).
     rules: Arc<LoginRules>,
+    /// Verified credentials remembered for `auth.cache_ttl` (none when it is 0).
+    cache: Option<Arc<CredentialCache>>,
     login_delay: u32,
     login_delay_overrides: BTreeMap<String, u32>,
     /// Login methods per domain (`[domains."d"] mechanisms`), upper case.
@@ -110,6 +113,7 @@ impl Authenticator {
                 .map(|m| pop3_auth::directory::normalize_name(m))
                 .collect(),
             rules: Arc::new(config.login_rules()),
+            cache: credential_cache(&config.auth),
             login_delay: config.pop3.login_delay,
             login_delay_overrides: config.login_delay_overrides(),
             domain_mechanisms: config.domain_mechanisms(),
@@ -289,6 +293,7 @@ impl Authenticator {
         let key = Arc::clone(&self.salt_key);
         let masters = Arc::clone(&self.masters);
         let rules = Arc::clone(&self.rules);
+        let cache = self.cache.clone();
         let ran = self
             .hashing
             .run(move || {
@@ -297,7 +302,10 @@ impl Authenticator {
                     key: &key,
                 };
                 let step = mechanism.step(
-                    &db.directory(decoy, &masters, &rules),
+                    &match cache.as_deref() {
+                        Some(cache) => db.directory(decoy, &masters, &rules).with_cache(cache),
+                        None => db.directory(decoy, &masters, &rules),
+                    },
                     input.as_ref().map(|s| s.expose().as_slice()),
                 );
                 (mechanism, step)
@@ -319,21 +327,28 @@ impl Authenticator {
         };
         let (name, login) = db.login_entry(&user, &self.rules);
         let known = db.get(&name).is_some();
-        // A fast scheme is checked right here: handing it to a hashing thread and back would
-        // cost more than the check.
-        let verdict = if db.verifies_fast(&name, &self.decoy()) {
+        // A fast scheme, or a password the cache remembers, is checked right here: handing it
+        // to a hashing thread and back would cost more than the check.
+        let remembered = self
+            .cache
+            .as_deref()
+            .is_some_and(|c| db.cached(&name, password.expose(), c));
+        let verdict = if remembered {
+            Ok(Ok(Verdict::Valid(name)))
+        } else if db.verifies_fast(&name, &self.decoy()) {
             Ok(db.verify(&name, password.expose(), &self.decoy()))
         } else {
             let decoy = Arc::clone(&self.decoy);
             let key = Arc::clone(&self.salt_key);
             let db = Arc::clone(&db);
+            let cache = self.cache.clone();
             self.hashing
                 .run(move || {
                     let decoy = Decoy {
                         fallback: &decoy,
                         key: &key,
                     };
-                    db.verify(&name, password.expose(), &decoy)
+                    db.verify_cached(&name, password.expose(), &decoy, cache.as_deref())
                 })
                 .await
         };
@@ -382,6 +397,11 @@ impl Authenticator {
                 },
             }),
         }
+    }
+
+    /// The credential cache, if there is one (for the metrics).
+    pub(crate) fn cache(&self) -> Option<Arc<CredentialCache>> {
+        self.cache.clone()
     }
 
     /// The user name a login name or address stands for (default domain, IDNA, `user%domain`).
@@ -437,6 +457,22 @@ impl Authenticator {
     /// Whether LOGIN-DELAY differs between users (CAPA then says `LOGIN-DELAY n USER`).
     pub(crate) fn login_delay_varies(&self) -> bool {
         !self.login_delay_overrides.is_empty()
+    }
+}
+
+/// The cache of `auth.cache_ttl` and `auth.cache_size`; none when either is 0 (or the system
+/// has no randomness for its key, which is logged).
+fn credential_cache(auth: &crate::config::AuthConfig) -> Option<Arc<CredentialCache>> {
+    let size = std::num::NonZeroUsize::new(auth.cache_size)?;
+    if auth.cache_ttl.is_zero() {
+        return None;
+    }
+    match CredentialCache::new(auth.cache_ttl, size) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no credential cache: every login pays its password hash");
+            None
+        }
     }
 }
 

@@ -203,6 +203,7 @@ pub struct Status {
     penalties: Arc<penalty::Penalties>,
     shutdown: watch::Receiver<bool>,
     probe: StoreProbe,
+    cache: Option<Arc<pop3_auth::cache::CredentialCache>>,
 }
 
 /// Asks the store whether it answers ([`MailStore::check`]), whatever its type.
@@ -232,6 +233,11 @@ impl Status {
     /// Sessions logged in now.
     pub fn logged_in(&self) -> usize {
         self.per_user.total()
+    }
+
+    /// Logins answered from the credential cache, and the entries it holds (zeros without one).
+    pub fn credential_cache(&self) -> (u64, usize) {
+        self.cache.as_ref().map_or((0, 0), |c| (c.hits(), c.len()))
     }
 
     /// Addresses and accounts whose login attempts are delayed now after failures.
@@ -480,6 +486,7 @@ impl<S: MailStore> Server<S> {
             max_connections: self.shared.settings.max_connections,
             per_user: Arc::clone(&self.shared.per_user),
             penalties: Arc::clone(&self.shared.auth.penalties),
+            cache: self.shared.auth.cache(),
             shutdown: self.shared.shutdown.subscribe(),
             probe: {
                 let shared = Arc::clone(&self.shared);

@@ -58,6 +58,8 @@ metrics_list! {
     OCTETS_RETRIEVED = "poplar_retrieved_octets_total", Counter, "Octets of messages sent, by command (RETR, TOP).";
     SEND_SECONDS = "poplar_message_send_seconds", Histogram, "Time to send one message, by command (RETR, TOP).";
     MESSAGES_DELETED = "poplar_messages_deleted_total", Counter, "Messages removed at QUIT.";
+    CACHE_HITS = "poplar_credential_cache_hits_total", Counter, "Password checks answered from the credential cache (auth.cache_ttl) instead of the password hash.";
+    CACHE_ENTRIES = "poplar_credential_cache_entries", Gauge, "Verified logins the credential cache holds now.";
     OCTETS_DELETED = "poplar_deleted_octets_total", Counter, "Octets of messages removed at QUIT.";
     PENALTIES = "poplar_penalties_in_force", Gauge, "Addresses and accounts whose logins are delayed now after failed attempts.";
     EVICTED = "poplar_connections_evicted_total", Counter, "Connections closed before login to make room at a connection limit, by listener.";
@@ -198,6 +200,9 @@ pub fn set_gauges(status: &crate::Status) {
     metrics::gauge!(CONNECTIONS_OPEN).set(status.connections() as f64);
     metrics::gauge!(LOGGED_IN).set(status.logged_in() as f64);
     metrics::gauge!(PENALTIES).set(status.penalties_in_force() as f64);
+    let (hits, entries) = status.credential_cache();
+    metrics::counter!(CACHE_HITS).absolute(hits);
+    metrics::gauge!(CACHE_ENTRIES).set(entries as f64);
 }
 
 /// Names each metric's help text for the recorder, and records the build.

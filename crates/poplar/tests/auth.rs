@@ -936,3 +936,55 @@ fn a_missing_stored_form_is_logged_as_such_and_the_client_falls_back() {
         "{stderr}"
     );
 }
+
+/// The credential cache (`auth.cache_ttl`): a second login with the same password is answered
+/// from it (USER/PASS and PLAIN alike), a wrong password never is, a changed password stops
+/// the old one at once, and with the cache off nothing is remembered. Counted in the metrics.
+#[test]
+fn the_credential_cache_remembers_only_the_current_right_password() {
+    for cache_on in [true, false] {
+        let mut b = ServerBuilder::new();
+        if !cache_on {
+            b.set("auth.cache_ttl", "0s");
+        }
+        let server = b.start();
+        server.add_user("alice", "old password");
+        let hits = || {
+            let out = server.poplar(&["stats", "--prometheus"]).output().unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("poplar_credential_cache_hits_total "))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        };
+        let login = |password: &str| {
+            let (mut c, _) = Client::connect(server.pop3);
+            let ok = c.login("alice", password).starts_with("+OK");
+            c.cmd("QUIT");
+            ok
+        };
+        let plain = |password: &str| {
+            let (mut c, _) = Client::connect(server.pop3);
+            let token = B64.encode(format!("\0alice\0{password}"));
+            let ok = c.cmd(&format!("AUTH PLAIN {token}")).starts_with("+OK");
+            c.cmd("QUIT");
+            ok
+        };
+        assert!(login("old password"));
+        assert!(login("old password"));
+        assert!(plain("old password"));
+        assert!(!login("wrong password"));
+        assert!(!plain("wrong password"));
+        let expected = if cache_on { 2 } else { 0 };
+        assert_eq!(hits(), expected, "cache on: {cache_on}");
+        // A new password: the old one no longer works, from the very next login.
+        let status = run_with_stdin(
+            server.poplar(&["user", "passwd", "alice", "--password-stdin"]),
+            b"new password\n",
+        );
+        assert!(status.success());
+        assert!(!login("old password"));
+        assert!(login("new password"));
+        assert!(login("new password"));
+        assert_eq!(hits(), expected + u64::from(cache_on));
+    }
+}

@@ -613,6 +613,16 @@ pub enum TlsVersion {
 pub struct AuthConfig {
     /// The passwd-file (Dovecot format). Default `DATA/users`.
     pub users_file: Option<PathBuf>,
+    /// How long a verified password is remembered (in memory, as a keyed hash) so the next
+    /// login with it skips the password hash. Default 1 hour, as Dovecot's `auth_cache_ttl`:
+    /// clients poll every few minutes with the same password, and with Argon2 each check costs
+    /// about 16 ms of CPU. A changed password stops matching at once; a wrong one always pays
+    /// the full check. `"0s"` turns the cache off.
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
+    pub cache_ttl: Duration,
+    /// At most this many remembered logins (about 100 bytes each); the least recently used go
+    /// first. Default 100 000. 0 turns the cache off.
+    pub cache_size: usize,
     /// Appended to login names without a domain (`alice` logs in as `alice@example.org`), as
     /// Dovecot's `auth_default_realm`. Default none: names are taken as given.
     pub default_domain: Option<String>,
@@ -698,6 +708,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             users_file: None,
+            cache_ttl: Duration::from_secs(3600),
+            cache_size: 100_000,
             default_domain: None,
             plaintext_networks: loopback_networks(),
             failure_delay: Duration::from_secs(2),
