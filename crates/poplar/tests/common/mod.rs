@@ -715,6 +715,17 @@ impl Client {
         self.stream.flush().unwrap();
     }
 
+    /// Sends a command and returns the status line; `None` when the server has closed the
+    /// connection (the write fails or the answer never comes).
+    pub fn try_cmd(&mut self, line: &str) -> Option<String> {
+        let sent = self
+            .stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .and_then(|()| self.stream.flush());
+        sent.ok()?;
+        self.try_line()
+    }
+
     /// Sends a command, returns the status line.
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
