@@ -116,6 +116,13 @@ impl LoginRules {
             return login;
         }
         let name = normalize_name(name);
+        // A host's own name, in whichever form it was written.
+        if !name.contains('@') && !self.sdps_hosts.is_empty() {
+            let host = normalize_domain(&name);
+            if self.sdps_hosts.contains(&host) {
+                return host;
+            }
+        }
         match &self.default_domain {
             Some(domain)
                 if !name.is_empty() && !name.contains('@') && !self.sdps_hosts.contains(&name) =>

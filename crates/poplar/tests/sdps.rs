@@ -260,3 +260,35 @@ fn poplar_deliver_records_the_envelope_for_host_addresses() {
         ]
     );
 }
+
+/// A host named in UTF-8 is the same host in punycode: deliveries to either form land in one
+/// host maildrop, and its people log in with either form.
+#[test]
+fn an_idna_host_is_one_host_in_either_form() {
+    let mut b = ServerBuilder::new();
+    b.set(
+        "sdps.hosts",
+        toml::Value::Array(vec!["Bücher.example".into()]),
+    );
+    let server = b.start();
+    server.add_user("bücher.example", "host secret");
+    assert!(
+        server
+            .deliver(&["anna@BÜCHER.example"], b"Subject: one\n\nutf-8\n")
+            .success()
+    );
+    assert!(
+        server
+            .deliver(
+                &["anna@xn--bcher-kva.example"],
+                b"Subject: two\n\npunycode\n"
+            )
+            .success()
+    );
+    assert_eq!(stat(&server, "anna@bücher.example", "host secret"), Ok(2));
+    assert_eq!(
+        stat(&server, "anna+XN--BCHER-KVA.example", "host secret"),
+        Ok(2)
+    );
+    assert_eq!(stat(&server, "xn--bcher-kva.example", "host secret"), Ok(2));
+}

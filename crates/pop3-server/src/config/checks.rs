@@ -486,9 +486,10 @@ impl Config {
         let Some(domain) = &self.auth.default_domain else {
             return Vec::new();
         };
+        let rules = self.login_rules();
         let bare: Vec<&str> = db
             .names()
-            .filter(|n| !n.contains('@') && !self.sdps.hosts.iter().any(|h| h == n))
+            .filter(|n| !n.contains('@') && !rules.sdps_hosts.iter().any(|h| h == n))
             .take(10)
             .collect();
         if bare.is_empty() {
@@ -509,9 +510,9 @@ impl Config {
     /// SDPS hosts nobody can log in to: the host's own entry holds the password its people
     /// use when they have none of their own.
     pub fn sdps_problems(&self, db: &pop3_auth::UserDb) -> Vec<Problem> {
-        self.sdps
-            .hosts
-            .iter()
+        self.login_rules()
+            .sdps_hosts
+            .into_iter()
             .filter(|host| db.get(host).is_none())
             .map(|host| Problem {
                 severity: Severity::Warning,

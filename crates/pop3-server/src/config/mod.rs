@@ -994,7 +994,8 @@ impl Config {
                 max_snapshot_messages: self.limits.max_snapshot_messages,
             })
             .with_quotas(self.quota_rules_with_users(users))
-            .with_sdps_hosts(&self.sdps.hosts)
+            // In the form user names have (IDNA ASCII), as the logins compare them.
+            .with_sdps_hosts(&self.login_rules().sdps_hosts)
     }
 
     /// The quota rules of `[quota]` with the users file's own rules first (read through

@@ -284,24 +284,27 @@ pub(crate) fn user_of(auth: &Authenticator, address: &str) -> Option<String> {
     db.get(local).is_some().then(|| normalize_name(local))
 }
 
-/// The SDPS host maildrops among a transaction's recipients, each with its envelope.
+/// The SDPS host maildrops among a transaction's recipients, each with its envelope; the
+/// recipients as `canonical` names them (lower case, IDNA domain), the form logins have.
 fn host_deliveries<S: MailStore>(
     store: &S,
     recipients: &[(String, String)],
     sender: Option<&str>,
+    canonical: impl Fn(&str) -> String,
 ) -> Vec<(String, pop3_store::HostEnvelope)> {
     let mut hosts: Vec<(String, pop3_store::HostEnvelope)> = Vec::new();
     for (address, _) in recipients {
-        let Some(host) = store.host_of(address) else {
+        let address = canonical(address);
+        let Some(host) = store.host_of(&address) else {
             continue;
         };
         match hosts.iter_mut().find(|(h, _)| *h == host) {
-            Some((_, envelope)) => envelope.recipients.push(address.to_lowercase()),
+            Some((_, envelope)) => envelope.recipients.push(address),
             None => hosts.push((
                 host,
                 pop3_store::HostEnvelope {
                     sender: sender.unwrap_or_default().to_owned(),
-                    recipients: vec![address.to_lowercase()],
+                    recipients: vec![address],
                 },
             )),
         }
@@ -432,7 +435,8 @@ where
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\r', '\n']);
             // An address at an SDPS host goes to the host's maildrop, whoever it names.
-            match session.command(text, |a| store.host_of(a).or_else(|| user_of(auth, a))) {
+            let host_of = |a: &str| store.host_of(&auth.canonical(a));
+            match session.command(text, |a| host_of(a).or_else(|| user_of(auth, a))) {
                 Action::Reply(r) => out.push_str(&r),
                 Action::Close(r) => {
                     out.push_str(&r);
@@ -462,7 +466,12 @@ where
                     };
                     // SDPS hosts first: the message once per host, with all its recipients
                     // there; each of them is answered with that one result.
-                    let hosts = host_deliveries(store, session.recipients(), session.sender());
+                    let hosts = host_deliveries(
+                        store,
+                        session.recipients(),
+                        session.sender(),
+                        |a| auth.canonical(a),
+                    );
                     let mut host_results = HashMap::new();
                     for (host, envelope) in hosts {
                         // No Delivered-To: the copies share one file, and one recipient must
