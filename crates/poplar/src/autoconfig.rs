@@ -367,10 +367,15 @@ impl Autoconfig {
         ))
     }
 
-    /// An Apple configuration profile (unsigned) with one `com.apple.mail.managed` POP payload.
+    /// An Apple configuration profile (signed when a key is configured) with one
+    /// `com.apple.mail.managed` POP payload.
     fn apple(&self, query: &str) -> Result<Response<Full<Bytes>>, Refusal> {
-        let value = query_value(query, "email")?
-            .ok_or(Refusal::BadRequest("give the address as ?email=..."))?;
+        // `email`, as profile links usually have it; `emailaddress` as the other documents.
+        let value = match query_value(query, "email")? {
+            Some(v) => Some(v),
+            None => query_value(query, "emailaddress")?,
+        }
+        .ok_or(Refusal::BadRequest("give the address as ?email=..."))?;
         let (local, domain) = address(&value)?;
         let d = self.domain(&domain).ok_or(Refusal::NotFound)?;
         let e = &self.endpoints;

@@ -233,6 +233,13 @@ fn autodiscover_and_apple_profiles_are_followed_to_a_login() {
     )]);
     let path = f.server.dir().join("mail.mobileconfig");
     std::fs::write(&path, &profile).unwrap();
+    // The same profile whichever name the link gives the address, and on a second download
+    // (its identifiers are fixed per address, so installing it again replaces it).
+    let again = curl(&[&format!(
+        "http://{}/apple/mail.mobileconfig?emailaddress=alice%40example.org",
+        f.http
+    )]);
+    assert_eq!(again, profile);
     let out = python(&format!(
         "{login}\
          import plistlib\n\
