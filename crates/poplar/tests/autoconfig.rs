@@ -48,16 +48,15 @@ fn fixture() -> Fixture {
             .deliver(&["bob"], b"Subject: for bob\n\nhello bob\n")
             .success()
     );
-    let line = server.wait_for_log("client autoconfiguration for");
-    let http = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let http = autoconfig_address(&server);
     Fixture { server, http }
+}
+
+/// The address the autoconfiguration listener bound, from the server's log.
+fn autoconfig_address(server: &common::Server) -> String {
+    let line = server.wait_for_log("client autoconfiguration for");
+    let url = line.split("http://").nth(1).unwrap();
+    url.split('/').next().unwrap().to_owned()
 }
 
 /// (HTTP status, body) of a request made with curl.
@@ -405,13 +404,8 @@ fn check_config_explains_autoconfig_mistakes() {
     b.set("autoconfig.listen", "127.0.0.1:0");
     b.set("autoconfig.submission", "mail.example.org");
     let config = b.write_config();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poplar"))
-        .args(["check-config", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::check_config(&config);
+    assert!(!ok, "{text}");
     assert!(text.contains("autoconfig.domains is empty"), "{text}");
     assert!(text.contains("give host:port"), "{text}");
 }
@@ -464,15 +458,7 @@ fn apple_profiles_are_signed_when_a_key_is_configured() {
         b.set("autoconfig.profile_cert", cert.to_str().unwrap());
         b.set("autoconfig.profile_key", key.to_str().unwrap());
         let server = b.start();
-        let line = server.wait_for_log("client autoconfiguration for");
-        let http = line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let http = autoconfig_address(&server);
         let signed = curl(&[&format!(
             "http://{http}/apple/mail.mobileconfig?email=alice%40example.org"
         )]);
@@ -510,12 +496,8 @@ fn apple_profiles_are_signed_when_a_key_is_configured() {
     b.set("autoconfig.profile_cert", ec.0.to_str().unwrap());
     b.set("autoconfig.profile_key", rsa.1.to_str().unwrap());
     let config = b.write_config();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_poplar"))
-        .args(["check-config", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::check_config(&config);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("is not the key of the first certificate"),
         "{text}"

@@ -6,15 +6,20 @@ use super::*;
 /// Takes the POP3 session lock, an `flock` on `poplar-pop3.lock` that the kernel releases the
 /// instant the file is closed, however the session ends. A lock still held after
 /// [`poplar_util::flock::PATIENCE`] is `[IN-USE]`.
-pub(super) fn session_lock(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join(SESSION_LOCK);
-    let file = OpenOptions::new()
+/// Opens (creating, 0600) a file that exists to be `flock`ed.
+pub(super) fn lock_file(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(|e| StoreError::io(&path, e))?;
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))
+}
+
+pub(super) fn session_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(SESSION_LOCK);
+    let file = lock_file(&path)?;
     match poplar_util::flock::try_exclusive(&file) {
         Ok(true) => Ok(file),
         Ok(false) => Err(StoreError::InUse),

@@ -282,6 +282,25 @@ impl MaildirStore {
         Ok((drop, viewed.listing))
     }
 
+    /// Writes a new message into `w`'s `tmp/` (bounded by `limits.max_message_size`, refused
+    /// when empty), fsynced, ready to be committed into `new/`.
+    fn write_message(
+        &self,
+        w: &Writer,
+        input: &mut dyn Read,
+    ) -> Result<writer::Written, StoreError> {
+        let mut draft = w.draft(&w.unique_base(), self.inner.limits.max_message_size)?;
+        if let Err(e) = draft.copy_from(input) {
+            draft.discard();
+            return Err(e);
+        }
+        if draft.is_empty() {
+            draft.discard();
+            return Err(StoreError::EmptyMessage);
+        }
+        draft.finish()
+    }
+
     /// Delivers one message to an SDPS host maildrop for `recipients` (addresses at the host)
     /// with its envelope: stored once, one copy per recipient.
     pub fn deliver_to_host_blocking(
@@ -292,16 +311,7 @@ impl MaildirStore {
         input: &mut dyn Read,
     ) -> Result<Delivery, StoreError> {
         let w = Writer::open(&self.maildir_path(host)?, &self.inner.host)?;
-        let mut draft = w.draft(&w.unique_base(), self.inner.limits.max_message_size)?;
-        if let Err(e) = draft.copy_from(input) {
-            draft.discard();
-            return Err(e);
-        }
-        if draft.is_empty() {
-            draft.discard();
-            return Err(StoreError::EmptyMessage);
-        }
-        let written = draft.finish()?;
+        let written = self.write_message(&w, input)?;
         let (base, size) = (written.name().to_owned(), written.size());
         let rules = &self.inner.quotas;
         let recorded = quota::check(w.dir(), rules.quota_for(host), size, rules.permanent)
@@ -376,16 +386,7 @@ impl MaildirStore {
         let Some(first) = writers.first() else {
             return Err(StoreError::InvalidMailbox(String::new(), "no recipients"));
         };
-        let mut draft = first.draft(&first.unique_base(), self.inner.limits.max_message_size)?;
-        if let Err(e) = draft.copy_from(input) {
-            draft.discard();
-            return Err(e);
-        }
-        if draft.is_empty() {
-            draft.discard();
-            return Err(StoreError::EmptyMessage);
-        }
-        let written = draft.finish()?;
+        let written = self.write_message(first, input)?;
         let (base, size) = (written.name().to_owned(), written.size());
         let rules = &self.inner.quotas;
         let mut copies = Vec::with_capacity(writers.len());

@@ -114,13 +114,7 @@ fn unescape(s: &str) -> String {
 
 fn lock(dir: &Path, exclusive: bool) -> Result<File, StoreError> {
     let path = dir.join(ENVELOPES_LOCK);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| StoreError::io(&path, e))?;
+    let file = lock_file(&path)?;
     // Blocking: both kinds are held for one append or one rewrite.
     let locked = if exclusive {
         file.lock()

@@ -281,6 +281,19 @@ pub fn fetchmail_with_env(
     (out.status.code(), text)
 }
 
+/// `poplar check-config --config CONFIG`: whether it found nothing serve would refuse, and
+/// what it printed (standard output and error).
+pub fn check_config(config: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// Retries `attempt` every 20 ms until it returns `Some`, failing after `within`.
 pub fn eventually<T>(within: Duration, what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
