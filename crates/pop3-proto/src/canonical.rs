@@ -111,25 +111,46 @@ impl MessageEncoder {
     /// of a copy. Otherwise (or for TOP) changes nothing and returns false: use
     /// [`encode`](Self::encode).
     pub fn pass_through(&mut self, input: &[u8]) -> bool {
-        let Some(&last) = input.last() else {
-            return true;
-        };
-        if !matches!(self.limit, Limit::Whole) || (self.at_line_start && input[0] == b'.') {
+        if !matches!(self.limit, Limit::Whole) || !self.unchanged(input) {
             return false;
         }
-        for lf in memchr::memchr_iter(b'\n', input) {
+        if let Some(&last) = input.last() {
+            self.octets += input.len() as u64;
+            self.at_line_start = last == b'\n';
+            self.prev_cr = last == b'\r';
+        }
+        true
+    }
+
+    /// For RETR, at the start of the message: counts as sent `octets` that the caller sent
+    /// itself (from a file, by the kernel) because the store knows them to be a whole message
+    /// that goes on the wire unchanged and ends with CRLF (see [`SizeCounter::verbatim`]).
+    /// Returns false, changing nothing, for TOP or once anything else was sent: use
+    /// [`encode`](Self::encode).
+    pub fn sent_verbatim(&mut self, octets: u64) -> bool {
+        if !matches!(self.limit, Limit::Whole) || self.octets != 0 || !self.at_line_start {
+            return false;
+        }
+        self.octets = octets;
+        true
+    }
+
+    /// Whether `input`, coming next, needs no change on the wire: every LF has its CR and no
+    /// line starts with '.'.
+    fn unchanged(&self, input: &[u8]) -> bool {
+        if input.is_empty() {
+            return true;
+        }
+        if self.at_line_start && input[0] == b'.' {
+            return false;
+        }
+        memchr::memchr_iter(b'\n', input).all(|lf| {
             let cr_before = match lf.checked_sub(1) {
                 Some(before) => input[before] == b'\r',
                 None => self.prev_cr,
             };
-            if !cr_before || input.get(lf + 1) == Some(&b'.') {
-                return false;
-            }
-        }
-        self.octets += input.len() as u64;
-        self.at_line_start = last == b'\n';
-        self.prev_cr = last == b'\r';
-        true
+            cr_before && input.get(lf + 1) != Some(&b'.')
+        })
     }
 
     /// Ends the message: terminates a final unterminated line, then writes `.` CRLF.
@@ -248,9 +269,24 @@ impl MessageEncoder {
 /// Counts the canonical size of a message fed in chunks, without producing output.
 ///
 /// Besides the canonical size it reports the "virtual size" Dovecot stores in `,W=` (CRLF
-/// conversion of bare LFs only, no terminator added for an unterminated last line).
-#[derive(Debug, Clone, Default)]
-pub struct SizeCounter(MessageEncoder);
+/// conversion of bare LFs only, no terminator added for an unterminated last line), and whether
+/// the message is *verbatim*: sent on the wire exactly as stored, so that RETR can hand the
+/// stored octets to the socket unread.
+#[derive(Debug, Clone)]
+pub struct SizeCounter {
+    encoder: MessageEncoder,
+    /// No octet so far needs a change on the wire.
+    unchanged: bool,
+}
+
+impl Default for SizeCounter {
+    fn default() -> Self {
+        Self {
+            encoder: MessageEncoder::retr(),
+            unchanged: true,
+        }
+    }
+}
 
 impl SizeCounter {
     /// A counter at the start of a message.
@@ -260,18 +296,29 @@ impl SizeCounter {
 
     /// Counts a chunk.
     pub fn update(&mut self, input: &[u8]) {
-        self.0.run(input, &mut Discard);
+        if self.unchanged {
+            self.unchanged = self.encoder.unchanged(input);
+        }
+        self.encoder.run(input, &mut Discard);
     }
 
     /// The virtual size so far: bare LFs counted as CRLF, nothing appended.
     pub fn virtual_size(&self) -> u64 {
-        self.0.octets
+        self.encoder.octets
+    }
+
+    /// Whether the message counted so far goes on the wire exactly as it was fed: every line
+    /// ends with CRLF (the last one included), none starts with '.', and it is not empty. Its
+    /// canonical size is then the number of octets fed, and RETR sends them followed by the
+    /// terminator alone.
+    pub fn verbatim(&self) -> bool {
+        self.unchanged && self.encoder.octets > 0 && self.encoder.at_line_start
     }
 
     /// The canonical size: what RETR sends before dot-stuffing.
     pub fn canonical_size(mut self) -> u64 {
-        self.0.end_line(&mut Discard);
-        self.0.octets
+        self.encoder.end_line(&mut Discard);
+        self.encoder.octets
     }
 }
 
@@ -388,6 +435,25 @@ mod tests {
     }
 
     #[test]
+    fn only_a_fresh_retr_takes_a_verbatim_message() {
+        assert!(
+            !MessageEncoder::top(5).sent_verbatim(10),
+            "TOP counts lines"
+        );
+        let mut enc = MessageEncoder::retr();
+        enc.encode(b"a", &mut Vec::new());
+        assert!(!enc.sent_verbatim(10), "something was sent already");
+        let mut c = SizeCounter::new();
+        c.update(b"a\r\nb");
+        assert!(!c.verbatim(), "the last line is unterminated");
+        c.update(b"\r\n");
+        assert!(c.verbatim());
+        c.update(b".\r\n");
+        assert!(!c.verbatim(), "a line starts with '.'");
+        assert!(!SizeCounter::new().verbatim(), "an empty message");
+    }
+
+    #[test]
     fn top_sends_header_blank_line_and_n_body_lines() {
         let msg = b"From: a\r\nSubject: b\r\n\r\nline1\r\n.line2\r\nline3\r\n";
         assert_eq!(top(msg, 0, 512), b"From: a\r\nSubject: b\r\n\r\n.\r\n");
@@ -458,6 +524,39 @@ mod tests {
             }
             prop_assert_eq!(enc.finish(&mut out), n);
             prop_assert_eq!(out, wire);
+        }
+
+        #[test]
+        fn verbatim_means_the_wire_is_the_message_and_the_terminator(
+            msg in proptest::collection::vec(prop_oneof![
+                Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a')
+            ], 0..200),
+            crlf in any::<bool>(),
+            chunk in 1usize..40,
+        ) {
+            // Half the cases in the shape a CRLF-storing delivery writes.
+            let msg = if crlf {
+                let (wire, _) = retr(&msg, 512);
+                unstuff(&wire)
+            } else {
+                msg
+            };
+            let mut c = SizeCounter::new();
+            for piece in msg.chunks(chunk) {
+                c.update(piece);
+            }
+            let (wire, n) = retr(&msg, chunk);
+            let mut expected = msg.clone();
+            expected.extend_from_slice(b".\r\n");
+            prop_assert_eq!(c.verbatim(), !msg.is_empty() && wire == expected);
+            if c.verbatim() {
+                prop_assert_eq!(n, msg.len() as u64);
+                let mut enc = MessageEncoder::retr();
+                prop_assert!(enc.sent_verbatim(msg.len() as u64));
+                let mut out = Vec::new();
+                prop_assert_eq!(enc.finish(&mut out), n);
+                prop_assert_eq!(out, b".\r\n");
+            }
         }
 
         #[test]

@@ -14,11 +14,11 @@
 use crate::auth::{self, ConnInfo};
 use crate::metrics::{self, LoginResult};
 use crate::penalty::{Answer, Outcome};
-use crate::{Kind, Shared};
+use crate::{Kind, Shared, zero_copy};
 use pop3_auth::sasl::{FailureKind, ServerMechanism, Step};
 use pop3_proto::{
     AuthFailure, CommitFailure, Credentials, EndReason, Event, Expire, MaildropFailure,
-    MessageMeta, MessageRequest, Progress, Secret, ServerSession,
+    MessageEncoder, MessageMeta, MessageRequest, Progress, Secret, ServerSession,
 };
 use pop3_store::{MailStore, Maildrop, MessageSource, StoreError};
 use std::io;
@@ -95,7 +95,7 @@ fn lock_lost<M: Maildrop>(maildrop: &Option<M>) -> impl Future<Output = ()> + Se
 }
 
 /// Serves one accepted connection to its end and logs the session summary.
-pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin + 'static>(
     shared: Arc<Shared<S>>,
     tcp: IO,
     peer: SocketAddr,
@@ -136,7 +136,10 @@ pub(crate) async fn handle<S: MailStore, IO: AsyncRead + AsyncWrite + Unpin>(
 }
 
 impl<S: MailStore> Connection<S> {
-    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(&mut self, tcp: IO) -> io::Result<()> {
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin + 'static>(
+        &mut self,
+        tcp: IO,
+    ) -> io::Result<()> {
         let kind = self.kind;
         let plain = match kind {
             Kind::Pop3s => {
@@ -226,7 +229,7 @@ impl<S: MailStore> Connection<S> {
         Ok(tls)
     }
 
-    async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(
+    async fn drive<IO: AsyncRead + AsyncWrite + Unpin + 'static>(
         &mut self,
         mut io: IO,
     ) -> io::Result<Driven<IO>> {
@@ -642,7 +645,7 @@ impl<S: MailStore> Connection<S> {
         }
     }
 
-    async fn send_message<IO: AsyncWrite + Unpin>(
+    async fn send_message<IO: AsyncWrite + Unpin + 'static>(
         &mut self,
         io: &mut IO,
         request: MessageRequest,
@@ -656,7 +659,7 @@ impl<S: MailStore> Connection<S> {
     }
 
     /// Sends the message (`true`), or tells the client it cannot be read (`false`).
-    async fn send<IO: AsyncWrite + Unpin>(
+    async fn send<IO: AsyncWrite + Unpin + 'static>(
         &mut self,
         io: &mut IO,
         request: MessageRequest,
@@ -675,6 +678,22 @@ impl<S: MailStore> Connection<S> {
             }
         };
         let mut encoder = self.session.message_start(&mut self.out).map_err(misuse)?;
+        if request.body_lines.is_none()
+            && let Some(file) = reader.verbatim_file()
+            && zero_copy::socket(io).is_some()
+            // The listed size is the file's length (checked now: another program could have
+            // replaced the file since the index was written).
+            && file.metadata().is_ok_and(|m| m.len() == request.size)
+            && encoder.sent_verbatim(request.size)
+        {
+            self.flush(io).await?;
+            if let Some(socket) = zero_copy::socket(io) {
+                zero_copy::send_file(socket, file, request.size, self.shared.settings.write)
+                    .await?;
+            }
+            metrics::sent_zero_copy();
+            return self.message_done(request, encoder).await;
+        }
         // No larger than the message needs (plus one octet to see the end in the same read):
         // most messages are small, and a large buffer would cost a fresh mapping per message.
         let wanted = usize::try_from(request.size)
@@ -702,6 +721,15 @@ impl<S: MailStore> Connection<S> {
                 break;
             }
         }
+        self.message_done(request, encoder).await
+    }
+
+    /// Ends a message sent through `encoder`: the terminator, the seen flag, the size check.
+    async fn message_done(
+        &mut self,
+        request: MessageRequest,
+        encoder: MessageEncoder,
+    ) -> io::Result<bool> {
         let sent = self
             .session
             .message_end(&mut self.out, encoder)

@@ -32,6 +32,9 @@ mod penalty;
 mod proxy;
 mod registry;
 pub mod tls;
+mod zero_copy;
+
+pub use zero_copy::retr_path;
 
 pub use config::Config;
 pub use error::ServerError;

@@ -57,6 +57,7 @@ metrics_list! {
     MESSAGES_RETRIEVED = "poplar_messages_retrieved_total", Counter, "Messages sent, by command (RETR, TOP).";
     OCTETS_RETRIEVED = "poplar_retrieved_octets_total", Counter, "Octets of messages sent, by command (RETR, TOP).";
     SEND_SECONDS = "poplar_message_send_seconds", Histogram, "Time to send one message, by command (RETR, TOP).";
+    ZERO_COPY = "poplar_messages_sent_zero_copy_total", Counter, "RETR responses whose message the kernel sent from the page cache (sendfile), unread by the server.";
     MESSAGES_DELETED = "poplar_messages_deleted_total", Counter, "Messages removed at QUIT.";
     CACHE_HITS = "poplar_credential_cache_hits_total", Counter, "Password checks answered from the credential cache (auth.cache_ttl) instead of the password hash.";
     CACHE_ENTRIES = "poplar_credential_cache_entries", Gauge, "Verified logins the credential cache holds now.";
@@ -142,6 +143,10 @@ pub(crate) fn login(mechanism: &str, result: LoginResult) {
 pub(crate) fn message_sent(top: bool, took: Duration) {
     let command = if top { "TOP" } else { "RETR" };
     metrics::histogram!(SEND_SECONDS, "command" => command).record(took.as_secs_f64());
+}
+
+pub(crate) fn sent_zero_copy() {
+    metrics::counter!(ZERO_COPY).increment(1);
 }
 
 /// A session's totals, once it has ended (`end` as in the summary line's vocabulary).

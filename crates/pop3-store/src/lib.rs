@@ -292,6 +292,16 @@ pub trait Maildrop: Send + 'static {
 /// A message being retrieved, read in chunks into buffers the caller lends, so that a chunk
 /// can go from the file to the socket without being copied in between.
 pub trait MessageSource: Send + 'static {
+    /// The file holding the message exactly as RETR sends it before the terminator (CRLF line
+    /// ends, no line starting with '.', a final CRLF: see [`pop3_proto::SizeCounter::verbatim`]),
+    /// from its first octet to its end, when the store knows it to be so and nothing was read
+    /// yet. A server may then send the file's octets without reading them itself (sendfile);
+    /// the message's listed size is the file's length. `None`: read it with
+    /// [`next_chunk`](Self::next_chunk).
+    fn verbatim_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+
     /// Replaces the contents of `buf` with the next octets of the message, at most
     /// `buf.capacity()` of them (a capacity of 0 counts as 1); an empty result means the end.
     fn next_chunk(&mut self, buf: Vec<u8>)

@@ -8,10 +8,63 @@ use pop3_store::{MailStore, MaildirStore, Maildrop, MessageInfo, MessageSource, 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+/// A store keeping line ends as given, so that tests can compare stored bytes with what they
+/// delivered (the default, CRLF, has its own test).
 fn store() -> (tempfile::TempDir, MaildirStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = MaildirStore::new(dir.path().join("mail"), "testhost");
+    let store = MaildirStore::new(dir.path().join("mail"), "testhost").with_save_crlf(false);
     (dir, store)
+}
+
+#[tokio::test]
+async fn deliveries_are_stored_as_retr_sends_them_and_listed_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MaildirStore::new(dir.path().join("mail"), "testhost");
+    let messages: [&[u8]; 4] = [
+        b"Subject: bare\n\nlf only\n",
+        b"Subject: mixed\r\n\nlf and crlf\r\n",
+        b"Subject: no newline\n\nlast line",
+        b"Subject: dot\n\n.leading dot\n",
+    ];
+    for m in messages {
+        deliver(&store, "alice", m);
+    }
+    let (mut drop, listing) = store.open("alice").await.unwrap();
+    for (i, m) in messages.iter().enumerate() {
+        let crlf: Vec<u8> = {
+            let mut out = Vec::new();
+            for (j, &b) in m.iter().enumerate() {
+                if b == b'\n' && (j == 0 || m[j - 1] != b'\r') {
+                    out.push(b'\r');
+                }
+                out.push(b);
+            }
+            out
+        };
+        assert_eq!(listing[i].size, canonical_size(m), "message {i}");
+        assert_eq!(read_all(&mut drop, i).await, crlf, "message {i}");
+    }
+    // Small messages are read into memory whole: nothing to hand to the kernel.
+    for i in 0..4 {
+        assert!(drop.read(i).await.unwrap().verbatim_file().is_none());
+    }
+    drop.commit(Vec::new()).await.unwrap();
+    let big = b"Subject: big\n\nline\n".repeat(10_000);
+    deliver(&store, "alice", &big);
+    let (mut drop, listing) = store.open("alice").await.unwrap();
+    let reader = drop.read(4).await.unwrap();
+    let file = reader
+        .verbatim_file()
+        .expect("a large message stored as sent");
+    assert_eq!(file.metadata().unwrap().len(), listing[4].size);
+    // Only the first two go on the wire as stored: the others need a final CRLF or stuffing.
+    let list = Uidlist::parse(
+        &fs::read_to_string(store.maildir_path("alice").unwrap().join("dovecot-uidlist")).unwrap(),
+    )
+    .0
+    .unwrap();
+    let flags: Vec<bool> = list.records.iter().map(|r| r.verbatim()).collect();
+    assert_eq!(flags, [true, true, false, false, true]);
 }
 
 fn deliver(store: &MaildirStore, user: &str, msg: &[u8]) {

@@ -51,6 +51,11 @@ enum Command {
     /// Remove messages whose retention period (`pop3.expire` in days) has passed since they
     /// were retrieved, as `poplar serve` does every hour; each removal is logged.
     Expire(ExpireArgs),
+    /// Read every message of users' maildrops (Maildir store) and record in the index what
+    /// RETR needs: the exact size, and whether the file goes on the wire as stored, so that
+    /// mail delivered by other programs or before `delivery.save_crlf` can be sent by
+    /// sendfile too. Waits for no POP3 session: a maildrop in use is reported and skipped.
+    Reindex(ReindexArgs),
     /// Download an account's mail from a POP3 server into a Maildir, exactly once, even when
     /// killed: `poplar fetch pop3s://USER@HOST --to maildir:PATH [--keep]`.
     Fetch(fetch::FetchArgs),
@@ -348,6 +353,18 @@ struct ExpireArgs {
     common: Common,
 }
 
+#[derive(Debug, Args)]
+struct ReindexArgs {
+    /// The users whose maildrops to read.
+    #[arg(required_unless_present = "all")]
+    users: Vec<String>,
+    /// Every user of the users file.
+    #[arg(long, conflicts_with = "users")]
+    all: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// sysexits.h EX_CONFIG: the configuration is unusable.
 const EX_CONFIG: u8 = 78;
 
@@ -434,6 +451,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => user::run(cmd),
         Command::Deliver(args) => return deliver::run(&args),
         Command::Expire(args) => expire(&args),
+        Command::Reindex(args) => reindex(&args),
         Command::Migrate(args) => migrate::run(&args),
         Command::Fetch(args) => fetch::run(&args),
         Command::CheckConfig(args) => check_config(&args),
@@ -509,6 +527,63 @@ fn describe(e: &anyhow::Error) -> String {
         text.push_str(&cause);
     }
     text
+}
+
+fn reindex(args: &ReindexArgs) -> Result<ExitCode> {
+    let config = args.common.load()?;
+    args.common.announce(&config);
+    init_logging(&config);
+    if config.store.backend != pop3_server::config::StoreBackend::Maildir {
+        println!(
+            "nothing to do: the PostgreSQL store keeps no Maildir index (store.backend = \"postgres\")"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    privileges::become_configured_user(&config, false)?;
+    let users = if args.all {
+        pop3_auth::userdb::edit::list(&config.users_file())?
+    } else {
+        let rules = config.login_rules();
+        args.users.iter().map(|u| rules.canonical(u)).collect()
+    };
+    let store = config.maildir_store();
+    let mut failed = 0;
+    let mut total = pop3_store::maildir::Reindexed::default();
+    for user in &users {
+        match store.reindex_blocking(user) {
+            Ok(r) => {
+                println!(
+                    "{user}: {} messages, {} sent as stored, {} sizes corrected",
+                    r.messages, r.verbatim, r.sizes_corrected
+                );
+                total.messages += r.messages;
+                total.verbatim += r.verbatim;
+                total.sizes_corrected += r.sizes_corrected;
+            }
+            Err(pop3_store::StoreError::InUse) => {
+                failed += 1;
+                println!("{user}: in use by a POP3 session; run again later");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{user}: {e}");
+            }
+        }
+    }
+    if users.len() > 1 {
+        println!(
+            "{} maildrops, {} messages, {} sent as stored, {} sizes corrected, {failed} not done",
+            users.len(),
+            total.messages,
+            total.verbatim,
+            total.sizes_corrected
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn expire(args: &ExpireArgs) -> Result<ExitCode> {

@@ -130,12 +130,12 @@ pub(crate) fn run(args: &MigrateArgs) -> Result<ExitCode> {
                     .map(|(db, _)| Arc::new(db))
                     .with_context(|| format!("cannot read {}", config.users_file().display()))?;
                 // Quotas are for deliveries; a migration brings what the user already had.
-                let store = MaildirStore::new(config.mail_root(), config.hostname()).with_limits(
-                    pop3_store::StoreLimits {
+                let store = MaildirStore::new(config.mail_root(), config.hostname())
+                    .with_limits(pop3_store::StoreLimits {
                         max_message_size: config.limits.max_message_size,
                         max_snapshot_messages: usize::MAX,
-                    },
-                );
+                    })
+                    .with_save_crlf(config.delivery.save_crlf);
                 (users, Target::Maildir(store))
             }
             StoreBackend::Postgres => {
@@ -492,7 +492,9 @@ async fn from_server(
             }
             continue;
         };
-        let mut draft = writer.draft(&writer.unique_base(), max_size)?;
+        let mut draft = writer
+            .draft(&writer.unique_base(), max_size)?
+            .save_crlf(store.saves_crlf());
         draft.copy_from(&mut body.as_slice())?;
         let written = draft.finish()?;
         // Moved into place, made durable and pinned by the import, under the session lock.

@@ -179,6 +179,7 @@ async fn run_bound<S: MailStore>(
             _ => "",
         };
         tracing::info!("listening for {kind} on {addr}{how}");
+        tracing::info!("{kind} on {addr}: {}", pop3_server::retr_path(kind));
     }
     for addr in server.lmtp_addrs() {
         tracing::info!("listening for LMTP on {addr}");

@@ -1433,3 +1433,95 @@ fn reload_over_the_control_socket_reports_its_outcome() {
     let (_, greeting) = Client::connect_tls(server.pop3s, &trusted);
     assert!(greeting.starts_with("+OK"), "{greeting}");
 }
+
+/// Deliveries are stored with CRLF line ends; one that RETR can send as stored goes out by
+/// sendfile, byte for byte what the same message stored with LF by another program gives;
+/// `poplar reindex` teaches the index about mail it did not deliver.
+#[test]
+fn messages_stored_as_sent_go_out_unread_and_the_same_as_lf_stored_ones() {
+    let server = server_with_alice();
+    let mut lf = b"Subject: large\n\n".to_vec();
+    for i in 0..4000 {
+        lf.extend_from_slice(format!("line {i}: some text to make the message large\n").as_bytes());
+    }
+    let crlf = canonical(&lf);
+    assert!(server.deliver(&["alice"], &lf).success());
+    let maildir = server.data_dir().join("mail/_default_/alice/Maildir");
+    let delivered: Vec<_> = std::fs::read_dir(maildir.join("new"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    let name = delivered[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let size = crlf.len();
+    assert!(name.ends_with(&format!(",S={size},W={size},V=1")), "{name}");
+    assert!(
+        std::fs::read(&delivered[0]).unwrap() == crlf,
+        "not stored with CRLF"
+    );
+    // The same message stored by another program with LF, and once more with CRLF but no
+    // hint in its name, as an older delivery would be.
+    std::fs::write(maildir.join("new/1700000000.M1P1.other"), &lf).unwrap();
+    std::fs::write(maildir.join("new/1700000001.M1P1.other"), &crlf).unwrap();
+
+    let zero_copy = || {
+        let out = server.poplar(&["stats", "--prometheus"]).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("poplar_messages_sent_zero_copy_total "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let retrieve_all = || {
+        let (mut c, _) = Client::connect(server.pop3);
+        assert!(c.login("alice", "wonderland").starts_with("+OK"));
+        assert_eq!(c.cmd("STAT"), format!("+OK 3 {}", 3 * size));
+        let mut got = Vec::new();
+        for n in 1..=3 {
+            assert_eq!(c.cmd(&format!("RETR {n}")), format!("+OK {size} octets"));
+            got.push(c.body());
+        }
+        // TOP keeps the encoder, whatever the file.
+        assert!(c.cmd("TOP 1 1").starts_with("+OK"));
+        assert_eq!(
+            c.body(),
+            b"Subject: large\r\n\r\nline 0: some text to make the message large\r\n"
+        );
+        assert!(c.cmd("QUIT").starts_with("+OK"));
+        got
+    };
+    let before = zero_copy();
+    for message in retrieve_all() {
+        assert!(message == crlf, "a message differs from its canonical form");
+    }
+    assert_eq!(
+        zero_copy() - before,
+        1,
+        "only the hinted delivery is known to be verbatim"
+    );
+
+    // Reindexed, the CRLF file written by the other program is sent unread too.
+    let out = server.poplar(&["reindex", "alice"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("alice: 3 messages, 2 sent as stored, 0 sizes corrected"),
+        "{said}"
+    );
+    let before = zero_copy();
+    for message in retrieve_all() {
+        assert!(message == crlf, "a message differs from its canonical form");
+    }
+    assert_eq!(zero_copy() - before, 2);
+    // A maildrop in use is left for later, with a non-zero exit.
+    let (mut c, _) = Client::connect(server.pop3);
+    assert!(c.login("alice", "wonderland").starts_with("+OK"));
+    let out = server.poplar(&["reindex", "alice"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("in use by a POP3 session"));
+}

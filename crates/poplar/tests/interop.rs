@@ -196,6 +196,54 @@ fn dovecot_and_poplar_share_a_maildir_with_the_same_uidls() {
     let expected: Vec<String> = [0, 2, 3].iter().map(|&i| second[i].clone()).collect();
     assert_eq!(uidls(dovecot_addr, "alice", "pw"), expected);
     assert_eq!(uidls(poplar, "alice", "pw"), expected);
+
+    // Large messages stored the way RETR sends them (CRLF, Poplar sends them by sendfile) and
+    // one that needs dot-stuffing: both servers list the same sizes and send the same octets.
+    let mut big = b"Subject: big\n\n".to_vec();
+    for i in 0..6000 {
+        big.extend_from_slice(
+            format!("line {i} of a message delivered with LF line ends\n").as_bytes(),
+        );
+    }
+    deliver(&big);
+    let mut dotted = big.clone();
+    dotted.extend_from_slice(b".a line starting with a dot\n");
+    deliver(&dotted);
+    let stored: Vec<String> = std::fs::read_dir(data.join("mail/_default_/alice/Maildir/new"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        stored.iter().any(|n| n.ends_with(",V=1")),
+        "no delivery was stored as sent: {stored:?}"
+    );
+    let everything = |addr| {
+        let (mut c, _) = common::Client::connect(addr);
+        assert!(c.login("alice", "pw").starts_with("+OK"));
+        assert!(c.cmd("LIST").starts_with("+OK"));
+        let list = String::from_utf8(c.body()).unwrap();
+        let messages: Vec<(String, Vec<u8>)> = list
+            .lines()
+            .map(|l| {
+                let (n, size) = l.split_once(' ').unwrap();
+                assert!(c.cmd(&format!("RETR {n}")).starts_with("+OK"));
+                (size.to_owned(), c.body())
+            })
+            .collect();
+        assert!(c.cmd("QUIT").starts_with("+OK"));
+        messages
+    };
+    let from_poplar = everything(poplar);
+    assert_eq!(from_poplar.len(), 5);
+    assert_eq!(from_poplar[3].1, common::canonical(&big));
+    assert_eq!(from_poplar[4].1, common::canonical(&dotted));
+    for (size, message) in &from_poplar {
+        assert_eq!(size, &message.len().to_string());
+    }
+    assert!(
+        everything(dovecot_addr) == from_poplar,
+        "Dovecot lists or sends something else"
+    );
     let _ = running.child.kill();
     let _ = running.child.wait();
 }

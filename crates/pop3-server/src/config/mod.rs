@@ -156,9 +156,9 @@ impl pop3_store::QuotaSource for UsersFileQuotas {
     }
 }
 
-/// What delivery adds to a message. By default nothing: messages are stored byte for byte as
-/// the MTA handed them over (Postfix already adds its Received: line).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// What delivery adds to a message. By default nothing: messages are stored as the MTA handed
+/// them over (Postfix already adds its Received: line), with CRLF line ends.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Prepend `Return-Path: <sender>` (the envelope sender), as local delivery agents do.
@@ -166,6 +166,23 @@ pub struct DeliveryConfig {
     /// Prepend `Delivered-To: recipient` (the envelope recipient), which also lets filters see
     /// which of a user's addresses a message came to.
     pub delivered_to: bool,
+    /// Store line ends as CRLF, the way POP3 sends them (LMTP, `poplar deliver`, `poplar
+    /// migrate` from a live server, the welcome message). Default true: RETR can then hand a
+    /// message to the kernel unread (sendfile), and Dovecot, Courier and mail programs read
+    /// such Maildir files (Dovecot's own `mail_save_crlf` writes them). `false` keeps the
+    /// MTA's line ends (LF from `poplar deliver` under Postfix's pipe), for tools that expect
+    /// them; RETR then encodes every message.
+    pub save_crlf: bool,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            return_path: false,
+            delivered_to: false,
+            save_crlf: true,
+        }
+    }
 }
 
 impl DeliveryConfig {
@@ -994,6 +1011,7 @@ impl Config {
                 max_snapshot_messages: self.limits.max_snapshot_messages,
             })
             .with_quotas(self.quota_rules_with_users(users))
+            .with_save_crlf(self.delivery.save_crlf)
             // In the form user names have (IDNA ASCII), as the logins compare them.
             .with_sdps_hosts(&self.login_rules().sdps_hosts)
     }

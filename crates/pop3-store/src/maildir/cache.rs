@@ -34,6 +34,8 @@ pub(super) struct Entry {
     pub uid: u32,
     pub base: String,
     pub location: Located,
+    /// RETR sends the file unchanged (the index's `V1`).
+    pub verbatim: bool,
 }
 
 /// Every message of a maildrop in index order, with what a session lists for it.
@@ -192,6 +194,7 @@ mod tests {
                     sub: Folder::Cur,
                     name: format!("m{i}:2,"),
                 },
+                verbatim: false,
             })
             .collect();
         let listing = (0..n)

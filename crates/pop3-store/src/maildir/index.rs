@@ -195,16 +195,28 @@ pub(super) fn exact_size(path: &Path, base: &str) -> std::io::Result<u64> {
         };
         return Ok(canonical_size_from_virtual(virtual_size, last));
     }
+    Ok(count(&mut file)?.canonical_size())
+}
+
+/// Reads a message file to its end through a [`SizeCounter`].
+pub(super) fn count(file: &mut File) -> std::io::Result<SizeCounter> {
     let mut counter = SizeCounter::new();
     let mut buf = vec![0u8; COPY_BUFFER];
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(counter);
         }
         counter.update(&buf[..n]);
     }
-    Ok(counter.canonical_size())
+}
+
+/// Whether a base name carries the writer's [`writer::VERBATIM_HINT`] (trusted as the size
+/// hints are: it is written by the program that stored the octets).
+fn verbatim_hint(base: &str) -> bool {
+    base.split(',')
+        .skip(1)
+        .any(|field| field == &writer::VERBATIM_HINT[1..])
 }
 
 /// Brings the index in line with the files: drops records whose file is gone, assigns UIDs to new
@@ -224,6 +236,10 @@ pub(super) fn update_index(
             && let Some(size) = sizes.get(&rec.base)
         {
             rec.set_ext(EXACT_SIZE_KEY, size.to_string());
+            // Indexed first by another program (Dovecot), which knows nothing of the hint.
+            if verbatim_hint(&rec.base) && rec.ext(VERBATIM_KEY).is_none() {
+                rec.set_ext(VERBATIM_KEY, "1".into());
+            }
         }
     }
     let known: HashSet<&str> = list.records.iter().map(|r| r.base.as_str()).collect();
@@ -239,9 +255,13 @@ pub(super) fn update_index(
             tracing::error!("maildrop has used up all 2^32 UIDs; new messages are not indexed");
             break;
         };
+        let mut ext = vec![(EXACT_SIZE_KEY, size.to_string())];
+        if verbatim_hint(b) {
+            ext.push((VERBATIM_KEY, "1".into()));
+        }
         added.push(Record {
             uid,
-            ext: vec![(EXACT_SIZE_KEY, size.to_string())],
+            ext,
             base: b.clone(),
         });
     }

@@ -232,10 +232,20 @@ impl Maildrop for MaildirDrop {
             file.read_to_end(&mut bytes).map_err(io)?;
             return Ok(MessageReader::Memory(std::io::Cursor::new(bytes)));
         }
+        // The whole file is about to be read (by the kernel, for a verbatim message): start
+        // reading ahead now. Only advice, so a failure changes nothing.
+        let _ = nix::fcntl::posix_fadvise(
+            &file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+        let verbatim = trace.is_empty() && self.entry(index).is_some_and(|e| e.verbatim);
         Ok(MessageReader::File {
             head: trace,
             file: Arc::new(file),
             offset: 0,
+            verbatim,
         })
     }
 
@@ -313,10 +323,24 @@ pub enum MessageReader {
         file: Arc<File>,
         /// Where the next chunk starts.
         offset: u64,
+        /// The index says the file goes on the wire as it is.
+        verbatim: bool,
     },
 }
 
 impl crate::MessageSource for MessageReader {
+    fn verbatim_file(&self) -> Option<&File> {
+        match self {
+            MessageReader::File {
+                file,
+                offset: 0,
+                verbatim: true,
+                ..
+            } => Some(file),
+            _ => None,
+        }
+    }
+
     async fn next_chunk(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
         match self {
             MessageReader::Memory(c) => c.next_chunk(buf).await,

@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use uidlist::{EXACT_SIZE_KEY, POP3_UIDL_KEY, Record, Uidlist};
+use uidlist::{EXACT_SIZE_KEY, POP3_UIDL_KEY, Record, Uidlist, VERBATIM_KEY};
 use writer::{Folder, Writer, sync_dir};
 
 pub use index::valid_uidl;
@@ -85,6 +85,8 @@ struct Inner {
     cache: Arc<IndexCache>,
     /// SDPS host names (lower case) whose mail goes to one host maildrop.
     sdps_hosts: Vec<String>,
+    /// Deliveries store bare LFs as CRLF.
+    save_crlf: bool,
 }
 
 /// Bounds on what one delivery or one session may cost.
@@ -119,6 +121,17 @@ struct Located {
     name: String,
 }
 
+/// What [`MaildirStore::reindex_blocking`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reindexed {
+    /// Messages read.
+    pub messages: usize,
+    /// Of those, the ones RETR can send as stored.
+    pub verbatim: usize,
+    /// Of those, the ones whose indexed size was wrong.
+    pub sizes_corrected: usize,
+}
+
 /// A successful delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -142,8 +155,15 @@ impl MaildirStore {
                 quotas: QuotaRules::default(),
                 cache: Arc::new(IndexCache::default()),
                 sdps_hosts: Vec::new(),
+                save_crlf: true,
             }),
         }
+    }
+
+    /// The same store storing deliveries with their line ends as they arrive (`false`) or as
+    /// CRLF, the way RETR sends them (`true`, the default; see [`writer`]).
+    pub fn with_save_crlf(self, on: bool) -> Self {
+        self.rebuilt(|inner| inner.save_crlf = on)
     }
 
     /// The same store with these limits.
@@ -198,11 +218,17 @@ impl MaildirStore {
             quotas: self.inner.quotas.clone(),
             cache: Arc::clone(&self.inner.cache),
             sdps_hosts: self.inner.sdps_hosts.clone(),
+            save_crlf: self.inner.save_crlf,
         };
         change(&mut inner);
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Whether deliveries store line ends as CRLF ([`MaildirStore::with_save_crlf`]).
+    pub fn saves_crlf(&self) -> bool {
+        self.inner.save_crlf
     }
 
     /// The limits messages and snapshots are held to.
@@ -289,7 +315,9 @@ impl MaildirStore {
         w: &Writer,
         input: &mut dyn Read,
     ) -> Result<writer::Written, StoreError> {
-        let mut draft = w.draft(&w.unique_base(), self.inner.limits.max_message_size)?;
+        let mut draft = w
+            .draft(&w.unique_base(), self.inner.limits.max_message_size)?
+            .save_crlf(self.inner.save_crlf);
         if let Err(e) = draft.copy_from(input) {
             draft.discard();
             return Err(e);
@@ -323,6 +351,62 @@ impl MaildirStore {
         w.commit(vec![written], Folder::New)?;
         quota::record(w.dir(), i64::try_from(size).unwrap_or(i64::MAX), 1);
         Ok(Delivery { base, size })
+    }
+
+    /// Reads every message of `user`'s maildrop and records in the index what RETR needs: its
+    /// exact size (correcting any taken from a wrong `,W=` hint) and whether the file goes on
+    /// the wire as it is (`V1`/`V0`), which mail stored by other programs, or before Poplar
+    /// stored CRLF, does not say by itself. Takes the session lock, so it waits for no POP3
+    /// session: [`StoreError::InUse`] while one holds the maildrop.
+    pub fn reindex_blocking(&self, user: &str) -> Result<Reindexed, StoreError> {
+        let dir = match self.host_view(user) {
+            Some((host, _)) => self.maildir_path(&host)?,
+            None => self.maildir_path(user)?,
+        };
+        if !is_maildir(&dir) {
+            return Err(StoreError::InvalidMailbox(
+                user.to_owned(),
+                "has no maildrop (no Maildir here)",
+            ));
+        }
+        let _lock = session_lock(&dir)?;
+        let indexed = self.index(&dir)?;
+        let mut measured = HashMap::with_capacity(indexed.entries.len());
+        for entry in &indexed.entries {
+            let path = dir
+                .join(entry.location.sub.dir())
+                .join(&entry.location.name);
+            let counter = match untrusted::open_message(&path, None) {
+                Ok(mut file) => count(&mut file).map_err(|e| StoreError::io(&path, e))?,
+                // Removed by another program meanwhile: the next open drops its record.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(&path, e)),
+            };
+            let verbatim = counter.verbatim();
+            measured.insert(entry.base.as_str(), (counter.canonical_size(), verbatim));
+        }
+        let _guard = DotLock::acquire(
+            &dir.join(UIDLIST_LOCK),
+            &self.inner.host,
+            self.inner.lock_timeout,
+        )?;
+        let mut list = read_uidlist(&dir)?.unwrap_or_default();
+        let mut report = Reindexed::default();
+        for rec in &mut list.records {
+            let Some(&(size, verbatim)) = measured.get(rec.base.as_str()) else {
+                continue;
+            };
+            report.messages += 1;
+            report.verbatim += usize::from(verbatim);
+            if rec.exact_size() != Some(size) {
+                report.sizes_corrected += 1;
+                rec.set_ext(EXACT_SIZE_KEY, size.to_string());
+            }
+            rec.set_ext(VERBATIM_KEY, if verbatim { "1" } else { "0" }.into());
+        }
+        write_uidlist(&dir, &list)?;
+        self.inner.cache.forget(&dir);
+        Ok(report)
     }
 
     /// Reads the index and the directories, indexing new messages: every message in the
@@ -362,6 +446,7 @@ impl MaildirStore {
             });
             entries.push(Entry {
                 uid: rec.uid,
+                verbatim: rec.verbatim(),
                 base: rec.base,
                 location,
             });
@@ -371,7 +456,8 @@ impl MaildirStore {
 
     /// Stores one message for every user in `users`: written once to the first user's `tmp/`,
     /// hard-linked (or copied) to the others, made durable and renamed into each `new/` (see
-    /// [`writer`]) before returning. The bytes are stored exactly as read. A delivery that would
+    /// [`writer`]) before returning. The bytes are stored exactly as read, line ends as CRLF
+    /// unless [`MaildirStore::with_save_crlf`] said otherwise. A delivery that would
     /// take any recipient past its quota is refused for all before any maildrop sees it, so a
     /// retry cannot duplicate it for the recipients who had room.
     pub fn deliver_blocking(
@@ -426,10 +512,12 @@ impl MaildirStore {
             return Err(StoreError::InvalidMailbox(String::new(), "no recipients"));
         };
         let writer = Writer::open(&self.maildir_path(first)?, &self.inner.host)?;
-        let mut draft = writer.draft(
-            &format!("spool.{}", writer.unique_base()),
-            self.inner.limits.max_message_size,
-        )?;
+        let mut draft = writer
+            .draft(
+                &format!("spool.{}", writer.unique_base()),
+                self.inner.limits.max_message_size,
+            )?
+            .save_crlf(self.inner.save_crlf);
         if let Err(e) = draft.copy_from(input) {
             draft.discard();
             return Err(e);

@@ -13,13 +13,18 @@
 //! overrides the default), `O` (POP3 order) and `G` (message GUID). Dovecot keeps every upper-case
 //! key it does not know when it rewrites the file, so Poplar records its own: `X<octets>`, the
 //! exact size RETR sends (Dovecot's virtual size leaves out the CRLF that an unterminated last
-//! line gets, so it cannot serve as the POP3 size of such a message). Knowing every size from the
+//! line gets, so it cannot serve as the POP3 size of such a message), and `V1`/`V0`, whether
+//! RETR can send the file as it is. Knowing every size from the
 //! index is what lets a large maildrop open without reading any message.
 //!
 //! UIDs only grow (`N` is never lowered), so a UID and therefore a UIDL is never reused.
 
 /// Poplar's record key for the exact POP3 size.
 pub const EXACT_SIZE_KEY: u8 = b'X';
+/// Poplar's record key for whether a message goes on the wire as stored: `V1` when RETR sends
+/// the file unchanged before the terminator (CRLF line ends, no line starting with '.', a
+/// final CRLF), `V0` when it must be encoded; absent when nobody has looked.
+pub const VERBATIM_KEY: u8 = b'V';
 /// Dovecot's record key for a POP3 UIDL that overrides the default format.
 pub const POP3_UIDL_KEY: u8 = b'P';
 
@@ -49,6 +54,11 @@ impl Record {
             Some(slot) => slot.1 = value,
             None => self.ext.push((key, value)),
         }
+    }
+
+    /// Whether the message is known to go on the wire as stored (see [`VERBATIM_KEY`]).
+    pub fn verbatim(&self) -> bool {
+        self.ext(VERBATIM_KEY) == Some("1")
     }
 
     /// The exact POP3 size, if indexed.

@@ -4,7 +4,11 @@
 //!
 //! A message is written to `tmp/` under a unique base name, created anew (never through a link
 //! someone planted) with mode 0600, while its sizes are counted: `,S=` the octets, `,W=` the
-//! octets with every line ending in CRLF (Dovecot's virtual size). Finished
+//! octets with every line ending in CRLF (Dovecot's virtual size). A draft may store line ends
+//! as CRLF, as they go on the wire (Dovecot's `mail_save_crlf`; every Maildir reader accepts
+//! both); a message stored exactly as RETR sends it (see [`SizeCounter::verbatim`]) says so
+//! with `,V=1` in its name, so the index learns it without reading the file and RETR can hand
+//! the file to the kernel ([`VERBATIM_HINT`]). Finished
 //! messages are fsynced, a batch on several threads so the disk takes the flushes together,
 //! then renamed into `new/` (or `cur/`), and that directory is fsynced: a message is visible
 //! only once its contents are on disk, and a crash at any instant leaves either nothing or a
@@ -94,6 +98,9 @@ impl Writer {
             raw: 0,
             counter: SizeCounter::new(),
             limit,
+            crlf: false,
+            prev_cr: false,
+            converted: Vec::new(),
         })
     }
 
@@ -158,6 +165,10 @@ impl Writer {
     }
 }
 
+/// The base-name field of a message stored exactly as RETR sends it, before the terminator
+/// (other programs ignore fields they do not know, as they do Dovecot's `,W=`).
+pub const VERBATIM_HINT: &str = ",V=1";
+
 /// Writes go out in pieces this large.
 const WRITE_BUFFER: usize = 256 * 1024;
 
@@ -170,21 +181,41 @@ pub struct Draft {
     raw: u64,
     counter: SizeCounter,
     limit: u64,
+    /// Store bare LFs as CRLF.
+    crlf: bool,
+    /// The last octet written was CR (a LF after it is no bare LF).
+    prev_cr: bool,
+    /// Reused for converted chunks.
+    converted: Vec<u8>,
 }
 
 impl Write for Draft {
-    /// Appends octets; past the draft's limit, fails with [`io::ErrorKind::FileTooLarge`].
+    /// Appends octets (bare LFs as CRLF when the draft stores CRLF); past the draft's limit,
+    /// fails with [`io::ErrorKind::FileTooLarge`].
     fn write(&mut self, chunk: &[u8]) -> io::Result<usize> {
-        let raw = self.raw + chunk.len() as u64;
+        let Some(&last) = chunk.last() else {
+            return Ok(0);
+        };
+        let mut converted = std::mem::take(&mut self.converted);
+        let stored = if self.crlf {
+            converted.clear();
+            to_crlf(chunk, self.prev_cr, &mut converted);
+            converted.as_slice()
+        } else {
+            chunk
+        };
+        let raw = self.raw + stored.len() as u64;
         if raw > self.limit {
             return Err(io::Error::new(
                 io::ErrorKind::FileTooLarge,
                 format!("the message is larger than the {}-octet limit", self.limit),
             ));
         }
-        self.file.write_all(chunk)?;
-        self.counter.update(chunk);
+        self.file.write_all(stored)?;
+        self.counter.update(stored);
         self.raw = raw;
+        self.prev_cr = last == b'\r';
+        self.converted = converted;
         Ok(chunk.len())
     }
 
@@ -193,7 +224,33 @@ impl Write for Draft {
     }
 }
 
+/// Appends `input` to `out` with every bare LF as CRLF; `prev_cr` says whether the octet before
+/// `input` was CR.
+fn to_crlf(input: &[u8], prev_cr: bool, out: &mut Vec<u8>) {
+    out.reserve(input.len() + input.len() / 32);
+    let mut span = 0;
+    for lf in memchr::memchr_iter(b'\n', input) {
+        let cr_before = match lf.checked_sub(1) {
+            Some(before) => input[before] == b'\r',
+            None => prev_cr,
+        };
+        if !cr_before {
+            out.extend_from_slice(&input[span..lf]);
+            out.push(b'\r');
+            span = lf;
+        }
+    }
+    out.extend_from_slice(&input[span..]);
+}
+
 impl Draft {
+    /// Stores line ends as CRLF (see the module documentation): the octets stored, counted
+    /// and limited are then the converted ones.
+    pub fn save_crlf(mut self, on: bool) -> Self {
+        self.crlf = on;
+        self
+    }
+
     /// Copies `input` to the end of the message. Past the limit:
     /// [`StoreError::MessageTooLarge`].
     pub fn copy_from(&mut self, input: &mut dyn io::Read) -> Result<u64, StoreError> {
@@ -216,14 +273,20 @@ impl Draft {
         self.raw == 0
     }
 
-    /// Completes the message: its name becomes `BASE,S=<octets>,W=<virtual octets>`. It is
-    /// in place only after [`Writer::commit`].
+    /// Completes the message: its name becomes `BASE,S=<octets>,W=<virtual octets>`, with
+    /// [`VERBATIM_HINT`] after them when RETR sends the file unchanged. It is in place only
+    /// after [`Writer::commit`].
     pub fn finish(self) -> Result<Written, StoreError> {
         let name = format!(
-            "{},S={},W={}",
+            "{},S={},W={}{}",
             self.base,
             self.raw,
-            self.counter.virtual_size()
+            self.counter.virtual_size(),
+            if self.counter.verbatim() {
+                VERBATIM_HINT
+            } else {
+                ""
+            }
         );
         let raw = self.raw;
         let tmp = self.tmp;
@@ -366,6 +429,51 @@ mod tests {
             fs::read_dir(d.path().join("Maildir/tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn a_crlf_draft_stores_line_ends_as_sent_and_says_when_retr_needs_no_change() {
+        let d = tempfile::tempdir().unwrap();
+        let w = Writer::open(d.path(), "h").unwrap();
+        let store = |pieces: &[&[u8]]| {
+            let base = w.unique_base();
+            let mut draft = w.draft(&base, 1000).unwrap().save_crlf(true);
+            for piece in pieces {
+                draft.write_all(piece).unwrap();
+            }
+            let written = draft.finish().unwrap();
+            let name = written
+                .name()
+                .strip_prefix(base.as_str())
+                .unwrap()
+                .to_owned();
+            (fs::read(written.path()).unwrap(), name)
+        };
+        // Bare LFs gain their CR, also where a CR ended the previous piece.
+        assert_eq!(
+            store(&[b"A: b\n\nline\r", b"\nend\n"]),
+            (
+                b"A: b\r\n\r\nline\r\nend\r\n".to_vec(),
+                ",S=19,W=19,V=1".into()
+            )
+        );
+        assert_eq!(
+            store(&[b"x\r", b"y\n"]),
+            (b"x\ry\r\n".to_vec(), ",S=5,W=5,V=1".into())
+        );
+        // Not verbatim: a line starting with '.', an unterminated last line.
+        assert_eq!(
+            store(&[b"A: b\n\n.dot\n"]),
+            (b"A: b\r\n\r\n.dot\r\n".to_vec(), ",S=14,W=14".into())
+        );
+        assert_eq!(
+            store(&[b"A: b\n\nend"]),
+            (b"A: b\r\n\r\nend".to_vec(), ",S=11,W=11".into())
+        );
+        // The limit applies to what is stored.
+        let mut draft = w.draft(&w.unique_base(), 4).unwrap().save_crlf(true);
+        assert!(draft.write_all(b"a\nb\n").is_err());
+        draft.discard();
     }
 
     #[test]
