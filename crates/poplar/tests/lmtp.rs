@@ -245,7 +245,7 @@ fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
         read("bob@example.org", "builder"),
         "Return-Path: <sender@example.net>\r\nDelivered-To: bob@example.org\r\nSubject: s\r\n\r\nbody\r\n"
     );
-    // poplar deliver does the same, with the message's own (LF) line ends.
+    // poplar deliver does the same; its LF line ends are stored as CRLF (delivery.save_crlf).
     let mut deliver = server.poplar(&["deliver", "-f", "pipe@example.net", "alice"]);
     deliver.stdin(std::process::Stdio::piped());
     let status = common::run_with_stdin(deliver, b"Subject: lf\n\nbody\n");
@@ -253,11 +253,11 @@ fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
     let stored = std::fs::read_dir(server.data_dir().join("mail/_default_/alice/Maildir/new"))
         .unwrap()
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .find(|m| m.ends_with(b"Subject: lf\n\nbody\n"))
+        .find(|m| m.ends_with(b"Subject: lf\r\n\r\nbody\r\n"))
         .unwrap();
     assert_eq!(
         stored,
-        b"Return-Path: <pipe@example.net>\nDelivered-To: alice\nSubject: lf\n\nbody\n"
+        b"Return-Path: <pipe@example.net>\r\nDelivered-To: alice\r\nSubject: lf\r\n\r\nbody\r\n"
     );
     // The spool the message passed through is gone.
     let tmp = server.data_dir().join("mail/_default_/alice/Maildir/tmp");

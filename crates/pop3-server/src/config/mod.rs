@@ -766,8 +766,9 @@ pub struct Limits {
     /// from large identity providers reach several kilobytes; ordinary commands stay capped at
     /// RFC 2449's 255 octets regardless.
     pub max_sasl_line: usize,
-    /// Largest message `poplar deliver` accepts, in octets (or with a K, M or G suffix).
-    /// Default 64 MiB: above every large provider's limit (25-50 MB after encoding), so no real
+    /// Largest message `poplar deliver` and LMTP accept, in octets (or with a K, M or G
+    /// suffix), counted as stored: with `delivery.save_crlf`, with CRLF line ends, the form
+    /// SMTP's SIZE counts (RFC 1870). Default 64 MiB: above every large provider's limit (25-50 MB after encoding), so no real
     /// message is refused, while one runaway or hostile sender cannot fill the disk with a
     /// single message. Larger messages are refused with exit code 65 (bounced).
     #[serde(deserialize_with = "size", serialize_with = "write_size")]
