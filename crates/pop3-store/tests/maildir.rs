@@ -605,3 +605,48 @@ async fn a_first_open_of_thousands_of_messages_measures_each_exactly() {
     assert_eq!(sizes, expected);
     drop.commit(Vec::new()).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_unchanged_maildrop_opens_quickly_and_a_changed_or_busy_one_does_not() {
+    let (_t, store) = store();
+    for i in 0..3 {
+        deliver(
+            &store,
+            "alice",
+            format!("Subject: {i}\r\n\r\n{i}\r\n").as_bytes(),
+        );
+    }
+    let maildir = store.maildir_path("alice").unwrap();
+    assert!(
+        store.open_quickly("alice").unwrap().is_none(),
+        "never indexed"
+    );
+    let (first, listing) = store.open("alice").await.unwrap();
+    first.commit(Vec::new()).await.unwrap();
+    settle(&maildir);
+    // Indexed again with settled times: now kept.
+    store
+        .open("alice")
+        .await
+        .unwrap()
+        .0
+        .commit(Vec::new())
+        .await
+        .unwrap();
+    let (mut quick, again) = store
+        .open_quickly("alice")
+        .unwrap()
+        .expect("an unchanged maildrop opens without reading its index");
+    assert_eq!(again, listing);
+    assert_eq!(read_all(&mut quick, 2).await, b"Subject: 2\r\n\r\n2\r\n");
+    // Held by that session: not quickly, and [IN-USE] the thorough way.
+    assert!(store.open_quickly("alice").unwrap().is_none());
+    assert!(matches!(store.open("alice").await, Err(StoreError::InUse)));
+    quick.commit(Vec::new()).await.unwrap();
+    // A delivery changes new/: the kept index is not used, and the new message is listed.
+    deliver(&store, "alice", b"Subject: 3\r\n\r\n3\r\n");
+    assert!(store.open_quickly("alice").unwrap().is_none());
+    let (_drop, after) = store.open("alice").await.unwrap();
+    assert_eq!(after.len(), 4);
+    assert_eq!(after[..3], listing[..]);
+}

@@ -196,6 +196,11 @@ fn fill(args: &FillArgs) -> Result<ExitCode> {
         while msg.len() + line.len() <= args.size {
             msg.push_str(line);
         }
+        // Ends with a whole line, as every message that came through SMTP does.
+        if let Some(pad) = args.size.checked_sub(msg.len() + 2) {
+            msg.push_str(&"x".repeat(pad));
+            msg.push_str("\r\n");
+        }
         msg.truncate(args.size);
         let mut draft = writer.draft(&writer.unique_base(), u64::MAX)?;
         draft.write_all(msg.as_bytes())?;

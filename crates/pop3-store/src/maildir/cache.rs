@@ -1,6 +1,8 @@
-//! The index of a large maildrop, kept in memory between sessions while the maildrop is
-//! unchanged, so that opening it again costs three `stat` calls instead of listing two
-//! directories and parsing the index file (about 200 ms for 100 000 messages).
+//! The index of a maildrop, kept in memory between sessions while the maildrop is unchanged, so
+//! that opening it again costs three `stat` calls instead of listing two directories and parsing
+//! the index file (about 200 ms for 100 000 messages; for the ten messages of a typical polling
+//! client, a dozen system calls and a trip through the blocking thread pool, see
+//! [`super::MaildirStore`]'s `open`).
 //!
 //! Whether a maildrop changed is read from the modification times of `new/` and `cur/` (every
 //! delivery, removal and rename in Maildir changes one of them) and from the identity, size and
@@ -8,14 +10,12 @@
 //! change made in the same clock tick as the stamp was taken would leave the times equal, so a
 //! stamp is trusted only when every time in it is at least [`SETTLED`] older than the moment it
 //! was taken, as Dovecot does for its own Maildir syncing: any later change then sets a newer
-//! time. Only maildrops of at least [`MIN_MESSAGES`] messages are kept (smaller ones open in
-//! about a millisecond anyway), and at most [`MAX_MESSAGES`] messages in all, the least recently
-//! opened maildrops making way.
+//! time. At most [`MAX_MESSAGES`] messages are kept in all, each maildrop counting one more
+//! (so empty ones are bounded too), the least recently opened maildrops making way.
 
 use super::{Located, UIDLIST};
 use crate::MessageInfo;
 use crate::error::StoreError;
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How old every time in a stamp must be for the stamp to be trusted.
 pub(super) const SETTLED: Duration = Duration::from_secs(2);
-/// Maildrops with fewer messages are not kept.
-pub(super) const MIN_MESSAGES: usize = 1000;
 /// At most this many messages are kept in all (about 200 bytes each: some 100 MiB).
 pub(super) const MAX_MESSAGES: usize = 500_000;
 
@@ -94,82 +92,83 @@ impl Stamp {
 struct Kept {
     stamp: Stamp,
     indexed: Arc<Indexed>,
-    /// When it was last opened, in opens of any maildrop.
-    used: u64,
 }
 
-/// Indexes of large maildrops, by Maildir path.
-#[derive(Debug, Default)]
+impl Kept {
+    /// What it counts against [`MAX_MESSAGES`].
+    fn cost(&self) -> usize {
+        self.indexed.entries.len() + 1
+    }
+}
+
+/// Indexes of maildrops, by Maildir path.
+#[derive(Debug)]
 pub(super) struct IndexCache {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default)]
+impl Default for IndexCache {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                kept: lru::LruCache::unbounded(),
+                messages: 0,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Inner {
-    kept: HashMap<PathBuf, Kept>,
+    /// Least recently opened first out.
+    kept: lru::LruCache<PathBuf, Kept>,
+    /// The sum of the kept entries' costs.
     messages: usize,
-    clock: u64,
 }
 
 impl IndexCache {
     /// The kept index of `dir` if the maildrop still has exactly this stamp.
     pub(super) fn get(&self, dir: &Path, stamp: &Stamp) -> Option<Arc<Indexed>> {
         let mut inner = self.inner.lock().ok()?;
-        inner.clock += 1;
-        let clock = inner.clock;
-        let kept = inner.kept.get_mut(dir)?;
+        let kept = inner.kept.get(dir)?;
         if kept.stamp != *stamp || !stamp.settled {
             return None;
         }
-        kept.used = clock;
         Some(Arc::clone(&kept.indexed))
     }
 
-    /// Keeps the index made after `stamp` was taken, if it is worth keeping and the stamp can
-    /// be trusted.
+    /// Keeps the index made after `stamp` was taken, if the stamp can be trusted.
     pub(super) fn put(&self, dir: &Path, stamp: Stamp, indexed: &Arc<Indexed>) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if let Some(old) = inner.kept.remove(dir) {
-            inner.messages -= old.indexed.entries.len();
+        if let Some(old) = inner.kept.pop(dir) {
+            inner.messages -= old.cost();
         }
-        let size = indexed.entries.len();
-        if !stamp.settled || !(MIN_MESSAGES..=MAX_MESSAGES).contains(&size) {
+        let kept = Kept {
+            stamp,
+            indexed: Arc::clone(indexed),
+        };
+        let cost = kept.cost();
+        if !kept.stamp.settled || cost > MAX_MESSAGES {
             return;
         }
-        while inner.messages + size > MAX_MESSAGES {
-            let Some(oldest) = inner
-                .kept
-                .iter()
-                .min_by_key(|(_, k)| k.used)
-                .map(|(p, _)| p.clone())
-            else {
+        while inner.messages + cost > MAX_MESSAGES {
+            let Some((_, old)) = inner.kept.pop_lru() else {
                 break;
             };
-            if let Some(old) = inner.kept.remove(&oldest) {
-                inner.messages -= old.indexed.entries.len();
-            }
+            inner.messages -= old.cost();
         }
-        inner.clock += 1;
-        let used = inner.clock;
-        inner.messages += size;
-        inner.kept.insert(
-            dir.to_owned(),
-            Kept {
-                stamp,
-                indexed: Arc::clone(indexed),
-                used,
-            },
-        );
+        inner.messages += cost;
+        inner.kept.put(dir.to_owned(), kept);
     }
 
     /// Drops the kept index of `dir` (its maildrop is being changed).
     pub(super) fn forget(&self, dir: &Path) {
         if let Ok(mut inner) = self.inner.lock()
-            && let Some(old) = inner.kept.remove(dir)
+            && let Some(old) = inner.kept.pop(dir)
         {
-            inner.messages -= old.indexed.entries.len();
+            inner.messages -= old.cost();
         }
     }
 
@@ -220,32 +219,32 @@ mod tests {
     fn kept_only_for_the_same_settled_stamp() {
         let cache = IndexCache::default();
         let dir = Path::new("/m/a");
-        cache.put(dir, stamp(true, 5), &indexed(MIN_MESSAGES));
+        cache.put(dir, stamp(true, 5), &indexed(10));
         assert!(cache.get(dir, &stamp(true, 5)).is_some());
         assert!(cache.get(dir, &stamp(true, 6)).is_none());
         assert!(cache.get(Path::new("/m/b"), &stamp(true, 5)).is_none());
         // Unsettled stamps are never stored, and storing one drops what was kept.
-        cache.put(dir, stamp(false, 7), &indexed(MIN_MESSAGES));
+        cache.put(dir, stamp(false, 7), &indexed(10));
         assert!(cache.get(dir, &stamp(false, 7)).is_none());
         assert_eq!(cache.kept(), (0, 0));
-        // Small maildrops are not kept.
-        cache.put(dir, stamp(true, 8), &indexed(MIN_MESSAGES - 1));
-        assert_eq!(cache.kept(), (0, 0));
+        // Small and empty maildrops are kept, each counting one more than its messages.
+        cache.put(dir, stamp(true, 8), &indexed(0));
+        assert_eq!(cache.kept(), (1, 1));
     }
 
     #[test]
     fn the_least_recently_opened_make_way() {
         let cache = IndexCache::default();
-        let n = MAX_MESSAGES / 2;
+        let n = MAX_MESSAGES / 2 - 1;
         cache.put(Path::new("/a"), stamp(true, 1), &indexed(n));
         cache.put(Path::new("/b"), stamp(true, 1), &indexed(n));
         assert!(cache.get(Path::new("/a"), &stamp(true, 1)).is_some());
         cache.put(Path::new("/c"), stamp(true, 1), &indexed(n));
         assert!(cache.get(Path::new("/a"), &stamp(true, 1)).is_some());
         assert!(cache.get(Path::new("/b"), &stamp(true, 1)).is_none());
-        assert_eq!(cache.kept(), (2, 2 * n));
+        assert_eq!(cache.kept(), (2, 2 * (n + 1)));
         cache.forget(Path::new("/a"));
-        assert_eq!(cache.kept(), (1, n));
+        assert_eq!(cache.kept(), (1, n + 1));
     }
 
     #[test]

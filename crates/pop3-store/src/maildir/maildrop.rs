@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// Takes the POP3 session lock, an `flock` on `poplar-pop3.lock` that the kernel releases the
-/// instant the file is closed, however the session ends. A lock still held after
-/// [`poplar_util::flock::PATIENCE`] is `[IN-USE]`.
 /// Opens (creating, 0600) a file that exists to be `flock`ed.
 pub(super) fn lock_file(path: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
@@ -17,6 +14,20 @@ pub(super) fn lock_file(path: &Path) -> Result<File, StoreError> {
         .map_err(|e| StoreError::io(path, e))
 }
 
+/// The session lock if it is free now, without waiting: `None` when someone holds it.
+pub(super) fn session_lock_now(dir: &Path) -> Result<Option<File>, StoreError> {
+    let path = dir.join(SESSION_LOCK);
+    let file = lock_file(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Takes the POP3 session lock, an `flock` on `poplar-pop3.lock` that the kernel releases the
+/// instant the file is closed, however the session ends. A lock still held after
+/// [`poplar_util::flock::PATIENCE`] is `[IN-USE]`.
 pub(super) fn session_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(SESSION_LOCK);
     let file = lock_file(&path)?;
@@ -30,6 +41,34 @@ pub(super) fn session_lock(dir: &Path) -> Result<File, StoreError> {
 /// Files in `tmp/` older than this are the remains of deliveries that died half-way (Dovecot
 /// uses the same 36 hours); no delivery takes that long.
 pub(super) const TMP_ABANDONED_AFTER: Duration = Duration::from_secs(36 * 3600);
+
+/// How often a maildrop's `tmp/` is looked at for abandoned files: files are abandoned only
+/// after [`TMP_ABANDONED_AFTER`], so an hour late is soon enough, and the sessions of a client
+/// polling every minute are spared a directory read each.
+const TMP_CHECK_EVERY: u64 = 3600;
+
+/// When a maildrop's `tmp/` was last looked at (Unix seconds), in slots by a hash of its path:
+/// fixed memory however many maildrops there are. Maildrops sharing a slot share its hour, so
+/// with more maildrops than slots one may wait a few hours longer; none waits forever, as the
+/// first open after the slot's hour cleans.
+static TMP_CHECKED: [std::sync::atomic::AtomicU64; 1 << 16] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 1 << 16];
+
+/// Whether `dir`'s `tmp/` is due to be looked at, now (Unix seconds); if so and `record`, records
+/// that it was.
+pub(super) fn tmp_check_due(dir: &Path, now: u64, record: bool) -> bool {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    use std::sync::atomic::Ordering;
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(dir);
+    let [low, high, ..] = hash.to_le_bytes();
+    let slot = &TMP_CHECKED[usize::from(u16::from_le_bytes([low, high]))];
+    let last = slot.load(Ordering::Relaxed);
+    now.saturating_sub(last) >= TMP_CHECK_EVERY
+        && (!record
+            || slot
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok())
+}
 
 /// Removes abandoned files from `tmp/`. Best effort: a failure only leaves garbage behind.
 pub(super) fn clean_tmp(tmp: &Path) {
@@ -114,15 +153,16 @@ impl MaildirDrop {
         }
     }
 
-    pub(super) fn open_message(&mut self, index: usize) -> Result<File, StoreError> {
+    /// Opens the file of message `index`, with its length.
+    pub(super) fn open_message(&mut self, index: usize) -> Result<(File, u64), StoreError> {
         if self.entry(index).is_none() {
             return Err(StoreError::MessageGone(index));
         }
         let path = self.path_of(index);
-        match untrusted::open_message(&path, None) {
-            Ok(f) => Ok(f),
+        match untrusted::open_measured(&path, None) {
+            Ok(opened) => Ok(opened),
             Err(e) if e.kind() == ErrorKind::NotFound => match self.relocate(index)? {
-                Some(p) => untrusted::open_message(&p, None).map_err(|e| StoreError::io(&p, e)),
+                Some(p) => untrusted::open_measured(&p, None).map_err(|e| StoreError::io(&p, e)),
                 None => Err(StoreError::MessageGone(index)),
             },
             Err(e) => Err(StoreError::io(&path, e)),
@@ -223,13 +263,23 @@ impl Maildrop for MaildirDrop {
             .and_then(|c| c.get(index)?.trace.clone())
             .unwrap_or_default();
         let index = self.file_of(index);
-        let mut file = self.open_message(index)?;
-        let io = |e| StoreError::io(self.path_of(index), e);
-        let len = file.metadata().map_err(io)?.len();
+        let (file, len) = self.open_message(index)?;
         if len <= SMALL_MESSAGE {
+            // The length from the open's fstat: Maildir files never change once delivered, so
+            // reading that much (not to the end, which costs two more calls) is the message.
             let mut bytes = trace;
-            bytes.reserve(usize::try_from(len).unwrap_or(0) + 1);
-            file.read_to_end(&mut bytes).map_err(io)?;
+            let start = bytes.len();
+            bytes.resize(start + usize::try_from(len).unwrap_or(0), 0);
+            let mut filled = 0;
+            while start + filled < bytes.len() {
+                match file.read_at(&mut bytes[start + filled..], filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(StoreError::io(self.path_of(index), e)),
+                }
+            }
+            bytes.truncate(start + filled);
             return Ok(MessageReader::Memory(std::io::Cursor::new(bytes)));
         }
         // The whole file is about to be read (by the kernel, for a verbatim message): start
@@ -361,5 +411,21 @@ impl crate::MessageSource for MessageReader {
                 Ok(buf)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_is_looked_at_once_an_hour_per_maildrop() {
+        let dir = Path::new("/nonexistent/poplar-test/tmp-check");
+        let now = 1_800_000_000;
+        assert!(tmp_check_due(dir, now, false), "due, and only looked at");
+        assert!(tmp_check_due(dir, now, true));
+        assert!(!tmp_check_due(dir, now + 1, true));
+        assert!(!tmp_check_due(dir, now + TMP_CHECK_EVERY - 1, true));
+        assert!(tmp_check_due(dir, now + TMP_CHECK_EVERY, true));
     }
 }

@@ -121,6 +121,13 @@ struct Located {
     name: String,
 }
 
+/// How much an open may do: everything, or only what costs a few quick metadata calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    Quick,
+    Thorough,
+}
+
 /// What [`MaildirStore::reindex_blocking`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reindexed {
@@ -254,17 +261,53 @@ impl MaildirStore {
     /// Opens and locks a maildrop (blocking; the async [`MailStore::open`] runs this on the
     /// blocking thread pool).
     pub fn open_blocking(&self, user: &str) -> Result<(MaildirDrop, Vec<MessageInfo>), StoreError> {
+        self.open_with(user, Pace::Thorough)?
+            .ok_or_else(|| StoreError::Internal("a thorough open gave up".into()))
+    }
+
+    /// Opens a maildrop if that takes only quick metadata calls: its index is kept (see
+    /// [`cache`]), its lock is free, `tmp/` is not due for a look, and it is no SDPS host
+    /// maildrop. `None` otherwise: use [`MaildirStore::open_blocking`].
+    pub fn open_quickly(
+        &self,
+        user: &str,
+    ) -> Result<Option<(MaildirDrop, Vec<MessageInfo>)>, StoreError> {
+        self.open_with(user, Pace::Quick)
+    }
+
+    fn open_with(
+        &self,
+        user: &str,
+        pace: Pace,
+    ) -> Result<Option<(MaildirDrop, Vec<MessageInfo>)>, StoreError> {
         let view = self.host_view(user);
+        let quick = pace == Pace::Quick;
+        if quick && view.is_some() {
+            return Ok(None);
+        }
         let dir = match &view {
             Some((host, _)) => self.maildir_path(host)?,
             None => self.maildir_path(user)?,
         };
         writer::create_dirs(&dir)?;
-        let lock = session_lock(&dir)?;
-        clean_tmp(&dir.join("tmp"));
+        let lock = if quick {
+            match session_lock_now(&dir)? {
+                Some(lock) => lock,
+                None => return Ok(None),
+            }
+        } else {
+            session_lock(&dir)?
+        };
+        if quick && tmp_check_due(&dir, unix_now(), false) {
+            return Ok(None);
+        }
+        if !quick && tmp_check_due(&dir, unix_now(), true) {
+            clean_tmp(&dir.join("tmp"));
+        }
         let stamp = Stamp::of(&dir)?;
         let indexed = match self.inner.cache.get(&dir, &stamp) {
             Some(indexed) => indexed,
+            None if quick => return Ok(None),
             None => {
                 let indexed = Arc::new(self.index(&dir)?);
                 self.inner.cache.put(&dir, stamp, &indexed);
@@ -296,7 +339,7 @@ impl MaildirStore {
             copies: None,
         };
         let Some((_, view)) = view else {
-            return Ok((drop, listing));
+            return Ok(Some((drop, listing)));
         };
         let entries = &drop.indexed.entries[excess..];
         let viewed = sdps::view(&drop.dir, entries, &listing, &view)?;
@@ -305,7 +348,7 @@ impl MaildirStore {
             drop.remove(viewed.finished)?;
         }
         drop.copies = Some(viewed.copies);
-        Ok((drop, viewed.listing))
+        Ok(Some((drop, viewed.listing)))
     }
 
     /// Writes a new message into `w`'s `tmp/` (bounded by `limits.max_message_size`, refused
@@ -558,6 +601,12 @@ impl MailStore for MaildirStore {
     type Maildrop = MaildirDrop;
 
     async fn open(&self, user: &str) -> Result<(MaildirDrop, Vec<MessageInfo>), StoreError> {
+        // A maildrop opened recently and unchanged since (a client polling) opens with a few
+        // stat calls and a lock, done here like the read of a small message: a hand-off to the
+        // blocking thread pool and back would cost more. Anything slower goes there.
+        if let Some(opened) = self.open_quickly(user)? {
+            return Ok(opened);
+        }
         let store = self.clone();
         let user = user.to_owned();
         blocking(move || store.open_blocking(&user)).await

@@ -33,6 +33,11 @@ pub fn refusal(file_type: std::fs::FileType) -> Option<&'static str> {
 /// Opens `path` for reading as a message file: a regular file reached without following a
 /// symbolic link, of at most `max` octets when given.
 pub fn open_message(path: &Path, max: Option<u64>) -> io::Result<File> {
+    open_measured(path, max).map(|(file, _)| file)
+}
+
+/// [`open_message`], also returning the file's length (from the same `fstat`).
+pub fn open_measured(path: &Path, max: Option<u64>) -> io::Result<(File, u64)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -62,7 +67,7 @@ pub fn open_message(path: &Path, max: Option<u64>) -> io::Result<File> {
             ),
         ));
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 /// Copies the message file `from` (opened as [`open_message`] does) to a new file `to`, which
@@ -146,28 +151,33 @@ pub fn check_real_dir(dir: &Path) -> io::Result<()> {
 /// link to one elsewhere (through which files would be created or read there).
 pub fn check_subdirectories(dir: &Path) -> io::Result<()> {
     for sub in ["tmp", "new", "cur"] {
-        let path = dir.join(sub);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_dir() => {}
-            Ok(m) => {
-                let what = if m.file_type().is_symlink() {
-                    "a symbolic link"
-                } else {
-                    "not a directory"
-                };
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} is {what}: refusing to use it as part of a Maildir",
-                        path.display()
-                    ),
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        subdirectory(&dir.join(sub))?;
     }
     Ok(())
+}
+
+/// Whether `path`, a Maildir's subdirectory, exists (`false` when missing); one that is a
+/// symbolic link or not a directory is an error.
+pub fn subdirectory(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => Ok(true),
+        Ok(m) => {
+            let what = if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a directory"
+            };
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is {what}: refusing to use it as part of a Maildir",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

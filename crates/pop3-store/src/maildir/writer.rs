@@ -344,12 +344,12 @@ impl Written {
 /// Creates `dir/{tmp,new,cur}` (mode 0700) where missing; a subdirectory that is a link
 /// elsewhere (another user's `new/`) or not a directory is refused, not followed.
 pub(crate) fn create_dirs(dir: &Path) -> Result<(), StoreError> {
-    untrusted::check_subdirectories(dir).map_err(|e| StoreError::io(dir, e))?;
+    // One lstat per subdirectory when they exist, as they do at every open but the first.
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
     for sub in ["tmp", "new", "cur"] {
         let path = dir.join(sub);
-        if !path.is_dir() {
+        if !untrusted::subdirectory(&path).map_err(|e| StoreError::io(dir, e))? {
             builder
                 .create(&path)
                 .map_err(|e| StoreError::io(&path, e))?;
