@@ -51,8 +51,8 @@ async fn deliveries_are_stored_as_retr_sends_them_and_listed_the_same() {
     drop.commit(Vec::new()).await.unwrap();
     let big = b"Subject: big\n\nline\n".repeat(10_000);
     deliver(&store, "alice", &big);
-    let (mut drop, listing) = store.open("alice").await.unwrap();
-    let reader = drop.read(4).await.unwrap();
+    let (mut session, listing) = store.open("alice").await.unwrap();
+    let reader = session.read(4).await.unwrap();
     let file = reader
         .verbatim_file()
         .expect("a large message stored as sent");
@@ -65,6 +65,18 @@ async fn deliveries_are_stored_as_retr_sends_them_and_listed_the_same() {
     .unwrap();
     let flags: Vec<bool> = list.records.iter().map(|r| r.verbatim()).collect();
     assert_eq!(flags, [true, true, false, false, true]);
+    session.commit(Vec::new()).await.unwrap();
+
+    // Indexed by a Poplar that knew nothing of V: the name's hint still counts.
+    let index = store.maildir_path("alice").unwrap().join("dovecot-uidlist");
+    let mut list = list;
+    for rec in &mut list.records {
+        rec.ext.retain(|(key, _)| *key != b'V');
+    }
+    fs::write(&index, list.serialize()).unwrap();
+    let fresh = MaildirStore::new(store.root(), "testhost");
+    let (mut again, _) = fresh.open("alice").await.unwrap();
+    assert!(again.read(4).await.unwrap().verbatim_file().is_some());
 }
 
 fn deliver(store: &MaildirStore, user: &str, msg: &[u8]) {

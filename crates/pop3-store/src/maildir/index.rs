@@ -213,7 +213,7 @@ pub(super) fn count(file: &mut File) -> std::io::Result<SizeCounter> {
 
 /// Whether a base name carries the writer's [`writer::VERBATIM_HINT`] (trusted as the size
 /// hints are: it is written by the program that stored the octets).
-fn verbatim_hint(base: &str) -> bool {
+pub(super) fn verbatim_hint(base: &str) -> bool {
     base.split(',')
         .skip(1)
         .any(|field| field == &writer::VERBATIM_HINT[1..])

@@ -489,7 +489,12 @@ impl MaildirStore {
             });
             entries.push(Entry {
                 uid: rec.uid,
-                verbatim: rec.verbatim(),
+                // A record made by a program that knows nothing of V (an older Poplar): the
+                // name's hint says it.
+                verbatim: match rec.ext(VERBATIM_KEY) {
+                    Some(v) => v == "1",
+                    None => verbatim_hint(&rec.base),
+                },
                 base: rec.base,
                 location,
             });
