@@ -1525,4 +1525,15 @@ fn messages_stored_as_sent_go_out_unread_and_the_same_as_lf_stored_ones() {
     let out = server.poplar(&["reindex", "alice"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("in use by a POP3 session"));
+    drop(c);
+    // Every user of the users file, one without mail among them.
+    server.add_user("bob", "builder");
+    let out = server.poplar(&["reindex", "--all"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("bob: 0 messages"), "{said}");
+    assert!(
+        said.contains("2 maildrops, 3 messages, 2 sent as stored, 0 sizes corrected, 0 not done"),
+        "{said}"
+    );
 }

@@ -241,6 +241,24 @@ fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
         read("alice", "wonderland"),
         "Return-Path: <sender@example.net>\r\nDelivered-To: alice@example.org\r\nSubject: s\r\n\r\nbody\r\n"
     );
+    // Stored as it came (CRLF) and named as one RETR can send unchanged.
+    let names: Vec<String> = ["new", "cur"]
+        .iter()
+        .flat_map(|sub| {
+            std::fs::read_dir(
+                server
+                    .data_dir()
+                    .join("mail/_default_/alice/Maildir")
+                    .join(sub),
+            )
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+        })
+        .collect();
+    assert!(
+        names.iter().all(|n| n.contains(",V=1")),
+        "an LMTP delivery not stored as sent: {names:?}"
+    );
     assert_eq!(
         read("bob@example.org", "builder"),
         "Return-Path: <sender@example.net>\r\nDelivered-To: bob@example.org\r\nSubject: s\r\n\r\nbody\r\n"

@@ -400,17 +400,16 @@ impl MaildirStore {
     /// exact size (correcting any taken from a wrong `,W=` hint) and whether the file goes on
     /// the wire as it is (`V1`/`V0`), which mail stored by other programs, or before Poplar
     /// stored CRLF, does not say by itself. Takes the session lock, so it waits for no POP3
-    /// session: [`StoreError::InUse`] while one holds the maildrop.
+    /// session: [`StoreError::InUse`] while one holds the maildrop. A user without a Maildir
+    /// yet has nothing to read.
     pub fn reindex_blocking(&self, user: &str) -> Result<Reindexed, StoreError> {
         let dir = match self.host_view(user) {
             Some((host, _)) => self.maildir_path(&host)?,
             None => self.maildir_path(user)?,
         };
         if !is_maildir(&dir) {
-            return Err(StoreError::InvalidMailbox(
-                user.to_owned(),
-                "has no maildrop (no Maildir here)",
-            ));
+            // Nothing delivered yet: nothing to read.
+            return Ok(Reindexed::default());
         }
         let _lock = session_lock(&dir)?;
         let indexed = self.index(&dir)?;
