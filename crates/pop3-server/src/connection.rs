@@ -680,17 +680,16 @@ impl<S: MailStore> Connection<S> {
         let mut encoder = self.session.message_start(&mut self.out).map_err(misuse)?;
         if request.body_lines.is_none()
             && let Some(file) = reader.verbatim_file()
-            && zero_copy::socket(io).is_some()
+            && let Some(socket) = zero_copy::socket(io)
             // The listed size is the file's length (checked now: another program could have
             // replaced the file since the index was written).
             && file.metadata().is_ok_and(|m| m.len() == request.size)
             && encoder.sent_verbatim(request.size)
         {
-            self.flush(io).await?;
-            if let Some(socket) = zero_copy::socket(io) {
-                zero_copy::send_file(socket, file, request.size, self.shared.settings.write)
-                    .await?;
-            }
+            // The +OK line first, then the file.
+            write_within(socket, &self.out, self.shared.settings.write).await?;
+            self.out.clear();
+            zero_copy::send_file(socket, file, request.size, self.shared.settings.write).await?;
             metrics::sent_zero_copy();
             return self.message_done(request, encoder).await;
         }

@@ -248,9 +248,11 @@ fn killed_during_a_quit_that_removes_1000_messages() {
 }
 
 /// Checks alice's maildrop after deliveries of which some were killed: every message complete,
-/// none twice, every acknowledged one present. Returns how many killed ones are present.
+/// none twice, every acknowledged one present, each stored as RETR sends it. Returns how many
+/// killed ones are present.
 fn check_deliveries(
     server: &Server,
+    data: &Path,
     acknowledged: &[usize],
     killed: &[usize],
     size: usize,
@@ -265,7 +267,21 @@ fn check_deliveries(
             "delivery {id} was acknowledged but is missing"
         );
     }
-    killed.iter().filter(|id| present.contains(id)).count()
+    let survived = killed.iter().filter(|id| present.contains(id)).count();
+    let stored_as_sent = ["cur", "new"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(maildir(data).join(sub)).unwrap())
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().contains(",V=1")
+        })
+        .count();
+    assert_eq!(
+        stored_as_sent,
+        acknowledged.len() + survived,
+        "every delivery is stored as RETR sends it"
+    );
+    survived
 }
 
 #[test]
@@ -328,23 +344,7 @@ fn killed_during_deliveries() {
             killed.push(id);
         }
     }
-    let survived = check_deliveries(&server, &acknowledged, &killed, SIZE);
-    let stored_as_sent = std::fs::read_dir(maildir(&data).join("cur"))
-        .unwrap()
-        .chain(std::fs::read_dir(maildir(&data).join("new")).unwrap())
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains(",V=1")
-        })
-        .count();
-    assert_eq!(
-        stored_as_sent,
-        acknowledged.len() + survived,
-        "every delivery is stored as RETR sends it"
-    );
+    let survived = check_deliveries(&server, &data, &acknowledged, &killed, SIZE);
     let stray = std::fs::read_dir(maildir(&data).join("tmp"))
         .unwrap()
         .count();
@@ -619,23 +619,7 @@ fn lmtp_server_killed_during_deliveries() {
         }
         (server, addr) = lmtp_server_on(&data);
     }
-    let survived = check_deliveries(&server, &acknowledged, &killed, SIZE);
-    let stored_as_sent = std::fs::read_dir(maildir(&data).join("cur"))
-        .unwrap()
-        .chain(std::fs::read_dir(maildir(&data).join("new")).unwrap())
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .contains(",V=1")
-        })
-        .count();
-    assert_eq!(
-        stored_as_sent,
-        acknowledged.len() + survived,
-        "every delivery is stored as RETR sends it"
-    );
+    let survived = check_deliveries(&server, &data, &acknowledged, &killed, SIZE);
     let spools = std::fs::read_dir(data.join("tmp")).unwrap().count();
     assert_eq!(
         spools, 0,

@@ -736,21 +736,6 @@ fn connections_per_user_are_limited() {
     );
 }
 
-/// Names of the files in one of alice's Maildir subdirectories.
-fn files_in(server: &common::Server, sub: &str) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(
-        server
-            .data_dir()
-            .join("mail/_default_/alice/Maildir")
-            .join(sub),
-    )
-    .unwrap()
-    .map(|e| e.unwrap().file_name().into_string().unwrap())
-    .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn retr_marks_messages_seen_for_imap_clients_unless_configured_off() {
     let server = server_with_alice();
@@ -774,13 +759,13 @@ fn retr_marks_messages_seen_for_imap_clients_unless_configured_off() {
     };
     let before = session(&["RETR 1", "TOP 2 0", "RETR 1"]);
     // RETR moved message 1 to cur/ with the seen flag; TOP left message 2 alone.
-    assert_eq!(files_in(&server, "new").len(), 1);
-    let cur = files_in(&server, "cur");
+    assert_eq!(server.maildir_files("alice", "new").len(), 1);
+    let cur = server.maildir_files("alice", "cur");
     assert_eq!(cur.len(), 1);
     assert!(cur[0].ends_with(":2,S"), "{cur:?}");
     // Same UIDLs, and the moved message still reads back.
     assert_eq!(session(&["RETR 1", "RETR 2"]), before);
-    assert_eq!(files_in(&server, "new").len(), 0);
+    assert_eq!(server.maildir_files("alice", "new").len(), 0);
 
     let mut b = ServerBuilder::new();
     b.set("pop3.mark_seen", false);
@@ -795,8 +780,8 @@ fn retr_marks_messages_seen_for_imap_clients_unless_configured_off() {
     assert!(c.cmd("RETR 1").starts_with("+OK"));
     c.body();
     c.cmd("QUIT");
-    assert_eq!(files_in(&off, "cur").len(), 0);
-    assert_eq!(files_in(&off, "new").len(), 1);
+    assert_eq!(off.maildir_files("alice", "cur").len(), 0);
+    assert_eq!(off.maildir_files("alice", "new").len(), 1);
 }
 
 /// A maildrop is read as itself: a symbolic link planted in `new/` (by anyone who can write
@@ -1448,21 +1433,13 @@ fn messages_stored_as_sent_go_out_unread_and_the_same_as_lf_stored_ones() {
     let crlf = canonical(&lf);
     assert!(server.deliver(&["alice"], &lf).success());
     let maildir = server.data_dir().join("mail/_default_/alice/Maildir");
-    let delivered: Vec<_> = std::fs::read_dir(maildir.join("new"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let delivered = server.maildir_files("alice", "new");
     assert_eq!(delivered.len(), 1);
-    let name = delivered[0]
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let name = &delivered[0];
     let size = crlf.len();
     assert!(name.ends_with(&format!(",S={size},W={size},V=1")), "{name}");
     assert!(
-        std::fs::read(&delivered[0]).unwrap() == crlf,
+        std::fs::read(maildir.join("new").join(name)).unwrap() == crlf,
         "not stored with CRLF"
     );
     // The same message stored by another program with LF, and once more with CRLF but no

@@ -244,16 +244,7 @@ fn delivery_headers_are_added_only_when_configured_and_per_recipient() {
     // Stored as it came (CRLF) and named as one RETR can send unchanged.
     let names: Vec<String> = ["new", "cur"]
         .iter()
-        .flat_map(|sub| {
-            std::fs::read_dir(
-                server
-                    .data_dir()
-                    .join("mail/_default_/alice/Maildir")
-                    .join(sub),
-            )
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-        })
+        .flat_map(|sub| server.maildir_files("alice", sub))
         .collect();
     assert!(
         names.iter().all(|n| n.contains(",V=1")),

@@ -395,6 +395,22 @@ impl Server {
         run_with_stdin(self.poplar(&args), message)
     }
 
+    /// The file names in one subdirectory (`new`, `cur`, `tmp`) of `user`'s Maildir, sorted.
+    pub fn maildir_files(&self, user: &str, sub: &str) -> Vec<String> {
+        let dir = self
+            .data_dir()
+            .join("mail/_default_")
+            .join(user)
+            .join("Maildir")
+            .join(sub);
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
